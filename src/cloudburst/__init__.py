@@ -1,0 +1,51 @@
+"""cloudburst: run parallel Python on this machine, or burst it to the cloud with one changed line.
+
+    import cloudburst as cb
+
+    results = cb.map(simulate, range(10_000), seed=42)          # ordered list, progress bar
+    with cb.Executor(workers=8) as ex:                          # a concurrent.futures.Executor
+        futures = [ex.submit(simulate, i) for i in range(100)]
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .backends import available as available_backends
+from .errors import (
+    CloudburstError,
+    ConfigurationError,
+    ExecutorShutdownError,
+    PayloadAuthenticationError,
+    PicklingError,
+    RemoteError,
+    SerializationError,
+    TaskExitError,
+    UnknownParameterError,
+    UnpicklingError,
+    WorkerDiedError,
+)
+from .executor import Executor, map
+from .seeds import current_item, rng
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CloudburstError",
+    "ConfigurationError",
+    "Executor",
+    "ExecutorShutdownError",
+    "PayloadAuthenticationError",
+    "PicklingError",
+    "RemoteError",
+    "SerializationError",
+    "TaskExitError",
+    "UnknownParameterError",
+    "UnpicklingError",
+    "WorkerDiedError",
+    "__version__",
+    "available_backends",
+    "current_item",
+    "errors",
+    "map",
+    "rng",
+]

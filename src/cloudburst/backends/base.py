@@ -1,0 +1,149 @@
+"""The three contracts every backend supplies, and the bundle that names them.
+
+::
+
+    Store     blobs by key            put / get / get_file / exists / delete_prefix
+    Queue     leased messages         send_batch / receive / ack / extend / purge
+    Launcher  worker processes/tasks  start / stop / poll / running
+
+A ``Backend`` builds them for one job on the client side (``open_job``) and
+again inside a worker (``connect_worker``) from the environment the launcher
+gave it. The core never asks which backend it is talking to.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..config import ExecutorOptions
+
+__all__ = ["Backend", "JobResources", "Launcher", "Message", "Queue", "Store", "WorkerExit", "WorkerSide"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Blobs by key. Keys are ``/``-separated paths below the job's prefix."""
+
+    def put(self, key: str, data: bytes | memoryview) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def get_file(self, key: str, cache_dir: Path) -> Path:
+        """A local file holding the blob (downloaded into ``cache_dir`` if need be)."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One leased message. ``receive_count`` counts deliveries, this one included."""
+
+    receipt: str
+    body: bytes
+    receive_count: int
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """At-least-once delivery with leases: an unacknowledged message comes back when its lease ends."""
+
+    def send_batch(self, bodies: Sequence[bytes]) -> None: ...
+
+    def receive(self, max_messages: int, wait: float) -> list[Message]: ...
+
+    def ack(self, receipts: Sequence[str]) -> None: ...
+
+    def extend(self, receipts: Sequence[str], seconds: float) -> None: ...
+
+    def purge(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExit:
+    """A worker that stopped. ``exit_code`` follows subprocess: negative means killed by that signal."""
+
+    worker_id: str
+    exit_code: int | None
+    reason: str = ""
+    log_tail: str = ""
+
+
+@runtime_checkable
+class Launcher(Protocol):
+    """Starts and stops workers and reports the ones that stopped."""
+
+    def start(self, count: int) -> list[str]: ...
+
+    def stop(self, worker_ids: Sequence[str] | None = None) -> None: ...
+
+    def poll(self) -> list[WorkerExit]:
+        """Workers that stopped since the last call."""
+        ...
+
+    def running(self) -> int: ...
+
+
+@dataclass
+class JobResources:
+    """What one job uses on the client side."""
+
+    store: Store
+    tasks: Queue
+    results: Queue
+    launcher: Launcher
+
+
+@dataclass
+class WorkerSide:
+    """What a worker uses; built from its environment by ``Backend.connect_worker``."""
+
+    store: Store
+    tasks: Queue
+    results: Queue
+    parent_pid: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A named bundle of Store + Queue + Launcher."""
+
+    name: ClassVar[str]
+    #: backend-specific parameters accepted by Executor(...)
+    option_names: ClassVar[frozenset[str]] = frozenset()
+    #: largest message the queue carries; bigger payloads go through the store
+    max_message_bytes: ClassVar[int] = 256 * 1024
+    #: how long one task (chunk of items) should run: long enough to hide the queue's latency
+    target_task_seconds: ClassVar[float] = 1.0
+    #: lease length; workers extend it while they run a task
+    lease_seconds: ClassVar[float] = 60.0
+    #: how long results may wait for a worker that is starting
+    is_emulated: ClassVar[bool] = False
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+        """Create the job's store prefix, queues and launcher."""
+
+    @abc.abstractmethod
+    def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
+        """Stop the job's workers and delete what it made (unless ``keep``)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
+        """Inside a worker: rebuild store and queues from the launcher's environment."""
+
+    @property
+    def slots(self) -> int:
+        """How many tasks run at once when every worker is up."""
+        return self.options.workers

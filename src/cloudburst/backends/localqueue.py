@@ -1,0 +1,302 @@
+"""A leased message queue in the client process, served to local workers over a Unix socket.
+
+::
+
+    client process                                    worker process
+    MemoryQueue (tasks, results) ◄─ QueueServer ◄──── RemoteQueue (same Queue contract)
+         ▲ leases by holder        one thread per       socket authenticated with the
+         │                         connection           job key (multiprocessing.connection)
+    a dropped connection releases its holder's leases at once: a crashed worker's
+    task is delivered again without waiting for the lease to run out.
+
+Frames are raw bytes (``send_bytes``); nothing on this socket is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, Listener
+
+from .base import Message
+
+__all__ = ["MemoryQueue", "QueueServer", "RemoteQueue", "connect"]
+
+_REQ = struct.Struct("<cB")  # op, queue index
+_RECV = struct.Struct("<Id")  # max messages, wait seconds
+_ITEM = struct.Struct("<HIQ")  # receipt length, receive count, body length
+_LEN = struct.Struct("<Q")
+_FLOAT = struct.Struct("<d")
+
+
+@dataclass(slots=True)
+class _Lease:
+    message_id: int
+    body: bytes
+    count: int
+    expires: float
+    holder: str | None
+
+
+class MemoryQueue:
+    """At-least-once queue with leases, thread-safe. Implements the Queue contract."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self._lease_seconds = lease_seconds
+        self._ready: collections.deque[tuple[int, bytes, int]] = collections.deque()
+        self._leased: dict[str, _Lease] = {}
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    # -- contract
+    def send_batch(self, bodies: Sequence[bytes]) -> None:
+        with self._cond:
+            for body in bodies:
+                self._ready.append((next(self._ids), body, 0))
+            self._cond.notify(len(bodies))
+
+    def receive(self, max_messages: int, wait: float, holder: str | None = None) -> list[Message]:
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                self._expire(now)
+                if self._ready:
+                    return self._lease(max_messages, now, holder)
+                if self._closed or now >= deadline:
+                    return []
+                timeout = deadline - now
+                if self._leased:
+                    timeout = min(timeout, max(0.0, min(lease.expires for lease in self._leased.values()) - now))
+                self._cond.wait(timeout + 0.001)
+
+    def ack(self, receipts: Sequence[str]) -> None:
+        with self._cond:
+            for receipt in receipts:
+                self._leased.pop(receipt, None)
+
+    def extend(self, receipts: Sequence[str], seconds: float) -> None:
+        expires = time.monotonic() + seconds
+        with self._cond:
+            for receipt in receipts:
+                lease = self._leased.get(receipt)
+                if lease is not None:
+                    lease.expires = expires
+
+    def purge(self) -> None:
+        with self._cond:
+            self._ready.clear()
+
+    # -- local extras
+    def release_holder(self, holder: str) -> int:
+        """Return every lease held by ``holder`` to the front of the queue."""
+        with self._cond:
+            released = [r for r, lease in self._leased.items() if lease.holder == holder]
+            for receipt in released:
+                lease = self._leased.pop(receipt)
+                self._ready.appendleft((lease.message_id, lease.body, lease.count))
+            if released:
+                self._cond.notify(len(released))
+            return len(released)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._ready) + len(self._leased)
+
+    def pending(self) -> list[bytes]:
+        """Bodies waiting for delivery (for inspection in tests and tools)."""
+        with self._cond:
+            return [body for _, body, _ in self._ready]
+
+    def replace_pending(self, index: int, body: bytes) -> None:
+        """Swap the body of a waiting message (fault injection in the failure tests)."""
+        with self._cond:
+            message_id, _, count = self._ready[index]
+            self._ready[index] = (message_id, body, count)
+
+    # -- internals
+    def _expire(self, now: float) -> None:
+        expired = [r for r, lease in self._leased.items() if lease.expires <= now]
+        for receipt in expired:
+            lease = self._leased.pop(receipt)
+            self._ready.appendleft((lease.message_id, lease.body, lease.count))
+
+    def _lease(self, max_messages: int, now: float, holder: str | None) -> list[Message]:
+        out = []
+        for _ in range(min(max_messages, len(self._ready))):
+            message_id, body, count = self._ready.popleft()
+            count += 1
+            receipt = f"{message_id}.{count}"
+            self._leased[receipt] = _Lease(message_id, body, count, now + self._lease_seconds, holder)
+            out.append(Message(receipt, body, count))
+        return out
+
+
+class QueueServer:
+    """Serves MemoryQueues to worker processes over an authenticated Unix socket."""
+
+    def __init__(self, address: str, authkey: bytes, queues: Sequence[MemoryQueue]) -> None:
+        self._queues = list(queues)
+        self._listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        self.address = address
+        self._closed = False
+        self._connections: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept_loop, name="cloudburst-queue-server", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn = self._listener.accept()
+            except OSError:
+                if self._closed:
+                    return
+                continue  # includes failed authentication: the peer is dropped
+            with self._lock:
+                self._connections.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), name="cloudburst-queue-conn", daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        holder: str | None = None
+        try:
+            while True:
+                frame = conn.recv_bytes()
+                op, index = _REQ.unpack_from(frame)
+                payload = memoryview(frame)[_REQ.size :]
+                queue = self._queues[index]
+                if op == b"R":
+                    max_messages, wait = _RECV.unpack_from(payload)
+                    messages = queue.receive(max_messages, wait, holder)
+                    conn.send_bytes(_pack_messages(messages))
+                elif op == b"S":
+                    queue.send_batch(_unpack_bodies(payload))
+                elif op == b"A":
+                    queue.ack(bytes(payload).decode().split("\n"))
+                elif op == b"E":
+                    (seconds,) = _FLOAT.unpack_from(payload)
+                    queue.extend(bytes(payload[_FLOAT.size :]).decode().split("\n"), seconds)
+                elif op == b"P":
+                    queue.purge()
+                elif op == b"H":
+                    holder = bytes(payload).decode()
+        except (EOFError, OSError):
+            pass
+        finally:
+            if holder is not None:
+                for queue in self._queues:
+                    queue.release_holder(holder)
+            with self._lock:
+                self._connections.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass  # already closed by close()
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def _pack_messages(messages: Sequence[Message]) -> bytes:
+    parts = [_LEN.pack(len(messages))]
+    for message in messages:
+        receipt = message.receipt.encode()
+        parts.append(_ITEM.pack(len(receipt), message.receive_count, len(message.body)))
+        parts.append(receipt)
+        parts.append(message.body)
+    return b"".join(parts)
+
+
+def _unpack_messages(data: bytes) -> list[Message]:
+    (count,) = _LEN.unpack_from(data)
+    offset = _LEN.size
+    out = []
+    for _ in range(count):
+        receipt_len, receive_count, body_len = _ITEM.unpack_from(data, offset)
+        offset += _ITEM.size
+        receipt = data[offset : offset + receipt_len].decode()
+        offset += receipt_len
+        out.append(Message(receipt, data[offset : offset + body_len], receive_count))
+        offset += body_len
+    return out
+
+
+def _pack_bodies(bodies: Sequence[bytes]) -> bytes:
+    parts: list[bytes] = []
+    for body in bodies:
+        parts.append(_LEN.pack(len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+def _unpack_bodies(data: memoryview) -> list[bytes]:
+    out = []
+    offset = 0
+    while offset < len(data):
+        (length,) = _LEN.unpack_from(data, offset)
+        offset += _LEN.size
+        out.append(bytes(data[offset : offset + length]))
+        offset += length
+    return out
+
+
+class RemoteQueue:
+    """The Queue contract, spoken to a QueueServer. Sends are pipelined; only receive waits."""
+
+    def __init__(self, conn: Connection, index: int, lock: threading.Lock) -> None:
+        self._conn = conn
+        self._index = index
+        self._lock = lock
+
+    def _send(self, op: bytes, payload: bytes) -> None:
+        with self._lock:
+            self._conn.send_bytes(_REQ.pack(op, self._index) + payload)
+
+    def send_batch(self, bodies: Sequence[bytes]) -> None:
+        self._send(b"S", _pack_bodies(bodies))
+
+    def receive(self, max_messages: int, wait: float) -> list[Message]:
+        self._send(b"R", _RECV.pack(max_messages, wait))
+        return _unpack_messages(self._conn.recv_bytes())
+
+    def ack(self, receipts: Sequence[str]) -> None:
+        if receipts:
+            self._send(b"A", "\n".join(receipts).encode())
+
+    def extend(self, receipts: Sequence[str], seconds: float) -> None:
+        if receipts:
+            self._send(b"E", _FLOAT.pack(seconds) + "\n".join(receipts).encode())
+
+    def purge(self) -> None:
+        self._send(b"P", b"")
+
+
+def connect(address: str, authkey: bytes, holder: str, count: int) -> list[RemoteQueue]:
+    """Connect to a QueueServer as ``holder``; returns one proxy per served queue."""
+    conn = Client(address, family="AF_UNIX", authkey=authkey)
+    lock = threading.Lock()
+    with lock:
+        conn.send_bytes(_REQ.pack(b"H", 0) + holder.encode())
+    return [RemoteQueue(conn, index, lock) for index in range(count)]

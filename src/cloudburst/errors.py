@@ -1,0 +1,134 @@
+"""Every error cloudburst raises for its own reasons.
+
+An exception raised by *your* function comes back as itself (same type, remote
+traceback attached). Everything below is about the machinery::
+
+    CloudburstError
+     ├── ConfigurationError (ValueError)      a parameter or value is wrong; nothing was started
+     │    └── UnknownParameterError (TypeError) a parameter name is not known; lists the valid ones
+     ├── SerializationError                   an object could not cross the process boundary
+     │    ├── PicklingError                    ... could not be pickled (function, argument, result)
+     │    └── UnpicklingError                  ... could not be unpickled on the other side
+     ├── PayloadAuthenticationError           a message failed its HMAC check and was not unpickled
+     ├── WorkerDiedError                      the worker running the task died, more than `retries` times
+     ├── TaskExitError                        the task called sys.exit() / raised SystemExit
+     ├── RemoteError                          the task raised an exception that could not be sent back
+     └── ExecutorShutdownError (RuntimeError) work was submitted after shutdown
+
+Errors from libraries underneath (pickle, OS, boto3) are translated at the
+boundary with ``raise ... from exc`` so the original stays visible.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CloudburstError",
+    "ConfigurationError",
+    "ExecutorShutdownError",
+    "PayloadAuthenticationError",
+    "PicklingError",
+    "RemoteError",
+    "SerializationError",
+    "TaskExitError",
+    "UnknownParameterError",
+    "UnpicklingError",
+    "WorkerDiedError",
+]
+
+
+class CloudburstError(Exception):
+    """Base class of every error raised by cloudburst itself."""
+
+
+class ConfigurationError(CloudburstError, ValueError):
+    """A parameter has an invalid value. Raised before anything is started."""
+
+
+class UnknownParameterError(ConfigurationError, TypeError):
+    """A parameter name is not accepted; the message lists the valid names."""
+
+
+class SerializationError(CloudburstError):
+    """An object could not be moved between the client and a worker."""
+
+
+class PicklingError(SerializationError):
+    """The function, an argument or a result could not be pickled."""
+
+
+class UnpicklingError(SerializationError):
+    """The function, an argument or a result could not be unpickled."""
+
+
+class PayloadAuthenticationError(CloudburstError):
+    """A task or result message failed its authenticity check and was discarded unread."""
+
+
+class WorkerDiedError(CloudburstError):
+    """The worker process running a task died, and retries are exhausted.
+
+    ``exit_code`` is the last worker's exit status (negative: killed by that
+    signal, as in :mod:`subprocess`); ``attempts`` counts the deliveries.
+    """
+
+    def __init__(
+        self, message: str, *, exit_code: int | None = None, reason: str = "", attempts: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reason = reason
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_worker_died,
+            (str(self), self.exit_code, self.reason, self.attempts),
+        )
+
+
+def _rebuild_worker_died(message: str, exit_code: int | None, reason: str, attempts: int) -> WorkerDiedError:
+    return WorkerDiedError(message, exit_code=exit_code, reason=reason, attempts=attempts)
+
+
+class TaskExitError(CloudburstError):
+    """The task raised SystemExit (for example by calling ``sys.exit()``).
+
+    It is reported rather than re-raised, so a task cannot end the client.
+    """
+
+    def __init__(self, message: str, code: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (TaskExitError, (str(self), self.code))
+
+
+class RemoteError(CloudburstError):
+    """The task raised an exception that could not be sent back as itself.
+
+    ``type_name`` is the original type's qualified name and ``remote_traceback``
+    its formatted traceback.
+    """
+
+    def __init__(self, message: str, *, type_name: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_remote, (str(self), self.type_name, self.remote_traceback))
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if self.remote_traceback:
+            return f"{base}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+        return base
+
+
+def _rebuild_remote(message: str, type_name: str, remote_traceback: str) -> RemoteError:
+    return RemoteError(message, type_name=type_name, remote_traceback=remote_traceback)
+
+
+class ExecutorShutdownError(CloudburstError, RuntimeError):
+    """Work was submitted to an executor that has been shut down."""

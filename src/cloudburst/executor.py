@@ -1,0 +1,251 @@
+"""The public face: ``Executor`` (a concurrent.futures.Executor) and ``map``."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor as _StdExecutor
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from .backends import get_backend
+from .config import ExecutorOptions, check_known
+from .errors import ConfigurationError
+from .job import Job, MapRun
+from .progress import Progress, wanted
+
+__all__ = ["Executor", "map"]
+
+T = TypeVar("T")
+
+_CORE_PARAMETERS = frozenset(
+    {"workers", "max_workers", "backend", "cpu", "memory", "retries", "seed", "progress", "idle_timeout", "env"}
+)
+
+
+class Executor(_StdExecutor):
+    """Runs calls on worker processes (``backend="local"``) or in the cloud; a drop-in for ProcessPoolExecutor.
+
+    Parameters
+    ----------
+    workers:
+        How many workers (default: one per CPU here). ``max_workers`` is an alias.
+    backend:
+        ``"local"`` (the default) or a cloud backend name.
+    cpu, memory:
+        Resources per worker: ``cpu=1``, ``memory="2GB"`` (also ``"2 GiB"``, ``"512MB"``).
+    retries:
+        How many times a task whose worker died is run again before its future fails.
+    seed:
+        Gives every item its own reproducible random stream (see :func:`cloudburst.rng`).
+    progress:
+        ``True``/``False``/``"auto"``: a progress bar over submitted items.
+    idle_timeout:
+        Seconds after which an idle worker retires (None: never, for ``local``).
+    env:
+        Extra environment variables for the workers.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        backend: str = "local",
+        cpu: float = 1,
+        memory: str | float | None = None,
+        retries: int = 2,
+        seed: int | None = None,
+        progress: bool | Literal["auto"] = False,
+        idle_timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        max_workers: int | None = None,
+        **backend_options: Any,
+    ) -> None:
+        backend_cls = get_backend(backend) if isinstance(backend, str) else None
+        valid = _CORE_PARAMETERS | (backend_cls.option_names if backend_cls else frozenset())
+        check_known(backend_options, valid, what=f"Executor(backend={backend!r})")
+        if workers is not None and max_workers is not None and workers != max_workers:
+            raise ConfigurationError(f"workers={workers} and max_workers={max_workers} disagree; pass only one")
+        options = ExecutorOptions.from_user(
+            workers=workers if workers is not None else max_workers,
+            backend=backend,
+            cpu=cpu,
+            memory=memory,
+            retries=retries,
+            seed=seed,
+            progress=progress,
+            idle_timeout=idle_timeout,
+            env=env,
+            backend_options=backend_options,
+        )
+        self.options = options
+        self._job = Job(options)
+        self._progress = Progress(0, enabled=wanted(options.progress))
+        self._job.on_items_done = self._progress.advance
+        self._shutdown = False
+        self._finalizer = weakref.finalize(self, _finalize, self._job, self._progress)
+
+    @property
+    def job_id(self) -> str:
+        return self._job.id
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns a :class:`concurrent.futures.Future`."""
+        future = self._job.submit(fn, args, kwargs)
+        self._progress.grow(1)
+        return future
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[T]:
+        """Like :meth:`concurrent.futures.Executor.map`; ``chunksize=None`` sizes chunks automatically.
+
+        Results come back in input order; an item's exception is raised when the
+        iteration reaches it.
+        """
+        run = self.start_map(fn, *iterables, chunksize=chunksize)
+        end = None if timeout is None else time.monotonic() + timeout
+        return _iterate(run, end)
+
+    def start_map(self, fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | None = None) -> MapRun:
+        """Start a map and return its run (used by :func:`cloudburst.map`)."""
+        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1):
+            raise ConfigurationError(f"chunksize={chunksize!r} must be a whole number ≥ 1, or None for automatic")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable of arguments")
+        calls = list(zip(*iterables))
+        run = self._job.map(fn, calls, chunksize)
+        self._progress.grow(len(calls))
+        run.on_progress = self._progress.advance
+        return run
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with ``cancel_futures`` cancel what has not started. Idempotent."""
+        self._job.stop_accepting()
+        if cancel_futures:
+            self._job.cancel_pending()
+        if wait:
+            self._job.wait_idle()
+            self._close()
+        elif not self._job.busy():
+            self._close()
+        else:
+            import threading
+
+            threading.Thread(target=self._close_when_idle, name="cloudburst-closer", daemon=True).start()
+
+    def _close_when_idle(self) -> None:
+        self._job.wait_idle()
+        self._close()
+
+    def _close(self) -> None:
+        self._shutdown = True
+        self._finalizer()
+
+    def terminate(self) -> None:
+        """Stop now: cancel everything, stop workers, delete the job's data."""
+        self._job.stop_accepting()
+        self._job.cancel_pending()
+        self._close()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        if exc_type is None:
+            self.shutdown(wait=True)
+        elif issubclass(exc_type, Exception):
+            self.shutdown(wait=True, cancel_futures=True)
+        else:  # KeyboardInterrupt, SystemExit: stop at once
+            self.terminate()
+        return False
+
+
+def _finalize(job: Job, progress: Progress) -> None:
+    progress.close()
+    job.close()
+
+
+def _iterate(run: MapRun, end: float | None) -> Iterator[Any]:
+    position = 0
+    try:
+        while position < len(run):
+            with run.cond:
+                while run.ready_upto <= position and not run.cancelled:
+                    remaining = None if end is None else end - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"map: {len(run) - position} result(s) not ready within the timeout")
+                    run.cond.wait(remaining if remaining is not None else 0.5)
+                if run.cancelled and run.ready_upto <= position:
+                    from concurrent.futures import CancelledError
+
+                    raise CancelledError(f"map: item {run.base_index + position} was cancelled")
+                upto = run.ready_upto
+            for pos in range(position, upto):
+                error = run.errors.get(pos)
+                if error is not None:
+                    raise error
+                yield run.values[pos]
+                run.values[pos] = None  # let the caller own the only reference
+            position = upto
+    finally:
+        if position < len(run):
+            run.cancel()
+
+
+_ERROR_MODES = ("raise", "return", "skip")
+
+
+def map(
+    fn: Callable[..., T],
+    *iterables: Iterable[Any],
+    workers: int | None = None,
+    backend: str = "local",
+    seed: int | None = None,
+    errors: Literal["raise", "return", "skip"] = "raise",
+    progress: bool | Literal["auto"] = "auto",
+    chunksize: int | None = None,
+    **resources: Any,
+) -> list[Any]:
+    """Run ``fn`` over the items and return the results as a list, in input order.
+
+    ``errors="raise"`` stops at the first failure and raises it; ``"return"`` puts
+    each failed item's exception in its place; ``"skip"`` leaves failed items out.
+    ``resources`` are passed to :class:`Executor` (``cpu``, ``memory``, ``retries``...).
+    """
+    if errors not in _ERROR_MODES:
+        raise ConfigurationError(f"errors={errors!r} must be one of 'raise', 'return' or 'skip'")
+    with Executor(workers, backend=backend, seed=seed, progress=progress, **resources) as executor:
+        run = executor.start_map(fn, *iterables, chunksize=chunksize)
+        _wait(run, stop_on_error=errors == "raise")
+        if errors == "raise" and run.errors:
+            first = min(run.errors)
+            exc = run.errors[first]
+            if hasattr(exc, "add_note"):
+                exc.add_note(
+                    f"cloudburst.map: item {first} failed; {run.done - len(run.errors)} of {len(run)} items had "
+                    "finished. Pass errors='return' to keep every result and exception."
+                )
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise exc
+        if errors == "return":
+            return [run.errors.get(i, value) for i, value in enumerate(run.values)]
+        if errors == "skip":
+            return [value for i, value in enumerate(run.values) if i not in run.errors]
+        return run.values
+
+
+def _wait(run: MapRun, *, stop_on_error: bool) -> None:
+    with run.cond:
+        while run.done < len(run) and not run.cancelled and not (stop_on_error and run.errors):
+            run.cond.wait(0.5)
+        if run.cancelled and run.done < len(run):
+            from concurrent.futures import CancelledError
+
+            raise CancelledError("map was cancelled before it finished")
+

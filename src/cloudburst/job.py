@@ -1,0 +1,673 @@
+"""A Job is one executor session: its key, its resources, and the table of tasks in flight.
+
+::
+
+    submit / map ─► pending (items, map runs)
+                       │ dispatcher: chunk (sized from measured item time) ─► pack ─► seal
+                       ▼
+                    tasks queue ─────────────► workers ────► results queue
+                                                                 │ collector: unseal ─► unpack
+    futures / map slots ◄──────────────── finish items ◄─────────┘  ─► replay output
+    manager: watch workers (poll) ─► attribute deaths to tasks ─► replace workers
+
+Three threads, each a short loop of named steps. The table (``_tasks``) is the
+only shared state and one Condition guards it; user callbacks and unpickling
+run outside it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import math
+import pickle
+import secrets
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import get_backend
+from .backends.base import WorkerExit
+from .config import ExecutorOptions
+from .errors import (
+    ExecutorShutdownError,
+    PayloadAuthenticationError,
+    PicklingError,
+    RemoteError,
+    UnpicklingError,
+    WorkerDiedError,
+)
+from .output import replay
+from .serialize import BlobRef, Packed, Packer, Unpacker, describe
+from .task import REJECTED, RESULT, STARTED, ItemError, Notice, ResultMessage, TaskMessage, decode, encode, peek_task_id
+
+__all__ = ["Job", "MapRun", "rebuild_exception"]
+
+log = logging.getLogger("cloudburst")
+_MAX_STARTUP_FAILURES = 3
+
+
+# ---------------------------------------------------------------------------- work not yet dispatched
+
+
+@dataclass(eq=False)
+class _SubmitItem:
+    fn: Callable[..., Any]
+    fn_ref: BlobRef
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: Future[Any]
+    index: int
+
+
+class MapRun:
+    """One ``map`` call: its calls, and result slots filled as chunks come back."""
+
+    def __init__(
+        self, fn: Callable[..., Any], fn_ref: BlobRef, calls: list[tuple[Any, ...]], base_index: int, chunksize: int | None
+    ) -> None:
+        self.fn = fn
+        self.fn_ref = fn_ref
+        self.calls = calls
+        self.base_index = base_index
+        self.chunksize = chunksize
+        self.next_pos = 0  # first call not yet dispatched
+        self.values: list[Any] = [None] * len(calls)
+        self.errors: dict[int, BaseException] = {}
+        self.ready_upto = 0  # every slot below this is filled
+        self.done = 0
+        self.cancelled = False
+        self._finished_spans: dict[int, int] = {}
+        self.cond = threading.Condition()
+        self.on_progress: Callable[[int], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def fill(self, start: int, values: Sequence[Any], errors: dict[int, BaseException]) -> None:
+        with self.cond:
+            self.values[start : start + len(values)] = values
+            for pos, exc in errors.items():
+                self.errors[start + pos] = exc
+            self.done += len(values)
+            self._finished_spans[start] = start + len(values)
+            while self.ready_upto in self._finished_spans:
+                self.ready_upto = self._finished_spans.pop(self.ready_upto)
+            self.cond.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(len(values))
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+
+
+# ---------------------------------------------------------------------------- work in flight
+
+
+@dataclass(eq=False)
+class _Task:
+    task_id: int
+    fn_ref: BlobRef
+    indices: Sequence[int]
+    run: MapRun | None = None
+    start: int = 0  # position of the first call in run.calls
+    items: list[_SubmitItem] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)  # every worker that took it, latest last
+    attempt: int = 0
+    dispatched_at: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
+    """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
+    exc: BaseException | None = None
+    if error.pickled is not None:
+        try:
+            import tblib.pickling_support  # noqa: F401 - registers the traceback reducers
+
+            loaded = pickle.loads(error.pickled)  # inside an authenticated result message
+            if isinstance(loaded, BaseException):
+                exc = loaded
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(
+            f"{error.type_name}: {error.message} (the exception could not be sent back as itself)",
+            type_name=error.type_name,
+            remote_traceback=error.traceback,
+        )
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"cloudburst: raised in {where}")
+    return exc
+
+
+class Job:
+    """One executor session. Created and driven by :class:`cloudburst.Executor`."""
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        self.options = options
+        self.id = uuid.uuid4().hex
+        self.key = secrets.token_bytes(32)
+        self.backend = get_backend(options.backend)(options)
+        worker_env = {
+            **options.env,
+            "CLOUDBURST_JOB_ID": self.id,
+            "CLOUDBURST_JOB_KEY": self.key.hex(),
+            "CLOUDBURST_LEASE_SECONDS": str(self.backend.lease_seconds),
+            "CLOUDBURST_INLINE_LIMIT": str(self._inline_limit),
+            "CLOUDBURST_IDLE_TIMEOUT": "" if options.idle_timeout is None else str(options.idle_timeout),
+        }
+        self.resources = self.backend.open_job(self.id, self.key, worker_env)
+        self.packer = Packer(self.resources.store, inline_limit=self._inline_limit)
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="cloudburst-client-"))
+        self.unpacker = Unpacker(self.resources.store, self._cache_dir)
+        self.slots = self.backend.slots
+
+        self._cond = threading.Condition()
+        self._pending: deque[_SubmitItem | MapRun] = deque()
+        self._tasks: dict[int, _Task] = {}
+        self._task_ids = itertools.count(1)
+        self._next_index = 0
+        self._item_seconds: dict[str, float] = {}  # function digest -> measured seconds per item
+        self._stopping = False
+        self._closed = False
+        self._accepting = True
+        self._startup_failures = 0
+        self._exits: dict[str, WorkerExit] = {}
+        self._poll_lock = threading.Lock()
+        self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
+        self.on_items_done: Callable[[int], None] | None = None
+
+        self._threads = [
+            threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
+            threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True),
+            threading.Thread(target=self._manage_loop, name="cloudburst-manager", daemon=True),
+        ]
+        self.resources.launcher.start(options.workers)
+        for thread in self._threads:
+            thread.start()
+        _LIVE_JOBS.add(self)
+
+    @property
+    def _inline_limit(self) -> int:
+        return max(4096, self.backend.max_message_bytes - 4096)
+
+    # ------------------------------------------------------------------ intake
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        fn_ref = self.packer.function(fn)
+        future: Future[Any] = Future()
+        with self._cond:
+            self._check_accepting()
+            item = _SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index)
+            self._next_index += 1
+            self._pending.append(item)
+            self._cond.notify_all()
+        return future
+
+    def map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], chunksize: int | None) -> MapRun:
+        fn_ref = self.packer.function(fn)
+        with self._cond:
+            self._check_accepting()
+            run = MapRun(fn, fn_ref, calls, self._next_index, chunksize)
+            self._next_index += len(calls)
+            if calls:
+                self._pending.append(run)
+                self._cond.notify_all()
+        return run
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ExecutorShutdownError("cannot schedule new work after shutdown; create a new Executor")
+
+    # ------------------------------------------------------------------ dispatcher
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not (self._pending and len(self._tasks) < self._backlog_limit()):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                planned = self._plan_tasks()
+            bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
+            if bodies:
+                self.resources.tasks.send_batch(bodies)
+
+    def _backlog_limit(self) -> int:
+        return 2 * self.slots + 2
+
+    def _chunk_size(self, fn_ref: BlobRef, remaining: int) -> int:
+        per_item = self._item_seconds.get(fn_ref.digest)
+        if per_item is None:
+            return 1  # nothing measured yet: small probes until the first results come back
+        by_time = self.backend.target_task_seconds / max(per_item, 1e-7)
+        by_balance = math.ceil(remaining / (2 * self.slots))
+        return max(1, min(int(by_time), by_balance, 1_000_000))
+
+    def _plan_tasks(self) -> list[tuple[_Task, list[Any]]]:
+        """Cut pending work into tasks, up to the backlog limit. Called with the lock held."""
+        planned: list[tuple[_Task, list[Any]]] = []
+        while self._pending and len(self._tasks) < self._backlog_limit():
+            head = self._pending[0]
+            if isinstance(head, MapRun):
+                if head.cancelled:
+                    self._pending.popleft()
+                    continue
+                remaining = len(head.calls) - head.next_pos
+                size = head.chunksize or self._chunk_size(head.fn_ref, remaining)
+                start = head.next_pos
+                stop = min(len(head.calls), start + size)
+                head.next_pos = stop
+                if stop >= len(head.calls):
+                    self._pending.popleft()
+                indices = range(head.base_index + start, head.base_index + stop)
+                task = _Task(next(self._task_ids), head.fn_ref, indices, run=head, start=start)
+                calls: list[Any] = head.calls[start:stop]
+            else:
+                items = self._take_submitted(head.fn_ref)
+                if not items:
+                    continue
+                task = _Task(next(self._task_ids), head.fn_ref, [i.index for i in items], items=items)
+                calls = [(i.args, i.kwargs) for i in items]
+            self._tasks[task.task_id] = task
+            planned.append((task, calls))
+        return planned
+
+    def _take_submitted(self, fn_ref: BlobRef) -> list[_SubmitItem]:
+        """Consecutive submitted items of one function, skipping cancelled ones."""
+        same = 0
+        for entry in self._pending:
+            if not isinstance(entry, _SubmitItem) or entry.fn_ref != fn_ref:
+                break
+            same += 1
+        size = self._chunk_size(fn_ref, same)
+        items: list[_SubmitItem] = []
+        while self._pending and len(items) < size:
+            entry = self._pending[0]
+            if not isinstance(entry, _SubmitItem) or entry.fn_ref != fn_ref:
+                break
+            self._pending.popleft()
+            if not entry.future.cancelled():
+                items.append(entry)
+        return items
+
+    def _seal(self, task: _Task, calls: list[Any]) -> bytes | None:
+        """Pickle a task's calls and seal the message; a call that cannot be pickled fails alone."""
+        with_kwargs = task.run is None
+        try:
+            packed = self._pack_calls(calls)
+        except Exception:
+            self._resend_picklable(task, calls)
+            return None
+        message = TaskMessage(
+            task.task_id,
+            task.fn_ref,
+            packed,
+            task.indices,
+            with_kwargs=with_kwargs,
+            seed=self.options.seed,
+            max_attempts=self.options.retries + 1,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        with self._cond:
+            self.stats["tasks"] += 1
+        return encode(self.key, b"T", task.task_id, message)
+
+    def _pack_calls(self, calls: list[Any]) -> Packed:
+        if calls and isinstance(calls[0], tuple) and len(calls[0]) == 2 and isinstance(calls[0][1], dict):
+            shared = self.packer.shared_arguments(calls)  # submitted: (args, kwargs)
+        else:
+            shared = self.packer.shared_arguments([(c, None) for c in calls])
+        return self.packer.pack(calls, shared=shared)
+
+    def _resend_picklable(self, task: _Task, calls: list[Any]) -> None:
+        """Fail the calls that cannot be pickled, naming the object; send the others as new tasks."""
+        failures: dict[int, BaseException] = {}
+        replacements: list[tuple[_Task, list[Any]]] = []
+        for pos, call in enumerate(calls):
+            try:
+                self._pack_calls([call])
+            except Exception as exc:
+                values = call if task.run is not None else (*call[0], *call[1].values())
+                culprit = next((v for v in values if not _picklable(v)), None)
+                what = describe(culprit) if culprit is not None else "an argument"
+                error = PicklingError(
+                    f"item {task.indices[pos]}: cannot send {what} to a worker: {type(exc).__name__}: {exc}. "
+                    "Pass plain data, or create the object inside the function."
+                )
+                error.__cause__ = exc
+                failures[pos] = error
+                continue
+            index = task.indices[pos]
+            if task.run is not None:
+                single = _Task(next(self._task_ids), task.fn_ref, range(index, index + 1), run=task.run, start=task.start + pos)
+            else:
+                single = _Task(next(self._task_ids), task.fn_ref, [index], items=[task.items[pos]])
+            replacements.append((single, [call]))
+        with self._cond:
+            self._tasks.pop(task.task_id, None)
+            for single, _ in replacements:
+                self._tasks[single.task_id] = single
+            self._cond.notify_all()
+        self._finish_items(task, [None] * len(calls), failures, only=failures.keys())
+        bodies = [body for body in (self._seal(t, c) for t, c in replacements) if body is not None]
+        if bodies:
+            self.resources.tasks.send_batch(bodies)
+
+    # ------------------------------------------------------------------ collector
+    def _collect_loop(self) -> None:
+        results = self.resources.results
+        while not self._stopping:
+            try:
+                messages = results.receive(10, wait=0.2)
+            except Exception:
+                if self._stopping:
+                    return
+                raise
+            for message in messages:
+                self._handle(message.body)
+            if messages:
+                results.ack([m.receipt for m in messages])
+
+    def _handle(self, body: bytes) -> None:
+        try:
+            kind, message = decode(self.key, body)
+        except PayloadAuthenticationError as exc:
+            self._fail_task(peek_task_id(body), PayloadAuthenticationError(f"a result message {exc}"))
+            return
+        if kind == RESULT and isinstance(message, ResultMessage):
+            self._on_result(message)
+        elif kind == STARTED and isinstance(message, Notice):
+            self._on_started(message)
+        elif kind == REJECTED and isinstance(message, Notice):
+            task_id = message.task_ids[0] if message.task_ids else None
+            self._fail_task(
+                task_id,
+                PayloadAuthenticationError(f"worker {message.worker_id} refused the task's message: {message.detail}"),
+            )
+
+    def _on_started(self, notice: Notice) -> None:
+        with self._cond:
+            tasks = [self._tasks.get(t) for t in notice.task_ids]
+            for task, attempt in zip(tasks, notice.attempts):
+                if task is not None:
+                    task.workers.append(notice.worker_id)
+                    task.attempt = attempt
+            self._startup_failures = 0
+        for task in tasks:
+            if task is not None:
+                for item in task.items:
+                    if not item.future.running() and not item.future.done():
+                        item.future.set_running_or_notify_cancel()
+
+    def _on_result(self, result: ResultMessage) -> None:
+        with self._cond:
+            task = self._tasks.pop(result.task_id, None)
+            if task is not None and result.failure is None and len(task):
+                seconds = result.compute_seconds / len(task)
+                old = self._item_seconds.get(task.fn_ref.digest)
+                self._item_seconds[task.fn_ref.digest] = seconds if old is None else 0.5 * (old + seconds)
+            self._cond.notify_all()
+        if task is None:
+            return  # a duplicate delivery: the first result won
+        if result.events:
+            replay(result.events)
+        where = f"item {{index}} on worker {result.worker_id}"
+        if result.failure is not None:
+            exc = rebuild_exception(result.failure, where=f"task {task.task_id} on worker {result.worker_id}")
+            if isinstance(exc, WorkerDiedError):
+                exc = self._died_error(task, exc)
+            self._finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), exc))
+            return
+        try:
+            values = self.unpacker.unpack(result.values) if result.values is not None else [None] * len(task)
+        except Exception as exc:
+            error = UnpicklingError(
+                f"the results of items {_span(task.indices)} came back but could not be unpickled here: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            self._finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), error))
+            return
+        errors = {
+            pos: rebuild_exception(err, where=where.format(index=task.indices[pos])) for pos, err in result.errors.items()
+        }
+        self._finish_items(task, values, errors)  # type: ignore[arg-type]
+
+    def _died_error(self, task: _Task, fallback: WorkerDiedError) -> WorkerDiedError:
+        self._poll_workers()  # the last death may not have been seen yet
+        with self._cond:
+            deaths = [self._exits[w] for w in task.workers if w in self._exits]
+        if not deaths:
+            return fallback
+        last = deaths[-1]
+        tail = "\n".join(last.log_tail.strip().splitlines()[-5:])
+        message = (
+            f"item{'s' if len(task) > 1 else ''} {_span(task.indices)}: the worker running "
+            f"{'them' if len(task) > 1 else 'it'} died {len(deaths)} time(s); last: worker {last.worker_id}, "
+            f"{last.reason}. Retries exhausted (retries={self.options.retries})."
+        )
+        if tail:
+            message += f"\nLast worker output:\n{tail}"
+        return WorkerDiedError(message, exit_code=last.exit_code, reason=last.reason, attempts=len(deaths))
+
+    def _fail_task(self, task_id: int | None, exc: BaseException) -> None:
+        with self._cond:
+            task = self._tasks.pop(task_id, None) if task_id is not None else None
+            self._cond.notify_all()
+        if task is None:
+            log.warning("cloudburst: %s", exc)
+            return
+        self._finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), exc))
+
+    def _finish_items(
+        self,
+        task: _Task,
+        values: Sequence[Any],
+        errors: dict[int, BaseException],
+        only: Any = None,
+    ) -> None:
+        if task.run is not None:
+            if only is not None:
+                for pos in only:
+                    task.run.fill(task.start + pos, [None], {0: errors[pos]})
+            else:
+                task.run.fill(task.start, values, errors)
+        else:
+            positions = range(len(task.items)) if only is None else only
+            for pos in positions:
+                future = task.items[pos].future
+                try:
+                    if pos in errors:
+                        future.set_exception(errors[pos])
+                    else:
+                        future.set_result(values[pos])
+                except InvalidStateError:
+                    pass  # cancelled meanwhile
+            if self.on_items_done is not None:
+                self.on_items_done(len(positions))
+
+    # ------------------------------------------------------------------ manager
+    def _manage_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait(0.05)
+                if self._stopping:
+                    return
+            self._poll_workers()
+            self._scale()
+
+    def _poll_workers(self) -> None:
+        with self._poll_lock:
+            exits = self.resources.launcher.poll()
+            for exit_ in exits:
+                self._on_worker_exit(exit_)
+
+    def _on_worker_exit(self, exit_: WorkerExit) -> None:
+        with self._cond:
+            self._exits[exit_.worker_id] = exit_
+            victims = [t for t in self._tasks.values() if exit_.worker_id in t.workers]
+            if exit_.exit_code != 0:
+                self.stats["worker_deaths"] += 1
+                if not victims:
+                    self._startup_failures += 1
+            startup_failures = self._startup_failures
+        if exit_.exit_code == 0 and not victims:
+            return  # retired cleanly (idle, or the job ended): not a crash
+        if victims:
+            spans = ", ".join(_span(t.indices) for t in victims)
+            print(
+                f"cloudburst: worker {exit_.worker_id} died ({exit_.reason}) while running item(s) {spans}; "
+                f"retrying (retries={self.options.retries})",
+                file=sys.stderr,
+            )
+        if startup_failures >= _MAX_STARTUP_FAILURES:
+            tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
+            self._fail_everything(
+                WorkerDiedError(
+                    f"workers keep failing before they run anything ({startup_failures} in a row, last: "
+                    f"{exit_.reason}).\nLast worker output:\n{tail}",
+                    exit_code=exit_.exit_code,
+                    reason=exit_.reason,
+                )
+            )
+
+    def _scale(self) -> None:
+        launcher = self.resources.launcher
+        with self._cond:
+            busy = bool(self._pending or self._tasks)
+            broken = self._startup_failures >= _MAX_STARTUP_FAILURES
+        if broken or not busy:
+            return
+        missing = self.options.workers - launcher.running()
+        if missing > 0:
+            launcher.start(missing)
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        with self._cond:
+            tasks = list(self._tasks.values())
+            self._tasks.clear()
+            pending = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for task in tasks:
+            self._finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), exc))
+        for entry in pending:
+            if isinstance(entry, MapRun):
+                start = entry.next_pos
+                entry.fill(start, [None] * (len(entry.calls) - start), dict.fromkeys(range(len(entry.calls) - start), exc))
+            else:
+                try:
+                    entry.future.set_exception(exc)
+                except InvalidStateError:
+                    pass
+
+    # ------------------------------------------------------------------ ending
+    def cancel_pending(self) -> None:
+        """Cancel work that has not started: queued items, undispatched map calls, queued tasks."""
+        with self._cond:
+            pending = list(self._pending)
+            self._pending.clear()
+            not_started = [t for t in self._tasks.values() if not t.workers]
+            self._cond.notify_all()
+        for entry in pending:
+            if isinstance(entry, MapRun):
+                entry.cancel()
+            else:
+                entry.future.cancel()
+        for task in not_started:
+            if task.run is not None:
+                task.run.cancel()
+            for item in task.items:
+                item.future.cancel()
+
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(self._pending or self._live_tasks())
+
+    def _live_tasks(self) -> list[_Task]:
+        return [
+            t
+            for t in self._tasks.values()
+            if not (t.run is not None and t.run.cancelled) and not (t.items and all(i.future.cancelled() for i in t.items))
+        ]
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            self._accepting = False
+
+    def wait_idle(self) -> None:
+        with self._cond:
+            while not self._stopping and (self._pending or self._live_tasks()):
+                self._cond.wait(0.1)
+
+    def close(self, *, keep: bool = False) -> None:
+        """Stop the threads and workers and delete the job's data. Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify_all()
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current and thread.is_alive():
+                thread.join(timeout=2)
+        try:
+            self.backend.close_job(self.resources, keep=keep)
+        finally:
+            import shutil
+
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            _LIVE_JOBS.discard(self)
+        # Anything still unresolved can no longer finish.
+        self._fail_everything(ExecutorShutdownError("the executor was shut down before this work finished"))
+
+    def worker_pids(self) -> dict[str, int]:
+        pids = getattr(self.resources.launcher, "pids", None)
+        return pids() if callable(pids) else {}
+
+
+def _picklable(value: object) -> bool:
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(value, protocol=5)
+        return True
+    except Exception:
+        return False
+
+
+def _span(indices: Sequence[int]) -> str:
+    if isinstance(indices, range):
+        return str(indices.start) if len(indices) == 1 else f"{indices.start}..{indices.stop - 1}"
+    items = list(indices)
+    return ", ".join(map(str, items[:5])) + (" ..." if len(items) > 5 else "")
+
+
+_LIVE_JOBS: weakref.WeakSet[Job] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for job in list(_LIVE_JOBS):
+        try:
+            job.close()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            pass
+
+
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,429 @@
+"""Moving Python objects between the client and workers.
+
+::
+
+    object ─► cloudpickle (protocol 5) ─► in-band pickle bytes ─► inline in the message,
+                                      │                         or a blob when too big
+                                      └► out-of-band buffers ≥ 1 MiB (numpy, pandas, Arrow)
+                                          ─► content-addressed blobs (sha256), each stored once
+
+* Every message is sealed with HMAC-SHA256 under the job's key (``seal`` /
+  ``unseal``); nothing is unpickled before its seal checks out. Blobs are named by
+  their sha256, and the names travel inside sealed messages, so a blob is
+  authenticated by re-hashing it before use.
+* A buffer or a large argument that many tasks share is recognised by identity
+  and moved once per job.
+* Workers map large buffers copy-on-write (``mmap.ACCESS_COPY``): each task gets
+  a writable array without a copy, and a task's writes are private to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import io
+import mmap
+import pickle
+import sys
+import sysconfig
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .backends.base import Store
+from .errors import PayloadAuthenticationError, PicklingError, UnpicklingError
+
+__all__ = [
+    "BlobRef",
+    "Packed",
+    "Packer",
+    "Unpacker",
+    "describe",
+    "seal",
+    "ship_module_by_value",
+    "unseal",
+]
+
+PROTOCOL = 5
+MAGIC = b"CB\x01"
+_MAC_SIZE = 32
+BUFFER_MIN_BYTES = 1 << 20  # out-of-band buffers at least this big become blobs
+SHARE_MIN_BYTES = 64 << 10  # a repeated argument that pickles to this much becomes a blob
+COMPRESS_MIN_BYTES = 64 << 10
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex, range, slice})
+
+
+# ---------------------------------------------------------------------------- sealing
+
+
+def seal(key: bytes, kind: bytes, body: bytes) -> bytes:
+    """Prefix ``body`` with its kind and an HMAC-SHA256 over both."""
+    mac = hmac.new(key, kind + body, hashlib.sha256).digest()
+    return MAGIC + kind + mac + body
+
+
+def unseal(key: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """Return ``(kind, body)`` of a sealed message, or raise without unpickling anything."""
+    head = len(MAGIC) + 1 + _MAC_SIZE
+    if len(data) < head or data[: len(MAGIC)] != MAGIC:
+        raise PayloadAuthenticationError("message is not a cloudburst payload (bad header); it was discarded unread")
+    kind = data[len(MAGIC) : len(MAGIC) + 1]
+    mac = data[len(MAGIC) + 1 : head]
+    body = data[head:]
+    expected = hmac.new(key, kind + body, hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, expected):
+        raise PayloadAuthenticationError(
+            "message failed its HMAC check (tampered with, or sealed under another job's key); it was discarded unread"
+        )
+    return kind, body
+
+
+# ---------------------------------------------------------------------------- blobs
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """A content-addressed blob: ``digest`` is the sha256 of the stored bytes."""
+
+    digest: str
+    size: int
+    zstd: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"blobs/{self.digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A serialized object: pickle bytes inline or in a blob, plus out-of-band buffer blobs."""
+
+    inline: bytes | None
+    blob: BlobRef | None
+    buffers: tuple[BlobRef, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.inline or b"") + (self.blob.size if self.blob else 0)
+
+
+def _compress(data: bytes | memoryview) -> bytes | None:
+    """zstd-compress ``data`` when it is worth it (a sample compresses well)."""
+    import zstandard
+
+    sample = bytes(data[: 256 << 10])
+    if len(zstandard.ZstdCompressor(level=1).compress(sample)) > 0.9 * len(sample):
+        return None
+    return zstandard.ZstdCompressor(level=3, threads=-1).compress(bytes(data))
+
+
+def _decompress(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(data)
+
+
+# ---------------------------------------------------------------------------- shipping modules by value
+
+_SITE_DIRS = tuple(
+    {str(Path(p).resolve()) for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(key))}
+)
+_BY_VALUE: set[str] = set()
+
+
+def ship_module_by_value(fn: object) -> None:
+    """Make cloudpickle send ``fn``'s module by value when it is the user's own code.
+
+    A worker can import installed packages, but not a ``helpers.py`` lying next to
+    the user's script or notebook; such modules are pickled by value instead.
+    """
+    module_name = getattr(fn, "__module__", None)
+    if not module_name or module_name == "__main__" or module_name in _BY_VALUE:
+        return
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names or top in ("cloudburst", "cloudpickle"):
+        return
+    module = sys.modules.get(module_name)
+    filename = getattr(module, "__file__", None)
+    if module is None or not filename:
+        return
+    path = str(Path(filename).resolve())
+    if any(path.startswith(site + "/") for site in _SITE_DIRS) or "site-packages" in path or "dist-packages" in path:
+        return
+    cloudpickle.register_pickle_by_value(module)
+    _BY_VALUE.add(module_name)
+
+
+def describe(obj: object, limit: int = 80) -> str:
+    """A short, safe description of an object for error messages."""
+    try:
+        text = repr(obj)
+    except Exception:
+        text = object.__repr__(obj)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
+
+
+# ---------------------------------------------------------------------------- packing (client or worker)
+
+
+class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """Replaces objects in ``shared`` (by identity) with a reference to their blob."""
+
+    def __init__(self, file: io.BytesIO, shared: Mapping[int, Packed], **kwargs: Any) -> None:
+        super().__init__(file, protocol=PROTOCOL, **kwargs)
+        self._shared = shared
+
+    def persistent_id(self, obj: object) -> Packed | None:
+        return self._shared.get(id(obj))
+
+
+class Packer:
+    """Serializes objects for one job, storing large parts once in the job's store."""
+
+    def __init__(self, store: Store, *, inline_limit: int, compress: bool = True) -> None:
+        self._store = store
+        self._inline_limit = inline_limit
+        self._compress = compress
+        self._lock = threading.Lock()
+        self._buffer_refs: dict[int, BlobRef] = {}  # id(exporter) -> blob, dropped when it dies
+        self._stored: set[str] = set()
+        self._functions: dict[int, tuple[object, BlobRef]] = {}
+        self._shared: dict[int, tuple[object, Packed]] = {}  # id(arg) -> (arg kept alive, packed)
+        self._recent: collections.OrderedDict[int, object] = collections.OrderedDict()
+        self.bytes_serialized = 0  # everything written: inline payloads and new blobs
+
+    # -- blobs
+    def put_blob(self, data: bytes | memoryview) -> BlobRef:
+        raw = memoryview(data).cast("B")
+        zipped = _compress(raw) if self._compress and raw.nbytes >= COMPRESS_MIN_BYTES else None
+        stored: bytes | memoryview = zipped if zipped is not None else raw
+        digest = hashlib.sha256(stored).hexdigest()
+        ref = BlobRef(digest, memoryview(stored).nbytes, zipped is not None)
+        with self._lock:
+            if digest in self._stored:
+                return ref
+        if not self._store.exists(ref.key):
+            self._store.put(ref.key, stored)
+        with self._lock:
+            self._stored.add(digest)
+            self.bytes_serialized += ref.size
+        return ref
+
+    def _buffer_callback(self, refs: list[BlobRef]) -> Callable[[pickle.PickleBuffer], bool]:
+        def callback(buf: pickle.PickleBuffer) -> bool:
+            view = buf.raw()
+            if view.nbytes < BUFFER_MIN_BYTES:
+                return True  # small: keep in-band
+            owner = view.obj
+            ident = id(owner)
+            ref = self._buffer_refs.get(ident)
+            if ref is None:
+                ref = self.put_blob(view)
+                try:
+                    weakref.finalize(owner, self._buffer_refs.pop, ident, None)
+                except TypeError:
+                    pass  # not weak-referenceable: hashed again next time, still stored once
+                else:
+                    self._buffer_refs[ident] = ref
+            refs.append(ref)
+            return False
+
+        return callback
+
+    def pack(self, obj: object, *, shared: Mapping[int, Packed] | None = None) -> Packed:
+        """Pickle ``obj``; raise :class:`PicklingError` naming it on failure."""
+        refs: list[BlobRef] = []
+        callback = self._buffer_callback(refs)
+        if shared:
+            stream = io.BytesIO()
+            _SharingPickler(stream, shared, buffer_callback=callback).dump(obj)
+            data = stream.getvalue()
+        else:
+            data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
+        return self._finish(data, tuple(refs))
+
+    def _finish(self, data: bytes, buffers: tuple[BlobRef, ...]) -> Packed:
+        if len(data) > self._inline_limit:
+            return Packed(None, self.put_blob(data), buffers)
+        if self._compress and len(data) >= COMPRESS_MIN_BYTES:
+            zipped = _compress(data)
+            if zipped is not None:
+                data = b"Z" + zipped
+            else:
+                data = b"R" + data
+        else:
+            data = b"R" + data
+        with self._lock:
+            self.bytes_serialized += len(data)
+        return Packed(data, None, buffers)
+
+    def function(self, fn: Callable[..., object]) -> BlobRef:
+        """The blob of a function, pickled once per job (by value where the worker can't import it)."""
+        cached = self._functions.get(id(fn))
+        if cached is not None and cached[0] is fn:
+            return cached[1]
+        ship_module_by_value(fn)
+        try:
+            packed = self.pack(fn)
+        except Exception as exc:
+            raise PicklingError(
+                f"cannot send the function {_name_of(fn)} to workers: {type(exc).__name__}: {exc}. "
+                "Functions must be picklable by cloudpickle; objects they capture (open files, locks, "
+                "database connections) must be created inside the function instead."
+            ) from exc
+        # A function is always one blob holding its Packed form, so workers cache it by digest.
+        ref = self.put_blob(pickle.dumps(packed, protocol=PROTOCOL))
+        self._functions[id(fn)] = (fn, ref)
+        return ref
+
+    def shared_arguments(self, calls: list[tuple[tuple[object, ...], dict[str, object] | None]]) -> dict[int, Packed]:
+        """Find large arguments repeated across items and store each once.
+
+        An argument seen before (by identity) whose pickle is at least SHARE_MIN_BYTES is
+        stored as its own blob; returns ``id -> Packed`` for the pickler to reference.
+        """
+        found: dict[int, Packed] = {}
+        for args, kwargs in calls:
+            values: tuple[object, ...] | list[object] = args if not kwargs else [*args, *kwargs.values()]
+            for value in values:
+                if type(value) in _SCALARS:
+                    continue
+                ident = id(value)
+                entry = self._shared.get(ident)
+                if entry is not None and entry[0] is value:
+                    found[ident] = entry[1]
+                    continue
+                if not _looks_large(value):
+                    continue
+                if self._recent.get(ident) is value:
+                    packed = self.pack(value)
+                    if packed.nbytes >= SHARE_MIN_BYTES:
+                        holder = Packed(None, self.put_blob(pickle.dumps(packed, protocol=PROTOCOL)))
+                        self._shared[ident] = (value, holder)
+                        found[ident] = holder
+                    self._recent.pop(ident, None)
+                else:
+                    self._recent[ident] = value
+                    if len(self._recent) > 64:
+                        self._recent.popitem(last=False)
+        return found
+
+
+def _looks_large(value: object) -> bool:
+    try:
+        return len(value) >= 1000  # type: ignore[arg-type]
+    except Exception:
+        return False
+
+
+def _name_of(fn: object) -> str:
+    module = getattr(fn, "__module__", "?")
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}.{name}"
+
+
+# ---------------------------------------------------------------------------- unpacking
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, unpacker: Unpacker, buffers: list[object]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._unpacker = unpacker
+
+    def persistent_load(self, pid: object) -> object:
+        if not isinstance(pid, Packed):
+            raise pickle.UnpicklingError(f"unexpected persistent id {type(pid).__name__}")
+        return self._unpacker.unpack(self._unpacker.load_holder(pid))
+
+
+class Unpacker:
+    """Loads ``Packed`` objects, fetching and verifying blobs through the store."""
+
+    def __init__(self, store: Store, cache_dir: Path) -> None:
+        self._store = store
+        self._cache_dir = cache_dir
+        self._files: dict[str, Path] = {}
+        self._small: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._small_bytes = 0
+        self._functions: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _verified_file(self, ref: BlobRef) -> Path:
+        path = self._files.get(ref.digest)
+        if path is not None:
+            return path
+        path = self._store.get_file(ref.key, self._cache_dir)
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != ref.digest:
+            raise PayloadAuthenticationError(
+                f"blob {ref.digest[:12]} does not match its sha256 (altered in the store); it was not used"
+            )
+        if ref.zstd:
+            plain = self._cache_dir / f"{ref.digest}.raw"
+            plain.write_bytes(_decompress(path.read_bytes()))
+            path = plain
+        self._files[ref.digest] = path
+        return path
+
+    def blob_bytes(self, ref: BlobRef) -> bytes:
+        with self._lock:
+            data = self._small.get(ref.digest)
+            if data is not None:
+                self._small.move_to_end(ref.digest)
+                return data
+        data = self._verified_file(ref).read_bytes()
+        with self._lock:
+            self._small[ref.digest] = data
+            self._small_bytes += len(data)
+            while self._small_bytes > 256 << 20 and len(self._small) > 1:
+                _, old = self._small.popitem(last=False)
+                self._small_bytes -= len(old)
+        return data
+
+    def blob_buffer(self, ref: BlobRef) -> object:
+        """A private, writable, zero-copy view of a buffer blob."""
+        path = self._verified_file(ref)
+        if ref.size == 0 or path.stat().st_size == 0:
+            return bytearray()
+        with open(path, "rb") as fh:
+            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def load_holder(self, holder: Packed) -> Packed:
+        """A function or shared argument is stored as a pickled ``Packed``; read it."""
+        if holder.blob is None:
+            raise UnpicklingError("malformed reference to a shared object")
+        inner = pickle.loads(self.blob_bytes(holder.blob))
+        if not isinstance(inner, Packed):
+            raise UnpicklingError("malformed shared object")
+        return inner
+
+    def unpack(self, packed: Packed) -> object:
+        """Load an object. Errors propagate as raised by pickle; callers name what failed."""
+        if packed.inline is not None:
+            codec, data = packed.inline[:1], packed.inline[1:]
+            payload = _decompress(data) if codec == b"Z" else data
+        elif packed.blob is not None:
+            payload = self.blob_bytes(packed.blob)
+        else:
+            raise UnpicklingError("malformed payload: neither inline nor a blob")
+        buffers = [self.blob_buffer(ref) for ref in packed.buffers]
+        return _RefUnpickler(io.BytesIO(payload), self, buffers).load()
+
+    def function(self, ref: BlobRef) -> object:
+        fn = self._functions.get(ref.digest)
+        if fn is None:
+            fn = self.unpack(self.load_holder(Packed(None, ref)))
+            self._functions[ref.digest] = fn
+        return fn
+

@@ -1,0 +1,118 @@
+"""What travels through the queues: tasks out, results and notices back.
+
+Every message is ``seal(kind, header + pickle)``: the header is the task id as
+8 plain bytes, so a message that fails its seal can still be *reported* against
+its task without unpickling a byte of it.
+
+=====  ==============  ===========================================
+kind   queue           meaning
+=====  ==============  ===========================================
+``T``  tasks           a chunk of calls of one function
+``R``  results         the outcome of every call in a task
+``S``  results         a worker started tasks (for crash attribution)
+``X``  results         a worker refused a task it could not authenticate
+=====  ==============  ===========================================
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .serialize import BlobRef, Packed, seal, unseal
+
+__all__ = [
+    "ItemError",
+    "Notice",
+    "OutputEvent",
+    "ResultMessage",
+    "TaskMessage",
+    "decode",
+    "encode",
+    "peek_task_id",
+]
+
+TASK = b"T"
+RESULT = b"R"
+STARTED = b"S"
+REJECTED = b"X"
+_HEADER = struct.Struct("<Q")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """A chunk of calls of one function. ``indices[k]`` is the item index of call ``k``."""
+
+    task_id: int
+    function: BlobRef
+    calls: Packed  # list of args tuples, or of (args, kwargs) pairs when with_kwargs
+    indices: Sequence[int]
+    with_kwargs: bool = False
+    seed: int | None = None
+    max_attempts: int = 3
+    log_level: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """An exception raised by one call, pickled with its traceback when possible."""
+
+    pickled: bytes | None
+    type_name: str
+    message: str
+    traceback: str
+
+
+#: (item index, kind, payload): kind is "stdout", "stderr", "log" (dict of a LogRecord) or
+#: "warning" (category name, message, filename, lineno, pickled category or None)
+OutputEvent = tuple[int, str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultMessage:
+    """The outcome of one task. ``failure`` set means every call failed with it."""
+
+    task_id: int
+    worker_id: str
+    attempt: int
+    values: Packed | None = None  # list of return values; None where errors has an entry
+    errors: dict[int, ItemError] = field(default_factory=dict)  # position in chunk -> error
+    failure: ItemError | None = None
+    compute_seconds: float = 0.0
+    events: list[OutputEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A worker's word about tasks it took (``S``) or refused (``X``)."""
+
+    task_ids: tuple[int, ...]
+    worker_id: str
+    attempts: tuple[int, ...] = ()
+    detail: str = ""
+
+
+def encode(key: bytes, kind: bytes, task_id: int, message: object) -> bytes:
+    body = _HEADER.pack(task_id) + pickle.dumps(message, protocol=5)
+    return seal(key, kind, body)
+
+
+def decode(key: bytes, data: bytes) -> tuple[bytes, object]:
+    """Authenticate, then unpickle. Raises PayloadAuthenticationError before any unpickling."""
+    kind, body = unseal(key, data)
+    # The body was sealed by a holder of the job key: only our own message
+    # classes and builtins are inside; user objects are nested as Packed bytes.
+    return kind, pickle.loads(body[_HEADER.size :])
+
+
+def peek_task_id(data: bytes) -> int | None:
+    """The (unauthenticated) task id of a message, for reporting only."""
+    from .serialize import MAGIC
+
+    start = len(MAGIC) + 1 + 32
+    if len(data) < start + _HEADER.size:
+        return None
+    value: int = _HEADER.unpack_from(data, start)[0]
+    return value

@@ -1,0 +1,322 @@
+"""The worker: ``python -m cloudburst.worker``. One loop for every backend.
+
+::
+
+    connect (backend.connect_worker from the environment)
+    loop:
+        receive tasks (lease) ── none ─► idle too long? job ended? ─► retire
+        authenticate each ── bad seal ─► refuse (X notice), delete, never unpickle
+        announce (S notice: which tasks this worker holds, for crash attribution)
+        for each task:
+            too many deliveries? ─► give up: report WorkerDiedError, delete
+            load function + calls ─► run each call, output captured per item
+            pack results (big ones to the store) ─► send R ─► ack (delete the task)
+
+Watchdogs run beside the loop: the lease keeper extends the leases of running
+tasks; the parent watch exits when the client's process is gone; the memory
+watch stops the worker like an out-of-memory kill when it passes its limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import seeds
+from .backends import get_backend
+from .backends.base import Message, WorkerSide
+from .errors import PayloadAuthenticationError, PicklingError, TaskExitError, UnpicklingError, WorkerDiedError
+from .output import Capture
+from .serialize import Packer, Unpacker, describe
+from .task import REJECTED, RESULT, STARTED, TASK, ItemError, Notice, ResultMessage, TaskMessage, decode, encode, peek_task_id
+
+__all__ = ["Worker", "item_error", "main"]
+
+REASON_PREFIX = "cloudburst-worker: exit reason: "
+OOM_EXIT_CODE = 137
+
+
+def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
+    """Describe an exception for the trip back: pickled with its traceback when that round-trips."""
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    exc.__traceback__ = tb
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    pickled: bytes | None
+    try:
+        import pickle
+
+        import cloudpickle
+        from tblib import pickling_support
+
+        pickling_support.install(exc)
+        pickled = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(pickled)
+    except Exception:
+        pickled = None
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return ItemError(pickled, name, str(exc), text)
+
+
+class Worker:
+    """Runs tasks from a queue until retired. All backends share this loop."""
+
+    def __init__(self, side: WorkerSide, env: Mapping[str, str]) -> None:
+        self.side = side
+        self.key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
+        self.worker_id = env.get("CLOUDBURST_WORKER_ID", f"pid{os.getpid()}")
+        self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
+        idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
+        self.idle_timeout = float(idle) if idle else None
+        self.slots = 1
+        memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
+        self.memory_limit = int(memory) * 1024 * 1024 if memory else None
+        self.inline_limit = int(env.get("CLOUDBURST_INLINE_LIMIT", str(256 * 1024)))
+        cache = Path(tempfile.mkdtemp(prefix=f"cloudburst-{self.worker_id}-"))
+        self.unpacker = Unpacker(side.store, cache)
+        self.packer = Packer(side.store, inline_limit=self.inline_limit, compress=env.get("CLOUDBURST_COMPRESS", "1") == "1")
+        self._held: dict[str, float] = {}  # receipt -> lease end
+        self._held_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._last_work = time.monotonic()
+        self._last_control_check = 0.0
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        self.start_watchdogs()
+        while not self._stopping.is_set():
+            messages = self.side.tasks.receive(self.slots, wait=1.0)
+            if not messages:
+                if self.should_retire():
+                    return 0
+                continue
+            self._last_work = time.monotonic()
+            tasks = self.authenticate(messages)
+            self.announce(tasks)
+            for message, task in tasks:
+                self.run_task(message, task)
+            self._last_work = time.monotonic()
+        return 0
+
+    def should_retire(self) -> bool:
+        idle = time.monotonic() - self._last_work
+        if self.idle_timeout is not None and idle >= self.idle_timeout:
+            self.say_exit(f"idle for {idle:.0f} s (idle_timeout={self.idle_timeout:g})")
+            return True
+        now = time.monotonic()
+        if now - self._last_control_check > 5.0:
+            self._last_control_check = now
+            if self.side.store.exists("control/stop"):
+                self.say_exit("the job ended")
+                return True
+        return False
+
+    def authenticate(self, messages: list[Message]) -> list[tuple[Message, TaskMessage]]:
+        good = []
+        for message in messages:
+            try:
+                kind, task = decode(self.key, message.body)
+                if kind != TASK or not isinstance(task, TaskMessage):
+                    raise PayloadAuthenticationError("message on the task queue is not a task")
+            except PayloadAuthenticationError as exc:
+                self.refuse(message, str(exc))
+                continue
+            good.append((message, task))
+        return good
+
+    def refuse(self, message: Message, why: str) -> None:
+        task_id = peek_task_id(message.body)
+        notice = Notice((task_id if task_id is not None else -1,), self.worker_id, detail=why)
+        self.side.results.send_batch([encode(self.key, REJECTED, task_id or 0, notice)])
+        self.side.tasks.ack([message.receipt])
+
+    def announce(self, tasks: list[tuple[Message, TaskMessage]]) -> None:
+        if not tasks:
+            return
+        notice = Notice(
+            tuple(t.task_id for _, t in tasks), self.worker_id, tuple(m.receive_count for m, _ in tasks)
+        )
+        self.side.results.send_batch([encode(self.key, STARTED, 0, notice)])
+
+    def run_task(self, message: Message, task: TaskMessage) -> None:
+        if message.receive_count > task.max_attempts:
+            died = WorkerDiedError(
+                f"task {task.task_id} was started {message.receive_count - 1} times and its worker "
+                "died each time (killed, crashed or out of memory)",
+                attempts=message.receive_count - 1,
+            )
+            self.send(ResultMessage(task.task_id, self.worker_id, message.receive_count, failure=item_error(died, 0)), message)
+            return
+        with self._held_lock:
+            self._held[message.receipt] = time.monotonic() + self.lease_seconds
+        try:
+            result = self.execute(task, message.receive_count)
+        finally:
+            with self._held_lock:
+                self._held.pop(message.receipt, None)
+        self.send(result, message)
+
+    def send(self, result: ResultMessage, message: Message) -> None:
+        self.side.results.send_batch([encode(self.key, RESULT, result.task_id, result)])
+        self.side.tasks.ack([message.receipt])
+
+    # ------------------------------------------------------------------ one task
+    def execute(self, task: TaskMessage, attempt: int) -> ResultMessage:
+        def fail(exc: BaseException) -> ResultMessage:
+            return ResultMessage(task.task_id, self.worker_id, attempt, failure=item_error(exc, 0))
+
+        try:
+            fn = self.unpacker.function(task.function)
+        except Exception as exc:
+            error = UnpicklingError(
+                f"task {task.task_id}: the function could not be unpickled on the worker: "
+                f"{type(exc).__name__}: {exc}. A module it needs may be missing on the worker."
+            )
+            error.__cause__ = exc
+            return fail(error)
+        try:
+            calls = self.unpacker.unpack(task.calls)
+        except Exception as exc:
+            error = UnpicklingError(
+                f"task {task.task_id}: the arguments of items {_span(task.indices)} could not be unpickled "
+                f"on the worker: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            return fail(error)
+        values, errors, events, seconds = self.call_each(fn, calls, task)  # type: ignore[arg-type]
+        packed, pack_errors = self.pack_values(values, task)
+        errors.update(pack_errors)
+        return ResultMessage(task.task_id, self.worker_id, attempt, packed, errors, None, seconds, events)
+
+    def call_each(
+        self, fn: Callable[..., Any], calls: list[Any], task: TaskMessage
+    ) -> tuple[list[Any], dict[int, ItemError], list[Any], float]:
+        values: list[Any] = [None] * len(calls)
+        errors: dict[int, ItemError] = {}
+        indices = task.indices
+        seed = task.seed
+        seed_item = seeds.seed_item
+        capture = Capture(task.log_level)
+        started = time.perf_counter()
+        with capture:
+            for pos, call in enumerate(calls):
+                index = indices[pos]
+                capture.item = index
+                seed_item(seed, index)
+                try:
+                    if task.with_kwargs:
+                        values[pos] = fn(*call[0], **call[1])
+                    else:
+                        values[pos] = fn(*call)
+                except SystemExit as exc:
+                    exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
+                    errors[pos] = item_error(exit_error, 0)
+                except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the client
+                    errors[pos] = item_error(exc)
+                capture.collect_warnings()
+        seeds.seed_item(None, -1)
+        return values, errors, capture.events, time.perf_counter() - started
+
+    def pack_values(self, values: list[Any], task: TaskMessage) -> tuple[Any, dict[int, ItemError]]:
+        errors: dict[int, ItemError] = {}
+        try:
+            return self.packer.pack(values), errors
+        except Exception:
+            pass
+        import cloudpickle
+
+        for pos, value in enumerate(values):
+            try:
+                cloudpickle.dumps(value, protocol=5)
+            except Exception as exc:
+                error = PicklingError(
+                    f"the result of item {task.indices[pos]} cannot be pickled: {describe(value)}: "
+                    f"{type(exc).__name__}: {exc}. Return plain data (numbers, arrays, dicts) instead."
+                )
+                errors[pos] = item_error(error, 0)
+                values[pos] = None
+        return self.packer.pack(values), errors
+
+    # ------------------------------------------------------------------ watchdogs
+    def start_watchdogs(self) -> None:
+        threading.Thread(target=self.keep_leases, name="lease-keeper", daemon=True).start()
+        if self.side.parent_pid is not None:
+            threading.Thread(target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True).start()
+        if self.memory_limit is not None:
+            threading.Thread(target=self.watch_memory, args=(self.memory_limit,), name="memory-watch", daemon=True).start()
+
+    def keep_leases(self) -> None:
+        period = max(0.05, self.lease_seconds / 3)
+        while not self._stopping.wait(period):
+            with self._held_lock:
+                receipts = list(self._held)
+            if receipts:
+                try:
+                    self.side.tasks.extend(receipts, self.lease_seconds)
+                except Exception as exc:  # the next receive will report a broken queue
+                    print(f"cloudburst-worker: could not extend leases: {exc}", file=sys.__stderr__)
+
+    def watch_parent(self, parent_pid: int) -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                self.say_exit("the client process is gone")
+                os._exit(0)
+            time.sleep(0.25)
+
+    def watch_memory(self, limit: int) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            try:
+                with open("/proc/self/statm") as fh:
+                    rss = int(fh.read().split()[1]) * page
+            except OSError:  # pragma: no cover - not Linux: the limit is not enforced locally
+                return
+            if rss > limit:
+                self.say_exit(
+                    f"OutOfMemoryError: the worker used {rss / 2**20:.0f} MiB, over its memory limit of "
+                    f"{limit / 2**20:.0f} MiB; ask for more memory= or use less per task"
+                )
+                os._exit(OOM_EXIT_CODE)
+            time.sleep(0.05)
+
+    def say_exit(self, reason: str) -> None:
+        os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
+
+
+def _span(indices: Any) -> str:
+    if isinstance(indices, range):
+        return f"{indices.start}..{indices.stop - 1}"
+    items = list(indices)
+    return ", ".join(map(str, items[:5])) + (" ..." if len(items) > 5 else "")
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for entry in reversed(json.loads(env.get("CLOUDBURST_SYS_PATH", "[]"))):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    backend = get_backend(env["CLOUDBURST_BACKEND"])
+    side = backend.connect_worker(env)
+    worker = Worker(side, env)
+    try:
+        return worker.run()
+    except (EOFError, ConnectionError, BrokenPipeError):
+        worker.say_exit("lost the connection to the client")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
