@@ -208,6 +208,7 @@ class Job:
 
     # ------------------------------------------------------------------ intake
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        self._check_accepting()  # before anything is written to the store
         fn_ref = self.packer.function(fn)
         future: Future[Any] = Future()
         with self._cond:
@@ -219,6 +220,7 @@ class Job:
         return future
 
     def map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], chunksize: int | None) -> MapRun:
+        self._check_accepting()
         fn_ref = self.packer.function(fn)
         with self._cond:
             self._check_accepting()
@@ -638,6 +640,7 @@ class Job:
         self._fail_everything(ExecutorShutdownError("the executor was shut down before this work finished"))
 
     def worker_pids(self) -> dict[str, int]:
+        """Process ids of every worker started on this machine (for tests and tools)."""
         pids = getattr(self.resources.launcher, "pids", None)
         return pids() if callable(pids) else {}
 

@@ -92,6 +92,7 @@ class LocalLauncher:
         self._env = dict(env)
         self._log_dir = log_dir
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = {}
+        self._started: dict[str, int] = {}  # every worker ever started: id -> pid
         self._lock = threading.Lock()
         self._counter = 0
 
@@ -114,6 +115,7 @@ class LocalLauncher:
             )
             with self._lock:
                 self._procs[worker_id] = (proc, log_path, log)
+                self._started[worker_id] = proc.pid
             ids.append(worker_id)
         return ids
 
@@ -159,8 +161,9 @@ class LocalLauncher:
             return sum(1 for proc, _, _ in self._procs.values() if proc.poll() is None)
 
     def pids(self) -> dict[str, int]:
+        """Every worker this launcher started, alive or not."""
         with self._lock:
-            return {wid: proc.pid for wid, (proc, _, _) in self._procs.items() if proc.poll() is None}
+            return dict(self._started)
 
 
 def _tail(path: Path, limit: int = 2000) -> str:
