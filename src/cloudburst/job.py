@@ -180,6 +180,7 @@ class Job:
         self._cond = threading.Condition()
         self._pending: deque[_SubmitItem | MapRun] = deque()
         self._tasks: dict[int, _Task] = {}
+        self._superseded: dict[int, _Task] = {}  # split after a worker death; their messages may still run
         self._task_ids = itertools.count(1)
         self._next_index = 0
         self._item_seconds: dict[str, float] = {}  # function digest -> measured seconds per item
@@ -403,7 +404,7 @@ class Job:
 
     def _on_started(self, notice: Notice) -> None:
         with self._cond:
-            tasks = [self._tasks.get(t) for t in notice.task_ids]
+            tasks = [self._tasks.get(t) or self._superseded.get(t) for t in notice.task_ids]
             for task, attempt in zip(tasks, notice.attempts):
                 if task is not None:
                     task.workers.append(notice.worker_id)
@@ -427,6 +428,9 @@ class Job:
             return  # a duplicate delivery: the first result won
         if result.events:
             replay(result.events)
+        if result.split:
+            self._resend_in_parts(task)
+            return
         where = f"item {{index}} on worker {result.worker_id}"
         if result.failure is not None:
             exc = rebuild_exception(result.failure, where=f"task {task.task_id} on worker {result.worker_id}")
@@ -437,17 +441,30 @@ class Job:
         try:
             values = self.unpacker.unpack(result.values) if result.values is not None else [None] * len(task)
         except Exception as exc:
+            if len(task) > 1:
+                self._resend_in_parts(task)  # run again in parts, so only the culprit fails
+                return
             error = UnpicklingError(
-                f"the results of items {_span(task.indices)} came back but could not be unpickled here: "
+                f"the result of item {_span(task.indices)} came back but could not be unpickled here: "
                 f"{type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
-            self._finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), error))
+            self._finish_items(task, [None], {0: error})
             return
         errors = {
             pos: rebuild_exception(err, where=where.format(index=task.indices[pos])) for pos, err in result.errors.items()
         }
         self._finish_items(task, values, errors)  # type: ignore[arg-type]
+
+    def _resend_in_parts(self, task: _Task) -> None:
+        """Send a task's calls again in smaller tasks (a finished task: its message is gone)."""
+        with self._cond:
+            parts = self._split(task)
+            for sub, _ in parts:
+                self._tasks[sub.task_id] = sub
+        bodies = [body for body in (self._seal(t, c) for t, c in parts) if body is not None]
+        if bodies:
+            self.resources.tasks.send_batch(bodies)
 
     def _died_error(self, task: _Task, fallback: WorkerDiedError) -> WorkerDiedError:
         self._poll_workers()  # the last death may not have been seen yet
@@ -456,7 +473,7 @@ class Job:
         if not deaths:
             return fallback
         last = deaths[-1]
-        tail = "\n".join(last.log_tail.strip().splitlines()[-5:])
+        tail = _interesting_tail(last.log_tail)
         message = (
             f"item{'s' if len(task) > 1 else ''} {_span(task.indices)}: the worker running "
             f"{'them' if len(task) > 1 else 'it'} died {len(deaths)} time(s); last: worker {last.worker_id}, "
@@ -519,14 +536,26 @@ class Job:
                 self._on_worker_exit(exit_)
 
     def _on_worker_exit(self, exit_: WorkerExit) -> None:
+        split: list[tuple[_Task, list[Any]]] = []
         with self._cond:
             self._exits[exit_.worker_id] = exit_
             victims = [t for t in self._tasks.values() if exit_.worker_id in t.workers]
+            lost = victims or any(exit_.worker_id in t.workers for t in self._superseded.values())
             if exit_.exit_code != 0:
                 self.stats["worker_deaths"] += 1
-                if not victims:
+                if not lost:
                     self._startup_failures += 1
             startup_failures = self._startup_failures
+            # One of a chunk's items killed the worker, or the worker died under it: cancel
+            # the chunk and send its items again in smaller tasks, so that only an item that
+            # kills its worker on its own uses up its retries and fails.
+            for task in victims:
+                if len(task) > 1:
+                    del self._tasks[task.task_id]
+                    self._superseded[task.task_id] = task
+                    for sub, calls in self._split(task):
+                        self._tasks[sub.task_id] = sub
+                        split.append((sub, calls))
         if exit_.exit_code == 0 and not victims:
             return  # retired cleanly (idle, or the job ended): not a crash
         if victims:
@@ -536,6 +565,13 @@ class Job:
                 f"retrying (retries={self.options.retries})",
                 file=sys.stderr,
             )
+        if split:
+            for task in victims:
+                if task.task_id in self._superseded:
+                    self.resources.store.put(f"control/cancelled/{task.task_id}", b"")
+            bodies = [body for body in (self._seal(t, c) for t, c in split) if body is not None]
+            if bodies:
+                self.resources.tasks.send_batch(bodies)
         if startup_failures >= _MAX_STARTUP_FAILURES:
             tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
             self._fail_everything(
@@ -546,6 +582,23 @@ class Job:
                     reason=exit_.reason,
                 )
             )
+
+    def _split(self, task: _Task) -> list[tuple[_Task, list[Any]]]:
+        """Cut a task into up to 16 smaller ones. Called with the lock held."""
+        size = math.ceil(len(task) / min(len(task), 16))
+        parts: list[tuple[_Task, list[Any]]] = []
+        for offset in range(0, len(task), size):
+            stop = min(len(task), offset + size)
+            if task.run is not None:
+                sub = _Task(next(self._task_ids), task.fn_ref, task.indices[offset:stop], run=task.run,
+                            start=task.start + offset)
+                calls: list[Any] = task.run.calls[sub.start : sub.start + stop - offset]
+            else:
+                items = task.items[offset:stop]
+                sub = _Task(next(self._task_ids), task.fn_ref, [i.index for i in items], items=items)
+                calls = [(i.args, i.kwargs) for i in items]
+            parts.append((sub, calls))
+        return parts
 
     def _scale(self) -> None:
         launcher = self.resources.launcher
@@ -643,6 +696,15 @@ class Job:
         """Process ids of every worker started on this machine (for tests and tools)."""
         pids = getattr(self.resources.launcher, "pids", None)
         return pids() if callable(pids) else {}
+
+
+def _interesting_tail(log_tail: str) -> str:
+    """The part of a dead worker's output worth showing: a crash dump from its start, else the last lines."""
+    lines = log_tail.strip().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Fatal Python error"):
+            return "\n".join(lines[i : i + 12])
+    return "\n".join(lines[-5:])
 
 
 def _picklable(value: object) -> bool:

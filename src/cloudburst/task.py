@@ -82,6 +82,8 @@ class ResultMessage:
     failure: ItemError | None = None
     compute_seconds: float = 0.0
     events: list[OutputEvent] = field(default_factory=list)
+    #: the calls could not be loaded together: send them again in smaller tasks to find the bad one
+    split: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ watch stops the worker like an out-of-memory kill when it passes its limit.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -150,6 +151,9 @@ class Worker:
         self.side.results.send_batch([encode(self.key, STARTED, 0, notice)])
 
     def run_task(self, message: Message, task: TaskMessage) -> None:
+        if message.receive_count > 1 and self.side.store.exists(f"control/cancelled/{task.task_id}"):
+            self.side.tasks.ack([message.receipt])  # the client split it after a crash; its parts run instead
+            return
         if message.receive_count > task.max_attempts:
             died = WorkerDiedError(
                 f"task {task.task_id} was started {message.receive_count - 1} times and its worker "
@@ -193,7 +197,8 @@ class Worker:
                 f"on the worker: {type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
-            return fail(error)
+            result = fail(error)
+            return ResultMessage(task.task_id, self.worker_id, attempt, failure=result.failure, split=len(task.indices) > 1)
         values, errors, events, seconds = self.call_each(fn, calls, task)  # type: ignore[arg-type]
         packed, pack_errors = self.pack_values(values, task)
         errors.update(pack_errors)
@@ -305,6 +310,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable(all_threads=False)  # a crash in C code leaves a Python traceback in the worker's log
     for entry in reversed(json.loads(env.get("CLOUDBURST_SYS_PATH", "[]"))):
         if entry not in sys.path:
             sys.path.insert(0, entry)

@@ -55,9 +55,11 @@ def available() -> list[str]:
 
 
 def get_backend(name: str) -> type[Backend]:
-    """The backend class registered as ``name``; imports it on first use."""
+    """The backend class registered as ``name`` (or given as ``"module:Class"``); imports it on first use."""
     if name in _LOADED:
         return _LOADED[name]
+    if ":" in name and name not in _REGISTRY:
+        _REGISTRY[name] = (name, "")
     if name not in _REGISTRY:
         _entry_points()
     if name not in _REGISTRY:

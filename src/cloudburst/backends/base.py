@@ -143,6 +143,11 @@ class Backend(abc.ABC):
     def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
         """Inside a worker: rebuild store and queues from the launcher's environment."""
 
+    @classmethod
+    def import_path(cls) -> str:
+        """``module:Class``, which a worker uses to load this backend (subclasses included)."""
+        return f"{cls.__module__}:{cls.__qualname__}"
+
     @property
     def slots(self) -> int:
         """How many tasks run at once when every worker is up."""

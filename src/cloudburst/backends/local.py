@@ -196,7 +196,7 @@ class LocalBackend(Backend):
         env.update(worker_env)
         env.update(
             {
-                "CLOUDBURST_BACKEND": self.name,
+                "CLOUDBURST_BACKEND": self.import_path(),
                 "CLOUDBURST_QUEUE_ADDRESS": address,
                 "CLOUDBURST_STORE_DIR": str(root / "store"),
                 "CLOUDBURST_PARENT_PID": str(os.getpid()),
