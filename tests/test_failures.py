@@ -134,25 +134,63 @@ def _exit_code(code: int) -> Callable[[BaseException], None]:
 
 
 ITEM_FAILURES = [
-    Row("unpicklable argument", identity, cloudburst.PicklingError, r"item 2: cannot send _thread.lock",
-        bad_arg=threading.Lock),
-    Row("argument fails to unpickle on the worker", identity, cloudburst.UnpicklingError,
-        r"arguments of items 2 could not be unpickled on the worker.*only_on_the_client", bad_arg=WorkerHostile),
-    Row("unpicklable result", return_lock_on_bad, cloudburst.PicklingError,
-        r"result of item 2 cannot be pickled: _thread.lock"),
-    Row("result fails to unpickle in the client", return_client_hostile_on_bad, cloudburst.UnpicklingError,
-        r"result of item 2 came back but could not be unpickled here.*only_on_the_worker"),
+    Row(
+        "unpicklable argument",
+        identity,
+        cloudburst.PicklingError,
+        r"item 2: cannot send _thread.lock",
+        bad_arg=threading.Lock,
+    ),
+    Row(
+        "argument fails to unpickle on the worker",
+        identity,
+        cloudburst.UnpicklingError,
+        r"arguments of items 2 could not be unpickled on the worker.*only_on_the_client",
+        bad_arg=WorkerHostile,
+    ),
+    Row(
+        "unpicklable result",
+        return_lock_on_bad,
+        cloudburst.PicklingError,
+        r"result of item 2 cannot be pickled: _thread.lock",
+    ),
+    Row(
+        "result fails to unpickle in the client",
+        return_client_hostile_on_bad,
+        cloudburst.UnpicklingError,
+        r"result of item 2 came back but could not be unpickled here.*only_on_the_worker",
+    ),
     Row("task calls sys.exit", exit_on_bad, cloudburst.TaskExitError, r"item 2 called sys.exit\(4\)"),
     Row("task raises KeyboardInterrupt", keyboard_interrupt_on_bad, KeyboardInterrupt, None),
-    Row("worker killed by SIGKILL", sigkill_on_bad, cloudburst.WorkerDiedError,
-        r"item 2: the worker running it died 3 time\(s\).*killed by SIGKILL", check=_exit_code(-9)),
-    Row("os._exit inside a task", os_exit_on_bad, cloudburst.WorkerDiedError, r"died 3 time\(s\).*exit code 3",
-        check=_exit_code(3)),
-    Row("segfault", segfault_on_bad, cloudburst.WorkerDiedError,
-        r"killed by SIGSEGV(?s:.*)Last worker output:\nFatal Python error: Segmentation fault(?s:.*)segfault_on_bad", check=_exit_code(-11)),
-    Row("out of memory", eat_memory_on_bad, cloudburst.WorkerDiedError,
+    Row(
+        "worker killed by SIGKILL",
+        sigkill_on_bad,
+        cloudburst.WorkerDiedError,
+        r"item 2: the worker running it died 3 time\(s\).*killed by SIGKILL",
+        check=_exit_code(-9),
+    ),
+    Row(
+        "os._exit inside a task",
+        os_exit_on_bad,
+        cloudburst.WorkerDiedError,
+        r"died 3 time\(s\).*exit code 3",
+        check=_exit_code(3),
+    ),
+    Row(
+        "segfault",
+        segfault_on_bad,
+        cloudburst.WorkerDiedError,
+        r"killed by SIGSEGV(?s:.*)Last worker output:\nFatal Python error: Segmentation fault(?s:.*)segfault_on_bad",
+        check=_exit_code(-11),
+    ),
+    Row(
+        "out of memory",
+        eat_memory_on_bad,
+        cloudburst.WorkerDiedError,
         r"OutOfMemoryError: the worker used \d+ MiB, over its memory limit of 300 MiB",
-        options={"memory": "300MB"}, check=_exit_code(137)),
+        options={"memory": "300MB"},
+        check=_exit_code(137),
+    ),
 ]
 
 
@@ -171,8 +209,9 @@ def test_item_failure(row: Row, make_executor: Any) -> None:
 
 
 def test_map_errors_return_isolates_the_killer(backend: str) -> None:
-    out = cloudburst.map(sigkill_on_bad, range(30), workers=2, backend=backend, chunksize=10, errors="return",
-                         progress=False, retries=1)
+    out = cloudburst.map(
+        sigkill_on_bad, range(30), workers=2, backend=backend, chunksize=10, errors="return", progress=False, retries=1
+    )
     assert isinstance(out[BAD], cloudburst.WorkerDiedError)
     assert [v for i, v in enumerate(out) if i != BAD] == [i for i in range(30) if i != BAD]
 
@@ -270,7 +309,7 @@ def test_tampered_task_is_refused_unread(make_executor: Any) -> None:
     body = bytearray(tasks.pending()[0])
     body[-5] ^= 0xFF
     tasks.replace_pending(0, bytes(body))
-    with pytest.raises(cloudburst.PayloadAuthenticationError, match="refused the task's message.*HMAC"):
+    with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"refused the task's message.*HMAC"):
         victim.result(timeout=30)
     assert blocker.result(timeout=30) == 4
     assert ex.submit(abs, -4).result(timeout=30) == 4
@@ -286,7 +325,7 @@ def test_forged_result_is_rejected(make_executor: Any) -> None:
 
     body = struct.pack("<Q", 1) + pickle.dumps(forged)
     ex._job.resources.results.send_batch([seal(b"not the job key" * 2, RESULT, body)])
-    with pytest.raises(cloudburst.PayloadAuthenticationError, match="result message.*HMAC"):
+    with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"result message.*HMAC"):
         future.result(timeout=30)
 
 
@@ -379,7 +418,11 @@ def test_exception_in_with_block_cancels_and_stops(backend: str) -> None:
 # ---------------------------------------------------------------------------- bad parameters
 
 BAD_PARAMETERS = [
-    ({"workerz": 3}, cloudburst.UnknownParameterError, r"unknown parameter 'workerz' \(did you mean 'workers'\?\).*valid"),
+    (
+        {"workerz": 3},
+        cloudburst.UnknownParameterError,
+        r"unknown parameter 'workerz' \(did you mean 'workers'\?\).*valid",
+    ),
     ({"workers": 0}, cloudburst.ConfigurationError, r"workers=0 must be at least 1"),
     ({"workers": 2.5}, cloudburst.ConfigurationError, r"workers=2.5 must be a whole number"),
     ({"memory": "2 gigs"}, cloudburst.ConfigurationError, r"unknown unit 'gigs'.*'2GB'"),
@@ -388,7 +431,11 @@ BAD_PARAMETERS = [
     ({"cpu": 0}, cloudburst.ConfigurationError, r"cpu=0 must be a positive number"),
     ({"retries": -1}, cloudburst.ConfigurationError, r"retries=-1 must be a whole number ≥ 0"),
     ({"seed": "abc"}, cloudburst.ConfigurationError, r"seed='abc' must be a non-negative integer"),
-    ({"backend": "nowhere"}, cloudburst.ConfigurationError, r"backend='nowhere' is not known; available backends: .*local"),
+    (
+        {"backend": "nowhere"},
+        cloudburst.ConfigurationError,
+        r"backend='nowhere' is not known; available backends: .*local",
+    ),
     ({"progress": "sometimes"}, cloudburst.ConfigurationError, r"progress='sometimes' must be True, False or 'auto'"),
     ({"workers": 2, "max_workers": 3}, cloudburst.ConfigurationError, r"disagree"),
 ]

@@ -1,10 +1,10 @@
 """cloudburst: run parallel Python on this machine, or burst it to the cloud with one changed line.
 
-    import cloudburst as cb
+import cloudburst as cb
 
-    results = cb.map(simulate, range(10_000), seed=42)          # ordered list, progress bar
-    with cb.Executor(workers=8) as ex:                          # a concurrent.futures.Executor
-        futures = [ex.submit(simulate, i) for i in range(100)]
+results = cb.map(simulate, range(10_000), seed=42)          # ordered list, progress bar
+with cb.Executor(workers=8) as ex:                          # a concurrent.futures.Executor
+    futures = [ex.submit(simulate, i) for i in range(100)]
 """
 
 from __future__ import annotations

@@ -60,8 +60,7 @@ def parse_memory(value: object, *, name: str = "memory") -> int:
         match = _MEMORY_RE.match(value)
         if not match:
             raise ConfigurationError(
-                f"{name}={value!r} is not a memory size; write a number and a unit, "
-                f"e.g. {name}='2GB', '2 GiB', '512MB'"
+                f"{name}={value!r} is not a memory size; write a number and a unit, e.g. {name}='2GB', '2 GiB', '512MB'"
             )
         number, unit = float(match.group(1)), match.group(2).lower()
     else:
@@ -82,7 +81,7 @@ def parse_memory(value: object, *, name: str = "memory") -> int:
     mib = number * _MEMORY_UNITS[unit] / 1024**2
     if mib < 1:
         raise ConfigurationError(f"{name}={value!r} is less than 1 MiB; did you mean {name}='{number:g}GB'?")
-    return int(round(mib))
+    return round(mib)
 
 
 def default_workers() -> int:
@@ -175,13 +174,13 @@ class ExecutorOptions:
         timeout = (
             None
             if idle_timeout is None
-            else _non_negative_number(idle_timeout, "idle_timeout", hint="e.g. idle_timeout=60, or None to never retire")
+            else _non_negative_number(
+                idle_timeout, "idle_timeout", hint="e.g. idle_timeout=60, or None to never retire"
+            )
         )
         if env is None:
             env = {}
-        if not isinstance(env, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
+        if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise ConfigurationError("env must map variable names to string values, e.g. env={'OMP_NUM_THREADS': '1'}")
         return cls(
             workers=n_workers,
@@ -190,7 +189,7 @@ class ExecutorOptions:
             memory_mib=memory_mib,
             retries=retries,
             seed=seed,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
             idle_timeout=timeout,
             env=dict(env),
             backend_options=dict(backend_options),

@@ -71,9 +71,7 @@ class WorkerDiedError(CloudburstError):
     signal, as in :mod:`subprocess`); ``attempts`` counts the deliveries.
     """
 
-    def __init__(
-        self, message: str, *, exit_code: int | None = None, reason: str = "", attempts: int = 0
-    ) -> None:
+    def __init__(self, message: str, *, exit_code: int | None = None, reason: str = "", attempts: int = 0) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.reason = reason

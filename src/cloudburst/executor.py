@@ -97,7 +97,7 @@ class Executor(_StdExecutor):
         self._progress.grow(1)
         return future
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -119,7 +119,7 @@ class Executor(_StdExecutor):
             raise ConfigurationError(f"chunksize={chunksize!r} must be a whole number ≥ 1, or None for automatic")
         if not iterables:
             raise TypeError("map() needs at least one iterable of arguments")
-        calls = list(zip(*iterables))
+        calls = list(zip(*iterables, strict=False))  # stops at the shortest, like the builtin
         run = self._job.map(fn, calls, chunksize)
         self._progress.grow(len(calls))
         run.on_progress = self._progress.advance
@@ -248,4 +248,3 @@ def _wait(run: MapRun, *, stop_on_error: bool) -> None:
             from concurrent.futures import CancelledError
 
             raise CancelledError("map was cancelled before it finished")
-

@@ -74,7 +74,12 @@ class MapRun:
     """One ``map`` call: its calls, and result slots filled as chunks come back."""
 
     def __init__(
-        self, fn: Callable[..., Any], fn_ref: BlobRef, calls: list[tuple[Any, ...]], base_index: int, chunksize: int | None
+        self,
+        fn: Callable[..., Any],
+        fn_ref: BlobRef,
+        calls: list[tuple[Any, ...]],
+        base_index: int,
+        chunksize: int | None,
     ) -> None:
         self.fn = fn
         self.fn_ref = fn_ref
@@ -356,7 +361,9 @@ class Job:
                 continue
             index = task.indices[pos]
             if task.run is not None:
-                single = _Task(next(self._task_ids), task.fn_ref, range(index, index + 1), run=task.run, start=task.start + pos)
+                single = _Task(
+                    next(self._task_ids), task.fn_ref, range(index, index + 1), run=task.run, start=task.start + pos
+                )
             else:
                 single = _Task(next(self._task_ids), task.fn_ref, [index], items=[task.items[pos]])
             replacements.append((single, [call]))
@@ -405,7 +412,7 @@ class Job:
     def _on_started(self, notice: Notice) -> None:
         with self._cond:
             tasks = [self._tasks.get(t) or self._superseded.get(t) for t in notice.task_ids]
-            for task, attempt in zip(tasks, notice.attempts):
+            for task, attempt in zip(tasks, notice.attempts, strict=True):
                 if task is not None:
                     task.workers.append(notice.worker_id)
                     task.attempt = attempt
@@ -452,7 +459,8 @@ class Job:
             self._finish_items(task, [None], {0: error})
             return
         errors = {
-            pos: rebuild_exception(err, where=where.format(index=task.indices[pos])) for pos, err in result.errors.items()
+            pos: rebuild_exception(err, where=where.format(index=task.indices[pos]))
+            for pos, err in result.errors.items()
         }
         self._finish_items(task, values, errors)  # type: ignore[arg-type]
 
@@ -590,8 +598,13 @@ class Job:
         for offset in range(0, len(task), size):
             stop = min(len(task), offset + size)
             if task.run is not None:
-                sub = _Task(next(self._task_ids), task.fn_ref, task.indices[offset:stop], run=task.run,
-                            start=task.start + offset)
+                sub = _Task(
+                    next(self._task_ids),
+                    task.fn_ref,
+                    task.indices[offset:stop],
+                    run=task.run,
+                    start=task.start + offset,
+                )
                 calls: list[Any] = task.run.calls[sub.start : sub.start + stop - offset]
             else:
                 items = task.items[offset:stop]
@@ -623,7 +636,9 @@ class Job:
         for entry in pending:
             if isinstance(entry, MapRun):
                 start = entry.next_pos
-                entry.fill(start, [None] * (len(entry.calls) - start), dict.fromkeys(range(len(entry.calls) - start), exc))
+                entry.fill(
+                    start, [None] * (len(entry.calls) - start), dict.fromkeys(range(len(entry.calls) - start), exc)
+                )
             else:
                 try:
                     entry.future.set_exception(exc)
@@ -657,7 +672,8 @@ class Job:
         return [
             t
             for t in self._tasks.values()
-            if not (t.run is not None and t.run.cancelled) and not (t.items and all(i.future.cancelled() for i in t.items))
+            if not (t.run is not None and t.run.cancelled)
+            and not (t.items and all(i.future.cancelled() for i in t.items))
         ]
 
     def stop_accepting(self) -> None:

@@ -121,7 +121,9 @@ class Capture:
             self._warning_mark += 1
             category = w.category
             try:
-                pickled = None if getattr(builtins, category.__name__, None) is category else cloudpickle.dumps(category)
+                pickled = (
+                    None if getattr(builtins, category.__name__, None) is category else cloudpickle.dumps(category)
+                )
             except Exception:
                 pickled = None
             self.add("warning", (category.__name__, str(w.message), w.filename, w.lineno, pickled))
@@ -130,8 +132,8 @@ class Capture:
         root = logging.getLogger()
         handler = _Handler(self)
         self._saved = (sys.stdout, sys.stderr, handler, root.level)
-        sys.stdout = _Stream(self, "stdout", sys.stdout)  # type: ignore[assignment]
-        sys.stderr = _Stream(self, "stderr", sys.stderr)  # type: ignore[assignment]
+        sys.stdout = _Stream(self, "stdout", sys.stdout)
+        sys.stderr = _Stream(self, "stderr", sys.stderr)
         root.addHandler(handler)
         root.setLevel(self._log_level)
         self._warnings = warnings.catch_warnings(record=True)

@@ -132,7 +132,11 @@ def _decompress(data: bytes) -> bytes:
 # ---------------------------------------------------------------------------- shipping modules by value
 
 _SITE_DIRS = tuple(
-    {str(Path(p).resolve()) for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(key))}
+    {
+        str(Path(p).resolve())
+        for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        if (p := sysconfig.get_paths().get(key))
+    }
 )
 _BY_VALUE: set[str] = set()
 
@@ -426,4 +430,3 @@ class Unpacker:
             fn = self.unpack(self.load_holder(Packed(None, ref)))
             self._functions[ref.digest] = fn
         return fn
-

@@ -38,7 +38,19 @@ from .backends.base import Message, WorkerSide
 from .errors import PayloadAuthenticationError, PicklingError, TaskExitError, UnpicklingError, WorkerDiedError
 from .output import Capture
 from .serialize import Packer, Unpacker, describe
-from .task import REJECTED, RESULT, STARTED, TASK, ItemError, Notice, ResultMessage, TaskMessage, decode, encode, peek_task_id
+from .task import (
+    REJECTED,
+    RESULT,
+    STARTED,
+    TASK,
+    ItemError,
+    Notice,
+    ResultMessage,
+    TaskMessage,
+    decode,
+    encode,
+    peek_task_id,
+)
 
 __all__ = ["Worker", "item_error", "main"]
 
@@ -86,7 +98,9 @@ class Worker:
         self.inline_limit = int(env.get("CLOUDBURST_INLINE_LIMIT", str(256 * 1024)))
         cache = Path(tempfile.mkdtemp(prefix=f"cloudburst-{self.worker_id}-"))
         self.unpacker = Unpacker(side.store, cache)
-        self.packer = Packer(side.store, inline_limit=self.inline_limit, compress=env.get("CLOUDBURST_COMPRESS", "1") == "1")
+        self.packer = Packer(
+            side.store, inline_limit=self.inline_limit, compress=env.get("CLOUDBURST_COMPRESS", "1") == "1"
+        )
         self._held: dict[str, float] = {}  # receipt -> lease end
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -145,9 +159,7 @@ class Worker:
     def announce(self, tasks: list[tuple[Message, TaskMessage]]) -> None:
         if not tasks:
             return
-        notice = Notice(
-            tuple(t.task_id for _, t in tasks), self.worker_id, tuple(m.receive_count for m, _ in tasks)
-        )
+        notice = Notice(tuple(t.task_id for _, t in tasks), self.worker_id, tuple(m.receive_count for m, _ in tasks))
         self.side.results.send_batch([encode(self.key, STARTED, 0, notice)])
 
     def run_task(self, message: Message, task: TaskMessage) -> None:
@@ -160,7 +172,9 @@ class Worker:
                 "died each time (killed, crashed or out of memory)",
                 attempts=message.receive_count - 1,
             )
-            self.send(ResultMessage(task.task_id, self.worker_id, message.receive_count, failure=item_error(died, 0)), message)
+            self.send(
+                ResultMessage(task.task_id, self.worker_id, message.receive_count, failure=item_error(died, 0)), message
+            )
             return
         with self._held_lock:
             self._held[message.receipt] = time.monotonic() + self.lease_seconds
@@ -198,7 +212,9 @@ class Worker:
             )
             error.__cause__ = exc
             result = fail(error)
-            return ResultMessage(task.task_id, self.worker_id, attempt, failure=result.failure, split=len(task.indices) > 1)
+            return ResultMessage(
+                task.task_id, self.worker_id, attempt, failure=result.failure, split=len(task.indices) > 1
+            )
         values, errors, events, seconds = self.call_each(fn, calls, task)  # type: ignore[arg-type]
         packed, pack_errors = self.pack_values(values, task)
         errors.update(pack_errors)
@@ -227,7 +243,7 @@ class Worker:
                 except SystemExit as exc:
                     exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
                     errors[pos] = item_error(exit_error, 0)
-                except BaseException as exc:  # noqa: BLE001 - every failure of user code goes back to the client
+                except BaseException as exc:
                     errors[pos] = item_error(exc)
                 capture.collect_warnings()
         seeds.seed_item(None, -1)
@@ -257,9 +273,13 @@ class Worker:
     def start_watchdogs(self) -> None:
         threading.Thread(target=self.keep_leases, name="lease-keeper", daemon=True).start()
         if self.side.parent_pid is not None:
-            threading.Thread(target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True).start()
+            threading.Thread(
+                target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True
+            ).start()
         if self.memory_limit is not None:
-            threading.Thread(target=self.watch_memory, args=(self.memory_limit,), name="memory-watch", daemon=True).start()
+            threading.Thread(
+                target=self.watch_memory, args=(self.memory_limit,), name="memory-watch", daemon=True
+            ).start()
 
     def keep_leases(self) -> None:
         period = max(0.05, self.lease_seconds / 3)

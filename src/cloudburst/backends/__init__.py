@@ -63,9 +63,7 @@ def get_backend(name: str) -> type[Backend]:
     if name not in _REGISTRY:
         _entry_points()
     if name not in _REGISTRY:
-        raise ConfigurationError(
-            f"backend={name!r} is not known; available backends: {', '.join(available())}"
-        )
+        raise ConfigurationError(f"backend={name!r} is not known; available backends: {', '.join(available())}")
     target, hint = _REGISTRY[name]
     module_name, _, attr = target.partition(":")
     try:
