@@ -475,9 +475,16 @@ class Job:
             self.resources.tasks.send_batch(bodies)
 
     def _died_error(self, task: _Task, fallback: WorkerDiedError) -> WorkerDiedError:
-        self._poll_workers()  # the last death may not have been seen yet
-        with self._cond:
-            deaths = [self._exits[w] for w in task.workers if w in self._exits]
+        # The worker that gave up saw the last death before this process reaped it: wait for it.
+        expected = fallback.attempts
+        deadline = time.monotonic() + 2.0
+        while True:
+            self._poll_workers()
+            with self._cond:
+                deaths = [self._exits[w] for w in task.workers if w in self._exits]
+            if len(deaths) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         if not deaths:
             return fallback
         last = deaths[-1]

@@ -28,11 +28,13 @@ import pickle
 import sys
 import sysconfig
 import threading
+import types
 import weakref
+from collections import ChainMap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cloudpickle
 
@@ -179,7 +181,15 @@ def describe(obj: object, limit: int = 80) -> str:
 
 
 class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """Replaces objects in ``shared`` (by identity) with a reference to their blob."""
+    """Replaces objects in ``shared`` (by identity) with a reference to their blob.
+
+    Code objects keep their file name: cloudpickle replaces it with ``<dynamic-code>``,
+    which would leave the client's copy of a remote traceback without source lines.
+    """
+
+    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+        {types.CodeType: lambda code: _reduce_code(code)}, cloudpickle.Pickler.dispatch_table
+    )
 
     def __init__(self, file: io.BytesIO, shared: Mapping[int, Packed], **kwargs: Any) -> None:
         super().__init__(file, protocol=PROTOCOL, **kwargs)
@@ -187,6 +197,15 @@ class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
 
     def persistent_id(self, obj: object) -> Packed | None:
         return self._shared.get(id(obj))
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
+    return _code_with_filename, (rebuild, args, code.co_filename)
+
+
+def _code_with_filename(rebuild: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str) -> types.CodeType:
+    return rebuild(*args).replace(co_filename=filename)
 
 
 class Packer:
@@ -242,13 +261,13 @@ class Packer:
 
         return callback
 
-    def pack(self, obj: object, *, shared: Mapping[int, Packed] | None = None) -> Packed:
+    def pack(self, obj: object, *, shared: Mapping[int, Packed] | None = None, keep_code_names: bool = False) -> Packed:
         """Pickle ``obj``; raise :class:`PicklingError` naming it on failure."""
         refs: list[BlobRef] = []
         callback = self._buffer_callback(refs)
-        if shared:
+        if shared or keep_code_names:
             stream = io.BytesIO()
-            _SharingPickler(stream, shared, buffer_callback=callback).dump(obj)
+            _SharingPickler(stream, shared or {}, buffer_callback=callback).dump(obj)
             data = stream.getvalue()
         else:
             data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
@@ -276,7 +295,7 @@ class Packer:
             return cached[1]
         ship_module_by_value(fn)
         try:
-            packed = self.pack(fn)
+            packed = self.pack(fn, keep_code_names=True)  # remote tracebacks then show source lines
         except Exception as exc:
             raise PicklingError(
                 f"cannot send the function {_name_of(fn)} to workers: {type(exc).__name__}: {exc}. "
