@@ -13,8 +13,10 @@ from . import errors
 from .backends import available as available_backends
 from .errors import (
     CloudburstError,
+    CloudError,
     ConfigurationError,
     ExecutorShutdownError,
+    NotSetUpError,
     PayloadAuthenticationError,
     PicklingError,
     RemoteError,
@@ -30,10 +32,12 @@ from .seeds import current_item, rng
 __version__ = "0.1.0"
 
 __all__ = [
+    "CloudError",
     "CloudburstError",
     "ConfigurationError",
     "Executor",
     "ExecutorShutdownError",
+    "NotSetUpError",
     "PayloadAuthenticationError",
     "PicklingError",
     "RemoteError",

@@ -5,7 +5,8 @@ traceback attached). Everything below is about the machinery::
 
     CloudburstError
      ├── ConfigurationError (ValueError)      a parameter or value is wrong; nothing was started
-     │    └── UnknownParameterError (TypeError) a parameter name is not known; lists the valid ones
+     │    ├── UnknownParameterError (TypeError) a parameter name is not known; lists the valid ones
+     │    └── NotSetUpError                    a cloud backend was asked for before `cloudburst setup`
      ├── SerializationError                   an object could not cross the process boundary
      │    ├── PicklingError                    ... could not be pickled (function, argument, result)
      │    └── UnpicklingError                  ... could not be unpickled on the other side
@@ -13,7 +14,8 @@ traceback attached). Everything below is about the machinery::
      ├── WorkerDiedError                      the worker running the task died, more than `retries` times
      ├── TaskExitError                        the task called sys.exit() / raised SystemExit
      ├── RemoteError                          the task raised an exception that could not be sent back
-     └── ExecutorShutdownError (RuntimeError) work was submitted after shutdown
+     ├── ExecutorShutdownError (RuntimeError) work was submitted after shutdown
+     └── CloudError                           a cloud API refused a request, after retries (code, operation)
 
 Errors from libraries underneath (pickle, OS, boto3) are translated at the
 boundary with ``raise ... from exc`` so the original stays visible.
@@ -22,9 +24,11 @@ boundary with ``raise ... from exc`` so the original stays visible.
 from __future__ import annotations
 
 __all__ = [
+    "CloudError",
     "CloudburstError",
     "ConfigurationError",
     "ExecutorShutdownError",
+    "NotSetUpError",
     "PayloadAuthenticationError",
     "PicklingError",
     "RemoteError",
@@ -130,3 +134,24 @@ def _rebuild_remote(message: str, type_name: str, remote_traceback: str) -> Remo
 
 class ExecutorShutdownError(CloudburstError, RuntimeError):
     """Work was submitted to an executor that has been shut down."""
+
+
+class NotSetUpError(ConfigurationError):
+    """A cloud backend was asked for before ``cloudburst setup`` made its resources."""
+
+
+class CloudError(CloudburstError):
+    """A cloud provider's API refused a request (after retries). ``code`` is the provider's error code."""
+
+    def __init__(self, message: str, *, service: str = "", operation: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.service = service
+        self.operation = operation
+        self.code = code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_cloud, (str(self), self.service, self.operation, self.code))
+
+
+def _rebuild_cloud(message: str, service: str, operation: str, code: str) -> CloudError:
+    return CloudError(message, service=service, operation=operation, code=code)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import math
 import pickle
@@ -40,6 +41,7 @@ from .backends import get_backend
 from .backends.base import WorkerExit
 from .config import ExecutorOptions
 from .errors import (
+    CloudError,
     ExecutorShutdownError,
     PayloadAuthenticationError,
     PicklingError,
@@ -49,7 +51,19 @@ from .errors import (
 )
 from .output import replay
 from .serialize import BlobRef, Packed, Packer, Unpacker, describe
-from .task import REJECTED, RESULT, STARTED, ItemError, Notice, ResultMessage, TaskMessage, decode, encode, peek_task_id
+from .task import (
+    DIED,
+    REJECTED,
+    RESULT,
+    STARTED,
+    ItemError,
+    Notice,
+    ResultMessage,
+    TaskMessage,
+    decode,
+    encode,
+    peek_task_id,
+)
 
 __all__ = ["Job", "MapRun", "rebuild_exception"]
 
@@ -130,6 +144,7 @@ class _Task:
     start: int = 0  # position of the first call in run.calls
     items: list[_SubmitItem] = field(default_factory=list)
     workers: list[str] = field(default_factory=list)  # every worker that took it, latest last
+    receipt: str = ""  # the queue receipt of its latest delivery
     attempt: int = 0
     dispatched_at: float = field(default_factory=time.monotonic)
 
@@ -168,13 +183,16 @@ class Job:
         self.id = uuid.uuid4().hex
         self.key = secrets.token_bytes(32)
         self.backend = get_backend(options.backend)(options)
+        idle, client_timeout = self.backend.idle_timeout, self.backend.client_timeout
         worker_env = {
             **options.env,
             "CLOUDBURST_JOB_ID": self.id,
             "CLOUDBURST_JOB_KEY": self.key.hex(),
             "CLOUDBURST_LEASE_SECONDS": str(self.backend.lease_seconds),
             "CLOUDBURST_INLINE_LIMIT": str(self._inline_limit),
-            "CLOUDBURST_IDLE_TIMEOUT": "" if options.idle_timeout is None else str(options.idle_timeout),
+            "CLOUDBURST_IDLE_TIMEOUT": "" if idle is None else str(idle),
+            "CLOUDBURST_CLIENT_TIMEOUT": "" if client_timeout is None else str(client_timeout),
+            "CLOUDBURST_CONTROL_PERIOD": str(self.backend.control_period),
         }
         self.resources = self.backend.open_job(self.id, self.key, worker_env)
         self.packer = Packer(self.resources.store, inline_limit=self._inline_limit)
@@ -197,13 +215,19 @@ class Job:
         self._poll_lock = threading.Lock()
         self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
         self.on_items_done: Callable[[int], None] | None = None
+        self._heartbeat_period = min(30.0, (client_timeout or 120.0) / 4)
+        self._next_heartbeat = 0.0
+        self._next_dead_letter_check = time.monotonic() + 15.0
+        self.launch_error: BaseException | None = None
 
         self._threads = [
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
             threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True),
             threading.Thread(target=self._manage_loop, name="cloudburst-manager", daemon=True),
         ]
-        self.resources.launcher.start(options.workers)
+        self._write_control(stopped=False)
+        if self.backend.start_eagerly:
+            self.resources.launcher.start(options.workers)
         for thread in self._threads:
             thread.start()
         _LIVE_JOBS.add(self)
@@ -382,7 +406,7 @@ class Job:
         results = self.resources.results
         while not self._stopping:
             try:
-                messages = results.receive(10, wait=0.2)
+                messages = results.receive(10, wait=self.backend.result_wait)
             except Exception:
                 if self._stopping:
                     return
@@ -402,6 +426,8 @@ class Job:
             self._on_result(message)
         elif kind == STARTED and isinstance(message, Notice):
             self._on_started(message)
+        elif kind == DIED and isinstance(message, WorkerExit):
+            self._on_worker_exit(message)
         elif kind == REJECTED and isinstance(message, Notice):
             task_id = message.task_ids[0] if message.task_ids else None
             self._fail_task(
@@ -412,10 +438,12 @@ class Job:
     def _on_started(self, notice: Notice) -> None:
         with self._cond:
             tasks = [self._tasks.get(t) or self._superseded.get(t) for t in notice.task_ids]
-            for task, attempt in zip(tasks, notice.attempts, strict=True):
+            receipts = notice.receipts or ("",) * len(tasks)
+            for task, attempt, receipt in zip(tasks, notice.attempts, receipts, strict=True):
                 if task is not None:
                     task.workers.append(notice.worker_id)
                     task.attempt = attempt
+                    task.receipt = receipt
             self._startup_failures = 0
         for task in tasks:
             if task is not None:
@@ -541,8 +569,50 @@ class Job:
                 self._cond.wait(0.05)
                 if self._stopping:
                     return
-            self._poll_workers()
-            self._scale()
+            try:
+                self._poll_workers()
+                self._scale()
+                self._heartbeat()
+                self._check_dead_letters()
+            except CloudError as exc:
+                # The cloud refused something the job needs (permissions, a deleted resource):
+                # fail the work that is waiting rather than hang; finished results stay.
+                self.launch_error = exc
+                self._fail_everything(exc)
+
+    def _write_control(self, *, stopped: bool) -> None:
+        state = {"heartbeat": time.time(), "stopped": stopped}
+        self.resources.store.put("control/state", json.dumps(state).encode())
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self._heartbeat_period
+            self._write_control(stopped=False)
+
+    def _check_dead_letters(self) -> None:
+        """Tasks the queue gave up on (delivered too often, every worker died): fail them."""
+        queue = self.resources.dead_letters
+        if queue is None or time.monotonic() < self._next_dead_letter_check:
+            return
+        self._next_dead_letter_check = time.monotonic() + 15.0
+        messages = queue.receive(10, wait=0)
+        for message in messages:
+            try:
+                _, task = decode(self.key, message.body)
+            except PayloadAuthenticationError:
+                continue  # not ours to read; it is dropped with the queue
+            if isinstance(task, TaskMessage):
+                self._fail_task(
+                    task.task_id,
+                    WorkerDiedError(
+                        f"items {_span(task.indices)}: the task was delivered {message.receive_count} times and its "
+                        "worker vanished each time; the queue moved it to the dead-letter queue",
+                        attempts=message.receive_count,
+                    ),
+                )
+        if messages:
+            queue.ack([m.receipt for m in messages])
 
     def _poll_workers(self) -> None:
         with self._poll_lock:
@@ -552,15 +622,30 @@ class Job:
 
     def _on_worker_exit(self, exit_: WorkerExit) -> None:
         split: list[tuple[_Task, list[Any]]] = []
+        dead = exit_.worker_id
+        child = dead + "."  # a worker process inside that machine
+
+        def ran_on_it(task: _Task) -> bool:
+            return bool(task.workers) and (task.workers[-1] == dead or task.workers[-1].startswith(child))
+
         with self._cond:
-            self._exits[exit_.worker_id] = exit_
-            victims = [t for t in self._tasks.values() if exit_.worker_id in t.workers]
-            lost = victims or any(exit_.worker_id in t.workers for t in self._superseded.values())
+            for worker in {w for t in self._tasks.values() for w in t.workers if w.startswith(child)}:
+                self._exits.setdefault(worker, exit_)
+            self._exits[dead] = exit_
+            victims = [t for t in self._tasks.values() if ran_on_it(t)]
+            lost = victims or any(ran_on_it(t) for t in self._superseded.values())
             if exit_.exit_code != 0:
                 self.stats["worker_deaths"] += 1
-                if not lost:
+                if not lost and not exit_.interrupted:
                     self._startup_failures += 1
             startup_failures = self._startup_failures
+            busy = bool(self._pending or self._tasks)
+            receipts = [t.receipt for t in victims if t.receipt]
+        if receipts:
+            try:
+                self.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
+            except Exception as exc:
+                log.debug("cloudburst: could not release the leases of worker %s: %s", dead, exc)
             # One of a chunk's items killed the worker, or the worker died under it: cancel
             # the chunk and send its items again in smaller tasks, so that only an item that
             # kills its worker on its own uses up its retries and fails.
@@ -580,6 +665,8 @@ class Job:
                 f"retrying (retries={self.options.retries})",
                 file=sys.stderr,
             )
+        elif busy and not self._stopping:
+            print(f"cloudburst: worker {exit_.worker_id} stopped ({exit_.reason}); replacing it", file=sys.stderr)
         if split:
             for task in victims:
                 if task.task_id in self._superseded:
@@ -621,13 +708,17 @@ class Job:
         return parts
 
     def _scale(self) -> None:
+        """Start workers up to what the waiting work can use, and never more than ``workers``."""
         launcher = self.resources.launcher
         with self._cond:
-            busy = bool(self._pending or self._tasks)
+            if self._pending:
+                wanted = self.options.workers
+            else:
+                wanted = math.ceil(len(self._live_tasks()) / self.backend.tasks_per_worker)
             broken = self._startup_failures >= _MAX_STARTUP_FAILURES
-        if broken or not busy:
+        if broken or self._stopping:
             return
-        missing = self.options.workers - launcher.running()
+        missing = min(wanted, self.options.workers) - launcher.running()
         if missing > 0:
             launcher.start(missing)
 
@@ -706,6 +797,11 @@ class Job:
             if thread is not current and thread.is_alive():
                 thread.join(timeout=2)
         try:
+            if self.backend.client_timeout is not None or not keep:
+                try:
+                    self._write_control(stopped=True)  # workers that miss the stop request retire on this
+                except Exception as exc:
+                    log.debug("cloudburst: could not write the stop flag: %s", exc)
             self.backend.close_job(self.resources, keep=keep)
         finally:
             import shutil

@@ -11,6 +11,7 @@ kind   queue           meaning
 ``R``  results         the outcome of every call in a task
 ``S``  results         a worker started tasks (for crash attribution)
 ``X``  results         a worker refused a task it could not authenticate
+``D``  results         a worker process died inside a running machine (a WorkerExit)
 =====  ==============  ===========================================
 """
 
@@ -38,6 +39,7 @@ TASK = b"T"
 RESULT = b"R"
 STARTED = b"S"
 REJECTED = b"X"
+DIED = b"D"
 _HEADER = struct.Struct("<Q")
 
 
@@ -94,6 +96,8 @@ class Notice:
     worker_id: str
     attempts: tuple[int, ...] = ()
     detail: str = ""
+    #: the queue receipts of the tasks, so the client can release them at once if this worker dies
+    receipts: tuple[str, ...] = ()
 
 
 def encode(key: bytes, kind: bytes, task_id: int, message: object) -> bytes:

@@ -4,7 +4,8 @@
 
     connect (backend.connect_worker from the environment)
     loop:
-        receive tasks (lease) ── none ─► idle too long? job ended? ─► retire
+        job ended, or the client's heartbeat stale? ─► retire
+        receive tasks (lease) ── none ─► idle too long? ─► retire
         authenticate each ── bad seal ─► refuse (X notice), delete, never unpickle
         announce (S notice: which tasks this worker holds, for crash attribution)
         for each task:
@@ -15,14 +16,20 @@
 Watchdogs run beside the loop: the lease keeper extends the leases of running
 tasks; the parent watch exits when the client's process is gone; the memory
 watch stops the worker like an out-of-memory kill when it passes its limit.
+
+A machine with N vCPUs (``CLOUDBURST_WORKER_SLOTS=N``) runs N such loops as
+child processes under a small supervisor, which reports a child that dies
+(``D`` notice) and starts another in its place.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,11 +41,12 @@ from typing import Any
 
 from . import seeds
 from .backends import get_backend
-from .backends.base import Message, WorkerSide
+from .backends.base import Message, WorkerExit, WorkerSide
 from .errors import PayloadAuthenticationError, PicklingError, TaskExitError, UnpicklingError, WorkerDiedError
 from .output import Capture
 from .serialize import Packer, Unpacker, describe
 from .task import (
+    DIED,
     REJECTED,
     RESULT,
     STARTED,
@@ -88,10 +96,13 @@ class Worker:
     def __init__(self, side: WorkerSide, env: Mapping[str, str]) -> None:
         self.side = side
         self.key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
-        self.worker_id = env.get("CLOUDBURST_WORKER_ID", f"pid{os.getpid()}")
+        self.worker_id = worker_id(env)
         self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
         idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
         self.idle_timeout = float(idle) if idle else None
+        client_timeout = env.get("CLOUDBURST_CLIENT_TIMEOUT", "")
+        self.client_timeout = float(client_timeout) if client_timeout else None
+        self.control_period = float(env.get("CLOUDBURST_CONTROL_PERIOD", "5"))
         self.slots = 1
         memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
         self.memory_limit = int(memory) * 1024 * 1024 if memory else None
@@ -111,7 +122,9 @@ class Worker:
     def run(self) -> int:
         self.start_watchdogs()
         while not self._stopping.is_set():
-            messages = self.side.tasks.receive(self.slots, wait=1.0)
+            if self.job_over():
+                return 0
+            messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
             if not messages:
                 if self.should_retire():
                     return 0
@@ -129,12 +142,28 @@ class Worker:
         if self.idle_timeout is not None and idle >= self.idle_timeout:
             self.say_exit(f"idle for {idle:.0f} s (idle_timeout={self.idle_timeout:g})")
             return True
+        return False
+
+    def job_over(self) -> bool:
+        """Read the job's control record (at most once per control period): stopped, or client gone?"""
         now = time.monotonic()
-        if now - self._last_control_check > 5.0:
-            self._last_control_check = now
-            if self.side.store.exists("control/stop"):
-                self.say_exit("the job ended")
-                return True
+        if now - self._last_control_check < self.control_period:
+            return False
+        self._last_control_check = now
+        try:
+            state = json.loads(self.side.store.get("control/state"))
+        except FileNotFoundError:
+            return False
+        if state.get("stopped"):
+            self.say_exit("the job ended")
+            return True
+        silent = time.time() - float(state.get("heartbeat", time.time()))
+        if self.client_timeout is not None and silent > self.client_timeout:
+            self.say_exit(
+                f"the client has been silent for {silent:.0f} s (client_timeout={self.client_timeout:g}); "
+                "stopping so that nothing runs unpaid-for"
+            )
+            return True
         return False
 
     def authenticate(self, messages: list[Message]) -> list[tuple[Message, TaskMessage]]:
@@ -159,7 +188,12 @@ class Worker:
     def announce(self, tasks: list[tuple[Message, TaskMessage]]) -> None:
         if not tasks:
             return
-        notice = Notice(tuple(t.task_id for _, t in tasks), self.worker_id, tuple(m.receive_count for m, _ in tasks))
+        notice = Notice(
+            tuple(t.task_id for _, t in tasks),
+            self.worker_id,
+            tuple(m.receive_count for m, _ in tasks),
+            receipts=tuple(m.receipt for m, _ in tasks),
+        )
         self.side.results.send_batch([encode(self.key, STARTED, 0, notice)])
 
     def run_task(self, message: Message, task: TaskMessage) -> None:
@@ -326,10 +360,100 @@ def _span(indices: Any) -> str:
     return ", ".join(map(str, items[:5])) + (" ..." if len(items) > 5 else "")
 
 
+def worker_id(env: Mapping[str, str]) -> str:
+    """This worker's name: given by the launcher, else the ECS task id from the task metadata endpoint."""
+    given = env.get("CLOUDBURST_WORKER_ID")
+    if given:
+        return given
+    metadata = env.get("ECS_CONTAINER_METADATA_URI_V4")
+    if metadata:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{metadata}/task", timeout=2) as response:
+                arn = str(json.loads(response.read())["TaskARN"])
+            return arn.rsplit("/", 1)[-1]
+        except Exception:
+            pass
+    return f"pid{os.getpid()}"
+
+
+def supervise(env: Mapping[str, str], slots: int) -> int:
+    """Run ``slots`` worker loops as child processes; report and replace a child that dies."""
+    backend = get_backend(env["CLOUDBURST_BACKEND"])
+    side = backend.connect_worker(env)
+    key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
+    me = worker_id(env)
+    stopping = False
+
+    def start(k: int) -> tuple[subprocess.Popen[bytes], Path]:
+        log = Path(tempfile.gettempdir()) / f"cloudburst-{me}.{k}.log"
+        child_env = {
+            **env,
+            "CLOUDBURST_WORKER_SLOTS": "1",
+            "CLOUDBURST_WORKER_ID": f"{me}.{k}",
+            "CLOUDBURST_PARENT_PID": str(os.getpid()),
+        }
+        with open(log, "ab") as out:
+            # Children write to this container's log and to a file, whose tail goes with a death notice.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cloudburst.worker"], env=child_env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return proc, log
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc, _ in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    children = {k: start(k) for k in range(slots)}
+    counter = itertools.count(slots)
+    while children:
+        time.sleep(0.2)
+        for k, (proc, log) in list(children.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del children[k]
+            tail = _file_tail(log)
+            sys.stdout.write(tail)
+            sys.stdout.flush()
+            if code == 0 or stopping:
+                continue
+            reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+            for line in reversed(tail.splitlines()):
+                if line.startswith(REASON_PREFIX):
+                    reason = line[len(REASON_PREFIX) :]
+                    break
+            death = WorkerExit(f"{me}.{k}", code, reason, tail)
+            try:
+                side.results.send_batch([encode(key, DIED, 0, death)])
+            except Exception as exc:
+                print(f"cloudburst-worker: could not report a dead worker process: {exc}", file=sys.stderr)
+            n = next(counter)
+            children[n] = start(n)
+    return 0
+
+
+def _file_tail(path: Path, limit: int = 4000) -> str:
+    try:
+        data = path.read_bytes()
+        path.unlink()
+    except OSError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace")
+
+
 def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    slots = int(env.get("CLOUDBURST_WORKER_SLOTS", "1") or "1")
+    if slots > 1:
+        return supervise(env, slots)
     faulthandler.enable(all_threads=False)  # a crash in C code leaves a Python traceback in the worker's log
     for entry in reversed(json.loads(env.get("CLOUDBURST_SYS_PATH", "[]"))):
         if entry not in sys.path:

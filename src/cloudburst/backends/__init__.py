@@ -29,6 +29,10 @@ __all__ = [
 # name -> ("module:attribute", install hint)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("cloudburst.backends.local:LocalBackend", ""),
+    "fargate": (
+        "cloudburst.backends.aws.fargate:FargateBackend",
+        "install the AWS extra: pip install 'cloudburst[aws]'",
+    ),
 }
 _LOADED: dict[str, type[Backend]] = {}
 

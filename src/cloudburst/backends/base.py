@@ -74,6 +74,8 @@ class WorkerExit:
     exit_code: int | None
     reason: str = ""
     log_tail: str = ""
+    #: stopped from outside (spot interruption, a user's StopTask): not the worker's own failure
+    interrupted: bool = False
 
 
 @runtime_checkable
@@ -99,6 +101,8 @@ class JobResources:
     tasks: Queue
     results: Queue
     launcher: Launcher
+    #: where the queue puts tasks delivered too often (None: the backend has none)
+    dead_letters: Queue | None = None
 
 
 @dataclass
@@ -123,9 +127,13 @@ class Backend(abc.ABC):
     #: how long one task (chunk of items) should run: long enough to hide the queue's latency
     target_task_seconds: ClassVar[float] = 1.0
     #: lease length; workers extend it while they run a task
-    lease_seconds: ClassVar[float] = 60.0
-    #: how long results may wait for a worker that is starting
-    is_emulated: ClassVar[bool] = False
+    lease_seconds: float = 60.0
+    #: how long the collector waits on the result queue per receive (long polling)
+    result_wait: ClassVar[float] = 0.2
+    #: how many workers start with the job (the rest start as work arrives)
+    start_eagerly: ClassVar[bool] = True
+    #: seconds between a worker's looks at the job's control record (stop flag, client heartbeat)
+    control_period: ClassVar[float] = 5.0
 
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
@@ -151,4 +159,19 @@ class Backend(abc.ABC):
     @property
     def slots(self) -> int:
         """How many tasks run at once when every worker is up."""
-        return self.options.workers
+        return self.options.workers * self.tasks_per_worker
+
+    @property
+    def tasks_per_worker(self) -> int:
+        """How many tasks one worker runs at a time."""
+        return 1
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds after which an idle worker retires (None: never)."""
+        return self.options.idle_timeout
+
+    @property
+    def client_timeout(self) -> float | None:
+        """Seconds without the client's heartbeat after which workers stop (None: they do not look)."""
+        return None

@@ -88,9 +88,10 @@ def describe_exit(code: int | None) -> str:
 class LocalLauncher:
     """Worker processes on this machine. Their output goes to one log file each."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, prefix: str = "w") -> None:
         self._env = dict(env)
         self._log_dir = log_dir
+        self._prefix = prefix
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = {}
         self._started: dict[str, int] = {}  # every worker ever started: id -> pid
         self._lock = threading.Lock()
@@ -101,7 +102,7 @@ class LocalLauncher:
         for _ in range(count):
             with self._lock:
                 self._counter += 1
-                worker_id = f"w{self._counter}"
+                worker_id = f"{self._prefix}{self._counter}"
             log_path = self._log_dir / f"{worker_id}.log"
             log = open(log_path, "wb")  # noqa: SIM115 - closed when the worker is reaped
             env = {**self._env, "CLOUDBURST_WORKER_ID": worker_id}
@@ -183,7 +184,7 @@ class LocalBackend(Backend):
     name: ClassVar[str] = "local"
     max_message_bytes: ClassVar[int] = 1 << 20
     target_task_seconds: ClassVar[float] = 0.1
-    lease_seconds: ClassVar[float] = 30.0
+    lease_seconds = 30.0
 
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
         root = Path(tempfile.mkdtemp(prefix=f"cloudburst-{job_id[:8]}-"))

@@ -1,0 +1,435 @@
+"""The ``fargate`` backend: workers are ECS Fargate tasks pulling from SQS, blobs live in S3.
+
+::
+
+    client                                         AWS
+    open_job ── CreateQueue ×3 (tasks, results, dead letters), tagged with the job id
+             └─ RegisterTaskDefinition, once per (image, cpu, memory, arch, disk)
+    scale ───── RunTask (≤10 per call, rate-limited, backoff on throttling/capacity)
+    poll ────── DescribeTasks (≤100 ids per call) ─► stopped workers: exit code, stopCode, reason
+    close ───── StopTask each, DeleteQueue ×3, delete s3://bucket/jobs/<id>/
+
+Each Fargate task runs ``python -m cloudburst.worker``, the same loop as every
+backend; with ``cpu=N`` it runs N tasks at a time. ``local_workers=N`` adds
+workers on this machine that pull from the same queue while Fargate cold-starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ... import __version__
+from ...config import ExecutorOptions
+from ...errors import CloudError
+from ..base import Backend, JobResources, WorkerExit, WorkerSide
+from ..local import LocalLauncher
+from .clients import client, error_code, translate
+from .queue import JobQueues, SQSQueue, create_job_queues, delete_job_queues
+from .settings import OPTION_NAMES, FargateSettings
+from .sizes import task_size
+from .store import S3Store
+
+__all__ = ["FargateBackend", "FargateLauncher", "TokenBucket"]
+
+CONTAINER = "worker"
+JOB_TAG = "cloudburst:job"
+LOG_PREFIX = "cloudburst"
+RUN_TASK_MAX = 10  # RunTask starts at most ten tasks per call
+DESCRIBE_MAX = 100  # DescribeTasks takes at most 100 ids per call
+_RETRYABLE_CODES = frozenset({"ThrottlingException", "Throttling", "ServerException", "LimitExceededException"})
+_CAPACITY_WORDS = ("capacity", "resource:", "throttl", "rate exceeded", "vcpu limit", "limit exceeded")
+
+
+class TokenBucket:
+    """Allows ``rate`` events per second with bursts of ``burst`` (AWS's own limiter model)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` tokens now; returns how many were granted."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            granted = min(wanted, int(self._tokens))
+            self._tokens -= granted
+            return granted
+
+
+def _worker_command(image: str) -> list[str]:
+    if image.rsplit("/", 1)[-1].startswith("python:"):
+        # A stock Python image: install cloudburst when the task starts (slower starts, no build).
+        return ["sh", "-c", f"pip install --quiet 'cloudburst[aws]=={__version__}' && exec python -m cloudburst.worker"]
+    return ["python", "-m", "cloudburst.worker"]
+
+
+def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib: int) -> str:
+    """The task definition for this worker shape: registered once, found again by its content hash."""
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": settings.image,
+        "essential": True,
+        "command": _worker_command(settings.image),
+        "memory": memory_mib,  # the task-level value is what counts; moto needs one here too
+        "stopTimeout": 120,
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-group": settings.log_group,
+                "awslogs-region": settings.region or client("ecs", settings.region).meta.region_name,
+                "awslogs-stream-prefix": LOG_PREFIX,
+            },
+        },
+    }
+    spec: dict[str, Any] = {
+        "requiresCompatibilities": ["FARGATE"],
+        "networkMode": "awsvpc",
+        "cpu": str(cpu_units),
+        "memory": str(memory_mib),
+        "executionRoleArn": settings.execution_role_arn,
+        "runtimePlatform": {
+            "cpuArchitecture": "ARM64" if settings.arch == "arm64" else "X86_64",
+            "operatingSystemFamily": "LINUX",
+        },
+        "containerDefinitions": [container],
+    }
+    if settings.task_role_arn:
+        spec["taskRoleArn"] = settings.task_role_arn
+    if settings.ephemeral_storage > 20:
+        spec["ephemeralStorage"] = {"sizeInGiB": settings.ephemeral_storage}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+    family = f"cloudburst-{digest}"
+    cached = _TASK_DEFINITIONS.get((settings.region, family))
+    if cached:
+        return cached
+    ecs: Any = client("ecs", settings.region)
+    try:
+        found = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
+        arn = str(found["taskDefinitionArn"]) if found.get("status") == "ACTIVE" else ""
+    except Exception as exc:
+        if error_code(exc) not in ("ClientException", "InvalidParameterException", "ResourceNotFoundException"):
+            with translate("ECS", "DescribeTaskDefinition", family):
+                raise
+        arn = ""
+    if not arn:
+        with translate("ECS", "RegisterTaskDefinition", family):
+            made = ecs.register_task_definition(family=family, tags=[{"key": "cloudburst", "value": "true"}], **spec)
+        arn = str(made["taskDefinition"]["taskDefinitionArn"])
+    _TASK_DEFINITIONS[(settings.region, family)] = arn
+    return arn
+
+
+_TASK_DEFINITIONS: dict[tuple[str | None, str], str] = {}
+
+
+def describe_stop(task: Mapping[str, Any]) -> tuple[int | None, str, bool]:
+    """``(exit code, one-line reason, interrupted from outside)`` of a stopped ECS task."""
+    containers = task.get("containers") or [{}]
+    container = containers[0]
+    code = container.get("exitCode")
+    stop_code = str(task.get("stopCode") or "")
+    stopped_reason = str(task.get("stoppedReason") or "")
+    container_reason = str(container.get("reason") or "")
+    parts = []
+    if container_reason.startswith("OutOfMemoryError"):
+        parts.append(f"{container_reason} (ask for more memory=)")
+    elif stop_code == "SpotInterruption" or stopped_reason.startswith("Your Spot Task was interrupted"):
+        parts.append(f"Fargate Spot interruption: {stopped_reason or 'reclaimed by AWS'}")
+    elif stop_code == "TaskFailedToStart":
+        parts.append(f"failed to start: {stopped_reason or container_reason}")
+    else:
+        if stopped_reason:
+            parts.append(stopped_reason)
+        if container_reason:
+            parts.append(container_reason)
+    parts.append("no exit code" if code is None else f"exit code {code}")
+    interrupted = stop_code in ("SpotInterruption", "UserInitiated", "TerminationNotice", "ServiceSchedulerInitiated")
+    interrupted = interrupted or stopped_reason.startswith("Your Spot Task was interrupted")
+    return (None if code is None else int(code)), ", ".join(parts), interrupted
+
+
+class FargateLauncher:
+    """Starts, watches and stops a job's Fargate tasks (and its local helper workers)."""
+
+    def __init__(
+        self,
+        settings: FargateSettings,
+        *,
+        job_id: str,
+        task_definition: str,
+        environment: Mapping[str, str],
+        local: LocalLauncher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.task_definition = task_definition
+        self._environment = [{"name": k, "value": v} for k, v in sorted(environment.items())]
+        self._ecs: Any = client("ecs", settings.region)
+        self._logs: Any = client("logs", settings.region)
+        self.local = local
+        self._lock = threading.Lock()
+        self._live: set[str] = set()  # task ids launched and not yet seen stopped
+        self._stopped: set[str] = set()
+        self.described: dict[str, dict[str, Any]] = {}  # task id -> its last DescribeTasks record
+        self._next_poll = 0.0
+        self._calls = TokenBucket(rate=20, burst=20)  # RunTask calls per second
+        self._launches = TokenBucket(rate=20, burst=100)  # Fargate task launches per second
+        self._backoff = 0.0
+        self._not_before = 0.0
+        self.notices: list[str] = []  # one line per launch problem, for the user
+
+    # ------------------------------------------------------------------ contract
+    def start(self, count: int) -> list[str]:
+        started: list[str] = []
+        while count > 0 and time.monotonic() >= self._not_before:
+            batch = min(RUN_TASK_MAX, count, self._launches.take(min(RUN_TASK_MAX, count)))
+            if batch == 0 or self._calls.take(1) == 0:
+                break
+            ids, problem = self._run_tasks(batch)
+            started += ids
+            count -= batch
+            if problem:
+                self._back_off(problem)
+                break
+            self._backoff = 0.0
+        return started
+
+    def stop(self, worker_ids: Sequence[str] | None = None) -> None:
+        with self._lock:
+            targets = [t for t in self._live if worker_ids is None or t in worker_ids]
+        for task_id in targets:
+            try:
+                self._ecs.stop_task(cluster=self.settings.cluster, task=task_id, reason="cloudburst: the job ended")
+            except Exception as exc:  # already gone, or the cluster is: nothing left to stop
+                if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
+                    print(f"cloudburst: could not stop worker {task_id}: {exc}", file=sys.stderr)
+        if self.local is not None and (worker_ids is None or any(w.startswith("local-") for w in worker_ids)):
+            self.local.stop(None if worker_ids is None else [w for w in worker_ids if w.startswith("local-")])
+
+    def poll(self) -> list[WorkerExit]:
+        exits = self.local.poll() if self.local is not None else []
+        now = time.monotonic()
+        if now < self._next_poll:
+            return exits
+        self._next_poll = now + self.settings.poll_interval
+        with self._lock:
+            ids = sorted(self._live)
+        for start in range(0, len(ids), DESCRIBE_MAX):
+            with translate("ECS", "DescribeTasks"):
+                response = self._ecs.describe_tasks(
+                    cluster=self.settings.cluster, tasks=ids[start : start + DESCRIBE_MAX]
+                )
+            for task in response.get("tasks", []):
+                task_id = str(task["taskArn"]).rsplit("/", 1)[-1]
+                self.described[task_id] = task
+                if task.get("lastStatus") != "STOPPED":
+                    continue
+                with self._lock:
+                    if task_id not in self._live:
+                        continue
+                    self._live.discard(task_id)
+                    self._stopped.add(task_id)
+                code, reason, interrupted = describe_stop(task)
+                tail = self._log_tail(task_id) if code != 0 else ""
+                exits.append(WorkerExit(task_id, code, reason, tail, interrupted))
+        return exits
+
+    def running(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    # ------------------------------------------------------------------ details
+    def task_ids(self) -> set[str]:
+        """Every Fargate task this launcher started, running or stopped."""
+        with self._lock:
+            return self._live | self._stopped
+
+    def _run_tasks(self, count: int) -> tuple[list[str], str]:
+        s = self.settings
+        request: dict[str, Any] = {
+            "cluster": s.cluster,
+            "taskDefinition": self.task_definition,
+            "count": count,
+            "startedBy": f"cloudburst-{self.job_id[:24]}",
+            "clientToken": uuid.uuid4().hex,  # botocore's own retries of this call start nothing twice
+            "networkConfiguration": {
+                "awsvpcConfiguration": {
+                    "subnets": list(s.subnets),
+                    "securityGroups": list(s.security_groups),
+                    "assignPublicIp": "ENABLED" if s.assign_public_ip else "DISABLED",
+                }
+            },
+            "overrides": {"containerOverrides": [{"name": CONTAINER, "environment": self._environment}]},
+            "tags": [{"key": JOB_TAG, "value": self.job_id}, {"key": "cloudburst", "value": "true"}]
+            + [{"key": k, "value": v} for k, v in s.tags.items()],
+        }
+        if s.spot:
+            request["capacityProviderStrategy"] = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
+        else:
+            request["launchType"] = "FARGATE"
+        try:
+            response = self._ecs.run_task(**request)
+        except Exception as exc:
+            code = error_code(exc)
+            if code in _RETRYABLE_CODES:
+                return [], f"RunTask throttled ({code})"
+            with translate("ECS", "RunTask", f"on cluster {s.cluster}"):
+                raise
+        ids = [str(t["taskArn"]).rsplit("/", 1)[-1] for t in response.get("tasks", [])]
+        with self._lock:
+            self._live.update(ids)
+        failures = response.get("failures") or []
+        if failures:
+            reasons = sorted({str(f.get("reason", "")) for f in failures})
+            text = "; ".join(reasons)
+            if any(word in text.lower() for word in _CAPACITY_WORDS):
+                return ids, f"Fargate could not start {len(failures)} worker(s): {text}"
+            raise CloudError(
+                f"ECS RunTask could not start workers: {text}", service="ECS", operation="RunTask", code=reasons[0]
+            )
+        return ids, ""
+
+    def _back_off(self, problem: str) -> None:
+        self._backoff = min(60.0, max(1.0, self._backoff * 2))
+        delay = self._backoff * random.uniform(0.8, 1.2)
+        self._not_before = time.monotonic() + delay
+        line = f"cloudburst: {problem}; trying again in {delay:.0f} s"
+        self.notices.append(line)
+        print(line, file=sys.stderr)
+
+    def _log_tail(self, task_id: str, lines: int = 30) -> str:
+        try:
+            response = self._logs.get_log_events(
+                logGroupName=self.settings.log_group,
+                logStreamName=f"{LOG_PREFIX}/{CONTAINER}/{task_id}",
+                limit=lines,
+                startFromHead=False,
+            )
+        except Exception:
+            return ""
+        return "\n".join(str(e.get("message", "")) for e in response.get("events", []))
+
+
+class FargateBackend(Backend):
+    """Workers as ECS Fargate tasks, tasks and results through SQS, blobs in S3."""
+
+    name: ClassVar[str] = "fargate"
+    option_names: ClassVar[frozenset[str]] = OPTION_NAMES
+    max_message_bytes: ClassVar[int] = 256 * 1024  # raw; base64 in SQS stays well under its 1 MiB
+    target_task_seconds: ClassVar[float] = 2.0
+    result_wait: ClassVar[float] = 5.0
+    start_eagerly: ClassVar[bool] = False
+    control_period: ClassVar[float] = 15.0
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        super().__init__(options)
+        self.settings = FargateSettings.resolve(options.backend_options)
+        self.settings.require_setup()
+        self.cpu_units, self.memory_mib = task_size(options.cpu, options.memory_mib)
+        self.lease_seconds = self.settings.lease_seconds
+        self._queues: JobQueues | None = None
+        self._log_dir: Path | None = None
+
+    @property
+    def tasks_per_worker(self) -> int:
+        return max(1, math.floor(self.options.cpu))
+
+    @property
+    def slots(self) -> int:
+        return self.options.workers * self.tasks_per_worker + self.settings.local_workers
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.options.idle_timeout if self.options.idle_timeout is not None else 120.0
+
+    @property
+    def client_timeout(self) -> float | None:
+        return None if self.settings.detached else self.settings.client_timeout
+
+    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+        s = self.settings
+        tags = {JOB_TAG: job_id, "cloudburst": "true", **s.tags}
+        region = s.region or client("ecs", s.region).meta.region_name
+        task_definition = ensure_task_definition(s, self.cpu_units, self.memory_mib)
+        queues = create_job_queues(
+            job_id, region=s.region, lease_seconds=self.lease_seconds, max_receives=self.options.retries + 2, tags=tags
+        )
+        self._queues = queues
+        prefix = f"jobs/{job_id}"
+        environment = {
+            **worker_env,
+            "CLOUDBURST_BACKEND": self.name,
+            "CLOUDBURST_BUCKET": s.bucket,
+            "CLOUDBURST_PREFIX": prefix,
+            "CLOUDBURST_TASK_QUEUE": queues.tasks,
+            "CLOUDBURST_RESULT_QUEUE": queues.results,
+            "CLOUDBURST_REGION": region,
+            "CLOUDBURST_WORKER_SLOTS": str(self.tasks_per_worker),
+            "CLOUDBURST_MEMORY_LIMIT_MIB": "",
+        }
+        local = None
+        if s.local_workers:
+            self._log_dir = Path(tempfile.mkdtemp(prefix=f"cloudburst-{job_id[:8]}-logs-"))
+            local_env = {
+                **os.environ,
+                **environment,
+                "CLOUDBURST_WORKER_SLOTS": "1",
+                "CLOUDBURST_PARENT_PID": str(os.getpid()),
+                "CLOUDBURST_SYS_PATH": json.dumps([p for p in sys.path if p]),
+            }
+            local = LocalLauncher(local_env, self._log_dir, prefix="local-")
+            local.start(s.local_workers)
+        launcher = FargateLauncher(
+            s, job_id=job_id, task_definition=task_definition, environment=environment, local=local
+        )
+        return JobResources(
+            S3Store(s.bucket, prefix, s.region),
+            SQSQueue(queues.tasks, s.region),
+            SQSQueue(queues.results, s.region),
+            launcher,
+            dead_letters=SQSQueue(queues.dead_letters, s.region),
+        )
+
+    def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
+        keep = keep or self.settings.keep or self.settings.detached
+        launcher = resources.launcher
+        if not self.settings.detached:
+            launcher.stop()
+        if isinstance(launcher, FargateLauncher) and launcher.local is not None:
+            launcher.local.stop()
+        if not keep:
+            if self._queues is not None:
+                delete_job_queues(self._queues, self.settings.region)
+            store = resources.store
+            store.delete_prefix("")
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    @classmethod
+    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
+        region = env.get("CLOUDBURST_REGION") or None
+        parent = env.get("CLOUDBURST_PARENT_PID")
+        return WorkerSide(
+            S3Store(env["CLOUDBURST_BUCKET"], env["CLOUDBURST_PREFIX"], region),
+            SQSQueue(env["CLOUDBURST_TASK_QUEUE"], region),
+            SQSQueue(env["CLOUDBURST_RESULT_QUEUE"], region),
+            parent_pid=int(parent) if parent else None,
+        )

@@ -1,0 +1,133 @@
+"""The Fargate backend's settings: call arguments first, then ``CLOUDBURST_*`` environment variables, then defaults.
+
+Every value is checked here, before any AWS call; what ``cloudburst setup``
+provides (bucket, cluster, network, roles) is reported together when missing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ...errors import ConfigurationError, NotSetUpError
+
+__all__ = ["OPTION_NAMES", "FargateSettings"]
+
+_PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@dataclass(frozen=True)
+class FargateSettings:
+    bucket: str = ""
+    cluster: str = ""
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    execution_role_arn: str = ""
+    task_role_arn: str = ""
+    log_group: str = "/cloudburst/workers"
+    region: str | None = None
+    profile: str | None = None
+    image: str = f"public.ecr.aws/docker/library/python:{_PY}-slim"
+    assign_public_ip: bool = True
+    spot: bool = False
+    arch: str = "x86_64"
+    ephemeral_storage: int = 20
+    local_workers: int = 0
+    detached: bool = False
+    keep: bool = False
+    client_timeout: float = 180.0
+    lease_seconds: float = 120.0
+    poll_interval: float = 2.0
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> FargateSettings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in options:
+                values[f.name] = options[f.name]
+            elif (raw := environ.get(f"CLOUDBURST_{f.name.upper()}")) not in (None, ""):
+                values[f.name] = raw
+        return cls(**_checked(values))
+
+    def require_setup(self) -> None:
+        missing = [
+            name
+            for name in ("bucket", "cluster", "subnets", "security_groups", "execution_role_arn")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise NotSetUpError(
+                f"backend='fargate' is not set up: no {', '.join(missing)} configured. Run `cloudburst setup` once "
+                "for this AWS account and region (or pass them, e.g. Executor(..., bucket='my-bucket')), or use "
+                "backend='local'."
+            )
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(FargateSettings))
+
+
+def _as_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ConfigurationError(f"{name}={value!r} must be True or False")
+
+
+def _as_list(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigurationError(f"{name}={value!r} must be a list of ids, e.g. {name}=['subnet-0abc']")
+
+
+def _as_number(name: str, value: object, low: float, high: float, hint: str) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        number = math.nan
+    if not (low <= number <= high):
+        raise ConfigurationError(f"{name}={value!r} must be a number from {low:g} to {high:g}; {hint}")
+    return number
+
+
+def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in ("assign_public_ip", "spot", "detached", "keep"):
+            out[name] = _as_bool(name, value)
+        elif name in ("subnets", "security_groups"):
+            out[name] = _as_list(name, value)
+        elif name == "arch":
+            arch = str(value).lower().replace("amd64", "x86_64").replace("aarch64", "arm64")
+            if arch not in ("x86_64", "arm64"):
+                raise ConfigurationError(f"arch={value!r} must be 'x86_64' or 'arm64'")
+            out[name] = arch
+        elif name == "ephemeral_storage":
+            out[name] = int(_as_number(name, value, 20, 200, "Fargate gives 20 to 200 GiB of disk"))
+        elif name == "local_workers":
+            out[name] = int(_as_number(name, value, 0, 1024, "local_workers=2 runs two workers here too"))
+        elif name == "client_timeout":
+            out[name] = _as_number(name, value, 10, 86400, "seconds without the client before workers stop")
+        elif name == "lease_seconds":
+            out[name] = _as_number(name, value, 5, 43200, "seconds a task stays leased without an extension")
+        elif name == "poll_interval":
+            out[name] = _as_number(name, value, 0.05, 60, "seconds between DescribeTasks calls")
+        elif name == "tags":
+            if not isinstance(value, Mapping):
+                raise ConfigurationError("tags must map tag names to values, e.g. tags={'project': 'x'}")
+            out[name] = {str(k): str(v) for k, v in value.items()}
+        elif name in ("region", "profile"):
+            out[name] = None if value is None else str(value)
+        else:
+            if not isinstance(value, str):
+                raise ConfigurationError(f"{name}={value!r} must be a string")
+            out[name] = value
+    return out
