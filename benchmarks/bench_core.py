@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import joblib
@@ -461,9 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.workers is not None:
-        sizes = Sizes(**{**sizes.__dict__, "workers": args.workers})
+        sizes = replace(sizes, workers=args.workers)
     if args.joblib_items is not None:
-        sizes = Sizes(**{**sizes.__dict__, "joblib_items": min(args.joblib_items, sizes.map_items)})
+        sizes = replace(sizes, joblib_items=min(args.joblib_items, sizes.map_items))
 
     print(f"cloudburst core benchmarks ({'quick' if args.quick else 'full'} sizes)")
     print(environment(), flush=True)

@@ -133,7 +133,7 @@ class Backend(abc.ABC):
     #: how many workers start with the job (the rest start as work arrives)
     start_eagerly: ClassVar[bool] = True
     #: seconds between a worker's looks at the job's control record (stop flag, client heartbeat)
-    control_period: ClassVar[float] = 5.0
+    control_period: float = 5.0
 
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options

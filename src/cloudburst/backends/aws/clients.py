@@ -9,6 +9,7 @@ report how many AWS calls a run made.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +26,8 @@ __all__ = ["client", "error_code", "requests", "session", "translate"]
 #: "service.Operation" -> number of HTTP requests sent by this process (retries included)
 requests: collections.Counter[str] = collections.Counter()
 _requests_lock = threading.Lock()
-_sessions: dict[tuple[str | None, str | None], boto3.session.Session] = {}
-_clients: dict[tuple[str | None, str | None, str], Any] = {}
+_sessions: dict[tuple[str | None, str | None, str | None], boto3.session.Session] = {}
+_clients: dict[tuple[str | None, str | None, str, str | None], Any] = {}
 _lock = threading.Lock()
 
 _CONFIG = botocore.config.Config(
@@ -46,7 +47,7 @@ def _count(event_name: str, **_: Any) -> None:
 
 def session(region: str | None = None, profile: str | None = None) -> boto3.session.Session:
     """A boto3 session, cached per (region, profile); boto3's usual resolution fills what is None."""
-    key = (region, profile)
+    key = (region, profile, os.environ.get("AWS_ENDPOINT_URL"))
     with _lock:
         found = _sessions.get(key)
         if found is None:
@@ -58,7 +59,7 @@ def session(region: str | None = None, profile: str | None = None) -> boto3.sess
 
 def client(service: str, region: str | None = None, profile: str | None = None) -> Any:
     """A thread-safe, cached boto3 client for ``service``."""
-    key = (region, profile, service)
+    key = (region, profile, service, os.environ.get("AWS_ENDPOINT_URL"))
     with _lock:
         found = _clients.get(key)
     if found is not None:

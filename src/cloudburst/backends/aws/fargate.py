@@ -337,7 +337,6 @@ class FargateBackend(Backend):
     target_task_seconds: ClassVar[float] = 2.0
     result_wait: ClassVar[float] = 5.0
     start_eagerly: ClassVar[bool] = False
-    control_period: ClassVar[float] = 15.0
 
     def __init__(self, options: ExecutorOptions) -> None:
         super().__init__(options)
@@ -345,6 +344,8 @@ class FargateBackend(Backend):
         self.settings.require_setup()
         self.cpu_units, self.memory_mib = task_size(options.cpu, options.memory_mib)
         self.lease_seconds = self.settings.lease_seconds
+        # Workers look for the stop flag and the client's heartbeat a few times per client_timeout.
+        self.control_period = min(15.0, self.settings.client_timeout / 4)
         self._queues: JobQueues | None = None
         self._log_dir: Path | None = None
 
@@ -383,7 +384,6 @@ class FargateBackend(Backend):
             "CLOUDBURST_RESULT_QUEUE": queues.results,
             "CLOUDBURST_REGION": region,
             "CLOUDBURST_WORKER_SLOTS": str(self.tasks_per_worker),
-            "CLOUDBURST_MEMORY_LIMIT_MIB": "",
         }
         local = None
         if s.local_workers:

@@ -1,0 +1,278 @@
+"""EMULATED AWS: run the whole cloud path on this machine, without an AWS account.
+
+::
+
+    with cloudburst.emulator.Emulator() as emu:         # moto on 127.0.0.1, an ECS agent, quota/pricing stubs
+        results = cloudburst.map(fn, items, backend="fargate")
+
+Nothing here reaches AWS. moto's server answers S3, SQS, ECS, IAM, EC2, Logs and
+STS on loopback; an emulated ECS agent runs each task that RunTask creates as a
+real ``python -m cloudburst.worker`` process; Service Quotas and Pricing, which
+moto lacks, are served by stubs. Fault hooks make AWS misbehave on purpose:
+:meth:`Emulator.throttle`, :meth:`Emulator.capacity_shortage`,
+:meth:`Emulator.kill_worker`, :meth:`Emulator.interrupt_spot`.
+
+Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..errors import ConfigurationError
+from .agent import EcsAgent, EmulatedTask, default_worker_env
+from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
+
+__all__ = ["EmulatedTask", "Emulator", "FaultRule"]
+
+BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine); nothing reaches AWS"
+CLUSTER = "cloudburst"
+LOG_GROUP = "/cloudburst/workers"
+
+
+def _require_moto() -> None:
+    try:
+        import moto  # noqa: F401
+        import werkzeug  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError("the AWS emulator needs moto's server: pip install 'cloudburst[emulator]'") from exc
+
+
+class Emulator:
+    """Emulated AWS for this process and the workers it starts. Use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        cold_start: float = 0.0,
+        quota_on_demand: float = 4000,
+        quota_spot: float = 4000,
+        poll_interval: float = 0.2,
+        provision: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        _require_moto()
+        self.region = region
+        self.cold_start = cold_start
+        self.poll_interval = poll_interval
+        self.provision_resources = provision
+        self.verbose = verbose
+        self.quotas = QuotaStub(quota_on_demand, quota_spot)
+        self.pricing = PricingStub()
+        self.url = ""
+        self.resources: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._work_dir = Path(tempfile.mkdtemp(prefix="cloudburst-emulator-"))
+        self.gateway: Gateway | None = None
+        self.agent: EcsAgent | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Emulator:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        self._reset_moto()
+        self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
+        self._server = make_server("127.0.0.1", 0, self.gateway, threaded=True, request_handler=quiet_handler())
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="cloudburst-emulator", daemon=True)
+        self._thread.start()
+        self._set_env(
+            {
+                "AWS_ENDPOINT_URL": self.url,
+                "AWS_ACCESS_KEY_ID": "emulated",
+                "AWS_SECRET_ACCESS_KEY": "emulated",
+                "AWS_SESSION_TOKEN": None,
+                "AWS_PROFILE": None,
+                "AWS_DEFAULT_REGION": self.region,
+                "AWS_REGION": self.region,
+                "CLOUDBURST_POLL_INTERVAL": str(self.poll_interval),
+            }
+        )
+        worker_env = default_worker_env(self.url)
+        self.agent = EcsAgent(worker_env, self._work_dir, cold_start=self.cold_start)
+        self.agent.start()
+        if self.provision_resources:
+            self.provision()
+        if self.verbose:
+            print(BANNER.format(url=self.url), file=sys.stderr)
+        return self
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+        shutil.rmtree(self._work_dir, ignore_errors=True)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _set_env(self, values: dict[str, str | None]) -> None:
+        for name, value in values.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    @staticmethod
+    def _reset_moto() -> None:
+        from moto.moto_api import state_manager
+        from moto.moto_api._internal.models import moto_api_backend
+
+        moto_api_backend.reset()
+        state_manager.unset_transition("ecs::task")
+
+    # ------------------------------------------------------------------ what `cloudburst setup` would make
+    def provision(self) -> dict[str, str]:
+        """Create the bucket, cluster, network, roles and log group the fargate backend needs."""
+        import boto3
+
+        session = boto3.session.Session(region_name=self.region)
+        ec2 = session.client("ec2", endpoint_url=self.url)
+        vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+        subnets = [
+            s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+        ]
+        group = ec2.create_security_group(GroupName="cloudburst-workers", Description="cloudburst workers", VpcId=vpc)
+        bucket = f"cloudburst-emulated-{int(time.time())}"
+        s3 = session.client("s3", endpoint_url=self.url)
+        if self.region == "us-east-1":
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": self.region})
+        session.client("ecs", endpoint_url=self.url).create_cluster(
+            clusterName=CLUSTER, capacityProviders=["FARGATE", "FARGATE_SPOT"]
+        )
+        iam = session.client("iam", endpoint_url=self.url)
+        trust = (
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":'
+            '"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}'
+        )
+        execution = iam.create_role(RoleName="cloudburst-execution", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+        task_role = iam.create_role(RoleName="cloudburst-task", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+        session.client("logs", endpoint_url=self.url).create_log_group(logGroupName=LOG_GROUP)
+        self.resources = {
+            "CLOUDBURST_BUCKET": bucket,
+            "CLOUDBURST_CLUSTER": CLUSTER,
+            "CLOUDBURST_SUBNETS": ",".join(subnets[:2]),
+            "CLOUDBURST_SECURITY_GROUPS": group["GroupId"],
+            "CLOUDBURST_EXECUTION_ROLE_ARN": execution,
+            "CLOUDBURST_TASK_ROLE_ARN": task_role,
+            "CLOUDBURST_LOG_GROUP": LOG_GROUP,
+            "CLOUDBURST_REGION": self.region,
+        }
+        self._set_env(dict(self.resources))
+        return self.resources
+
+    # ------------------------------------------------------------------ fault hooks and inspection
+    @property
+    def calls(self) -> dict[str, int]:
+        """Requests the server has answered, by ``service.Operation`` (every process, workers included)."""
+        assert self.gateway is not None
+        with self.gateway.lock:
+            return dict(self.gateway.calls)
+
+    def add_fault(self, rule: FaultRule) -> FaultRule:
+        assert self.gateway is not None
+        with self.gateway.lock:
+            self.gateway.faults.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        assert self.gateway is not None
+        with self.gateway.lock:
+            self.gateway.faults.clear()
+
+    def throttle(
+        self, service: str = "ecs", operation: str = "RunTask", *, times: int | None = None, share: float = 0.0
+    ) -> FaultRule:
+        """Answer ThrottlingException to the next ``times`` calls (or a ``share`` of calls)."""
+        return self.add_fault(FaultRule(service, operation, times=times, share=share))
+
+    def fail(
+        self,
+        service: str,
+        operation: str,
+        *,
+        code: str = "ServiceUnavailable",
+        status: int = 503,
+        times: int | None = None,
+        share: float = 0.0,
+    ) -> FaultRule:
+        """Answer an error to the next ``times`` calls (or a ``share`` of calls)."""
+        return self.add_fault(
+            FaultRule(
+                service, operation, code=code, status=status, message="emulated failure", times=times, share=share
+            )
+        )
+
+    def capacity_shortage(self, times: int = 1) -> FaultRule:
+        """The next ``times`` RunTask calls start nothing and report that Fargate capacity is short."""
+        return self.add_fault(
+            FaultRule(
+                "ecs",
+                "RunTask",
+                times=times,
+                run_task_failure="Capacity is unavailable at this time. Please try again later or in a different "
+                "availability zone",
+            )
+        )
+
+    def workers(self) -> list[EmulatedTask]:
+        """Emulated Fargate tasks whose worker process is running."""
+        assert self.agent is not None
+        return self.agent.running()
+
+    def wait_for_workers(self, count: int = 1, timeout: float = 30) -> list[EmulatedTask]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = self.workers()
+            if len(running) >= count:
+                return running
+            time.sleep(0.05)
+        raise TimeoutError(f"fewer than {count} emulated workers started within {timeout:g} s")
+
+    def kill_worker(self, task_id: str | None = None) -> str:
+        """SIGKILL a worker's process (the oldest running one if none is named); returns its task id."""
+        assert self.agent is not None
+        target = task_id or self.wait_for_workers(1)[0].task_id
+        self.agent.kill(target)
+        return target
+
+    def interrupt_spot(self, task_id: str | None = None) -> str:
+        """Interrupt a worker as Fargate Spot does (SIGTERM, stopCode SpotInterruption)."""
+        assert self.agent is not None
+        target = task_id or self.wait_for_workers(1)[0].task_id
+        self.agent.interrupt_spot(target)
+        return target
+
+    def worker_pids(self) -> dict[str, int]:
+        assert self.agent is not None
+        return self.agent.pids()
