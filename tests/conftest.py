@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 import cloudburst
+from cloudburst.emulator import Emulator
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "fargate"]
 
 
 def process_gone(pid: int) -> bool:
@@ -42,28 +43,73 @@ def assert_nothing_left(pids: dict[str, int], job_dir: Path | None) -> None:
         assert not job_dir.exists(), f"job data left behind in {job_dir}"
 
 
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    """Emulated AWS for the whole session: moto on loopback and an ECS agent running real workers."""
+    with Emulator(verbose=False) as emu:
+        yield emu
+
+
+def assert_nothing_left_in_aws(emu: Emulator, job_id: str) -> None:
+    """No queue, object or running task of the job remains in the emulated account."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    assert wait_until(lambda: not sqs.list_queues(QueueNamePrefix=f"cloudburst-{job_id[:20]}").get("QueueUrls")), (
+        "queues left behind"
+    )
+    s3 = boto3.client("s3")
+    bucket = emu.resources["CLOUDBURST_BUCKET"]
+    assert not s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/").get("Contents"), "objects left behind"
+    ecs = boto3.client("ecs")
+    cluster = emu.resources["CLOUDBURST_CLUSTER"]
+
+    def job_tasks_running() -> list[str]:
+        arns = ecs.list_tasks(cluster=cluster, startedBy=f"cloudburst-{job_id[:24]}")["taskArns"]
+        if not arns:
+            return []
+        tasks = ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"]
+        return [t["taskArn"] for t in tasks if t["lastStatus"] != "STOPPED"]
+
+    assert wait_until(lambda: not job_tasks_running(), timeout=15), f"tasks still running: {job_tasks_running()}"
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "fargate":
+        request.getfixturevalue("emulator")
     return str(request.param)
 
 
 @pytest.fixture
-def make_executor(backend: str) -> Iterator[Callable[..., cloudburst.Executor]]:
+def make_executor(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., cloudburst.Executor]]:
     """Create executors on the backend under test; afterwards assert that nothing is left behind."""
     made: list[tuple[cloudburst.Executor, dict[str, int], Path | None]] = []
+    emu: Emulator | None = request.getfixturevalue("emulator") if backend == "fargate" else None
+
+    def pids_of(ex: cloudburst.Executor) -> dict[str, int]:
+        pids = ex._job.worker_pids()
+        if emu is not None:
+            launcher = ex._job.resources.launcher
+            ids = launcher.task_ids() if hasattr(launcher, "task_ids") else set()
+            pids.update({k: v for k, v in emu.worker_pids().items() if k in ids})
+        return pids
 
     def make(*args: Any, **kwargs: Any) -> cloudburst.Executor:
         kwargs.setdefault("backend", backend)
         ex = cloudburst.Executor(*args, **kwargs)
-        made.append((ex, ex._job.worker_pids(), getattr(ex._job.backend, "_root", None)))
+        made.append((ex, pids_of(ex), getattr(ex._job.backend, "_root", None)))
         return ex
 
     yield make
     for ex, pids, job_dir in made:
-        pids.update(ex._job.worker_pids())
+        pids.update(pids_of(ex))
         ex.shutdown(wait=False, cancel_futures=True)
         ex.terminate()
+        pids.update(pids_of(ex))
         assert_nothing_left(pids, job_dir)
+        if emu is not None:
+            assert_nothing_left_in_aws(emu, ex.job_id)
 
 
 @pytest.fixture
