@@ -13,7 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_all_lists_every_public_name() -> None:
     public = {name for name in vars(cloudburst) if not name.startswith("_") and name not in {"annotations"}}
-    modules = {"backends", "config", "errors", "executor", "job", "output", "progress", "seeds", "serialize", "task"}
+    modules = {
+        "backends",
+        "config",
+        "emulator",
+        "errors",
+        "executor",
+        "job",
+        "output",
+        "progress",
+        "seeds",
+        "serialize",
+    }
+    modules |= {"task", "worker"}
     assert set(cloudburst.__all__) == public - modules | {"errors", "__version__"}
 
 

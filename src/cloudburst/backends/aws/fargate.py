@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -160,7 +161,15 @@ def describe_stop(task: Mapping[str, Any]) -> tuple[int | None, str, bool]:
             parts.append(stopped_reason)
         if container_reason:
             parts.append(container_reason)
-    parts.append("no exit code" if code is None else f"exit code {code}")
+    if code is None:
+        parts.append("no exit code")
+    elif 128 < int(code) < 160:  # a process killed by a signal exits 128+N in a container
+        try:
+            parts.append(f"killed by {signal.Signals(int(code) - 128).name} (exit code {code})")
+        except ValueError:
+            parts.append(f"exit code {code}")
+    else:
+        parts.append(f"exit code {code}")
     interrupted = stop_code in ("SpotInterruption", "UserInitiated", "TerminationNotice", "ServiceSchedulerInitiated")
     interrupted = interrupted or stopped_reason.startswith("Your Spot Task was interrupted")
     return (None if code is None else int(code)), ", ".join(parts), interrupted
