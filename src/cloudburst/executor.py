@@ -15,6 +15,7 @@ from .config import ExecutorOptions, check_known
 from .errors import ConfigurationError
 from .job import Job, MapRun
 from .progress import Progress, wanted
+from .task import Columns
 
 __all__ = ["Executor", "map"]
 
@@ -119,7 +120,9 @@ class Executor(_StdExecutor):
             raise ConfigurationError(f"chunksize={chunksize!r} must be a whole number ≥ 1, or None for automatic")
         if not iterables:
             raise TypeError("map() needs at least one iterable of arguments")
-        calls = list(zip(*iterables, strict=False))  # stops at the shortest, like the builtin
+        columns = [it if isinstance(it, range) else list(it) for it in iterables]
+        shortest = min(len(col) for col in columns)  # stops at the shortest, like the builtin
+        calls = Columns(tuple(col if len(col) == shortest else col[:shortest] for col in columns))
         run = self._job.map(fn, calls, chunksize)
         self._progress.grow(len(calls))
         run.on_progress = self._progress.advance

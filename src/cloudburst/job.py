@@ -56,6 +56,7 @@ from .task import (
     REJECTED,
     RESULT,
     STARTED,
+    Columns,
     ItemError,
     Notice,
     ResultMessage,
@@ -91,13 +92,13 @@ class MapRun:
         self,
         fn: Callable[..., Any],
         fn_ref: BlobRef,
-        calls: list[tuple[Any, ...]],
+        calls: Columns,
         base_index: int,
         chunksize: int | None,
     ) -> None:
         self.fn = fn
         self.fn_ref = fn_ref
-        self.calls = calls
+        self.calls = calls  # one column per argument position
         self.base_index = base_index
         self.chunksize = chunksize
         self.next_pos = 0  # first call not yet dispatched
@@ -249,7 +250,7 @@ class Job:
             self._cond.notify_all()
         return future
 
-    def map(self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], chunksize: int | None) -> MapRun:
+    def map(self, fn: Callable[..., Any], calls: Columns, chunksize: int | None) -> MapRun:
         self._check_accepting()
         fn_ref = self.packer.function(fn)
         with self._cond:
@@ -307,7 +308,7 @@ class Job:
                     self._pending.popleft()
                 indices = range(head.base_index + start, head.base_index + stop)
                 task = _Task(next(self._task_ids), head.fn_ref, indices, run=head, start=start)
-                calls: list[Any] = head.calls[start:stop]
+                calls: Any = head.calls.slice(start, stop)
             else:
                 items = self._take_submitted(head.fn_ref)
                 if not items:
@@ -358,7 +359,11 @@ class Job:
             self.stats["tasks"] += 1
         return encode(self.key, b"T", task.task_id, message)
 
-    def _pack_calls(self, calls: list[Any]) -> Packed:
+    def _pack_calls(self, calls: Any) -> Packed:
+        if isinstance(calls, Columns):
+            if all(map(_only_scalars, calls.cols)):
+                return self.packer.pack(calls)  # nothing large can repeat: skip the sharing scan
+            return self.packer.pack(calls, shared=self.packer.shared_arguments([(c, None) for c in calls]))
         if calls and isinstance(calls[0], tuple) and len(calls[0]) == 2 and isinstance(calls[0][1], dict):
             shared = self.packer.shared_arguments(calls)  # submitted: (args, kwargs)
         else:
@@ -370,8 +375,9 @@ class Job:
         failures: dict[int, BaseException] = {}
         replacements: list[tuple[_Task, list[Any]]] = []
         for pos, call in enumerate(calls):
+            one = calls.slice(pos, pos + 1) if isinstance(calls, Columns) else [call]
             try:
-                self._pack_calls([call])
+                self._pack_calls(one)
             except Exception as exc:
                 values = call if task.run is not None else (*call[0], *call[1].values())
                 culprit = next((v for v in values if not _picklable(v)), None)
@@ -390,7 +396,7 @@ class Job:
                 )
             else:
                 single = _Task(next(self._task_ids), task.fn_ref, [index], items=[task.items[pos]])
-            replacements.append((single, [call]))
+            replacements.append((single, one))
         with self._cond:
             self._tasks.pop(task.task_id, None)
             for single, _ in replacements:
@@ -699,7 +705,7 @@ class Job:
                     run=task.run,
                     start=task.start + offset,
                 )
-                calls: list[Any] = task.run.calls[sub.start : sub.start + stop - offset]
+                calls: Any = task.run.calls.slice(sub.start, sub.start + stop - offset)
             else:
                 items = task.items[offset:stop]
                 sub = _Task(next(self._task_ids), task.fn_ref, [i.index for i in items], items=items)
@@ -793,8 +799,10 @@ class Job:
             self._stopping = True
             self._cond.notify_all()
         current = threading.current_thread()
+        collector = self._threads[1]
         for thread in self._threads:
-            if thread is not current and thread.is_alive():
+            # The collector may sit in a receive until the queues close in close_job: join it after.
+            if thread is not current and thread is not collector and thread.is_alive():
                 thread.join(timeout=2)
         try:
             if self.backend.client_timeout is not None or not keep:
@@ -803,6 +811,8 @@ class Job:
                 except Exception as exc:
                     log.debug("cloudburst: could not write the stop flag: %s", exc)
             self.backend.close_job(self.resources, keep=keep)
+            if collector is not current and collector.is_alive():
+                collector.join(timeout=0.5)
         finally:
             import shutil
 
@@ -824,6 +834,21 @@ def _interesting_tail(log_tail: str) -> str:
         if line.startswith("Fatal Python error"):
             return "\n".join(lines[i : i + 12])
     return "\n".join(lines[-5:])
+
+
+_NUMBERS = frozenset({int, float, bool, type(None), complex})
+
+
+def _only_scalars(column: Sequence[Any]) -> bool:
+    """True when a column holds only numbers or short strings: nothing worth sharing (checked at C speed)."""
+    if isinstance(column, range):
+        return True
+    kinds = set(map(type, column))
+    if kinds <= _NUMBERS:
+        return True
+    if not kinds <= _NUMBERS | {str, bytes}:
+        return False
+    return max((len(v) for v in column if type(v) in (str, bytes)), default=0) < 1000
 
 
 def _picklable(value: object) -> bool:

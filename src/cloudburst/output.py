@@ -114,6 +114,10 @@ class Capture:
         else:
             self.events.append([self.item, kind, payload])
 
+    def warned(self) -> bool:
+        """Whether warnings arrived since the last collect_warnings."""
+        return self._warning_mark < len(self._caught)
+
     def collect_warnings(self) -> None:
         """Tag warnings raised since the last call with the current item."""
         while self._warning_mark < len(self._caught):

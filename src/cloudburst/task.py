@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .serialize import BlobRef, Packed, seal, unseal
 
 __all__ = [
+    "Columns",
     "ItemError",
     "Notice",
     "OutputEvent",
@@ -43,13 +44,41 @@ DIED = b"D"
 _HEADER = struct.Struct("<Q")
 
 
+class Columns:
+    """The calls of a map chunk, one sequence per argument position (``zip`` of the columns).
+
+    Pickling columns (a ``range`` slice stays a ``range``) is many times cheaper than
+    pickling one tuple per item; the worker iterates them back into argument tuples.
+    """
+
+    __slots__ = ("cols",)
+
+    def __init__(self, cols: tuple[Sequence[object], ...]) -> None:
+        self.cols = cols
+
+    def __len__(self) -> int:
+        return len(self.cols[0]) if self.cols else 0
+
+    def __iter__(self) -> Iterator[tuple[object, ...]]:
+        return zip(*self.cols, strict=True)
+
+    def __getitem__(self, pos: int) -> tuple[object, ...]:
+        return tuple(col[pos] for col in self.cols)
+
+    def slice(self, start: int, stop: int) -> Columns:
+        return Columns(tuple(col[start:stop] for col in self.cols))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Columns, (self.cols,))
+
+
 @dataclass(frozen=True, slots=True)
 class TaskMessage:
     """A chunk of calls of one function. ``indices[k]`` is the item index of call ``k``."""
 
     task_id: int
     function: BlobRef
-    calls: Packed  # list of args tuples, or of (args, kwargs) pairs when with_kwargs
+    calls: Packed  # Columns or a list of args tuples, or of (args, kwargs) pairs when with_kwargs
     indices: Sequence[int]
     with_kwargs: bool = False
     seed: int | None = None

@@ -264,22 +264,24 @@ class Worker:
         seed_item = seeds.seed_item
         capture = Capture(task.log_level)
         started = time.perf_counter()
+        with_kwargs = task.with_kwargs
         with capture:
             for pos, call in enumerate(calls):
                 index = indices[pos]
                 capture.item = index
-                seed_item(seed, index)
+                if seed is None:
+                    seeds.set_index(index)
+                else:
+                    seed_item(seed, index)
                 try:
-                    if task.with_kwargs:
-                        values[pos] = fn(*call[0], **call[1])
-                    else:
-                        values[pos] = fn(*call)
+                    values[pos] = fn(*call[0], **call[1]) if with_kwargs else fn(*call)
                 except SystemExit as exc:
                     exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
                     errors[pos] = item_error(exit_error, 0)
                 except BaseException as exc:
                     errors[pos] = item_error(exc)
-                capture.collect_warnings()
+                if capture.warned():
+                    capture.collect_warnings()
         seeds.seed_item(None, -1)
         return values, errors, capture.events, time.perf_counter() - started
 
