@@ -4,7 +4,6 @@
 
     connect (backend.connect_worker from the environment)
     loop:
-        job ended, or the client's heartbeat stale? ─► retire
         receive tasks (lease) ── none ─► idle too long? ─► retire
         authenticate each ── bad seal ─► refuse (X notice), delete, never unpickle
         announce (S notice: which tasks this worker holds, for crash attribution)
@@ -14,8 +13,10 @@
             pack results (big ones to the store) ─► send R ─► ack (delete the task)
 
 Watchdogs run beside the loop: the lease keeper extends the leases of running
-tasks; the parent watch exits when the client's process is gone; the memory
-watch stops the worker like an out-of-memory kill when it passes its limit.
+tasks; the control watch exits when the job has ended or the client's
+heartbeat is stale; the parent watch exits when the client's process is gone;
+the memory watch stops the worker like an out-of-memory kill when it passes
+its limit.
 
 A machine with N vCPUs (``CLOUDBURST_WORKER_SLOTS=N``) runs N such loops as
 child processes under a small supervisor, which reports a child that dies
@@ -116,14 +117,11 @@ class Worker:
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
         self._last_work = time.monotonic()
-        self._last_control_check = 0.0
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         self.start_watchdogs()
         while not self._stopping.is_set():
-            if self.job_over():
-                return 0
             messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
             if not messages:
                 if self.should_retire():
@@ -144,12 +142,19 @@ class Worker:
             return True
         return False
 
+    def watch_control(self) -> None:
+        """Leave when the job is over, even in the middle of a task (nobody would collect its result)."""
+        while not self._stopping.wait(self.control_period):
+            try:
+                over = self.job_over()
+            except Exception as exc:  # an unreachable store: the next look decides
+                print(f"cloudburst-worker: could not read the job's control record: {exc}", file=sys.__stderr__)
+                continue
+            if over:
+                os._exit(0)
+
     def job_over(self) -> bool:
-        """Read the job's control record (at most once per control period): stopped, or client gone?"""
-        now = time.monotonic()
-        if now - self._last_control_check < self.control_period:
-            return False
-        self._last_control_check = now
+        """Read the job's control record: stopped, or has the client been silent too long?"""
         try:
             state = json.loads(self.side.store.get("control/state"))
         except FileNotFoundError:
@@ -308,6 +313,7 @@ class Worker:
     # ------------------------------------------------------------------ watchdogs
     def start_watchdogs(self) -> None:
         threading.Thread(target=self.keep_leases, name="lease-keeper", daemon=True).start()
+        threading.Thread(target=self.watch_control, name="control-watch", daemon=True).start()
         if self.side.parent_pid is not None:
             threading.Thread(
                 target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True

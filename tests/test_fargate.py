@@ -1,0 +1,217 @@
+"""The Fargate backend's own failure table and features, against emulated AWS (moto + the ECS agent emulator).
+
+The behaviour suite and the shared failure table already run against this
+backend; here are the failures only the cloud has: workers that vanish,
+Spot interruptions, throttled or refused launches, bad sizes, missing set-up,
+a client that dies, payloads above the queue's size limit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+import cloudburst
+from cloudburst.emulator import Emulator
+
+from .conftest import assert_nothing_left_in_aws, process_gone, wait_until
+
+
+def slow_identity(x: int, seconds: float = 1.0) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def echo_bytes(data: bytes) -> bytes:
+    return data[::-1]
+
+
+@pytest.fixture
+def fargate(emulator: Emulator) -> Any:
+    """Make Fargate executors; afterwards, nothing of theirs is left in the emulated account."""
+    made: list[cloudburst.Executor] = []
+
+    def make(*args: Any, **kwargs: Any) -> cloudburst.Executor:
+        ex = cloudburst.Executor(*args, backend="fargate", **kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    emulator.clear_faults()
+    for ex in made:
+        ex.terminate()
+        assert_nothing_left_in_aws(emulator, ex.job_id)
+
+
+def calls_of(emulator: Emulator, *names: str) -> int:
+    return sum(emulator.calls.get(name, 0) for name in names)
+
+
+def test_worker_killed_mid_task_is_replaced_and_work_survives(
+    emulator: Emulator, fargate: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ex = fargate(2)
+    futures = [ex.submit(slow_identity, i, 0.5) for i in range(8)]
+    assert wait_until(lambda: any(f.running() for f in futures), timeout=30)
+    victim = emulator.kill_worker()
+    assert [f.result(timeout=60) for f in futures] == list(range(8))
+    err = capsys.readouterr().err
+    assert f"worker {victim}" in err and "killed by SIGKILL" in err
+
+
+def test_spot_interruption_is_retried_not_fatal(emulator: Emulator, fargate: Any) -> None:
+    ex = fargate(2, spot=True)
+    futures = [ex.submit(slow_identity, i, 0.5) for i in range(6)]
+    assert wait_until(lambda: any(f.running() for f in futures), timeout=30)
+    emulator.interrupt_spot()
+    assert [f.result(timeout=60) for f in futures] == list(range(6))
+    launcher = ex._job.resources.launcher
+    assert wait_until(
+        lambda: any(t.get("stopCode") == "SpotInterruption" for t in launcher.described.values()), timeout=15
+    )
+
+
+def test_run_task_throttled_backs_off_and_recovers(emulator: Emulator, fargate: Any) -> None:
+    rule = emulator.throttle("ecs", "RunTask", times=8)  # more than botocore's own retries
+    ex = fargate(1)
+    assert ex.submit(abs, -7).result(timeout=60) == 7
+    assert rule.hits == 8
+    assert any("throttled" in line for line in ex._job.resources.launcher.notices)
+
+
+def test_run_task_capacity_shortage_backs_off_and_recovers(emulator: Emulator, fargate: Any) -> None:
+    rule = emulator.capacity_shortage(times=2)
+    ex = fargate(1)
+    assert ex.submit(abs, -8).result(timeout=60) == 8
+    assert rule.hits == 2
+    assert any("Capacity is unavailable" in line for line in ex._job.resources.launcher.notices)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cpu": 1, "memory": "16GB"}, r"memory=16GB is not valid with cpu=1 on Fargate; valid memory for cpu=1: 2GB"),
+        ({"cpu": 3}, r"cpu=3 is not a Fargate task size; use one of cpu=0.25, 0.5, 1, 2, 4, 8, 16"),
+        ({"cpu": 0.25, "memory": "4GB"}, r"valid memory for cpu=0.25: 0.5GB, 1GB, 2GB"),
+        ({"arch": "sparc"}, r"arch='sparc' must be 'x86_64' or 'arm64'"),
+        ({"ephemeral_storage": 500}, r"ephemeral_storage=500 must be a number from 20 to 200"),
+        ({"subnet": ["subnet-1"]}, r"unknown parameter 'subnet' \(did you mean 'subnets'\?\)"),
+    ],
+)
+def test_bad_fargate_parameters_are_refused_before_any_call(
+    emulator: Emulator, kwargs: dict[str, Any], match: str
+) -> None:
+    before = calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue", "ecs.RegisterTaskDefinition")
+    with pytest.raises(cloudburst.ConfigurationError, match=match):
+        cloudburst.Executor(1, backend="fargate", **kwargs)
+    assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue", "ecs.RegisterTaskDefinition") == before
+
+
+def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLOUDBURST_BUCKET")
+    monkeypatch.delenv("CLOUDBURST_CLUSTER")
+    before = calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue")
+    with pytest.raises(cloudburst.NotSetUpError, match=r"no bucket, cluster configured\. Run `cloudburst setup`"):
+        cloudburst.map(abs, [1], backend="fargate")
+    assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue") == before
+
+
+def test_payloads_over_the_message_limit_go_through_s3(emulator: Emulator, fargate: Any) -> None:
+    big = os.urandom(2 << 20)  # incompressible, eight times the inline limit
+    ex = fargate(1)
+    before = calls_of(emulator, "s3.PUTObject")
+    assert ex.submit(echo_bytes, big).result(timeout=60) == big[::-1]
+    assert calls_of(emulator, "s3.PUTObject") >= before + 2  # the argument and the result
+
+
+def test_local_workers_start_work_during_the_cold_start(emulator: Emulator, fargate: Any) -> None:
+    assert emulator.agent is not None
+    emulator.agent.cold_start = 60.0
+    try:
+        ex = fargate(2, local_workers=1)
+        assert ex.submit(abs, -3).result(timeout=30) == 3
+        assert not emulator.workers()  # done by the local worker while the Fargate tasks still start
+    finally:
+        emulator.agent.cold_start = 0.0
+
+
+CLIENT = """
+import sys, time
+import cloudburst
+
+def slow(x):
+    time.sleep(600)
+    return x
+
+ex = cloudburst.Executor(2, backend="fargate", client_timeout=10)
+futures = [ex.submit(slow, i) for i in range(2)]
+while not all(f.running() for f in futures):
+    time.sleep(0.1)
+print("JOB", ex.job_id, *ex._job.resources.launcher.task_ids(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_client_killed_workers_stop_on_their_own(emulator: Emulator, tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(CLIENT))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("JOB"), (line, proc.stderr.read() if proc.stderr else "")
+    job_id, *task_ids = line.split()[1:]
+    pids = {t: p for t, p in emulator.worker_pids().items() if t in task_ids}
+    assert pids
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # No one stops them: they notice the client's silence (client_timeout=10) and retire.
+    assert wait_until(lambda: all(process_gone(p) for p in pids.values()), timeout=60), "workers outlived the client"
+    ecs = boto3.client("ecs")
+    cluster = emulator.resources["CLOUDBURST_CLUSTER"]
+    assert wait_until(
+        lambda: all(t["lastStatus"] == "STOPPED" for t in ecs.describe_tasks(cluster=cluster, tasks=task_ids)["tasks"]),
+        timeout=10,
+    )
+    # What the dead client could not delete is found by its tags (what `cloudburst cleanup` does).
+    sqs = boto3.client("sqs")
+    for url in sqs.list_queues(QueueNamePrefix=f"cloudburst-{job_id[:20]}").get("QueueUrls", []):
+        assert sqs.list_queue_tags(QueueUrl=url)["Tags"]["cloudburst:job"] == job_id
+        sqs.delete_queue(QueueUrl=url)
+    s3 = boto3.client("s3")
+    bucket = emulator.resources["CLOUDBURST_BUCKET"]
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/").get("Contents", []):
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    assert_nothing_left_in_aws(emulator, job_id)
+
+
+def test_every_launched_task_is_tagged_with_its_job(emulator: Emulator, fargate: Any) -> None:
+    ex = fargate(2)
+    assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+    ecs = boto3.client("ecs")
+    ids = sorted(ex._job.resources.launcher.task_ids())
+    assert ids
+    tasks = ecs.describe_tasks(cluster=emulator.resources["CLOUDBURST_CLUSTER"], tasks=ids, include=["TAGS"])["tasks"]
+    for task in tasks:
+        tags = {t["key"]: t["value"] for t in task.get("tags", [])}
+        assert tags.get("cloudburst:job") == ex.job_id
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_multi_cpu_worker_runs_tasks_side_by_side(emulator: Emulator, fargate: Any) -> None:
+    ex = fargate(1, cpu=2)
+    pids = list(ex.map(pid_after, [1.0] * 4, chunksize=1))
+    assert len(set(pids)) == 2  # one Fargate task, two worker processes in it
+    assert len(ex._job.resources.launcher.task_ids()) == 1
