@@ -52,6 +52,18 @@ def fargate(emulator: Emulator) -> Any:
         assert_nothing_left_in_aws(emulator, ex.job_id)
 
 
+def holder_of_a_running_task(ex: cloudburst.Executor) -> str:
+    """The Fargate task id of a worker that has announced a task it is running."""
+    holders: list[str] = []
+
+    def found() -> bool:
+        holders.extend(t.workers[-1] for t in list(ex._job._tasks.values()) if t.workers)
+        return bool(holders)
+
+    assert wait_until(found, timeout=30)
+    return holders[0].split(".")[0]
+
+
 def calls_of(emulator: Emulator, *names: str) -> int:
     return sum(emulator.calls.get(name, 0) for name in names)
 
@@ -61,8 +73,8 @@ def test_worker_killed_mid_task_is_replaced_and_work_survives(
 ) -> None:
     ex = fargate(2)
     futures = [ex.submit(slow_identity, i, 0.5) for i in range(8)]
-    assert wait_until(lambda: any(f.running() for f in futures), timeout=30)
-    victim = emulator.kill_worker()
+    victim = holder_of_a_running_task(ex)
+    emulator.kill_worker(victim)
     assert [f.result(timeout=60) for f in futures] == list(range(8))
     err = capsys.readouterr().err
     assert f"worker {victim}" in err and "killed by SIGKILL" in err
@@ -71,8 +83,7 @@ def test_worker_killed_mid_task_is_replaced_and_work_survives(
 def test_spot_interruption_is_retried_not_fatal(emulator: Emulator, fargate: Any) -> None:
     ex = fargate(2, spot=True)
     futures = [ex.submit(slow_identity, i, 0.5) for i in range(6)]
-    assert wait_until(lambda: any(f.running() for f in futures), timeout=30)
-    emulator.interrupt_spot()
+    emulator.interrupt_spot(holder_of_a_running_task(ex))
     assert [f.result(timeout=60) for f in futures] == list(range(6))
     launcher = ex._job.resources.launcher
     assert wait_until(

@@ -220,6 +220,7 @@ class Job:
         self._next_heartbeat = 0.0
         self._next_dead_letter_check = time.monotonic() + 15.0
         self.launch_error: BaseException | None = None
+        self.dispatch_seconds = 0.0  # client time spent cutting, sealing and sending tasks
 
         self._threads = [
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
@@ -270,30 +271,44 @@ class Job:
     def _dispatch_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not (self._pending and len(self._tasks) < self._backlog_limit()):
+                while not self._stopping and not self._can_plan():
                     self._cond.wait()
                 if self._stopping:
                     return
+                began = time.perf_counter()
                 planned = self._plan_tasks()
             bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
             if bodies:
                 self.resources.tasks.send_batch(bodies)
+            self.dispatch_seconds += time.perf_counter() - began
 
     def _backlog_limit(self) -> int:
         return 2 * self.slots + 2
 
     def _chunk_size(self, fn_ref: BlobRef, remaining: int) -> int:
+        """Items per task: about ``target_task_seconds`` of work, at least a quarter of that (so the
+        queue's per-task cost stays small), and smaller as work runs out, so every slot gets a share."""
         per_item = self._item_seconds.get(fn_ref.digest)
         if per_item is None:
             return 1  # nothing measured yet: small probes until the first results come back
-        by_time = self.backend.target_task_seconds / max(per_item, 1e-7)
+        target = self.backend.target_task_seconds
+        by_time = target / max(per_item, 1e-7)
         by_balance = math.ceil(remaining / (2 * self.slots))
-        return max(1, min(int(by_time), by_balance, 1_000_000))
+        return max(1, min(int(by_time), max(by_balance, int(by_time / 4)), 1_000_000))
+
+    def _probing(self, head: MapRun | _SubmitItem) -> bool:
+        """A map whose item time is unknown has one probe per slot in flight, no more. Lock held."""
+        if not isinstance(head, MapRun) or head.fn_ref.digest in self._item_seconds:
+            return False
+        return sum(1 for t in self._tasks.values() if t.run is head) >= self.slots
+
+    def _can_plan(self) -> bool:
+        return bool(self._pending) and len(self._tasks) < self._backlog_limit() and not self._probing(self._pending[0])
 
     def _plan_tasks(self) -> list[tuple[_Task, list[Any]]]:
         """Cut pending work into tasks, up to the backlog limit. Called with the lock held."""
         planned: list[tuple[_Task, list[Any]]] = []
-        while self._pending and len(self._tasks) < self._backlog_limit():
+        while self._can_plan():
             head = self._pending[0]
             if isinstance(head, MapRun):
                 if head.cancelled:

@@ -40,7 +40,7 @@ class FargateSettings:
     detached: bool = False
     keep: bool = False
     client_timeout: float = 180.0
-    lease_seconds: float = 120.0
+    lease_seconds: float = 60.0
     poll_interval: float = 2.0
     tags: Mapping[str, str] = field(default_factory=dict)
 
