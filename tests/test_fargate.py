@@ -8,6 +8,7 @@ a client that dies, payloads above the queue's size limit.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -226,3 +227,52 @@ def test_multi_cpu_worker_runs_tasks_side_by_side(emulator: Emulator, fargate: A
     pids = list(ex.map(pid_after, [1.0] * 4, chunksize=1))
     assert len(set(pids)) == 2  # one Fargate task, two worker processes in it
     assert len(ex._job.resources.launcher.task_ids()) == 1
+
+
+DETACHED_CLIENT = """
+import time
+import cloudburst
+
+def square_slowly(x):
+    time.sleep(0.2)
+    return x * x
+
+print("JOB", cloudburst.submit_job(square_slowly, range(30), workers=2, chunksize=3), flush=True)
+"""
+
+
+def test_detached_job_outlives_its_client_and_attach_collects_it(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOUDBURST_JOBS_DIR", str(tmp_path / "jobs"))
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(DETACHED_CLIENT))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[1]
+    assert "runs detached" in done.stderr and f"cloudburst.attach('{job_id}')" in done.stderr
+    record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+    assert (tmp_path / "jobs" / job_id / "job.json").stat().st_mode & 0o077 == 0  # it holds the job key
+    assert emulator.workers(), "the workers stopped with the client"
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "cloudburst.cli", "jobs", "--json"], capture_output=True, text=True, check=True
+    )
+    (row,) = json.loads(listed.stdout)
+    assert row["job_id"] == job_id and row["items"] == 30 and row["state"] in ("running", "finished")
+
+    job = cloudburst.attach(job_id[:10])
+    assert job.results(timeout=90) == [x * x for x in range(30)]
+    assert_nothing_left_in_aws(emulator, job_id)
+    assert all(process_gone(p) for t, p in emulator.worker_pids().items() if t in record["task_ids"]) or wait_until(
+        lambda: all(process_gone(p) for t, p in emulator.worker_pids().items() if t in record["task_ids"])
+    )
+    # Collected results stay on this machine: attaching again needs no AWS resource.
+    assert cloudburst.attach(job_id).results() == [x * x for x in range(30)]
+    assert cloudburst.jobs()[0].collected
+
+
+def test_attach_to_an_unknown_job_lists_the_known_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDBURST_JOBS_DIR", str(tmp_path))
+    with pytest.raises(cloudburst.ConfigurationError, match=r"no detached job matches 'nope'.*known jobs"):
+        cloudburst.attach("nope")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import errors
 from .backends import available as available_backends
+from .detached import DetachedJob, attach, jobs, submit_job
 from .errors import (
     CloudburstError,
     CloudError,
@@ -35,6 +36,7 @@ __all__ = [
     "CloudError",
     "CloudburstError",
     "ConfigurationError",
+    "DetachedJob",
     "Executor",
     "ExecutorShutdownError",
     "NotSetUpError",
@@ -47,9 +49,12 @@ __all__ = [
     "UnpicklingError",
     "WorkerDiedError",
     "__version__",
+    "attach",
     "available_backends",
     "current_item",
     "errors",
+    "jobs",
     "map",
     "rng",
+    "submit_job",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -131,6 +132,9 @@ class Executor(_StdExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures`` cancel what has not started. Idempotent."""
         self._job.stop_accepting()
+        if self._job.backend.detached and not cancel_futures and not self._shutdown:
+            self._detach()
+            return
         if cancel_futures:
             self._job.cancel_pending()
         if wait:
@@ -142,6 +146,18 @@ class Executor(_StdExecutor):
             import threading
 
             threading.Thread(target=self._close_when_idle, name="cloudburst-closer", daemon=True).start()
+
+    def _detach(self) -> None:
+        from .detached import save_record
+
+        record = self._job.detach()
+        save_record(record)
+        print(
+            f"cloudburst: job {self.job_id} runs detached ({record['items']:,} items); collect its results with "
+            f"cloudburst.attach({self.job_id!r}).results() — `cloudburst jobs` lists detached jobs",
+            file=sys.stderr,
+        )
+        self._close()
 
     def _close_when_idle(self) -> None:
         self._job.wait_idle()

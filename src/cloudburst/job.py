@@ -283,6 +283,8 @@ class Job:
             self.dispatch_seconds += time.perf_counter() - began
 
     def _backlog_limit(self) -> int:
+        if self.backend.detached:
+            return 1 << 30  # everything goes to the queue: the client may leave
         return 2 * self.slots + 2
 
     def _chunk_size(self, fn_ref: BlobRef, remaining: int) -> int:
@@ -290,6 +292,8 @@ class Job:
         queue's per-task cost stays small), and smaller as work runs out, so every slot gets a share."""
         per_item = self._item_seconds.get(fn_ref.digest)
         if per_item is None:
+            if self.backend.detached:
+                return max(1, math.ceil(remaining / (4 * self.slots)))  # no time to measure
             return 1  # nothing measured yet: small probes until the first results come back
         target = self.backend.target_task_seconds
         by_time = target / max(per_item, 1e-7)
@@ -298,7 +302,7 @@ class Job:
 
     def _probing(self, head: MapRun | _SubmitItem) -> bool:
         """A map whose item time is unknown has one probe per slot in flight, no more. Lock held."""
-        if not isinstance(head, MapRun) or head.fn_ref.digest in self._item_seconds:
+        if not isinstance(head, MapRun) or head.fn_ref.digest in self._item_seconds or self.backend.detached:
             return False
         return sum(1 for t in self._tasks.values() if t.run is head) >= self.slots
 
@@ -820,7 +824,7 @@ class Job:
             if thread is not current and thread is not collector and thread.is_alive():
                 thread.join(timeout=2)
         try:
-            if self.backend.client_timeout is not None or not keep:
+            if not self.backend.detached:
                 try:
                     self._write_control(stopped=True)  # workers that miss the stop request retire on this
                 except Exception as exc:
@@ -836,10 +840,37 @@ class Job:
         # Anything still unresolved can no longer finish.
         self._fail_everything(ExecutorShutdownError("the executor was shut down before this work finished"))
 
+    def detach(self) -> dict[str, Any]:
+        """Send every task, start the workers, and return what :func:`cloudburst.attach` needs later."""
+        with self._cond:
+            while self._pending and not self._stopping:
+                self._cond.wait(0.05)
+            tasks = {str(t.task_id): _indices(t.indices) for t in self._tasks.values()}
+        launcher = self.resources.launcher
+        deadline = time.monotonic() + 120
+        while launcher.running() < self.options.workers and time.monotonic() < deadline:
+            launcher.start(self.options.workers - launcher.running())
+            time.sleep(0.2)
+        return {
+            "job_id": self.id,
+            "backend": self.options.backend,
+            "created": time.time(),
+            "items": self._next_index,
+            "tasks": tasks,
+            **self.backend.job_record(self.resources),
+        }
+
     def worker_pids(self) -> dict[str, int]:
         """Process ids of every worker started on this machine (for tests and tools)."""
         pids = getattr(self.resources.launcher, "pids", None)
         return pids() if callable(pids) else {}
+
+
+def _indices(indices: Sequence[int]) -> list[int]:
+    """A task's item indices for a job record: ``[start, stop]`` for a range, else the list."""
+    if isinstance(indices, range):
+        return [indices.start, indices.stop]
+    return [-1, *indices]
 
 
 def _interesting_tail(log_tail: str) -> str:

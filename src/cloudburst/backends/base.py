@@ -172,6 +172,20 @@ class Backend(abc.ABC):
         return self.options.idle_timeout
 
     @property
+    def detached(self) -> bool:
+        """Whether the job goes on after the client leaves (everything is queued at once)."""
+        return False
+
+    def job_record(self, resources: JobResources) -> dict[str, object]:
+        """What a later client needs to reach this job's results (see cloudburst.attach)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot run detached jobs")
+
+    @classmethod
+    def forget_job(cls, record: Mapping[str, object]) -> None:
+        """Stop a detached job's workers and delete its queues and data."""
+        raise NotImplementedError(f"backend {cls.name!r} cannot run detached jobs")
+
+    @property
     def client_timeout(self) -> float | None:
         """Seconds without the client's heartbeat after which workers stop (None: they do not look)."""
         return None

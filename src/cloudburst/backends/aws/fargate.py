@@ -190,6 +190,7 @@ class FargateLauncher:
         self.settings = settings
         self.job_id = job_id
         self.task_definition = task_definition
+        self.environment = dict(environment)
         self._environment = [{"name": k, "value": v} for k, v in sorted(environment.items())]
         self._ecs: Any = client("ecs", settings.region)
         self._logs: Any = client("logs", settings.region)
@@ -373,6 +374,36 @@ class FargateBackend(Backend):
     @property
     def client_timeout(self) -> float | None:
         return None if self.settings.detached else self.settings.client_timeout
+
+    @property
+    def detached(self) -> bool:
+        return self.settings.detached
+
+    def job_record(self, resources: JobResources) -> dict[str, object]:
+        launcher = resources.launcher
+        assert isinstance(launcher, FargateLauncher) and self._queues is not None
+        return {
+            "env": dict(launcher.environment),
+            "cluster": self.settings.cluster,
+            "region": self.settings.region,
+            "task_ids": sorted(launcher.task_ids()),
+            "queues": [self._queues.tasks, self._queues.results, self._queues.dead_letters],
+        }
+
+    @classmethod
+    def forget_job(cls, record: Mapping[str, Any]) -> None:
+        region = record.get("region")
+        ecs: Any = client("ecs", region)
+        for task_id in record.get("task_ids", []):
+            try:
+                ecs.stop_task(cluster=record["cluster"], task=task_id, reason="cloudburst: detached job collected")
+            except Exception as exc:
+                if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
+                    raise
+        tasks, results, dead_letters = record["queues"]
+        delete_job_queues(JobQueues(tasks, results, dead_letters), region)
+        env = record["env"]
+        S3Store(env["CLOUDBURST_BUCKET"], env["CLOUDBURST_PREFIX"], region).delete_prefix("")
 
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
         s = self.settings
