@@ -43,11 +43,26 @@ def assert_nothing_left(pids: dict[str, int], job_dir: Path | None) -> None:
         assert not job_dir.exists(), f"job data left behind in {job_dir}"
 
 
+_EMULATORS: list[Emulator] = []
+
+
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
     """Emulated AWS for the whole session: moto on loopback and an ECS agent running real workers."""
     with Emulator(verbose=False) as emu:
+        _EMULATORS.append(emu)
         yield emu
+        _EMULATORS.remove(emu)
+
+
+def worker_pids(ex: cloudburst.Executor) -> dict[str, int]:
+    """Process ids of every worker an executor started: local processes, or emulated Fargate tasks."""
+    pids = ex._job.worker_pids()
+    launcher = ex._job.resources.launcher
+    if _EMULATORS and hasattr(launcher, "task_ids"):
+        ids = launcher.task_ids()
+        pids.update({k: v for k, v in _EMULATORS[0].worker_pids().items() if k in ids})
+    return pids
 
 
 def assert_nothing_left_in_aws(emu: Emulator, job_id: str) -> None:
@@ -86,14 +101,7 @@ def make_executor(backend: str, request: pytest.FixtureRequest) -> Iterator[Call
     """Create executors on the backend under test; afterwards assert that nothing is left behind."""
     made: list[tuple[cloudburst.Executor, dict[str, int], Path | None]] = []
     emu: Emulator | None = request.getfixturevalue("emulator") if backend == "fargate" else None
-
-    def pids_of(ex: cloudburst.Executor) -> dict[str, int]:
-        pids = ex._job.worker_pids()
-        if emu is not None:
-            launcher = ex._job.resources.launcher
-            ids = launcher.task_ids() if hasattr(launcher, "task_ids") else set()
-            pids.update({k: v for k, v in emu.worker_pids().items() if k in ids})
-        return pids
+    pids_of = worker_pids
 
     def make(*args: Any, **kwargs: Any) -> cloudburst.Executor:
         kwargs.setdefault("backend", backend)

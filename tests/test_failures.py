@@ -28,7 +28,7 @@ from cloudburst.backends.local import LocalBackend
 from cloudburst.serialize import seal
 from cloudburst.task import RESULT, ResultMessage
 
-from .conftest import process_gone, wait_until
+from .conftest import process_gone, wait_until, worker_pids
 
 BAD = 2
 CLIENT_PID = os.getpid()
@@ -422,20 +422,22 @@ def test_dropped_executor_stops_workers(backend: str) -> None:
     import gc
 
     ex = cloudburst.Executor(2, backend=backend)
-    pids = ex._job.worker_pids()
     assert ex.submit(abs, -1).result(timeout=30) == 1
+    pids = worker_pids(ex)
+    assert pids
     del ex
     gc.collect()
-    assert wait_until(lambda: all(process_gone(p) for p in pids.values()), timeout=10)
+    assert wait_until(lambda: all(process_gone(p) for p in pids.values()), timeout=15)
 
 
 def test_exception_in_with_block_cancels_and_stops(backend: str) -> None:
     with pytest.raises(ZeroDivisionError):  # noqa: SIM117
         with cloudburst.Executor(1, backend=backend) as ex:
-            pids = ex._job.worker_pids()
             running = ex.submit(time.sleep, 0.5)
             queued = [ex.submit(abs, -i) for i in range(5)]
             wait_until(running.running, timeout=30)
+            pids = worker_pids(ex)
+            assert pids
             1 / 0  # noqa: B018
     assert all(f.cancelled() for f in queued)
     assert wait_until(lambda: all(process_gone(p) for p in pids.values()), timeout=10)

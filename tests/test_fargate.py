@@ -276,3 +276,80 @@ def test_attach_to_an_unknown_job_lists_the_known_ones(tmp_path: Path, monkeypat
     monkeypatch.setenv("CLOUDBURST_JOBS_DIR", str(tmp_path))
     with pytest.raises(cloudburst.ConfigurationError, match=r"no detached job matches 'nope'.*known jobs"):
         cloudburst.attach("nope")
+
+
+def test_task_definition_is_registered_once_per_shape(emulator: Emulator, fargate: Any) -> None:
+    fargate(1, cpu=0.5, memory="1GB").submit(abs, -1).result(timeout=60)
+    registered = calls_of(emulator, "ecs.RegisterTaskDefinition")
+    fargate(1, cpu=0.5, memory="1GB").submit(abs, -1).result(timeout=60)
+    assert calls_of(emulator, "ecs.RegisterTaskDefinition") == registered  # same shape: reused
+    ex = fargate(1, cpu=0.5, memory="1GB")
+    ex.submit(abs, -1).result(timeout=60)
+    definition = boto3.client("ecs").describe_task_definition(
+        taskDefinition=ex._job.resources.launcher.task_definition
+    )["taskDefinition"]
+    assert (definition["cpu"], definition["memory"]) == ("512", "1024")
+    assert definition["requiresCompatibilities"] == ["FARGATE"] and definition["networkMode"] == "awsvpc"
+    logs = definition["containerDefinitions"][0]["logConfiguration"]
+    assert (
+        logs["logDriver"] == "awslogs"
+        and logs["options"]["awslogs-group"] == emulator.resources["CLOUDBURST_LOG_GROUP"]
+    )
+    env = {e["name"] for e in definition["containerDefinitions"][0].get("environment", [])}
+    assert not any("KEY" in name or "SECRET" in name for name in env)  # nothing secret in the definition
+
+
+def test_run_task_starts_at_most_ten_per_call(emulator: Emulator, fargate: Any) -> None:
+    before = calls_of(emulator, "ecs.RunTask")
+    ex = fargate(12, cpu=0.25, memory="0.5GB")
+    assert list(ex.map(abs, range(-24, 0), chunksize=1)) == list(range(24, 0, -1))
+    assert len(ex._job.resources.launcher.task_ids()) <= 12
+    assert calls_of(emulator, "ecs.RunTask") - before >= 2  # 12 workers: 10 + 2
+
+
+def shout(x: int) -> int:
+    print(f"shouting {x}")
+    return x
+
+
+def test_worker_output_reaches_cloudwatch_logs(emulator: Emulator, fargate: Any) -> None:
+    ex = fargate(1)
+    assert ex.submit(shout, 42).result(timeout=60) == 42
+    (task_id,) = ex._job.resources.launcher.task_ids()
+    ex.shutdown()
+    logs = boto3.client("logs")
+    group = emulator.resources["CLOUDBURST_LOG_GROUP"]
+
+    def lines() -> str:
+        events = logs.get_log_events(logGroupName=group, logStreamName=f"cloudburst/worker/{task_id}")["events"]
+        return "\n".join(e["message"] for e in events)
+
+    assert wait_until(lambda: f"cloudburst-worker {task_id}: started for job {ex.job_id[:12]}" in lines(), timeout=30)
+    assert wait_until(lambda: "exit reason: stopped by SIGTERM" in lines(), timeout=30), lines()
+
+
+def test_dead_lettered_task_fails_its_future(emulator: Emulator, fargate: Any) -> None:
+    import base64
+
+    assert emulator.agent is not None
+    emulator.agent.cold_start = 120.0  # no worker takes the task: it waits in the queue
+    try:
+        ex = fargate(1)
+        future = ex.submit(abs, -5)
+        sqs = boto3.client("sqs")
+        queues = ex._job.backend._queues
+        messages: list[dict[str, Any]] = []
+        assert wait_until(
+            lambda: (
+                bool(messages.extend(sqs.receive_message(QueueUrl=queues.tasks).get("Messages", []))) or bool(messages)
+            ),
+            timeout=15,
+        )
+        # What SQS does to a message received more than maxReceiveCount times:
+        sqs.send_message(QueueUrl=queues.dead_letters, MessageBody=messages[0]["Body"])
+        sqs.delete_message(QueueUrl=queues.tasks, ReceiptHandle=messages[0]["ReceiptHandle"])
+        assert base64.b64decode(messages[0]["Body"])
+        with pytest.raises(cloudburst.WorkerDiedError, match=r"moved it to the dead-letter queue"):
+            future.result(timeout=40)
+    finally:
+        emulator.agent.cold_start = 0.0

@@ -455,6 +455,13 @@ def _file_tail(path: Path, limit: int = 4000) -> str:
     return data[-limit:].decode("utf-8", "replace")
 
 
+def _say_and_die(signum: int, frame: object) -> None:
+    """SIGTERM (StopTask, a Spot interruption, the client stopping us): say so, then die of it."""
+    os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
@@ -469,6 +476,13 @@ def main(env: Mapping[str, str] | None = None) -> int:
     backend = get_backend(env["CLOUDBURST_BACKEND"])
     side = backend.connect_worker(env)
     worker = Worker(side, env)
+    signal.signal(signal.SIGTERM, _say_and_die)
+    print(
+        f"cloudburst-worker {worker.worker_id}: started for job {env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
+        f"(backend {backend.name}, pid {os.getpid()})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         return worker.run()
     except (EOFError, ConnectionError, BrokenPipeError):
