@@ -353,3 +353,36 @@ def test_dead_lettered_task_fails_its_future(emulator: Emulator, fargate: Any) -
             future.result(timeout=40)
     finally:
         emulator.agent.cold_start = 0.0
+
+
+CTRL_C_CLIENT = """
+import time
+import cloudburst
+
+def slow(x):
+    time.sleep(600)
+    return x
+
+with cloudburst.Executor(2, backend="fargate") as ex:
+    results = ex.map(slow, range(4), chunksize=1)
+    while sum(1 for t in ex._job._tasks.values() if t.workers) < 2:
+        time.sleep(0.1)
+    print("JOB", ex.job_id, *ex._job.resources.launcher.task_ids(), flush=True)
+    list(results)
+"""
+
+
+def test_ctrl_c_stops_the_tasks_and_deletes_the_job(emulator: Emulator, tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(CTRL_C_CLIENT))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("JOB"), (line, proc.stderr.read() if proc.stderr else "")
+    job_id, *task_ids = line.split()[1:]
+    pids = [p for t, p in emulator.worker_pids().items() if t in task_ids]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    assert wait_until(lambda: all(process_gone(p) for p in pids), timeout=30)
+    assert_nothing_left_in_aws(emulator, job_id)
