@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,11 @@ import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator
+
+# The suite never reads or writes the user's own settings or job records.
+_PRIVATE = Path(tempfile.mkdtemp(prefix="cloudburst-tests-"))
+os.environ["CLOUDBURST_CONFIG_DIR"] = str(_PRIVATE / "config")
+os.environ["CLOUDBURST_JOBS_DIR"] = str(_PRIVATE / "jobs")
 
 BACKENDS = ["local", "fargate"]
 

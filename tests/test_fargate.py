@@ -128,11 +128,14 @@ def test_bad_fargate_parameters_are_refused_before_any_call(
     assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue", "ecs.RegisterTaskDefinition") == before
 
 
-def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CLOUDBURST_BUCKET")
-    monkeypatch.delenv("CLOUDBURST_CLUSTER")
+def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path))  # a machine where setup never ran
     before = calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue")
-    with pytest.raises(cloudburst.NotSetUpError, match=r"no bucket, cluster configured\. Run `cloudburst setup`"):
+    with pytest.raises(
+        cloudburst.NotSetUpError,
+        match=r"not set up: no bucket, cluster, subnets, security_groups, execution_role_arn configured\. "
+        r"Run `cloudburst setup`.*or use backend='local'",
+    ):
         cloudburst.map(abs, [1], backend="fargate")
     assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue") == before
 

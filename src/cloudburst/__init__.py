@@ -10,6 +10,7 @@ with cb.Executor(workers=8) as ex:                          # a concurrent.futur
 from __future__ import annotations
 
 from . import errors
+from .aws import doctor, setup, teardown
 from .backends import available as available_backends
 from .detached import DetachedJob, attach, jobs, submit_job
 from .errors import (
@@ -52,9 +53,12 @@ __all__ = [
     "attach",
     "available_backends",
     "current_item",
+    "doctor",
     "errors",
     "jobs",
     "map",
     "rng",
+    "setup",
     "submit_job",
+    "teardown",
 ]

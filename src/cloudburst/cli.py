@@ -2,6 +2,11 @@
 
 ::
 
+    cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b]   one-time AWS set-up
+    cloudburst doctor [--json]        check the set-up; every problem with its fix
+    cloudburst teardown [--yes]       remove what setup made (found by its tag)
+    cloudburst config [--json]        every setting and where it came from
+    cloudburst config set KEY VALUE   check and save a setting
     cloudburst jobs [--json]          detached jobs recorded on this machine, with their progress
     cloudburst results JOB [--json]   wait for a detached job and print its results
     cloudburst version
@@ -77,6 +82,102 @@ def results_command(job_id: str, timeout: float | None, as_json: bool) -> None:
     else:
         for index, value in enumerate(shown):
             click.echo(f"{index}\t{value}")
+
+
+def _confirm(yes: bool) -> Any:
+    if yes:
+        return None
+    if not sys.stdin.isatty():
+        raise click.UsageError("not a terminal: pass --yes to confirm")
+    return lambda question: click.confirm(question, default=True)
+
+
+def _aws(action: Any) -> Any:
+    from .errors import CloudburstError
+
+    try:
+        return action()
+    except CloudburstError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("setup")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--region", default=None, help="AWS region (default: boto3's own resolution)")
+@click.option("--profile", default=None, help="AWS profile (default: boto3's own resolution)")
+@click.option("--subnets", default=None, help="comma-separated subnets (default: the default VPC's)")
+def setup_command(yes: bool, region: str | None, profile: str | None, subnets: str | None) -> None:
+    """Create or repair what the fargate backend needs, once per account and region."""
+    from .backends.aws.setup import setup
+
+    chosen = [s.strip() for s in subnets.split(",") if s.strip()] if subnets else None
+    _aws(lambda: setup(region=region, profile=profile, subnets=chosen, confirm=_confirm(yes), echo=click.echo))
+
+
+@main.command("doctor")
+@click.option("--region", default=None)
+@click.option("--profile", default=None)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def doctor_command(region: str | None, profile: str | None, as_json: bool) -> None:
+    """Check credentials, every resource, roles, network, quotas and image build tools."""
+    from .backends.aws.setup import doctor
+
+    report = _aws(lambda: doctor(region=region, profile=profile, echo=(lambda _: None) if as_json else click.echo))
+    if as_json:
+        click.echo(json.dumps([vars(step) for step in report.steps], indent=1))
+    if report.problems:
+        sys.exit(1)
+
+
+@main.command("teardown")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--region", default=None)
+@click.option("--profile", default=None)
+def teardown_command(yes: bool, region: str | None, profile: str | None) -> None:
+    """Remove everything setup made (found by its tag cloudburst=true), and nothing else."""
+    from .backends.aws.setup import teardown
+
+    _aws(lambda: teardown(region=region, profile=profile, confirm=_confirm(yes), echo=click.echo))
+
+
+@main.group("config", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def config_command(ctx: click.Context, as_json: bool) -> None:
+    """Show every setting, its value and where it came from."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import userconfig
+
+    values = _aws(userconfig.resolve)
+    if as_json:
+        click.echo(json.dumps({v.name: {"value": v.value, "source": v.source} for v in values.values()}, indent=1))
+        return
+    click.echo(f"# {userconfig.config_path()}")
+    for value in values.values():
+        shown = ",".join(value.value) if isinstance(value.value, list) else value.value
+        click.echo(f"{value.name:22} = {shown!s:48} ({value.source})")
+
+
+@config_command.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    """Check a setting and save it."""
+    from . import userconfig
+
+    saved = _aws(lambda: userconfig.set_value(key, value))
+    click.echo(f"{key} = {saved} (saved in {userconfig.config_path()})")
+
+
+@config_command.command("unset")
+@click.argument("key")
+def config_unset(key: str) -> None:
+    """Remove a setting from the file (its default applies again)."""
+    from . import userconfig
+
+    _aws(lambda: userconfig.unset_value(key))
+    click.echo(f"{key} removed from {userconfig.config_path()}")
 
 
 @main.command("version")

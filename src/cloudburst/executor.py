@@ -37,7 +37,7 @@ class Executor(_StdExecutor):
     backend:
         ``"local"`` (the default) or a cloud backend name.
     cpu, memory:
-        Resources per worker: ``cpu=1``, ``memory="2GB"`` (also ``"2 GiB"``, ``"512MB"``).
+        Resources per worker: ``cpu=1`` (the default), ``memory="2GB"`` (also ``"2 GiB"``, ``"512MB"``).
     retries:
         How many times a task whose worker died is run again before its future fails.
     seed:
@@ -55,7 +55,7 @@ class Executor(_StdExecutor):
         workers: int | None = None,
         *,
         backend: str = "local",
-        cpu: float = 1,
+        cpu: float | None = None,
         memory: str | float | None = None,
         retries: int = 2,
         seed: int | None = None,
@@ -70,15 +70,17 @@ class Executor(_StdExecutor):
         check_known(backend_options, valid, what=f"Executor(backend={backend!r})")
         if workers is not None and max_workers is not None and workers != max_workers:
             raise ConfigurationError(f"workers={workers} and max_workers={max_workers} disagree; pass only one")
+        defaults = backend_cls.defaults() if backend_cls else {}
+        workers = workers if workers is not None else max_workers
         options = ExecutorOptions.from_user(
-            workers=workers if workers is not None else max_workers,
+            workers=workers if workers is not None else defaults.get("workers"),
             backend=backend,
-            cpu=cpu,
-            memory=memory,
+            cpu=cpu if cpu is not None else defaults.get("cpu", 1),
+            memory=memory if memory is not None else defaults.get("memory"),
             retries=retries,
             seed=seed,
             progress=progress,
-            idle_timeout=idle_timeout,
+            idle_timeout=idle_timeout if idle_timeout is not None else defaults.get("idle_timeout"),
             env=env,
             backend_options=backend_options,
         )

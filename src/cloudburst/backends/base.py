@@ -171,6 +171,11 @@ class Backend(abc.ABC):
         """Seconds after which an idle worker retires (None: never)."""
         return self.options.idle_timeout
 
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        """Values for ``workers``, ``cpu``, ``memory``, ``idle_timeout`` when a call leaves them out."""
+        return {}
+
     @property
     def detached(self) -> bool:
         """Whether the job goes on after the client leaves (everything is queued at once)."""

@@ -34,8 +34,6 @@ from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 __all__ = ["EmulatedTask", "Emulator", "FaultRule"]
 
 BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine); nothing reaches AWS"
-CLUSTER = "cloudburst"
-LOG_GROUP = "/cloudburst/workers"
 
 
 def _require_moto() -> None:
@@ -149,46 +147,23 @@ class Emulator:
         moto_api_backend.reset()
         state_manager.unset_transition("ecs::task")
 
-    # ------------------------------------------------------------------ what `cloudburst setup` would make
+    # ------------------------------------------------------------------ `cloudburst setup`, emulated
     def provision(self) -> dict[str, str]:
-        """Create the bucket, cluster, network, roles and log group the fargate backend needs."""
-        import boto3
+        """Run ``cloudburst setup`` against the emulated account, into a private config directory."""
+        from ..backends.aws.setup import setup
 
-        session = boto3.session.Session(region_name=self.region)
-        ec2 = session.client("ec2", endpoint_url=self.url)
-        vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-        subnets = [
-            s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
-        ]
-        group = ec2.create_security_group(GroupName="cloudburst-workers", Description="cloudburst workers", VpcId=vpc)
-        bucket = f"cloudburst-emulated-{int(time.time())}"
-        s3 = session.client("s3", endpoint_url=self.url)
-        if self.region == "us-east-1":
-            s3.create_bucket(Bucket=bucket)
-        else:
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": self.region})
-        session.client("ecs", endpoint_url=self.url).create_cluster(
-            clusterName=CLUSTER, capacityProviders=["FARGATE", "FARGATE_SPOT"]
-        )
-        iam = session.client("iam", endpoint_url=self.url)
-        trust = (
-            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":'
-            '"ecs-tasks.amazonaws.com"},"Action":"sts:AssumeRole"}]}'
-        )
-        execution = iam.create_role(RoleName="cloudburst-execution", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-        task_role = iam.create_role(RoleName="cloudburst-task", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-        session.client("logs", endpoint_url=self.url).create_log_group(logGroupName=LOG_GROUP)
+        self._set_env({"CLOUDBURST_CONFIG_DIR": str(self._work_dir / "config")})
+        config = setup(region=self.region, echo=lambda line: None).config
         self.resources = {
-            "CLOUDBURST_BUCKET": bucket,
-            "CLOUDBURST_CLUSTER": CLUSTER,
-            "CLOUDBURST_SUBNETS": ",".join(subnets[:2]),
-            "CLOUDBURST_SECURITY_GROUPS": group["GroupId"],
-            "CLOUDBURST_EXECUTION_ROLE_ARN": execution,
-            "CLOUDBURST_TASK_ROLE_ARN": task_role,
-            "CLOUDBURST_LOG_GROUP": LOG_GROUP,
+            "CLOUDBURST_BUCKET": config["bucket"],
+            "CLOUDBURST_CLUSTER": config["cluster"],
+            "CLOUDBURST_SUBNETS": ",".join(config["subnets"]),
+            "CLOUDBURST_SECURITY_GROUPS": ",".join(config["security_groups"]),
+            "CLOUDBURST_EXECUTION_ROLE_ARN": config["execution_role_arn"],
+            "CLOUDBURST_TASK_ROLE_ARN": config["task_role_arn"],
+            "CLOUDBURST_LOG_GROUP": config["log_group"],
             "CLOUDBURST_REGION": self.region,
         }
-        self._set_env(dict(self.resources))
         return self.resources
 
     # ------------------------------------------------------------------ fault hooks and inspection

@@ -359,6 +359,17 @@ class FargateBackend(Backend):
         self._queues: JobQueues | None = None
         self._log_dir: Path | None = None
 
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        from ...userconfig import lookup
+
+        found: dict[str, object] = {"workers": lookup("workers").value}
+        for name in ("cpu", "memory", "idle_timeout"):
+            value = lookup(name)
+            if value.source != "default":  # unset memory follows cpu (2 GB per vCPU)
+                found[name] = value.value
+        return found
+
     @property
     def tasks_per_worker(self) -> int:
         return max(1, math.floor(self.options.cpu))

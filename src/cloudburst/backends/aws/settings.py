@@ -46,13 +46,19 @@ class FargateSettings:
 
     @classmethod
     def resolve(cls, options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> FargateSettings:
+        """Call options, then ``CLOUDBURST_*`` variables, then the user's config file, then defaults."""
+        from ...userconfig import load
+
         environ = os.environ if environ is None else environ
+        file_values = load()
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in options:
                 values[f.name] = options[f.name]
             elif (raw := environ.get(f"CLOUDBURST_{f.name.upper()}")) not in (None, ""):
                 values[f.name] = raw
+            elif file_values.get(f.name) not in (None, "", []):
+                values[f.name] = file_values[f.name]
         return cls(**_checked(values))
 
     def require_setup(self) -> None:

@@ -1,0 +1,672 @@
+"""One-time AWS set-up, its check (doctor) and its removal (teardown).
+
+::
+
+    setup     credentials (STS) ─► bucket ─► ECR repository ─► cluster ─► log group ─► network
+              ─► roles (execution, task: least privilege) ─► quotas ─► save config.toml
+    doctor    the same steps, looking only: every problem with a one-line fix
+    teardown  what setup made, found by its tag cloudburst=true, after confirmation
+
+Every step is idempotent: it finds what is there, makes what is missing, repairs what is
+wrong, and says which. Everything made is tagged ``cloudburst=true``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...errors import CloudError
+from .clients import client, error_code, translate
+
+__all__ = ["Report", "Step", "doctor", "setup", "teardown"]
+
+TAG = {"Key": "cloudburst", "Value": "true"}
+SECURITY_GROUP = "cloudburst-workers"
+CLUSTER = "cloudburst"
+LOG_GROUP = "/cloudburst/workers"
+REPOSITORY = "cloudburst"
+LOG_RETENTION_DAYS = 30
+ON_DEMAND_QUOTA = "L-3032A538"
+SPOT_QUOTA = "L-36FBB829"
+TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+LIFECYCLE = {
+    "Rules": [
+        {
+            "ID": "cloudburst-expire-job-data",
+            "Filter": {"Prefix": "jobs/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": 7},
+        },
+        {
+            "ID": "cloudburst-abort-incomplete-uploads",
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        },
+    ]
+}
+ECR_LIFECYCLE = {
+    "rules": [
+        {
+            "rulePriority": 1,
+            "description": "keep the 20 newest worker images",
+            "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 20},
+            "action": {"type": "expire"},
+        }
+    ]
+}
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # "found", "made", "repaired", "ok", "problem", "removed", "kept", "info"
+    detail: str = ""
+    fix: str = ""
+
+    def line(self) -> str:
+        mark = {"found": "✓", "ok": "✓", "made": "+", "repaired": "~", "removed": "-", "problem": "✗"}.get(
+            self.status, "·"
+        )
+        text = f"{mark} {self.name}: {self.status}" + (f" — {self.detail}" if self.detail else "")
+        return text + (f"\n    fix: {self.fix}" if self.fix else "")
+
+
+@dataclass
+class Report:
+    steps: list[Step] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    echo: Callable[[str], None] = print
+
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        self.echo(step.line())
+        return step
+
+    @property
+    def changed(self) -> bool:
+        return any(s.status in ("made", "repaired", "removed") for s in self.steps)
+
+    @property
+    def problems(self) -> list[Step]:
+        return [s for s in self.steps if s.status == "problem"]
+
+
+class _Context:
+    def __init__(self, region: str | None, profile: str | None) -> None:
+        self.profile = profile
+        sts: Any = client("sts", region, profile)
+        self.region: str = region or sts.meta.region_name
+        with translate("STS", "GetCallerIdentity"):
+            identity = sts.get_caller_identity()
+        self.account: str = identity["Account"]
+        self.identity: str = identity["Arn"]
+
+    def client(self, service: str) -> Any:
+        return client(service, self.region, self.profile)
+
+    @property
+    def bucket(self) -> str:
+        return f"cloudburst-{self.account}-{self.region}"
+
+    # IAM is global and each role's policy names one region's resources: one pair of roles per region.
+    @property
+    def execution_role(self) -> str:
+        return f"cloudburst-execution-{self.region}"
+
+    @property
+    def task_role(self) -> str:
+        return f"cloudburst-task-{self.region}"
+
+
+# ---------------------------------------------------------------------------- the steps, each look-or-make
+
+
+def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
+    s3 = ctx.client("s3")
+    name = ctx.bucket
+    try:
+        s3.head_bucket(Bucket=name)
+        status = "found"
+    except Exception as exc:
+        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            with translate("S3", "HeadBucket", name):
+                raise
+        if not fix:
+            report.add(Step(f"bucket {name}", "problem", "missing", "run `cloudburst setup`"))
+            return
+        with translate("S3", "CreateBucket", name):
+            if ctx.region == "us-east-1":
+                s3.create_bucket(Bucket=name)
+            else:
+                s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": ctx.region})
+        status = "made"
+    repaired = []
+    block = {k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")}
+    try:
+        current = s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"]
+    except Exception:
+        current = {}
+    if current != block:
+        repaired.append("public access blocked")
+        if fix:
+            s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)
+    try:
+        rules = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]["Rules"]
+    except Exception:
+        rules = []
+    if not rules:
+        repaired.append("encryption on")
+        if fix:
+            s3.put_bucket_encryption(
+                Bucket=name,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+            )
+    try:
+        ids = {r.get("ID") for r in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]}
+    except Exception:
+        ids = set()
+    if not {r["ID"] for r in LIFECYCLE["Rules"]} <= ids:
+        repaired.append("lifecycle: job data expires after 7 days, incomplete uploads after 1")
+        if fix:
+            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
+    try:
+        tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+    except Exception:
+        tags = []
+    if TAG not in tags:
+        repaired.append("tagged")
+        if fix:
+            s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [*tags, TAG]})
+    _report(report, f"bucket {name}", status, repaired, fix)
+    report.config["bucket"] = name
+
+
+def _report(report: Report, name: str, status: str, repaired: list[str], fix: bool) -> None:
+    if repaired and status == "found":
+        if fix:
+            report.add(Step(name, "repaired", "; ".join(repaired)))
+        else:
+            report.add(Step(name, "problem", "not " + "; not ".join(repaired), "run `cloudburst setup` to repair it"))
+    else:
+        report.add(Step(name, status, "private, encrypted, expiring" if name.startswith("bucket") else ""))
+
+
+def _repository(ctx: _Context, report: Report, fix: bool) -> None:
+    ecr = ctx.client("ecr")
+    try:
+        repo = ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0]
+        status = "found"
+    except Exception as exc:
+        if error_code(exc) != "RepositoryNotFoundException":
+            with translate("ECR", "DescribeRepositories", REPOSITORY):
+                raise
+        if not fix:
+            report.add(Step(f"ECR repository {REPOSITORY}", "problem", "missing", "run `cloudburst setup`"))
+            return
+        with translate("ECR", "CreateRepository", REPOSITORY):
+            repo = ecr.create_repository(
+                repositoryName=REPOSITORY,
+                imageScanningConfiguration={"scanOnPush": True},
+                tags=[TAG],
+            )["repository"]
+        status = "made"
+    repaired = []
+    try:
+        ecr.get_lifecycle_policy(repositoryName=REPOSITORY)
+    except Exception:
+        repaired.append("lifecycle policy (keep 20 images)")
+        if fix:
+            ecr.put_lifecycle_policy(repositoryName=REPOSITORY, lifecyclePolicyText=json.dumps(ECR_LIFECYCLE))
+    _report(report, f"ECR repository {REPOSITORY}", status, repaired, fix)
+    report.config["ecr_repository"] = REPOSITORY
+    report.config.setdefault("_repository_uri", repo.get("repositoryUri", ""))
+
+
+def _cluster(ctx: _Context, report: Report, fix: bool) -> None:
+    ecs = ctx.client("ecs")
+    found = ecs.describe_clusters(clusters=[CLUSTER]).get("clusters", [])
+    active = [c for c in found if c.get("status") == "ACTIVE"]
+    providers = {"FARGATE", "FARGATE_SPOT"}
+    if not active:
+        if not fix:
+            report.add(Step(f"ECS cluster {CLUSTER}", "problem", "missing", "run `cloudburst setup`"))
+            return
+        with translate("ECS", "CreateCluster", CLUSTER):
+            ecs.create_cluster(
+                clusterName=CLUSTER,
+                capacityProviders=sorted(providers),
+                tags=[{"key": "cloudburst", "value": "true"}],
+            )
+        report.add(Step(f"ECS cluster {CLUSTER}", "made", "FARGATE and FARGATE_SPOT"))
+    else:
+        have = set(active[0].get("capacityProviders") or [])
+        if providers <= have:
+            report.add(Step(f"ECS cluster {CLUSTER}", "found", "FARGATE and FARGATE_SPOT"))
+        elif fix:
+            ecs.put_cluster_capacity_providers(
+                cluster=CLUSTER, capacityProviders=sorted(providers | have), defaultCapacityProviderStrategy=[]
+            )
+            report.add(Step(f"ECS cluster {CLUSTER}", "repaired", "capacity providers FARGATE, FARGATE_SPOT"))
+        else:
+            report.add(
+                Step(f"ECS cluster {CLUSTER}", "problem", "lacks FARGATE/FARGATE_SPOT", "run `cloudburst setup`")
+            )
+    report.config["cluster"] = CLUSTER
+
+
+def _log_group(ctx: _Context, report: Report, fix: bool) -> None:
+    logs = ctx.client("logs")
+    groups = logs.describe_log_groups(logGroupNamePrefix=LOG_GROUP).get("logGroups", [])
+    group = next((g for g in groups if g["logGroupName"] == LOG_GROUP), None)
+    status = "found"
+    if group is None:
+        if not fix:
+            report.add(Step(f"log group {LOG_GROUP}", "problem", "missing", "run `cloudburst setup`"))
+            return
+        logs.create_log_group(logGroupName=LOG_GROUP, tags={"cloudburst": "true"})
+        status = "made"
+    repaired = []
+    if group is None or group.get("retentionInDays") != LOG_RETENTION_DAYS:
+        if status == "found":
+            repaired.append(f"retention {LOG_RETENTION_DAYS} days")
+        if fix:
+            logs.put_retention_policy(logGroupName=LOG_GROUP, retentionInDays=LOG_RETENTION_DAYS)
+    _report(report, f"log group {LOG_GROUP}", status, repaired, fix)
+    report.config["log_group"] = LOG_GROUP
+
+
+def _network(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) -> None:
+    ec2 = ctx.client("ec2")
+    if subnets:
+        found = ec2.describe_subnets(SubnetIds=subnets)["Subnets"]
+        vpc = found[0]["VpcId"]
+        where = f"VPC {vpc}"
+    else:
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not vpcs:
+            report.add(
+                Step(
+                    "network",
+                    "problem",
+                    "this region has no default VPC",
+                    "run `cloudburst setup --subnets subnet-a,subnet-b` with subnets that reach the internet",
+                )
+            )
+            return
+        vpc = vpcs[0]["VpcId"]
+        found = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+        subnets = [s["SubnetId"] for s in found]
+        where = f"default VPC {vpc}"
+    groups = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP]}, {"Name": "vpc-id", "Values": [vpc]}]
+    )["SecurityGroups"]
+    if groups:
+        group = groups[0]
+        status = "found"
+    elif fix:
+        made = ec2.create_security_group(
+            GroupName=SECURITY_GROUP,
+            Description="cloudburst workers: outbound only",
+            VpcId=vpc,
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": [TAG]}],
+        )
+        group = {"GroupId": made["GroupId"], "IpPermissions": []}
+        status = "made"
+    else:
+        report.add(Step(f"security group {SECURITY_GROUP}", "problem", "missing", "run `cloudburst setup`"))
+        return
+    repaired = []
+    if group.get("IpPermissions"):
+        repaired.append("inbound rules removed (workers need none)")
+        if fix:
+            ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=group["IpPermissions"])
+    _report(report, f"network: {len(subnets)} subnet(s) in {where}, security group {SECURITY_GROUP}", status, [], fix)
+    if repaired:
+        _report(report, f"security group {SECURITY_GROUP}", "found", repaired, fix)
+    report.config["subnets"] = subnets
+    report.config["security_groups"] = [group["GroupId"]]
+
+
+def _task_policy(ctx: _Context) -> dict[str, Any]:
+    """The workers' permissions: this bucket's job data, the job queues, the log group. Nothing else."""
+    bucket = f"arn:aws:s3:::{ctx.bucket}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "JobData",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"{bucket}/jobs/*",
+            },
+            {
+                "Sid": "ListJobData",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
+                "Condition": {"StringLike": {"s3:prefix": ["jobs/*"]}},
+            },
+            {
+                "Sid": "JobQueues",
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:SendMessage",
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes",
+                ],
+                "Resource": f"arn:aws:sqs:{ctx.region}:{ctx.account}:cloudburst-*",
+            },
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
+            },
+        ],
+    }
+
+
+def _execution_policy(ctx: _Context) -> dict[str, Any]:
+    """What ECS needs to start a worker: pull our image, write its logs."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {
+                "Sid": "PullWorkerImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+                "Resource": f"arn:aws:ecr:{ctx.region}:{ctx.account}:repository/{REPOSITORY}",
+            },
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
+            },
+        ],
+    }
+
+
+def _role(ctx: _Context, report: Report, fix: bool, name: str, policy: dict[str, Any], key: str) -> None:
+    iam = ctx.client("iam")
+    try:
+        role = iam.get_role(RoleName=name)["Role"]
+        status = "found"
+    except Exception as exc:
+        if error_code(exc) != "NoSuchEntity":
+            with translate("IAM", "GetRole", name):
+                raise
+        if not fix:
+            report.add(Step(f"role {name}", "problem", "missing", "run `cloudburst setup`"))
+            return
+        with translate("IAM", "CreateRole", name):
+            role = iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(TRUST),
+                Description="cloudburst workers",
+                Tags=[TAG],
+            )["Role"]
+        status = "made"
+    repaired = []
+    trust = role.get("AssumeRolePolicyDocument")
+    trust = json.loads(trust) if isinstance(trust, str) else trust
+    if status == "found" and not _trusts_ecs_tasks(trust):
+        repaired.append("trust policy (ecs-tasks.amazonaws.com)")
+        if fix:
+            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(TRUST))
+    try:
+        current = iam.get_role_policy(RoleName=name, PolicyName="cloudburst")["PolicyDocument"]
+        current = json.loads(current) if isinstance(current, str) else current
+    except Exception:
+        current = None
+    if current != policy:
+        if status == "found":
+            repaired.append("permissions")
+        if fix:
+            iam.put_role_policy(RoleName=name, PolicyName="cloudburst", PolicyDocument=json.dumps(policy))
+    _report(report, f"role {name}", status, repaired, fix)
+    report.config[key] = role["Arn"]
+
+
+def _trusts_ecs_tasks(document: Any) -> bool:
+    for statement in (document or {}).get("Statement", []):
+        service = statement.get("Principal", {}).get("Service", [])
+        services = [service] if isinstance(service, str) else service
+        if statement.get("Effect") == "Allow" and "ecs-tasks.amazonaws.com" in services:
+            return True
+    return False
+
+
+def read_quotas(ctx: _Context) -> dict[str, float | None]:
+    quotas: dict[str, float | None] = {}
+    sq = ctx.client("service-quotas")
+    for label, code in (("on_demand", ON_DEMAND_QUOTA), ("spot", SPOT_QUOTA)):
+        try:
+            quotas[label] = float(sq.get_service_quota(ServiceCode="fargate", QuotaCode=code)["Quota"]["Value"])
+        except Exception:
+            quotas[label] = None
+    return quotas
+
+
+def _quotas(ctx: _Context, report: Report) -> None:
+    quotas = read_quotas(ctx)
+    on_demand, spot = quotas["on_demand"], quotas["spot"]
+    if on_demand is None:
+        report.add(Step("Fargate vCPU quotas", "info", "could not be read (servicequotas:GetServiceQuota denied)"))
+        return
+    text = f"{on_demand:g} vCPUs On-Demand, {spot or 0:g} Spot: up to {int(on_demand)} workers with cpu=1 at once"
+    if on_demand < 1:
+        report.add(Step("Fargate vCPU quotas", "problem", text, "request an increase: `cloudburst quota --request 64`"))
+    else:
+        report.add(Step("Fargate vCPU quotas", "ok", text))
+
+
+def _build_tools(ctx: _Context, report: Report) -> None:
+    docker = shutil.which("docker")
+    engine = False
+    if docker:
+        try:
+            engine = subprocess.run([docker, "info"], capture_output=True, timeout=10, check=False).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            engine = False
+    try:
+        ctx.client("codebuild").list_projects()
+        codebuild = True
+    except Exception:
+        codebuild = False
+    if engine or codebuild:
+        tools = " and ".join(t for t, ok in (("a Docker engine", engine), ("AWS CodeBuild", codebuild)) if ok)
+        report.add(Step("image builds", "ok", f"{tools} available"))
+    else:
+        report.add(
+            Step(
+                "image builds",
+                "problem",
+                "no Docker engine and no CodeBuild access",
+                "start Docker, allow codebuild:* for your identity, or run with image='python' (no build)",
+            )
+        )
+
+
+# ---------------------------------------------------------------------------- the three commands
+
+
+def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) -> None:
+    _bucket(ctx, report, fix)
+    _repository(ctx, report, fix)
+    _cluster(ctx, report, fix)
+    _log_group(ctx, report, fix)
+    _network(ctx, report, fix, subnets)
+    _role(ctx, report, fix, ctx.execution_role, _execution_policy(ctx), "execution_role_arn")
+    _role(ctx, report, fix, ctx.task_role, _task_policy(ctx), "task_role_arn")
+    _quotas(ctx, report)
+
+
+def setup(
+    *,
+    region: str | None = None,
+    profile: str | None = None,
+    subnets: list[str] | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    echo: Callable[[str], None] = print,
+) -> Report:
+    """Create or repair everything the fargate backend needs, then save it in the user's config."""
+    from ... import userconfig
+
+    ctx = _Context(region, profile)
+    echo(f"cloudburst setup: AWS account {ctx.account} ({ctx.identity}), region {ctx.region}")
+    if confirm is not None and not confirm(
+        f"Create or repair cloudburst's bucket, ECR repository, ECS cluster, roles, log group and security group "
+        f"in {ctx.region}?"
+    ):
+        raise CloudError("setup cancelled; nothing was changed", service="cloudburst", operation="setup")
+    report = Report(echo=echo)
+    _steps(ctx, report, True, subnets)
+    values = userconfig.load()
+    before = dict(values)
+    values.update({k: v for k, v in report.config.items() if not k.startswith("_")})
+    values["region"] = ctx.region
+    if profile:
+        values["profile"] = profile
+    if values != before or not userconfig.config_path().exists():
+        path = userconfig.save(values)
+        report.add(Step(f"configuration {path}", "made" if not before else "repaired", "saved"))
+    else:
+        report.add(Step(f"configuration {userconfig.config_path()}", "found", "up to date"))
+    echo("Nothing changed: everything was already in place." if not report.changed else "cloudburst is set up.")
+    return report
+
+
+def doctor(*, region: str | None = None, profile: str | None = None, echo: Callable[[str], None] = print) -> Report:
+    """Look at every resource, without changing anything; each problem comes with its fix."""
+    from ... import userconfig
+
+    report = Report(echo=echo)
+    config = userconfig.load()
+    try:
+        ctx = _Context(region or config.get("region"), profile or config.get("profile"))
+    except CloudError as exc:
+        report.add(
+            Step("credentials", "problem", str(exc), "configure AWS credentials (aws configure / aws sso login)")
+        )
+        return report
+    report.add(Step("credentials", "ok", f"{ctx.identity} in {ctx.region}"))
+    if not config.get("bucket"):
+        report.add(Step("configuration", "problem", "no saved set-up", "run `cloudburst setup`"))
+    _steps(ctx, report, False, config.get("subnets") or None)
+    _build_tools(ctx, report)
+    echo(f"{len(report.problems)} problem(s) found." if report.problems else "No problems found.")
+    return report
+
+
+def teardown(
+    *,
+    region: str | None = None,
+    profile: str | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    echo: Callable[[str], None] = print,
+) -> Report:
+    """Remove what setup made, found by its tag ``cloudburst=true``; nothing else is touched."""
+    from ... import userconfig
+
+    config = userconfig.load()
+    ctx = _Context(region or config.get("region"), profile or config.get("profile"))
+    found = _tagged_resources(ctx)
+    report = Report(echo=echo)
+    if not found:
+        echo(f"Nothing of cloudburst's found in {ctx.region}.")
+        return report
+    listing = "\n".join(f"  {kind} {name}" for kind, name, _ in found)
+    if confirm is not None and not confirm(f"Delete these, and every job's data in them?\n{listing}\n"):
+        raise CloudError("teardown cancelled; nothing was deleted", service="cloudburst", operation="teardown")
+    for kind, name, remove in found:
+        with translate("cloudburst", "teardown", f"{kind} {name}"):
+            remove()
+        report.add(Step(f"{kind} {name}", "removed"))
+    for key in ("bucket", "cluster", "subnets", "security_groups", "execution_role_arn", "task_role_arn"):
+        config.pop(key, None)
+    userconfig.save(config)
+    return report
+
+
+def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]]:
+    """(kind, name, remover) for every resource in this region that carries cloudburst's tag."""
+    out: list[tuple[str, str, Callable[[], None]]] = []
+    s3, ecr, ecs, logs, ec2, iam = (ctx.client(s) for s in ("s3", "ecr", "ecs", "logs", "ec2", "iam"))
+    for bucket in s3.list_buckets().get("Buckets", []):
+        name = bucket["Name"]
+        if not name.endswith(f"-{ctx.region}"):
+            continue  # S3 lists every region's buckets: only this region's are torn down
+        try:
+            tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+        except Exception:
+            continue
+        if TAG in tags:
+            out.append(("bucket", name, functools.partial(_delete_bucket, s3, name)))
+    for repo in ecr.describe_repositories().get("repositories", []):
+        tags = ecr.list_tags_for_resource(resourceArn=repo["repositoryArn"]).get("tags", [])
+        if TAG in tags:
+            remove = functools.partial(ecr.delete_repository, repositoryName=repo["repositoryName"], force=True)
+            out.append(("ECR repository", repo["repositoryName"], remove))
+    clusters = ecs.list_clusters().get("clusterArns", [])
+    if clusters:
+        for cluster in ecs.describe_clusters(clusters=clusters, include=["TAGS"]).get("clusters", []):
+            tags = {t["key"]: t["value"] for t in cluster.get("tags", [])}
+            if tags.get("cloudburst") == "true" and cluster.get("status") == "ACTIVE":
+                out.append(("ECS cluster", cluster["clusterName"], functools.partial(_delete_cluster, ecs, cluster)))
+    for group in logs.describe_log_groups(logGroupNamePrefix="/cloudburst").get("logGroups", []):
+        tags = logs.list_tags_for_resource(resourceArn=group["arn"].removesuffix(":*")).get("tags", {})
+        if tags.get("cloudburst") == "true":
+            remove = functools.partial(logs.delete_log_group, logGroupName=group["logGroupName"])
+            out.append(("log group", group["logGroupName"], remove))
+    tagged = [{"Name": "tag:cloudburst", "Values": ["true"]}]
+    for group in ec2.describe_security_groups(Filters=tagged).get("SecurityGroups", []):
+        out.append(
+            ("security group", group["GroupId"], functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]))
+        )
+    for role in iam.list_roles().get("Roles", []):
+        if role["RoleName"] not in (ctx.execution_role, ctx.task_role):
+            continue
+        if TAG in iam.list_role_tags(RoleName=role["RoleName"]).get("Tags", []):
+            out.append(("role", role["RoleName"], functools.partial(_delete_role, iam, role["RoleName"])))
+    return out
+
+
+def _delete_bucket(s3: Any, name: str) -> None:
+    paginator = s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=name):
+        objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("Versions", [])]
+        objects += [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("DeleteMarkers", [])]
+        if objects:
+            s3.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+    s3.delete_bucket(Bucket=name)
+
+
+def _delete_cluster(ecs: Any, cluster: dict[str, Any]) -> None:
+    running = ecs.list_tasks(cluster=cluster["clusterArn"]).get("taskArns", [])
+    for task in running:
+        ecs.stop_task(cluster=cluster["clusterArn"], task=task, reason="cloudburst teardown")
+    ecs.delete_cluster(cluster=cluster["clusterArn"])
+
+
+def _delete_role(iam: Any, name: str) -> None:
+    for policy in iam.list_role_policies(RoleName=name).get("PolicyNames", []):
+        iam.delete_role_policy(RoleName=name, PolicyName=policy)
+    for attached in iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+        iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
+    iam.delete_role(RoleName=name)

@@ -1,0 +1,238 @@
+"""The user's persisted configuration: ``config.toml`` in the user's config directory.
+
+Precedence, highest first: arguments of the call, ``CLOUDBURST_<KEY>`` environment
+variables, the file, the defaults below. ``cloudburst config`` shows every value and
+where it came from; ``cloudburst config set KEY VALUE`` checks a value and saves it.
+
+::
+
+    [aws]        region, profile, bucket, cluster, subnets, ...   written by `cloudburst setup`
+    [defaults]   workers, cpu, memory, spot, idle_timeout, ...    for cloud runs
+    [cost]       max_cost_per_job, cost_alert_threshold
+    [quota]      auto_quota_request, on_quota_short
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import parse_memory
+from .errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["KEYS", "Key", "Value", "config_path", "load", "lookup", "resolve", "save", "set_value", "unset_value"]
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{name} must be a non-empty string")
+    return value.strip()
+
+
+def _optional_text(name: str, value: object) -> str | None:
+    return None if value in (None, "") else _text(name, value)
+
+
+def _ids(name: str, value: object) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = list(value)
+    else:
+        raise ConfigurationError(f"{name} must be a comma-separated list of ids, e.g. subnet-0abc,subnet-0def")
+    return items
+
+
+def _flag(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ConfigurationError(f"{name}={value!r} must be true or false")
+
+
+def _number(low: float, high: float, *, whole: bool = False) -> Callable[[str, object], float | int]:
+    def check(name: str, value: object) -> float | int:
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+        except ValueError:
+            number = math.nan
+        if not (low <= number <= high) or (whole and number != int(number)):
+            kind = "a whole number" if whole else "a number"
+            raise ConfigurationError(f"{name}={value!r} must be {kind} from {low:g} to {high:g}")
+        return int(number) if whole else number
+
+    return check
+
+
+def _memory(name: str, value: object) -> str:
+    parse_memory(value, name=name)
+    return str(value)
+
+
+def _arch(name: str, value: object) -> str:
+    arch = str(value).lower().replace("amd64", "x86_64").replace("aarch64", "arm64")
+    if arch not in ("x86_64", "arm64"):
+        raise ConfigurationError(f"{name}={value!r} must be 'x86_64' or 'arm64'")
+    return arch
+
+
+def _choice(*choices: str) -> Callable[[str, object], str]:
+    def check(name: str, value: object) -> str:
+        if value not in choices:
+            raise ConfigurationError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    section: str
+    check: Callable[[str, object], Any]
+    default: Any
+    help: str
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        Key("region", "aws", _optional_text, None, "AWS region (default: boto3's own resolution)"),
+        Key("profile", "aws", _optional_text, None, "AWS profile (default: boto3's own resolution)"),
+        Key("bucket", "aws", _text, "", "S3 bucket for job data (private, encrypted, expires after 7 days)"),
+        Key("cluster", "aws", _text, "", "ECS cluster with the FARGATE and FARGATE_SPOT capacity providers"),
+        Key("subnets", "aws", _ids, [], "subnets the workers run in"),
+        Key("security_groups", "aws", _ids, [], "security groups of the workers (egress only)"),
+        Key("assign_public_ip", "aws", _flag, True, "give workers a public IP (needed without a NAT gateway)"),
+        Key("execution_role_arn", "aws", _text, "", "role ECS uses to pull the image and write logs"),
+        Key("task_role_arn", "aws", _text, "", "role the workers run as (job data, job queues, logs only)"),
+        Key("log_group", "aws", _text, "/cloudburst/workers", "CloudWatch log group of the workers"),
+        Key("ecr_repository", "aws", _text, "cloudburst", "ECR repository for worker images"),
+        Key("image", "aws", _text, "", "worker image (default: built from your environment, or stock Python)"),
+        Key("workers", "defaults", _number(1, 100_000, whole=True), 10, "workers of a cloud run"),
+        Key("cpu", "defaults", _number(0.25, 16), 1, "vCPUs per worker"),
+        Key("memory", "defaults", _memory, "2GB", "memory per worker"),
+        Key("spot", "defaults", _flag, False, "use Fargate Spot (up to 70% cheaper, can be interrupted)"),
+        Key("arch", "defaults", _arch, "x86_64", "x86_64 or arm64 (about 20% cheaper)"),
+        Key("idle_timeout", "defaults", _number(1, 86_400), 120, "seconds before an idle worker stops"),
+        Key("client_timeout", "defaults", _number(10, 86_400), 180, "seconds without the client before workers stop"),
+        Key("local_workers", "defaults", _number(0, 1024, whole=True), 0, "workers on this machine too"),
+        Key("max_cost_per_job", "cost", _number(0, 1e9), 0, "hard limit in USD per job (0: none)"),
+        Key("cost_alert_threshold", "cost", _number(0, 1e9), 0, "warn once when a job's cost passes this (0: none)"),
+        Key("auto_quota_request", "quota", _flag, False, "ask AWS for a larger vCPU quota without asking you"),
+        Key(
+            "on_quota_short",
+            "quota",
+            _choice("fit", "fail"),
+            "fit",
+            "fit: run with the workers the quota allows; fail: refuse",
+        ),
+    ]
+}
+
+
+def config_path() -> Path:
+    """``$CLOUDBURST_CONFIG_DIR/config.toml``, else the user's config directory."""
+    folder = os.environ.get("CLOUDBURST_CONFIG_DIR")
+    if not folder:
+        import platformdirs
+
+        folder = platformdirs.user_config_dir("cloudburst")
+    return Path(folder) / "config.toml"
+
+
+def load(path: Path | None = None) -> dict[str, Any]:
+    """The file's values, flat (``{"bucket": ...}``); an absent file is empty."""
+    path = path or config_path()
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"{path} is not valid TOML ({exc}); fix it or delete it and run `cloudburst setup`"
+        ) from exc
+    flat: dict[str, Any] = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigurationError(f"{path}: {section!r} must be a [section]")
+        for name, value in values.items():
+            if name not in KEYS:
+                raise ConfigurationError(f"{path}: unknown setting {name!r}; known: {', '.join(sorted(KEYS))}")
+            flat[name] = KEYS[name].check(name, value)
+    return flat
+
+
+def save(values: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Write ``values`` (checked) as TOML, grouped in sections; atomically."""
+    import tomli_w
+
+    path = path or config_path()
+    grouped: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        key = KEYS[name]
+        grouped.setdefault(key.section, {})[name] = key.check(name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# cloudburst settings: `cloudburst config` shows them, `cloudburst config set` changes them\n")
+    with open(tmp, "ab") as fh:
+        tomli_w.dump(grouped, fh)
+    tmp.replace(path)
+    return path
+
+
+def set_value(name: str, raw: str, path: Path | None = None) -> Any:
+    if name not in KEYS:
+        raise ConfigurationError(f"unknown setting {name!r}; known: {', '.join(sorted(KEYS))}")
+    value = KEYS[name].check(name, raw)
+    values = load(path)
+    values[name] = value
+    save(values, path)
+    return value
+
+
+def unset_value(name: str, path: Path | None = None) -> None:
+    values = load(path)
+    values.pop(name, None)
+    save(values, path)
+
+
+@dataclass(frozen=True)
+class Value:
+    name: str
+    value: Any
+    source: str  # "call", "env CLOUDBURST_X", "file PATH" or "default"
+
+
+def lookup(name: str, call: Mapping[str, Any] | None = None, file_values: Mapping[str, Any] | None = None) -> Value:
+    """One setting and where it came from."""
+    key = KEYS[name]
+    if call and call.get(name) is not None:
+        return Value(name, key.check(name, call[name]), "call")
+    env_name = f"CLOUDBURST_{name.upper()}"
+    raw = os.environ.get(env_name)
+    if raw not in (None, ""):
+        return Value(name, key.check(name, raw), f"env {env_name}")
+    file_values = load() if file_values is None else file_values
+    if name in file_values:
+        return Value(name, file_values[name], f"file {config_path()}")
+    return Value(name, key.default, "default")
+
+
+def resolve(call: Mapping[str, Any] | None = None) -> dict[str, Value]:
+    """Every setting with its source."""
+    file_values = load()
+    return {name: lookup(name, call, file_values) for name in KEYS}

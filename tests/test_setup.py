@@ -1,0 +1,245 @@
+"""One-time set-up, persisted configuration, doctor and teardown, against emulated AWS.
+
+Each test works in its own region of the session's emulated account (and its own config
+directory), so it cannot disturb the us-east-1 set-up the other tests run on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+import cloudburst
+from cloudburst import userconfig
+from cloudburst.backends.aws import clients
+from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
+from cloudburst.emulator import Emulator
+
+_REGIONS = itertools.cycle(["eu-west-1", "eu-west-2", "eu-central-1", "us-west-2", "ap-southeast-2", "ca-central-1"])
+_used: set[str] = set()
+
+
+@pytest.fixture
+def region(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A region no other test of this session has touched, and an empty config directory."""
+    name = next(_REGIONS)
+    assert name not in _used, "out of fresh regions: add more to _REGIONS"
+    _used.add(name)
+    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path / "config"))
+    yield name
+
+
+def quiet(region: str, **kwargs: Any) -> Report:
+    lines: list[str] = []
+    report = setup(region=region, echo=lines.append, **kwargs)
+    report.config["_lines"] = lines
+    return report
+
+
+def statuses(report: Report) -> dict[str, str]:
+    return {s.name: s.status for s in report.steps}
+
+
+def test_setup_from_scratch_makes_everything_and_saves_it(region: str) -> None:
+    before = sum(clients.requests.values())
+    report = quiet(region)
+    calls = sum(clients.requests.values()) - before
+    kinds = [s.name.split()[0] for s in report.steps if s.status == "made"]
+    assert kinds == ["bucket", "ECR", "ECS", "log", "network:", "role", "role", "configuration"]
+    assert not report.problems
+    assert calls < 60, f"a fresh setup made {calls} AWS calls"
+
+    saved = userconfig.load()
+    assert saved["bucket"] == f"cloudburst-123456789012-{region}" and saved["region"] == region
+    assert saved["cluster"] == "cloudburst" and saved["subnets"] and saved["security_groups"]
+
+    s3 = boto3.client("s3", region_name=region)
+    bucket = saved["bucket"]
+    assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    lifecycle = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert lifecycle["cloudburst-expire-job-data"]["Expiration"]["Days"] == 7
+    assert (
+        lifecycle["cloudburst-abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    )
+
+    ecs = boto3.client("ecs", region_name=region)
+    cluster = ecs.describe_clusters(clusters=["cloudburst"])["clusters"][0]
+    assert set(cluster["capacityProviders"]) == {"FARGATE", "FARGATE_SPOT"}
+
+    iam = boto3.client("iam", region_name=region)
+    policy = iam.get_role_policy(RoleName=f"cloudburst-task-{region}", PolicyName="cloudburst")["PolicyDocument"]
+    resources = [
+        r
+        for st in policy["Statement"]
+        for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])
+    ]
+    assert "*" not in resources  # least privilege: no wildcard on data
+    assert f"arn:aws:s3:::{bucket}/jobs/*" in resources
+
+    ec2 = boto3.client("ec2", region_name=region)
+    (group,) = ec2.describe_security_groups(GroupIds=saved["security_groups"])["SecurityGroups"]
+    assert group["IpPermissions"] == []  # egress only
+    logs = boto3.client("logs", region_name=region)
+    (log_group,) = logs.describe_log_groups(logGroupNamePrefix="/cloudburst/workers")["logGroups"]
+    assert log_group["retentionInDays"] == 30
+
+
+def test_rerun_changes_nothing_and_says_so(region: str) -> None:
+    quiet(region)
+    config_before = userconfig.config_path().read_text()
+    before = dict(clients.requests)
+    again = quiet(region)
+    writes = {
+        op: n - before.get(op, 0)
+        for op, n in clients.requests.items()
+        if n > before.get(op, 0) and any(w in op for w in ("Create", "Put", "Update", "Delete"))
+    }
+    assert not writes, f"a re-run changed things: {writes}"
+    assert not again.changed
+    assert set(statuses(again).values()) <= {"found", "ok"}
+    assert "Nothing changed: everything was already in place." in again.config["_lines"]
+    assert userconfig.config_path().read_text() == config_before
+
+
+def test_setup_reuses_what_is_already_there(region: str) -> None:
+    boto3.client("ecs", region_name=region).create_cluster(
+        clusterName="cloudburst", capacityProviders=["FARGATE", "FARGATE_SPOT"]
+    )
+    s3 = boto3.client("s3", region_name=region)
+    s3.create_bucket(
+        Bucket=f"cloudburst-123456789012-{region}", CreateBucketConfiguration={"LocationConstraint": region}
+    )
+    report = quiet(region)
+    status = statuses(report)
+    assert status["ECS cluster cloudburst"] == "found"
+    # The bucket was there but not private, encrypted or tagged: repaired, not made again.
+    assert status[f"bucket cloudburst-123456789012-{region}"] == "repaired"
+    assert status[f"role cloudburst-task-{region}"] == "made"
+
+
+def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
+    quiet(region)
+    saved = userconfig.load()
+    s3 = boto3.client("s3", region_name=region)
+    s3.delete_public_access_block(Bucket=saved["bucket"])
+    boto3.client("logs", region_name=region).delete_log_group(logGroupName="/cloudburst/workers")
+    iam = boto3.client("iam", region_name=region)
+    iam.delete_role_policy(RoleName=f"cloudburst-task-{region}", PolicyName="cloudburst")
+    ec2 = boto3.client("ec2", region_name=region)
+    ec2.authorize_security_group_ingress(
+        GroupId=saved["security_groups"][0], IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
+    )
+
+    problems = doctor(region=region, echo=lambda _: None).problems
+    named = " | ".join(p.name for p in problems)
+    assert "bucket" in named and "log group" in named and "role cloudburst-task" in named
+    assert "security group" in named
+    assert all(p.fix for p in problems)
+
+    report = quiet(region)
+    status = statuses(report)
+    assert status[f"bucket {saved['bucket']}"] == "repaired"
+    assert status["log group /cloudburst/workers"] == "made"
+    assert status[f"role cloudburst-task-{region}"] == "repaired"
+    assert status["security group cloudburst-workers"] == "repaired"
+    assert ec2.describe_security_groups(GroupIds=saved["security_groups"])["SecurityGroups"][0]["IpPermissions"] == []
+    assert not doctor(region=region, echo=lambda _: None).problems
+
+
+def test_teardown_removes_only_what_setup_made(region: str) -> None:
+    quiet(region)
+    s3 = boto3.client("s3", region_name=region)
+    s3.create_bucket(Bucket=f"someone-elses-{region}", CreateBucketConfiguration={"LocationConstraint": region})
+    iam = boto3.client("iam", region_name=region)
+    iam.create_role(RoleName=f"cloudburst-lookalike-{region}", AssumeRolePolicyDocument="{}")
+    ec2 = boto3.client("ec2", region_name=region)
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    foreign_group = ec2.create_security_group(GroupName="theirs", Description="not ours", VpcId=vpc)["GroupId"]
+    boto3.client("logs", region_name=region).create_log_group(logGroupName="/cloudburst/not-tagged")
+    saved = userconfig.load()
+    s3.put_object(Bucket=saved["bucket"], Key="jobs/x/blob", Body=b"data")
+
+    report = teardown(region=region, echo=lambda _: None)
+    removed = {s.name.split()[0] for s in report.steps if s.status == "removed"}
+    assert removed == {"bucket", "ECR", "ECS", "log", "security", "role"}
+
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert saved["bucket"] not in buckets and f"someone-elses-{region}" in buckets
+    assert "cloudburst-123456789012-us-east-1" in buckets  # another region's set-up is untouched
+    roles = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert f"cloudburst-task-{region}" not in roles and f"cloudburst-lookalike-{region}" in roles
+    groups = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    assert foreign_group in groups and saved["security_groups"][0] not in groups
+    assert (
+        boto3.client("logs", region_name=region).describe_log_groups(logGroupNamePrefix="/cloudburst")["logGroups"][0][
+            "logGroupName"
+        ]
+        == "/cloudburst/not-tagged"
+    )
+    assert "bucket" not in userconfig.load()
+    assert teardown(region=region, echo=lambda _: None).steps == []  # nothing left to remove
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("workers", "-3", r"workers='-3' must be a whole number from 1"),
+        ("workers", "2.5", r"must be a whole number"),
+        ("memory", "2 gigs", r"unknown unit 'gigs'"),
+        ("spot", "maybe", r"spot='maybe' must be true or false"),
+        ("arch", "sparc", r"'x86_64' or 'arm64'"),
+        ("on_quota_short", "panic", r"must be one of fit, fail"),
+        ("wokers", "3", r"unknown setting 'wokers'"),
+    ],
+)
+def test_invalid_config_values_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str, match: str
+) -> None:
+    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(cloudburst.ConfigurationError, match=match):
+        userconfig.set_value(key, value)
+    assert not (tmp_path / "config.toml").exists()
+
+
+def test_broken_config_file_names_the_file_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "config.toml").write_text("[aws\nbucket = ")
+    with pytest.raises(cloudburst.ConfigurationError, match=r"config.toml is not valid TOML.*cloudburst setup"):
+        userconfig.load()
+    (tmp_path / "config.toml").write_text('[defaults]\nworkers = "many"\n')
+    with pytest.raises(cloudburst.ConfigurationError, match=r"workers='many' must be a whole number"):
+        userconfig.load()
+
+
+def test_precedence_call_then_env_then_file_then_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path))
+    monkeypatch.delenv("CLOUDBURST_WORKERS", raising=False)
+    assert userconfig.lookup("workers") == userconfig.Value("workers", 10, "default")
+    userconfig.set_value("workers", "50")
+    assert userconfig.lookup("workers").value == 50 and userconfig.lookup("workers").source.startswith("file")
+    monkeypatch.setenv("CLOUDBURST_WORKERS", "70")
+    assert userconfig.lookup("workers") == userconfig.Value("workers", 70, "env CLOUDBURST_WORKERS")
+    assert userconfig.lookup("workers", {"workers": 90}) == userconfig.Value("workers", 90, "call")
+
+
+def test_cli_config_shows_sources_and_doctor_exits_nonzero_on_problems(region: str) -> None:
+    env_run: dict[str, Any] = {"capture_output": True, "text": True, "check": False}
+    out = subprocess.run([sys.executable, "-m", "cloudburst.cli", "config", "set", "workers", "40"], **env_run)
+    assert out.returncode == 0, out.stderr
+    shown = subprocess.run([sys.executable, "-m", "cloudburst.cli", "config", "--json"], **env_run)
+    values = json.loads(shown.stdout)
+    assert values["workers"]["value"] == 40 and values["workers"]["source"].startswith("file")
+    bad = subprocess.run([sys.executable, "-m", "cloudburst.cli", "config", "set", "cpu", "0"], **env_run)
+    assert bad.returncode != 0 and "cpu='0' must be a number from 0.25 to 16" in bad.stderr
+    checked = subprocess.run([sys.executable, "-m", "cloudburst.cli", "doctor", "--region", region], **env_run)
+    assert checked.returncode == 1 and "run `cloudburst setup`" in checked.stdout
