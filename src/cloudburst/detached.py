@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
-from .errors import ConfigurationError, PayloadAuthenticationError
+from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
 from .job import rebuild_exception
 from .serialize import Unpacker
-from .task import RESULT, ResultMessage, decode
+from .task import RESULT, TASK, ResultMessage, TaskMessage, decode
 
 __all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
 
@@ -93,7 +93,10 @@ class DetachedJob:
         return sorted((self.folder / "results").glob("*.msg"))
 
     def done_tasks(self) -> set[int]:
-        return {int(p.stem) for p in self._result_files()}
+        return {int(p.stem) for p in self._result_files()} | {int(p.stem) for p in self._dead_files()}
+
+    def _dead_files(self) -> list[Path]:
+        return sorted((self.folder / "results").glob("*.dead"))
 
     def progress(self) -> tuple[int, int]:
         """(items with a result, items in the job)."""
@@ -116,8 +119,9 @@ class DetachedJob:
         """Move result messages from the queue to disk; returns how many tasks finished."""
         if self.collected:
             return 0
-        results = self._connect().results
-        finished = 0
+        side = self._connect()
+        finished = self._poll_dead_letters(side.extra.get("dead_letters"))
+        results = side.results
         while True:
             messages = results.receive(10, wait=wait)
             if not messages:
@@ -127,7 +131,9 @@ class DetachedJob:
                     kind, body = decode(self._key, message.body)
                 except PayloadAuthenticationError:
                     continue  # not sealed with this job's key: dropped unread
-                if kind == RESULT and isinstance(body, ResultMessage) and not body.split:
+                # A result that asks for its chunk to be split carries the failure that made it ask:
+                # with no client to split it, the chunk's items fail with it.
+                if kind == RESULT and isinstance(body, ResultMessage):
                     path = self.folder / "results" / f"{body.task_id}.msg"
                     if not path.exists():
                         tmp = path.with_suffix(".tmp")
@@ -136,6 +142,24 @@ class DetachedJob:
                         finished += 1
             results.ack([m.receipt for m in messages])
             wait = 0
+
+    def _poll_dead_letters(self, queue: Any) -> int:
+        """Tasks the queue gave up on (every worker that took them vanished): their items fail."""
+        if queue is None:
+            return 0
+        finished = 0
+        messages = queue.receive(10, wait=0)
+        for message in messages:
+            try:
+                kind, task = decode(self._key, message.body)
+            except PayloadAuthenticationError:
+                continue
+            if kind == TASK and isinstance(task, TaskMessage):
+                (self.folder / "results" / f"{task.task_id}.dead").write_text(str(message.receive_count))
+                finished += 1
+        if messages:
+            queue.ack([m.receipt for m in messages])
+        return finished
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -169,6 +193,16 @@ class DetachedJob:
                     failed[index] = rebuild_exception(result.errors[pos], where=f"item {index} on {where}")
                 else:
                     values[index] = value
+        for path in self._dead_files():
+            task_id = int(path.stem)
+            if (self.folder / "results" / f"{task_id}.msg").exists():
+                continue  # a worker finished it after all
+            died = WorkerDiedError(
+                f"task {task_id}: delivered {path.read_text()} times, and its worker vanished each time; the "
+                "queue moved it to the dead-letter queue",
+                attempts=int(path.read_text() or 0),
+            )
+            failed.update(dict.fromkeys(self._positions.get(task_id, []), died))
         self.forget_cloud()
         if failed and errors == "raise":
             first = min(failed)

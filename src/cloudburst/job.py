@@ -70,6 +70,30 @@ __all__ = ["Job", "MapRun", "rebuild_exception"]
 
 log = logging.getLogger("cloudburst")
 _MAX_STARTUP_FAILURES = 3
+_MAX_OUTAGE_ROUNDS = 8  # about two minutes of backing off before a cloud outage fails the job
+_TRANSIENT_CODES = frozenset(
+    {
+        "",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "ServerException",
+        "RequestTimeout",
+        "500",
+        "503",
+    }
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error worth waiting out: throttling, a 5xx, a dropped connection."""
+    if isinstance(exc, CloudError):
+        return exc.code in _TRANSIENT_CODES
+    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 # ---------------------------------------------------------------------------- work not yet dispatched
@@ -219,18 +243,24 @@ class Job:
         self._heartbeat_period = min(30.0, (client_timeout or 120.0) / 4)
         self._next_heartbeat = 0.0
         self._next_dead_letter_check = time.monotonic() + 15.0
-        self.launch_error: BaseException | None = None
         self.dispatch_seconds = 0.0  # client time spent cutting, sealing and sending tasks
+        self._unsent = 0  # tasks planned by the dispatcher and not yet sent
 
         self._threads = [
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
             threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True),
             threading.Thread(target=self._manage_loop, name="cloudburst-manager", daemon=True),
         ]
-        self._write_control(stopped=False)
+        try:
+            self._write_control(stopped=False)
+        except BaseException:
+            self.backend.close_job(self.resources)  # the store refused: undo what open_job made
+            raise
         if self.backend.start_eagerly:
             self.resources.launcher.start(options.workers)
         for thread in self._threads:
+            if thread.name == "cloudburst-collector" and self.backend.detached:
+                continue  # a detached job's results wait in its queue for cloudburst.attach
             thread.start()
         _LIVE_JOBS.add(self)
 
@@ -277,10 +307,31 @@ class Job:
                     return
                 began = time.perf_counter()
                 planned = self._plan_tasks()
+                self._unsent += len(planned)
             bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
-            if bodies:
-                self.resources.tasks.send_batch(bodies)
+            try:
+                self._send(bodies)
+            except Exception as exc:  # the queue stayed unreachable: these tasks fail, the job goes on
+                for task, _ in planned:
+                    self._fail_task(task.task_id, exc)
+            with self._cond:
+                self._unsent -= len(planned)
+                self._cond.notify_all()
             self.dispatch_seconds += time.perf_counter() - began
+
+    def _send(self, bodies: list[bytes]) -> None:
+        """Send task messages, riding out a short outage of the queue."""
+        for attempt in itertools.count():
+            if not bodies or self._stopping:
+                return
+            try:
+                self.resources.tasks.send_batch(bodies)
+                return
+            except Exception as exc:
+                if not _transient(exc) or attempt + 1 >= _MAX_OUTAGE_ROUNDS:
+                    raise
+                log.warning("cloudburst: sending tasks failed (%s); trying again", exc)
+                time.sleep(min(30.0, 0.5 * 2**attempt))
 
     def _backlog_limit(self) -> int:
         if self.backend.detached:
@@ -423,23 +474,29 @@ class Job:
             self._cond.notify_all()
         self._finish_items(task, [None] * len(calls), failures, only=failures.keys())
         bodies = [body for body in (self._seal(t, c) for t, c in replacements) if body is not None]
-        if bodies:
-            self.resources.tasks.send_batch(bodies)
+        self._send(bodies)
 
     # ------------------------------------------------------------------ collector
     def _collect_loop(self) -> None:
         results = self.resources.results
+        failures = 0
         while not self._stopping:
             try:
                 messages = results.receive(10, wait=self.backend.result_wait)
-            except Exception:
+                for message in messages:
+                    self._handle(message.body)
+                if messages:
+                    results.ack([m.receipt for m in messages])
+                failures = 0
+            except Exception as exc:
                 if self._stopping:
                     return
-                raise
-            for message in messages:
-                self._handle(message.body)
-            if messages:
-                results.ack([m.receipt for m in messages])
+                failures += 1
+                if not _transient(exc) or failures >= _MAX_OUTAGE_ROUNDS:
+                    self._fail_everything(exc)  # results can no longer arrive: say so rather than hang
+                    return
+                log.warning("cloudburst: reading results failed (%s); trying again", exc)
+                time.sleep(min(30.0, 0.5 * 2**failures))
 
     def _handle(self, body: bytes) -> None:
         try:
@@ -524,8 +581,7 @@ class Job:
             for sub, _ in parts:
                 self._tasks[sub.task_id] = sub
         bodies = [body for body in (self._seal(t, c) for t, c in parts) if body is not None]
-        if bodies:
-            self.resources.tasks.send_batch(bodies)
+        self._send(bodies)
 
     def _died_error(self, task: _Task, fallback: WorkerDiedError) -> WorkerDiedError:
         # The worker that gave up saw the last death before this process reaped it: wait for it.
@@ -589,6 +645,7 @@ class Job:
 
     # ------------------------------------------------------------------ manager
     def _manage_loop(self) -> None:
+        failures = 0
         while True:
             with self._cond:
                 self._cond.wait(0.05)
@@ -599,11 +656,17 @@ class Job:
                 self._scale()
                 self._heartbeat()
                 self._check_dead_letters()
-            except CloudError as exc:
-                # The cloud refused something the job needs (permissions, a deleted resource):
-                # fail the work that is waiting rather than hang; finished results stay.
-                self.launch_error = exc
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if _transient(exc) and failures < _MAX_OUTAGE_ROUNDS:
+                    log.warning("cloudburst: %s; trying again", exc)
+                    time.sleep(min(30.0, 0.5 * 2**failures))
+                    continue
+                # The cloud refused something the job needs (permissions, a deleted resource) or
+                # stayed down: fail the work that is waiting rather than hang; finished results stay.
                 self._fail_everything(exc)
+                failures = 0
 
     def _write_control(self, *, stopped: bool) -> None:
         state = {"heartbeat": time.time(), "stopped": stopped}
@@ -618,7 +681,7 @@ class Job:
     def _check_dead_letters(self) -> None:
         """Tasks the queue gave up on (delivered too often, every worker died): fail them."""
         queue = self.resources.dead_letters
-        if queue is None or time.monotonic() < self._next_dead_letter_check:
+        if queue is None or self.backend.detached or time.monotonic() < self._next_dead_letter_check:
             return
         self._next_dead_letter_check = time.monotonic() + 15.0
         messages = queue.receive(10, wait=0)
@@ -666,11 +729,6 @@ class Job:
             startup_failures = self._startup_failures
             busy = bool(self._pending or self._tasks)
             receipts = [t.receipt for t in victims if t.receipt]
-        if receipts:
-            try:
-                self.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
-            except Exception as exc:
-                log.debug("cloudburst: could not release the leases of worker %s: %s", dead, exc)
             # One of a chunk's items killed the worker, or the worker died under it: cancel
             # the chunk and send its items again in smaller tasks, so that only an item that
             # kills its worker on its own uses up its retries and fails.
@@ -681,6 +739,14 @@ class Job:
                     for sub, calls in self._split(task):
                         self._tasks[sub.task_id] = sub
                         split.append((sub, calls))
+        for task in victims:
+            if task.task_id in self._superseded:  # before its message can be delivered again
+                self.resources.store.put(f"control/cancelled/{task.task_id}", b"")
+        if receipts:
+            try:
+                self.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
+            except Exception as exc:
+                log.debug("cloudburst: could not release the leases of worker %s: %s", dead, exc)
         if exit_.exit_code == 0 and not victims:
             return  # retired cleanly (idle, or the job ended): not a crash
         if victims:
@@ -693,12 +759,8 @@ class Job:
         elif busy and not self._stopping:
             print(f"cloudburst: worker {exit_.worker_id} stopped ({exit_.reason}); replacing it", file=sys.stderr)
         if split:
-            for task in victims:
-                if task.task_id in self._superseded:
-                    self.resources.store.put(f"control/cancelled/{task.task_id}", b"")
             bodies = [body for body in (self._seal(t, c) for t, c in split) if body is not None]
-            if bodies:
-                self.resources.tasks.send_batch(bodies)
+            self._send(bodies)
         if startup_failures >= _MAX_STARTUP_FAILURES:
             tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
             self._fail_everything(
@@ -843,14 +905,14 @@ class Job:
     def detach(self) -> dict[str, Any]:
         """Send every task, start the workers, and return what :func:`cloudburst.attach` needs later."""
         with self._cond:
-            while self._pending and not self._stopping:
+            while (self._pending or self._unsent) and not self._stopping:
                 self._cond.wait(0.05)
             tasks = {str(t.task_id): _indices(t.indices) for t in self._tasks.values()}
-        launcher = self.resources.launcher
+            wanted = min(self.options.workers, math.ceil(len(tasks) / self.backend.tasks_per_worker))
+        launcher = self.resources.launcher  # the manager starts them; wait until it has
         deadline = time.monotonic() + 120
-        while launcher.running() < self.options.workers and time.monotonic() < deadline:
-            launcher.start(self.options.workers - launcher.running())
-            time.sleep(0.2)
+        while launcher.running() < wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
         return {
             "job_id": self.id,
             "backend": self.options.backend,

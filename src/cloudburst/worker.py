@@ -43,7 +43,14 @@ from typing import Any
 from . import seeds
 from .backends import get_backend
 from .backends.base import Message, WorkerExit, WorkerSide
-from .errors import PayloadAuthenticationError, PicklingError, TaskExitError, UnpicklingError, WorkerDiedError
+from .errors import (
+    CloudError,
+    PayloadAuthenticationError,
+    PicklingError,
+    TaskExitError,
+    UnpicklingError,
+    WorkerDiedError,
+)
 from .output import Capture
 from .serialize import Packer, Unpacker, describe
 from .task import (
@@ -97,7 +104,7 @@ class Worker:
     def __init__(self, side: WorkerSide, env: Mapping[str, str]) -> None:
         self.side = side
         self.key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
-        self.worker_id = worker_id(env)
+        self.worker_id = str(side.extra.get("worker_id") or worker_id(env))
         self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
         idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
         self.idle_timeout = float(idle) if idle else None
@@ -116,6 +123,7 @@ class Worker:
         self._held: dict[str, float] = {}  # receipt -> lease end
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._heartbeat: tuple[float, float] | None = None  # (last heartbeat value, when it changed here)
         self._last_work = time.monotonic()
 
     # ------------------------------------------------------------------ the loop
@@ -158,11 +166,20 @@ class Worker:
         try:
             state = json.loads(self.side.store.get("control/state"))
         except FileNotFoundError:
+            if self._heartbeat is not None:
+                self.say_exit("the job's data is gone (the job ended)")
+                return True
             return False
         if state.get("stopped"):
             self.say_exit("the job ended")
             return True
-        silent = time.time() - float(state.get("heartbeat", time.time()))
+        # Silence is measured on this machine's clock, from when the heartbeat last changed:
+        # a client whose clock is off does not stop its workers.
+        now = time.monotonic()
+        beat = float(state.get("heartbeat", 0))
+        if self._heartbeat is None or beat != self._heartbeat[0]:
+            self._heartbeat = (beat, now)
+        silent = now - self._heartbeat[1]
         if self.client_timeout is not None and silent > self.client_timeout:
             self.say_exit(
                 f"the client has been silent for {silent:.0f} s (client_timeout={self.client_timeout:g}); "
@@ -369,21 +386,8 @@ def _span(indices: Any) -> str:
 
 
 def worker_id(env: Mapping[str, str]) -> str:
-    """This worker's name: given by the launcher, else the ECS task id from the task metadata endpoint."""
-    given = env.get("CLOUDBURST_WORKER_ID")
-    if given:
-        return given
-    metadata = env.get("ECS_CONTAINER_METADATA_URI_V4")
-    if metadata:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{metadata}/task", timeout=2) as response:
-                arn = str(json.loads(response.read())["TaskARN"])
-            return arn.rsplit("/", 1)[-1]
-        except Exception:
-            pass
-    return f"pid{os.getpid()}"
+    """This worker's name as the launcher gave it (a backend may name it in ``WorkerSide.extra``)."""
+    return env.get("CLOUDBURST_WORKER_ID") or f"pid{os.getpid()}"
 
 
 def supervise(env: Mapping[str, str], slots: int) -> int:
@@ -391,8 +395,9 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
     backend = get_backend(env["CLOUDBURST_BACKEND"])
     side = backend.connect_worker(env)
     key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
-    me = worker_id(env)
+    me = str(side.extra.get("worker_id") or worker_id(env))
     stopping = False
+    deaths: list[float] = []
 
     def start(k: int) -> tuple[subprocess.Popen[bytes], Path]:
         log = Path(tempfile.gettempdir()) / f"cloudburst-{me}.{k}.log"
@@ -441,6 +446,11 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
                 side.results.send_batch([encode(key, DIED, 0, death)])
             except Exception as exc:
                 print(f"cloudburst-worker: could not report a dead worker process: {exc}", file=sys.stderr)
+            deaths = [t for t in deaths if time.monotonic() - t < 120] + [time.monotonic()]
+            if len(deaths) >= 5:  # they cannot work here: stop, and let the client see this machine fail
+                print(f"cloudburst-worker: {len(deaths)} worker processes died within 2 minutes; giving up")
+                on_term(signal.SIGTERM, None)
+                return 1
             n = next(counter)
             children[n] = start(n)
     return 0
@@ -488,6 +498,11 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except (EOFError, ConnectionError, BrokenPipeError):
         worker.say_exit("lost the connection to the client")
         return 0
+    except CloudError as exc:
+        if exc.code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NoSuchBucket"):
+            worker.say_exit("the job's queue is gone (the job ended)")
+            return 0
+        raise
 
 
 if __name__ == "__main__":

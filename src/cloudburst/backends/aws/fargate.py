@@ -75,6 +75,20 @@ class TokenBucket:
             return granted
 
 
+def _ecs_task_id(env: Mapping[str, str]) -> str:
+    """Inside a Fargate task: its id, from the task metadata endpoint ECS gives every container."""
+    metadata = env.get("ECS_CONTAINER_METADATA_URI_V4")
+    if metadata:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{metadata}/task", timeout=2) as response:
+                return str(json.loads(response.read())["TaskARN"]).rsplit("/", 1)[-1]
+        except Exception as exc:
+            print(f"cloudburst-worker: no task id from the metadata endpoint: {exc}", file=sys.stderr)
+    return f"{os.uname().nodename}-{os.getpid()}"
+
+
 def _worker_command(image: str) -> list[str]:
     if image.rsplit("/", 1)[-1].startswith("python:"):
         # A stock Python image: install cloudburst when the task starts (slower starts, no build).
@@ -95,7 +109,7 @@ def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib
             "logDriver": "awslogs",
             "options": {
                 "awslogs-group": settings.log_group,
-                "awslogs-region": settings.region or client("ecs", settings.region).meta.region_name,
+                "awslogs-region": settings.region or client("ecs", settings.region, settings.profile).meta.region_name,
                 "awslogs-stream-prefix": LOG_PREFIX,
             },
         },
@@ -118,10 +132,11 @@ def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib
         spec["ephemeralStorage"] = {"sizeInGiB": settings.ephemeral_storage}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
     family = f"cloudburst-{digest}"
-    cached = _TASK_DEFINITIONS.get((settings.region, family))
+    ecs: Any = client("ecs", settings.region, settings.profile)
+    where = (ecs.meta.endpoint_url, ecs.meta.region_name, family)  # one cache entry per account endpoint
+    cached = _TASK_DEFINITIONS.get(where)
     if cached:
         return cached
-    ecs: Any = client("ecs", settings.region)
     try:
         found = ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
         arn = str(found["taskDefinitionArn"]) if found.get("status") == "ACTIVE" else ""
@@ -134,11 +149,11 @@ def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib
         with translate("ECS", "RegisterTaskDefinition", family):
             made = ecs.register_task_definition(family=family, tags=[{"key": "cloudburst", "value": "true"}], **spec)
         arn = str(made["taskDefinition"]["taskDefinitionArn"])
-    _TASK_DEFINITIONS[(settings.region, family)] = arn
+    _TASK_DEFINITIONS[where] = arn
     return arn
 
 
-_TASK_DEFINITIONS: dict[tuple[str | None, str], str] = {}
+_TASK_DEFINITIONS: dict[tuple[str, str, str], str] = {}
 
 
 def describe_stop(task: Mapping[str, Any]) -> tuple[int | None, str, bool]:
@@ -192,8 +207,8 @@ class FargateLauncher:
         self.task_definition = task_definition
         self.environment = dict(environment)
         self._environment = [{"name": k, "value": v} for k, v in sorted(environment.items())]
-        self._ecs: Any = client("ecs", settings.region)
-        self._logs: Any = client("logs", settings.region)
+        self._ecs: Any = client("ecs", settings.region, settings.profile)
+        self._logs: Any = client("logs", settings.region, settings.profile)
         self.local = local
         self._lock = threading.Lock()
         self._live: set[str] = set()  # task ids launched and not yet seen stopped
@@ -205,11 +220,12 @@ class FargateLauncher:
         self._backoff = 0.0
         self._not_before = 0.0
         self.notices: list[str] = []  # one line per launch problem, for the user
+        self._closed = False
 
     # ------------------------------------------------------------------ contract
     def start(self, count: int) -> list[str]:
         started: list[str] = []
-        while count > 0 and time.monotonic() >= self._not_before:
+        while count > 0 and time.monotonic() >= self._not_before and not self._closed:
             batch = min(RUN_TASK_MAX, count, self._launches.take(min(RUN_TASK_MAX, count)))
             if batch == 0 or self._calls.take(1) == 0:
                 break
@@ -224,7 +240,11 @@ class FargateLauncher:
 
     def stop(self, worker_ids: Sequence[str] | None = None) -> None:
         with self._lock:
+            if worker_ids is None:
+                self._closed = True  # the job is ending: nothing new starts
             targets = [t for t in self._live if worker_ids is None or t in worker_ids]
+        if worker_ids is None:
+            targets = sorted(set(targets) | self._listed())
         for task_id in targets:
             try:
                 self._ecs.stop_task(cluster=self.settings.cluster, task=task_id, reason="cloudburst: the job ended")
@@ -267,6 +287,19 @@ class FargateLauncher:
             return len(self._live)
 
     # ------------------------------------------------------------------ details
+    def _listed(self) -> set[str]:
+        """This job's tasks as ECS lists them (a RunTask whose answer was lost is found here too)."""
+        found: set[str] = set()
+        try:
+            pages = self._ecs.get_paginator("list_tasks").paginate(
+                cluster=self.settings.cluster, startedBy=f"cloudburst-{self.job_id[:24]}", desiredStatus="RUNNING"
+            )
+            for page in pages:
+                found.update(str(arn).rsplit("/", 1)[-1] for arn in page.get("taskArns", []))
+        except Exception as exc:
+            print(f"cloudburst: could not list the job's workers: {exc}", file=sys.stderr)
+        return found
+
     def task_ids(self) -> set[str]:
         """Every Fargate task this launcher started, running or stopped."""
         with self._lock:
@@ -419,12 +452,27 @@ class FargateBackend(Backend):
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
         s = self.settings
         tags = {JOB_TAG: job_id, "cloudburst": "true", **s.tags}
-        region = s.region or client("ecs", s.region).meta.region_name
+        region = s.region or client("ecs", s.region, s.profile).meta.region_name
         task_definition = ensure_task_definition(s, self.cpu_units, self.memory_mib)
         queues = create_job_queues(
-            job_id, region=s.region, lease_seconds=self.lease_seconds, max_receives=self.options.retries + 2, tags=tags
+            job_id,
+            region=s.region,
+            profile=s.profile,
+            lease_seconds=self.lease_seconds,
+            max_receives=self.options.retries + 2,
+            tags=tags,
         )
         self._queues = queues
+        try:
+            return self._open(job_id, queues, task_definition, region, worker_env)
+        except BaseException:
+            delete_job_queues(queues, s.region, s.profile)  # nothing of a job that never started stays
+            raise
+
+    def _open(
+        self, job_id: str, queues: JobQueues, task_definition: str, region: str, worker_env: Mapping[str, str]
+    ) -> JobResources:
+        s = self.settings
         prefix = f"jobs/{job_id}"
         environment = {
             **worker_env,
@@ -435,6 +483,7 @@ class FargateBackend(Backend):
             "CLOUDBURST_RESULT_QUEUE": queues.results,
             "CLOUDBURST_REGION": region,
             "CLOUDBURST_WORKER_SLOTS": str(self.tasks_per_worker),
+            "CLOUDBURST_DEAD_LETTER_QUEUE": queues.dead_letters,
         }
         local = None
         if s.local_workers:
@@ -452,11 +501,11 @@ class FargateBackend(Backend):
             s, job_id=job_id, task_definition=task_definition, environment=environment, local=local
         )
         return JobResources(
-            S3Store(s.bucket, prefix, s.region),
-            SQSQueue(queues.tasks, s.region),
-            SQSQueue(queues.results, s.region),
+            S3Store(s.bucket, prefix, s.region, s.profile),
+            SQSQueue(queues.tasks, s.region, s.profile),
+            SQSQueue(queues.results, s.region, s.profile),
             launcher,
-            dead_letters=SQSQueue(queues.dead_letters, s.region),
+            dead_letters=SQSQueue(queues.dead_letters, s.region, s.profile),
         )
 
     def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
@@ -468,7 +517,7 @@ class FargateBackend(Backend):
             launcher.local.stop()
         if not keep:
             if self._queues is not None:
-                delete_job_queues(self._queues, self.settings.region)
+                delete_job_queues(self._queues, self.settings.region, self.settings.profile)
             store = resources.store
             store.delete_prefix("")
         if self._log_dir is not None:
@@ -478,9 +527,13 @@ class FargateBackend(Backend):
     def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
         region = env.get("CLOUDBURST_REGION") or None
         parent = env.get("CLOUDBURST_PARENT_PID")
+        extra: dict[str, object] = {"worker_id": env.get("CLOUDBURST_WORKER_ID") or _ecs_task_id(env)}
+        if env.get("CLOUDBURST_DEAD_LETTER_QUEUE"):
+            extra["dead_letters"] = SQSQueue(env["CLOUDBURST_DEAD_LETTER_QUEUE"], region)
         return WorkerSide(
             S3Store(env["CLOUDBURST_BUCKET"], env["CLOUDBURST_PREFIX"], region),
             SQSQueue(env["CLOUDBURST_TASK_QUEUE"], region),
             SQSQueue(env["CLOUDBURST_RESULT_QUEUE"], region),
             parent_pid=int(parent) if parent else None,
+            extra=extra,
         )

@@ -31,9 +31,9 @@ MAX_VISIBILITY = 43_200
 class SQSQueue:
     """One SQS queue. Implements the Queue contract."""
 
-    def __init__(self, url: str, region: str | None = None) -> None:
+    def __init__(self, url: str, region: str | None = None, profile: str | None = None) -> None:
         self.url = url
-        self._sqs: Any = client("sqs", region)
+        self._sqs: Any = client("sqs", region, profile)
 
     def send_batch(self, bodies: Sequence[bytes]) -> None:
         for group in _groups([base64.b64encode(b).decode("ascii") for b in bodies]):
@@ -126,33 +126,40 @@ def create_job_queues(
     job_id: str,
     *,
     region: str | None,
+    profile: str | None = None,
     lease_seconds: float,
     max_receives: int,
     tags: Mapping[str, str],
 ) -> JobQueues:
     """Create the job's task, result and dead-letter queues (encrypted, tagged)."""
-    sqs: Any = client("sqs", region)
+    sqs: Any = client("sqs", region, profile)
     base = {"SqsManagedSseEnabled": "true", "MessageRetentionPeriod": str(4 * 86400)}
-    with translate("SQS", "CreateQueue", queue_name(job_id, "dlq")):
-        dlq = sqs.create_queue(QueueName=queue_name(job_id, "dlq"), Attributes=base, tags=dict(tags))["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        tasks = sqs.create_queue(
-            QueueName=queue_name(job_id, "tasks"),
-            Attributes={
-                **base,
-                "VisibilityTimeout": str(math.ceil(lease_seconds)),
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)}),
-            },
-            tags=dict(tags),
-        )["QueueUrl"]
-        results = sqs.create_queue(QueueName=queue_name(job_id, "results"), Attributes=base, tags=dict(tags))[
-            "QueueUrl"
-        ]
+    made: list[str] = []
+
+    def create(role: str, attributes: dict[str, str]) -> str:
+        with translate("SQS", "CreateQueue", queue_name(job_id, role)):
+            url = str(
+                sqs.create_queue(QueueName=queue_name(job_id, role), Attributes=attributes, tags=dict(tags))["QueueUrl"]
+            )
+        made.append(url)
+        return url
+
+    try:
+        dlq = create("dlq", base)
+        with translate("SQS", "GetQueueAttributes", dlq):
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)})
+        tasks = create("tasks", {**base, "VisibilityTimeout": str(math.ceil(lease_seconds)), "RedrivePolicy": redrive})
+        results = create("results", base)
+    except BaseException:
+        for url in made:  # leave no half-made job behind
+            sqs.delete_queue(QueueUrl=url)
+        raise
     return JobQueues(tasks, results, dlq)
 
 
-def delete_job_queues(queues: JobQueues, region: str | None) -> None:
-    sqs: Any = client("sqs", region)
+def delete_job_queues(queues: JobQueues, region: str | None, profile: str | None = None) -> None:
+    sqs: Any = client("sqs", region, profile)
     for url in (queues.tasks, queues.results, queues.dead_letters):
         try:
             sqs.delete_queue(QueueUrl=url)

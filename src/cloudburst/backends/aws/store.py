@@ -26,10 +26,10 @@ _TRANSFER = boto3.s3.transfer.TransferConfig(
 class S3Store:
     """Blobs by key below ``s3://bucket/prefix``. Implements the Store contract."""
 
-    def __init__(self, bucket: str, prefix: str, region: str | None = None) -> None:
+    def __init__(self, bucket: str, prefix: str, region: str | None = None, profile: str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.rstrip("/") + "/"
-        self._s3: Any = client("s3", region)
+        self._s3: Any = client("s3", region, profile)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
