@@ -82,6 +82,8 @@ def assert_nothing_left_in_aws(emu: Emulator, job_id: str) -> None:
     s3 = boto3.client("s3")
     bucket = emu.resources["CLOUDBURST_BUCKET"]
     assert not s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/").get("Contents"), "objects left behind"
+    keys = boto3.client("ssm").get_parameters_by_path(Path=f"/cloudburst/jobs/{job_id}")["Parameters"]
+    assert not keys, "job key parameter left behind"
     ecs = boto3.client("ecs")
     cluster = emu.resources["CLOUDBURST_CLUSTER"]
 

@@ -140,6 +140,21 @@ def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest
     assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue") == before
 
 
+def test_missing_image_is_refused_before_any_call(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDBURST_IMAGE", "")
+    from cloudburst import userconfig
+
+    saved = userconfig.load()
+    userconfig.unset_value("image")
+    try:
+        before = calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue")
+        with pytest.raises(cloudburst.NotSetUpError, match=r"no worker image: pass image='<uri>'"):
+            cloudburst.Executor(1, backend="fargate")
+        assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue") == before
+    finally:
+        userconfig.save(saved)
+
+
 def test_payloads_over_the_message_limit_go_through_s3(emulator: Emulator, fargate: Any) -> None:
     big = os.urandom(2 << 20)  # incompressible, eight times the inline limit
     ex = fargate(1)
@@ -205,6 +220,11 @@ def test_client_killed_workers_stop_on_their_own(emulator: Emulator, tmp_path: P
     bucket = emulator.resources["CLOUDBURST_BUCKET"]
     for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/").get("Contents", []):
         s3.delete_object(Bucket=bucket, Key=item["Key"])
+    ssm = boto3.client("ssm")
+    (key,) = ssm.get_parameters_by_path(Path=f"/cloudburst/jobs/{job_id}")["Parameters"]
+    tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=key["Name"])["TagList"]
+    assert {"Key": "cloudburst:job", "Value": job_id} in tags
+    ssm.delete_parameter(Name=key["Name"])
     assert_nothing_left_in_aws(emulator, job_id)
 
 
@@ -300,6 +320,15 @@ def test_task_definition_is_registered_once_per_shape(emulator: Emulator, fargat
     )
     env = {e["name"] for e in definition["containerDefinitions"][0].get("environment", [])}
     assert not any("KEY" in name or "SECRET" in name for name in env)  # nothing secret in the definition
+    # Nor in what RunTask was asked (DescribeTasks and CloudTrail show overrides): only the key's SSM name.
+    ecs = boto3.client("ecs")
+    ids = sorted(ex._job.resources.launcher.task_ids())
+    task = ecs.describe_tasks(cluster=emulator.resources["CLOUDBURST_CLUSTER"], tasks=ids)["tasks"][0]
+    overrides = {e["name"]: e["value"] for e in task["overrides"]["containerOverrides"][0]["environment"]}
+    assert "CLOUDBURST_JOB_KEY" not in overrides
+    assert ex._job.key.hex() not in json.dumps(task, default=str)
+    parameter = boto3.client("ssm").get_parameter(Name=overrides["CLOUDBURST_JOB_KEY_PARAMETER"])["Parameter"]
+    assert parameter["Type"] == "SecureString"
 
 
 def test_run_task_starts_at_most_ten_per_call(emulator: Emulator, fargate: Any) -> None:

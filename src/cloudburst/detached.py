@@ -74,8 +74,8 @@ class DetachedJob:
         self.record: dict[str, Any] = json.loads((folder / "job.json").read_text())
         self.job_id: str = self.record["job_id"]
         self.total: int = int(self.record["items"])
-        self._env: dict[str, str] = self.record["env"]
-        self._key = bytes.fromhex(self._env["CLOUDBURST_JOB_KEY"])
+        self._key = bytes.fromhex(self.record["key"])
+        self._env: dict[str, str] = {**self.record["env"], "CLOUDBURST_JOB_KEY": self.record["key"]}
         self._backend = get_backend(self.record["backend"])
         self._side: Any = None
         self._unpacker: Unpacker | None = None

@@ -103,7 +103,7 @@ class Worker:
 
     def __init__(self, side: WorkerSide, env: Mapping[str, str]) -> None:
         self.side = side
-        self.key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
+        self.key = bytes.fromhex(str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"]))
         self.worker_id = str(side.extra.get("worker_id") or worker_id(env))
         self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
         idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
@@ -394,7 +394,8 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
     """Run ``slots`` worker loops as child processes; report and replace a child that dies."""
     backend = get_backend(env["CLOUDBURST_BACKEND"])
     side = backend.connect_worker(env)
-    key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
+    key_hex = str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"])
+    key = bytes.fromhex(key_hex)
     me = str(side.extra.get("worker_id") or worker_id(env))
     stopping = False
     deaths: list[float] = []
@@ -405,6 +406,7 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
             **env,
             "CLOUDBURST_WORKER_SLOTS": "1",
             "CLOUDBURST_WORKER_ID": f"{me}.{k}",
+            "CLOUDBURST_JOB_KEY": key_hex,  # a process of this machine: no need to fetch it again
             "CLOUDBURST_PARENT_PID": str(os.getpid()),
         }
         with open(log, "ab") as out:

@@ -27,12 +27,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .. import userconfig
 from ..errors import ConfigurationError
 from .agent import EcsAgent, EmulatedTask, default_worker_env
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
 __all__ = ["EmulatedTask", "Emulator", "FaultRule"]
 
+EMULATED_IMAGE = "cloudburst-emulated/this-machine:latest"
 BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine); nothing reaches AWS"
 
 
@@ -154,6 +156,8 @@ class Emulator:
 
         self._set_env({"CLOUDBURST_CONFIG_DIR": str(self._work_dir / "config")})
         config = setup(region=self.region, echo=lambda line: None).config
+        # The agent runs this machine's interpreter whatever the image; the name says so.
+        userconfig.set_value("image", EMULATED_IMAGE)
         self.resources = {
             "CLOUDBURST_BUCKET": config["bucket"],
             "CLOUDBURST_CLUSTER": config["cluster"],

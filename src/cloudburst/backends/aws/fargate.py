@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ... import __version__
 from ...config import ExecutorOptions
 from ...errors import CloudError
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
@@ -75,6 +74,31 @@ class TokenBucket:
             return granted
 
 
+def _store_key(settings: FargateSettings, job_id: str, key_hex: str, tags: Mapping[str, str]) -> str:
+    """Keep the job key in an encrypted SSM parameter; returns its name."""
+    name = f"/cloudburst/jobs/{job_id}/key"
+    ssm: Any = client("ssm", settings.region, settings.profile)
+    with translate("SSM", "PutParameter", name):
+        ssm.put_parameter(
+            Name=name,
+            Value=key_hex,
+            Type="SecureString",
+            Description="cloudburst job key (deleted with the job)",
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+        )
+    return name
+
+
+def _delete_key(region: str | None, profile: str | None, name: str) -> None:
+    if not name:
+        return
+    try:
+        client("ssm", region, profile).delete_parameter(Name=name)
+    except Exception as exc:
+        if error_code(exc) != "ParameterNotFound":
+            print(f"cloudburst: could not delete the job key parameter {name}: {exc}", file=sys.stderr)
+
+
 def _ecs_task_id(env: Mapping[str, str]) -> str:
     """Inside a Fargate task: its id, from the task metadata endpoint ECS gives every container."""
     metadata = env.get("ECS_CONTAINER_METADATA_URI_V4")
@@ -89,20 +113,13 @@ def _ecs_task_id(env: Mapping[str, str]) -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
-def _worker_command(image: str) -> list[str]:
-    if image.rsplit("/", 1)[-1].startswith("python:"):
-        # A stock Python image: install cloudburst when the task starts (slower starts, no build).
-        return ["sh", "-c", f"pip install --quiet 'cloudburst[aws]=={__version__}' && exec python -m cloudburst.worker"]
-    return ["python", "-m", "cloudburst.worker"]
-
-
 def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib: int) -> str:
     """The task definition for this worker shape: registered once, found again by its content hash."""
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.image,
         "essential": True,
-        "command": _worker_command(settings.image),
+        "command": ["python", "-m", "cloudburst.worker"],
         "memory": memory_mib,  # the task-level value is what counts; moto needs one here too
         "stopTimeout": 120,
         "logConfiguration": {
@@ -390,6 +407,8 @@ class FargateBackend(Backend):
         # Workers look for the stop flag and the client's heartbeat a few times per client_timeout.
         self.control_period = min(15.0, self.settings.client_timeout / 4)
         self._queues: JobQueues | None = None
+        self._key_parameter = ""
+        self._key_hex = ""
         self._log_dir: Path | None = None
 
     @classmethod
@@ -428,6 +447,7 @@ class FargateBackend(Backend):
         assert isinstance(launcher, FargateLauncher) and self._queues is not None
         return {
             "env": dict(launcher.environment),
+            "key": self._key_hex,
             "cluster": self.settings.cluster,
             "region": self.settings.region,
             "task_ids": sorted(launcher.task_ids()),
@@ -444,6 +464,7 @@ class FargateBackend(Backend):
             except Exception as exc:
                 if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
                     raise
+        _delete_key(region, None, record["env"].get("CLOUDBURST_JOB_KEY_PARAMETER", ""))
         tasks, results, dead_letters = record["queues"]
         delete_job_queues(JobQueues(tasks, results, dead_letters), region)
         env = record["env"]
@@ -464,9 +485,12 @@ class FargateBackend(Backend):
         )
         self._queues = queues
         try:
+            self._key_hex = worker_env["CLOUDBURST_JOB_KEY"]
+            self._key_parameter = _store_key(s, job_id, self._key_hex, tags)
             return self._open(job_id, queues, task_definition, region, worker_env)
         except BaseException:
             delete_job_queues(queues, s.region, s.profile)  # nothing of a job that never started stays
+            _delete_key(s.region, s.profile, self._key_parameter)
             raise
 
     def _open(
@@ -474,8 +498,11 @@ class FargateBackend(Backend):
     ) -> JobResources:
         s = self.settings
         prefix = f"jobs/{job_id}"
+        # The job key is not put in RunTask's overrides (DescribeTasks and CloudTrail show them):
+        # workers read it from an encrypted SSM parameter that only the task role may read.
         environment = {
-            **worker_env,
+            **{k: v for k, v in worker_env.items() if k != "CLOUDBURST_JOB_KEY"},
+            "CLOUDBURST_JOB_KEY_PARAMETER": self._key_parameter,
             "CLOUDBURST_BACKEND": self.name,
             "CLOUDBURST_BUCKET": s.bucket,
             "CLOUDBURST_PREFIX": prefix,
@@ -491,6 +518,7 @@ class FargateBackend(Backend):
             local_env = {
                 **os.environ,
                 **environment,
+                "CLOUDBURST_JOB_KEY": worker_env["CLOUDBURST_JOB_KEY"],
                 "CLOUDBURST_WORKER_SLOTS": "1",
                 "CLOUDBURST_PARENT_PID": str(os.getpid()),
                 "CLOUDBURST_SYS_PATH": json.dumps([p for p in sys.path if p]),
@@ -516,6 +544,7 @@ class FargateBackend(Backend):
         if isinstance(launcher, FargateLauncher) and launcher.local is not None:
             launcher.local.stop()
         if not keep:
+            _delete_key(self.settings.region, self.settings.profile, self._key_parameter)
             if self._queues is not None:
                 delete_job_queues(self._queues, self.settings.region, self.settings.profile)
             store = resources.store
@@ -528,6 +557,11 @@ class FargateBackend(Backend):
         region = env.get("CLOUDBURST_REGION") or None
         parent = env.get("CLOUDBURST_PARENT_PID")
         extra: dict[str, object] = {"worker_id": env.get("CLOUDBURST_WORKER_ID") or _ecs_task_id(env)}
+        if not env.get("CLOUDBURST_JOB_KEY") and env.get("CLOUDBURST_JOB_KEY_PARAMETER"):
+            ssm: Any = client("ssm", region)
+            with translate("SSM", "GetParameter", env["CLOUDBURST_JOB_KEY_PARAMETER"]):
+                found = ssm.get_parameter(Name=env["CLOUDBURST_JOB_KEY_PARAMETER"], WithDecryption=True)
+            extra["job_key"] = found["Parameter"]["Value"]
         if env.get("CLOUDBURST_DEAD_LETTER_QUEUE"):
             extra["dead_letters"] = SQSQueue(env["CLOUDBURST_DEAD_LETTER_QUEUE"], region)
         return WorkerSide(

@@ -31,7 +31,7 @@ class FargateSettings:
     log_group: str = "/cloudburst/workers"
     region: str | None = None
     profile: str | None = None
-    image: str = f"public.ecr.aws/docker/library/python:{_PY}-slim"
+    image: str = ""
     assign_public_ip: bool = True
     spot: bool = False
     arch: str = "x86_64"
@@ -72,6 +72,12 @@ class FargateSettings:
                 f"backend='fargate' is not set up: no {', '.join(missing)} configured. Run `cloudburst setup` once "
                 "for this AWS account and region (or pass them, e.g. Executor(..., bucket='my-bucket')), or use "
                 "backend='local'."
+            )
+        if not self.image:
+            raise NotSetUpError(
+                f"backend='fargate' has no worker image: pass image='<uri>' (or `cloudburst config set image <uri>`) "
+                f"naming an image with Python {_PY}, cloudburst and your packages installed, whose command may be "
+                "left as is (workers run `python -m cloudburst.worker`)"
             )
 
 

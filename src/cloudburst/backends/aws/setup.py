@@ -376,6 +376,12 @@ def _task_policy(ctx: _Context) -> dict[str, Any]:
                 "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
             },
+            {
+                "Sid": "JobKeys",
+                "Effect": "Allow",
+                "Action": "ssm:GetParameter",
+                "Resource": f"arn:aws:ssm:{ctx.region}:{ctx.account}:parameter/cloudburst/jobs/*",
+            },
         ],
     }
 
