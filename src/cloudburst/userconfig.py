@@ -30,7 +30,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["KEYS", "Key", "Value", "config_path", "load", "lookup", "resolve", "save", "set_value", "unset_value"]
+__all__ = [
+    "KEYS",
+    "Key",
+    "Value",
+    "as_arch",
+    "as_flag",
+    "as_ids",
+    "config_path",
+    "load",
+    "lookup",
+    "number",
+    "resolve",
+    "save",
+    "set_value",
+    "unset_value",
+]
 
 
 def _text(name: str, value: object) -> str:
@@ -43,7 +58,7 @@ def _optional_text(name: str, value: object) -> str | None:
     return None if value in (None, "") else _text(name, value)
 
 
-def _ids(name: str, value: object) -> list[str]:
+def as_ids(name: str, value: object) -> list[str]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",") if v.strip()]
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -53,7 +68,7 @@ def _ids(name: str, value: object) -> list[str]:
     return items
 
 
-def _flag(name: str, value: object) -> bool:
+def as_flag(name: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
@@ -61,7 +76,7 @@ def _flag(name: str, value: object) -> bool:
     raise ConfigurationError(f"{name}={value!r} must be true or false")
 
 
-def _number(low: float, high: float, *, whole: bool = False) -> Callable[[str, object], float | int]:
+def number(low: float, high: float, *, whole: bool = False) -> Callable[[str, object], float | int]:
     def check(name: str, value: object) -> float | int:
         try:
             number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
@@ -80,7 +95,7 @@ def _memory(name: str, value: object) -> str:
     return str(value)
 
 
-def _arch(name: str, value: object) -> str:
+def as_arch(name: str, value: object) -> str:
     arch = str(value).lower().replace("amd64", "x86_64").replace("aarch64", "arm64")
     if arch not in ("x86_64", "arm64"):
         raise ConfigurationError(f"{name}={value!r} must be 'x86_64' or 'arm64'")
@@ -112,25 +127,25 @@ KEYS: dict[str, Key] = {
         Key("profile", "aws", _optional_text, None, "AWS profile (default: boto3's own resolution)"),
         Key("bucket", "aws", _text, "", "S3 bucket for job data (private, encrypted, expires after 7 days)"),
         Key("cluster", "aws", _text, "", "ECS cluster with the FARGATE and FARGATE_SPOT capacity providers"),
-        Key("subnets", "aws", _ids, [], "subnets the workers run in"),
-        Key("security_groups", "aws", _ids, [], "security groups of the workers (egress only)"),
-        Key("assign_public_ip", "aws", _flag, True, "give workers a public IP (needed without a NAT gateway)"),
+        Key("subnets", "aws", as_ids, [], "subnets the workers run in"),
+        Key("security_groups", "aws", as_ids, [], "security groups of the workers (egress only)"),
+        Key("assign_public_ip", "aws", as_flag, True, "give workers a public IP (needed without a NAT gateway)"),
         Key("execution_role_arn", "aws", _text, "", "role ECS uses to pull the image and write logs"),
         Key("task_role_arn", "aws", _text, "", "role the workers run as (job data, job queues, logs only)"),
         Key("log_group", "aws", _text, "/cloudburst/workers", "CloudWatch log group of the workers"),
         Key("ecr_repository", "aws", _text, "cloudburst", "ECR repository for worker images"),
         Key("image", "aws", _text, "", "worker image (default: built from your environment, or stock Python)"),
-        Key("workers", "defaults", _number(1, 100_000, whole=True), 10, "workers of a cloud run"),
-        Key("cpu", "defaults", _number(0.25, 16), 1, "vCPUs per worker"),
+        Key("workers", "defaults", number(1, 100_000, whole=True), 10, "workers of a cloud run"),
+        Key("cpu", "defaults", number(0.25, 16), 1, "vCPUs per worker"),
         Key("memory", "defaults", _memory, "2GB", "memory per worker"),
-        Key("spot", "defaults", _flag, False, "use Fargate Spot (up to 70% cheaper, can be interrupted)"),
-        Key("arch", "defaults", _arch, "x86_64", "x86_64 or arm64 (about 20% cheaper)"),
-        Key("idle_timeout", "defaults", _number(1, 86_400), 120, "seconds before an idle worker stops"),
-        Key("client_timeout", "defaults", _number(10, 86_400), 180, "seconds without the client before workers stop"),
-        Key("local_workers", "defaults", _number(0, 1024, whole=True), 0, "workers on this machine too"),
-        Key("max_cost_per_job", "cost", _number(0, 1e9), 0, "hard limit in USD per job (0: none)"),
-        Key("cost_alert_threshold", "cost", _number(0, 1e9), 0, "warn once when a job's cost passes this (0: none)"),
-        Key("auto_quota_request", "quota", _flag, False, "ask AWS for a larger vCPU quota without asking you"),
+        Key("spot", "defaults", as_flag, False, "use Fargate Spot (up to 70% cheaper, can be interrupted)"),
+        Key("arch", "defaults", as_arch, "x86_64", "x86_64 or arm64 (about 20% cheaper)"),
+        Key("idle_timeout", "defaults", number(1, 86_400), 120, "seconds before an idle worker stops"),
+        Key("client_timeout", "defaults", number(10, 86_400), 180, "seconds without the client before workers stop"),
+        Key("local_workers", "defaults", number(0, 1024, whole=True), 0, "workers on this machine too"),
+        Key("max_cost_per_job", "cost", number(0, 1e9), 0, "hard limit in USD per job (0: none)"),
+        Key("cost_alert_threshold", "cost", number(0, 1e9), 0, "warn once when a job's cost passes this (0: none)"),
+        Key("auto_quota_request", "quota", as_flag, False, "ask AWS for a larger vCPU quota without asking you"),
         Key(
             "on_quota_short",
             "quota",

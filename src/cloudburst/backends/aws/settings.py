@@ -6,7 +6,6 @@ provides (bucket, cluster, network, roles) is reported together when missing.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Mapping
@@ -84,54 +83,27 @@ class FargateSettings:
 OPTION_NAMES = frozenset(f.name for f in fields(FargateSettings))
 
 
-def _as_bool(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise ConfigurationError(f"{name}={value!r} must be True or False")
-
-
-def _as_list(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigurationError(f"{name}={value!r} must be a list of ids, e.g. {name}=['subnet-0abc']")
-
-
-def _as_number(name: str, value: object, low: float, high: float, hint: str) -> float:
-    try:
-        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
-    except ValueError:
-        number = math.nan
-    if not (low <= number <= high):
-        raise ConfigurationError(f"{name}={value!r} must be a number from {low:g} to {high:g}; {hint}")
-    return number
-
-
 def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    from ...userconfig import as_arch, as_flag, as_ids, number
+
     out: dict[str, Any] = {}
     for name, value in values.items():
         if name in ("assign_public_ip", "spot", "detached", "keep"):
-            out[name] = _as_bool(name, value)
+            out[name] = as_flag(name, value)
         elif name in ("subnets", "security_groups"):
-            out[name] = _as_list(name, value)
+            out[name] = tuple(as_ids(name, value))
         elif name == "arch":
-            arch = str(value).lower().replace("amd64", "x86_64").replace("aarch64", "arm64")
-            if arch not in ("x86_64", "arm64"):
-                raise ConfigurationError(f"arch={value!r} must be 'x86_64' or 'arm64'")
-            out[name] = arch
+            out[name] = as_arch(name, value)
         elif name == "ephemeral_storage":
-            out[name] = int(_as_number(name, value, 20, 200, "Fargate gives 20 to 200 GiB of disk"))
+            out[name] = int(number(20, 200)(name, value))  # GiB of disk Fargate gives a task
         elif name == "local_workers":
-            out[name] = int(_as_number(name, value, 0, 1024, "local_workers=2 runs two workers here too"))
+            out[name] = int(number(0, 1024, whole=True)(name, value))
         elif name == "client_timeout":
-            out[name] = _as_number(name, value, 10, 86400, "seconds without the client before workers stop")
+            out[name] = number(10, 86400)(name, value)
         elif name == "lease_seconds":
-            out[name] = _as_number(name, value, 5, 43200, "seconds a task stays leased without an extension")
+            out[name] = number(5, 43200)(name, value)
         elif name == "poll_interval":
-            out[name] = _as_number(name, value, 0.05, 60, "seconds between DescribeTasks calls")
+            out[name] = number(0.05, 60)(name, value)
         elif name == "tags":
             if not isinstance(value, Mapping):
                 raise ConfigurationError("tags must map tag names to values, e.g. tags={'project': 'x'}")
