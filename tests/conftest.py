@@ -18,6 +18,7 @@ from cloudburst.emulator import Emulator
 _PRIVATE = Path(tempfile.mkdtemp(prefix="cloudburst-tests-"))
 os.environ["CLOUDBURST_CONFIG_DIR"] = str(_PRIVATE / "config")
 os.environ["CLOUDBURST_JOBS_DIR"] = str(_PRIVATE / "jobs")
+os.environ["CLOUDBURST_CACHE_DIR"] = str(_PRIVATE / "cache")
 
 BACKENDS = ["local", "fargate"]
 

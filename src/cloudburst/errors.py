@@ -15,6 +15,7 @@ traceback attached). Everything below is about the machinery::
      ├── TaskExitError                        the task called sys.exit() / raised SystemExit
      ├── RemoteError                          the task raised an exception that could not be sent back
      ├── ExecutorShutdownError (RuntimeError) work was submitted after shutdown
+     ├── CostLimitExceeded                    the job reached max_cost_per_job; finished results are kept
      └── CloudError                           a cloud API refused a request, after retries (code, operation)
 
 Errors from libraries underneath (pickle, OS, boto3) are translated at the
@@ -27,6 +28,7 @@ __all__ = [
     "CloudError",
     "CloudburstError",
     "ConfigurationError",
+    "CostLimitExceeded",
     "ExecutorShutdownError",
     "NotSetUpError",
     "PayloadAuthenticationError",
@@ -134,6 +136,23 @@ def _rebuild_remote(message: str, type_name: str, remote_traceback: str) -> Remo
 
 class ExecutorShutdownError(CloudburstError, RuntimeError):
     """Work was submitted to an executor that has been shut down."""
+
+
+class CostLimitExceeded(CloudburstError):
+    """The job's cost reached ``max_cost_per_job``: its workers were stopped and pending work cancelled.
+
+    ``cost`` is the cost when it stopped, ``limit`` the limit. From :func:`cloudburst.map`,
+    ``results`` maps the index of every item that finished to its value.
+    """
+
+    def __init__(self, message: str, *, cost: float = 0.0, limit: float = 0.0) -> None:
+        super().__init__(message)
+        self.cost = cost
+        self.limit = limit
+        self.results: dict[int, object] = {}
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (CostLimitExceeded, (str(self),), {"cost": self.cost, "limit": self.limit, "results": self.results})
 
 
 class NotSetUpError(ConfigurationError):

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from .backends import get_backend
 from .config import ExecutorOptions, check_known
-from .errors import ConfigurationError
+from .errors import ConfigurationError, CostLimitExceeded
 from .job import Job, MapRun
 from .progress import Progress, wanted
 from .task import Columns
@@ -86,7 +86,10 @@ class Executor(_StdExecutor):
         )
         self.options = options
         self._job = Job(options)
-        self._progress = Progress(0, enabled=wanted(options.progress))
+        bills = self._job.backend.hourly_cost(1) > 0
+        self._progress = Progress(
+            0, enabled=wanted(options.progress), postfix=(lambda: f"${self._job.cost():.2f}") if bills else None
+        )
         self._job.on_items_done = self._progress.advance
         self._shutdown = False
         self._finalizer = weakref.finalize(self, _finalize, self._job, self._progress)
@@ -94,6 +97,11 @@ class Executor(_StdExecutor):
     @property
     def job_id(self) -> str:
         return self._job.id
+
+    @property
+    def cost(self) -> float:
+        """USD this executor's workers have cost so far (Fargate's billing rule; 0 on this machine)."""
+        return self._job.cost()
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns a :class:`concurrent.futures.Future`."""
@@ -247,6 +255,8 @@ def map(
         if errors == "raise" and run.errors:
             first = min(run.errors)
             exc = run.errors[first]
+            if isinstance(exc, CostLimitExceeded):
+                exc.results = {i: v for i, v in enumerate(run.values[: len(run)]) if i not in run.errors}
             if hasattr(exc, "add_note"):
                 exc.add_note(
                     f"cloudburst.map: item {first} failed; {run.done - len(run.errors)} of {len(run)} items had "

@@ -42,6 +42,7 @@ from .backends.base import WorkerExit
 from .config import ExecutorOptions
 from .errors import (
     CloudError,
+    CostLimitExceeded,
     ExecutorShutdownError,
     PayloadAuthenticationError,
     PicklingError,
@@ -245,6 +246,9 @@ class Job:
         self._next_dead_letter_check = time.monotonic() + 15.0
         self.dispatch_seconds = 0.0  # client time spent cutting, sealing and sending tasks
         self._unsent = 0  # tasks planned by the dispatcher and not yet sent
+        self._next_cost_check = 0.0
+        self._alerted = False
+        self._over_budget = False
 
         self._threads = [
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
@@ -656,6 +660,7 @@ class Job:
                 self._scale()
                 self._heartbeat()
                 self._check_dead_letters()
+                self._check_cost()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -667,6 +672,35 @@ class Job:
                 # stayed down: fail the work that is waiting rather than hang; finished results stay.
                 self._fail_everything(exc)
                 failures = 0
+
+    def _check_cost(self) -> None:
+        """Warn once past cost_alert_threshold; at max_cost_per_job stop everything, keep what finished."""
+        limit, alert = self.backend.cost_limits
+        now = time.monotonic()
+        if not (limit or alert) or now < self._next_cost_check:
+            return
+        self._next_cost_check = now + 1.0
+        cost = self.backend.cost(self.resources)
+        if alert and cost >= alert and not self._alerted:
+            self._alerted = True
+            print(f"cloudburst: this job has cost ${cost:.2f}, past cost_alert_threshold=${alert:g}", file=sys.stderr)
+        # What is running now bills at least another minute: stop before that would pass the limit.
+        projected = cost + self.backend.hourly_cost(self.resources.launcher.running()) / 60
+        if limit and projected >= limit and not self._over_budget:
+            self._over_budget = True
+            self.resources.launcher.stop()
+            exc = CostLimitExceeded(
+                f"the job reached max_cost_per_job=${limit:g} (${cost:.2f} spent, ${projected:.2f} with what was "
+                "running): its workers were stopped and the remaining work cancelled; finished results are kept",
+                cost=cost,
+                limit=limit,
+            )
+            print(f"cloudburst: {exc}", file=sys.stderr)
+            self._fail_everything(exc)
+
+    def cost(self) -> float:
+        """USD this job has cost so far."""
+        return self.backend.cost(self.resources)
 
     def _write_control(self, *, stopped: bool) -> None:
         state = {"heartbeat": time.time(), "stopped": stopped}
@@ -803,7 +837,7 @@ class Job:
             else:
                 wanted = math.ceil(len(self._live_tasks()) / self.backend.tasks_per_worker)
             broken = self._startup_failures >= _MAX_STARTUP_FAILURES
-        if broken or self._stopping:
+        if broken or self._stopping or self._over_budget:
             return
         missing = min(wanted, self.options.workers) - launcher.running()
         if missing > 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Progress", "wanted"]
@@ -32,9 +34,18 @@ def wanted(progress: bool | str) -> bool:
 class Progress:
     """Counts finished items. The bar appears after a short delay, so quick work stays quiet."""
 
-    def __init__(self, total: int, *, enabled: bool, description: str = "cloudburst") -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        enabled: bool,
+        description: str = "cloudburst",
+        postfix: Callable[[], str] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._bar: Any = None
+        self._postfix = postfix  # e.g. the cost so far, refreshed at most once a second
+        self._next_postfix = 0.0
         if enabled:
             from tqdm.auto import tqdm
 
@@ -43,6 +54,9 @@ class Progress:
     def advance(self, count: int) -> None:
         if self._bar is not None:
             with self._lock:
+                if self._postfix is not None and time.monotonic() >= self._next_postfix:
+                    self._next_postfix = time.monotonic() + 1.0
+                    self._bar.set_postfix_str(self._postfix(), refresh=False)
                 self._bar.update(count)
 
     def grow(self, count: int) -> None:

@@ -176,6 +176,19 @@ class Backend(abc.ABC):
         """Values for ``workers``, ``cpu``, ``memory``, ``idle_timeout`` when a call leaves them out."""
         return {}
 
+    def cost(self, resources: JobResources) -> float:
+        """USD this job has cost so far (0 where nothing is billed)."""
+        return 0.0
+
+    def hourly_cost(self, workers: int) -> float:
+        """USD per hour of ``workers`` running workers."""
+        return 0.0
+
+    @property
+    def cost_limits(self) -> tuple[float, float]:
+        """``(max_cost_per_job, cost_alert_threshold)`` in USD; 0 means none."""
+        return 0.0, 0.0
+
     @property
     def detached(self) -> bool:
         """Whether the job goes on after the client leaves (everything is queued at once)."""

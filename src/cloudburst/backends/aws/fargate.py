@@ -37,6 +37,7 @@ from ...errors import CloudError
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
+from .pricing import prices, task_cost
 from .queue import JobQueues, SQSQueue, create_job_queues, delete_job_queues
 from .settings import OPTION_NAMES, FargateSettings
 from .sizes import task_size
@@ -404,6 +405,15 @@ class FargateBackend(Backend):
         self.settings.require_setup()
         self.cpu_units, self.memory_mib = task_size(options.cpu, options.memory_mib)
         self.lease_seconds = self.settings.lease_seconds
+        region = self.settings.region or client("ecs", None, self.settings.profile).meta.region_name
+        self.prices = prices(region)
+        self.hourly = self.prices.hourly(
+            self.cpu_units,
+            self.memory_mib,
+            arch=self.settings.arch,
+            spot=self.settings.spot,
+            storage_gb=self.settings.ephemeral_storage,
+        )
         # Workers look for the stop flag and the client's heartbeat a few times per client_timeout.
         self.control_period = min(15.0, self.settings.client_timeout / 4)
         self._queues: JobQueues | None = None
@@ -441,6 +451,20 @@ class FargateBackend(Backend):
     @property
     def detached(self) -> bool:
         return self.settings.detached
+
+    def cost(self, resources: JobResources) -> float:
+        launcher = resources.launcher
+        if not isinstance(launcher, FargateLauncher):
+            return 0.0
+        now = time.time()
+        return sum(task_cost(task, self.hourly, now) for task in list(launcher.described.values()))
+
+    def hourly_cost(self, workers: int) -> float:
+        return workers * self.hourly
+
+    @property
+    def cost_limits(self) -> tuple[float, float]:
+        return self.settings.max_cost_per_job, self.settings.cost_alert_threshold
 
     def job_record(self, resources: JobResources) -> dict[str, object]:
         launcher = resources.launcher
@@ -527,6 +551,13 @@ class FargateBackend(Backend):
             local.start(s.local_workers)
         launcher = FargateLauncher(
             s, job_id=job_id, task_definition=task_definition, environment=environment, local=local
+        )
+        kind = "Fargate Spot" if s.spot else "Fargate"
+        print(
+            f"cloudburst: up to {self.options.workers} workers × {self.cpu_units / 1024:g} vCPU, "
+            f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(self.options.workers):.2f}/hour "
+            f"(prices: {self.prices.source})",
+            file=sys.stderr,
         )
         return JobResources(
             S3Store(s.bucket, prefix, s.region, s.profile),

@@ -41,6 +41,8 @@ class FargateSettings:
     client_timeout: float = 180.0
     lease_seconds: float = 60.0
     poll_interval: float = 2.0
+    max_cost_per_job: float = 0.0
+    cost_alert_threshold: float = 0.0
     tags: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -104,6 +106,8 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = number(5, 43200)(name, value)
         elif name == "poll_interval":
             out[name] = number(0.05, 60)(name, value)
+        elif name in ("max_cost_per_job", "cost_alert_threshold"):
+            out[name] = number(0, 1e9)(name, value)
         elif name == "tags":
             if not isinstance(value, Mapping):
                 raise ConfigurationError("tags must map tag names to values, e.g. tags={'project': 'x'}")
