@@ -86,9 +86,10 @@ class Executor(_StdExecutor):
         )
         self.options = options
         self._job = Job(options)
-        bills = self._job.backend.hourly_cost(1) > 0
+        job = self._job  # not self: the finalizer below holds the progress bar, which must not hold us
+        bills = job.backend.hourly_cost(1) > 0
         self._progress = Progress(
-            0, enabled=wanted(options.progress), postfix=(lambda: f"${self._job.cost():.2f}") if bills else None
+            0, enabled=wanted(options.progress), postfix=(lambda: f"${job.cost():.2f}") if bills else None
         )
         self._job.on_items_done = self._progress.advance
         self._shutdown = False
