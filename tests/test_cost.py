@@ -111,3 +111,18 @@ def test_cost_alert_is_shown_once(emulator: Emulator, capsys: pytest.CaptureFixt
     finally:
         ex.shutdown()
     assert ex.cost >= HOURLY_1CPU_2GB / 60
+
+
+def test_estimate_is_the_hand_computed_figure(emulator: Emulator) -> None:
+    est = cloudburst.estimate(lambda x: nap(x, 0.02), range(1000), workers=10, cpu=2, sample=5, cold_start=45)
+    assert est.sampled == 5 and 0.02 <= est.seconds_per_item < 0.2
+    slots = 10 * 2  # cpu=2: two items at a time per worker
+    running = -(-1000 // slots) * est.seconds_per_item  # 50 rounds
+    hourly = 2 * 0.04048 + 4 * 0.004445  # 2 vCPU, 4 GB (2 GB per vCPU)
+    assert est.seconds == pytest.approx(45 + running)
+    assert est.cost == pytest.approx(10 * max(60.0, 45 + running) * hourly / 3600)
+    assert "1,000 items" in str(est) and "$" in str(est)
+    small = cloudburst.estimate(lambda x: x, range(3), workers=10)
+    assert small.workers == 3  # no more workers than items
+    with pytest.raises(cloudburst.ConfigurationError, match=r"valid memory for cpu=1"):
+        cloudburst.estimate(lambda x: x, range(3), memory="64GB")

@@ -29,6 +29,7 @@ from .errors import (
     UnpicklingError,
     WorkerDiedError,
 )
+from .estimate import Estimate, estimate
 from .executor import Executor, map
 from .seeds import current_item, rng
 
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigurationError",
     "CostLimitExceeded",
     "DetachedJob",
+    "Estimate",
     "Executor",
     "ExecutorShutdownError",
     "NotSetUpError",
@@ -57,6 +59,7 @@ __all__ = [
     "current_item",
     "doctor",
     "errors",
+    "estimate",
     "jobs",
     "map",
     "rng",
