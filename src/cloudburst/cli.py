@@ -7,6 +7,7 @@
     cloudburst teardown [--yes]       remove what setup made (found by its tag)
     cloudburst config [--json]        every setting and where it came from
     cloudburst config set KEY VALUE   check and save a setting
+    cloudburst quota [--request N] [--spot] [--json]   Fargate vCPU quotas, use, pending increases
     cloudburst jobs [--json]          detached jobs recorded on this machine, with their progress
     cloudburst results JOB [--json]   wait for a detached job and print its results
     cloudburst version
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import sys
 from typing import Any
@@ -178,6 +180,40 @@ def config_unset(key: str) -> None:
 
     _aws(lambda: userconfig.unset_value(key))
     click.echo(f"{key} removed from {userconfig.config_path()}")
+
+
+@main.command("quota")
+@click.option("--request", "request", type=float, default=None, help="ask AWS to raise the quota to this many vCPUs")
+@click.option("--spot", is_flag=True, help="the Fargate Spot quota rather than On-Demand")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
+    """Show the Fargate vCPU quotas, what the cluster uses, and pending increase requests."""
+    from . import userconfig
+    from .backends.aws.quota import pending_requests, read_quota, request_increase
+
+    region, profile = userconfig.lookup("region").value, userconfig.lookup("profile").value
+    cluster = userconfig.lookup("cluster").value or "cloudburst"
+    if request is not None:
+        made = _aws(lambda: request_increase(region, profile, spot=spot, value=request))
+        code, ident, status = made.get("QuotaCode"), made.get("Id"), made.get("Status")
+        click.echo(f"asked AWS for {request:g} vCPUs ({code}): request {ident}, {status}")
+    quotas = [_aws(functools.partial(read_quota, region, profile, cluster, spot=kind)) for kind in (False, True)]
+    pending = _aws(lambda: pending_requests(region, profile))
+    rows = [
+        {"quota": q.name, "code": q.code, "vcpus": q.value, "in_use": q.in_use, "free": q.free}
+        for q in quotas
+        if q is not None
+    ]
+    if as_json:
+        click.echo(json.dumps({"quotas": rows, "pending_requests": pending}, indent=1, default=str))
+        return
+    if not rows:
+        click.echo("the Fargate quotas could not be read (servicequotas:GetServiceQuota)")
+    for r in rows:
+        click.echo(f"{r['quota']:18} {r['vcpus']:>8g} vCPUs   {r['in_use']:>6g} in use   {r['free']:>8g} free")
+    for p in pending:
+        wanted, status = p.get("DesiredValue"), p.get("Status")
+        click.echo(f"pending: {p.get('QuotaCode')} → {wanted:g} vCPUs ({status}, {p.get('Id')})")
 
 
 @main.command("version")

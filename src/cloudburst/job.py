@@ -261,7 +261,7 @@ class Job:
             self.backend.close_job(self.resources)  # the store refused: undo what open_job made
             raise
         if self.backend.start_eagerly:
-            self.resources.launcher.start(options.workers)
+            self.resources.launcher.start(self.backend.workers)
         for thread in self._threads:
             if thread.name == "cloudburst-collector" and self.backend.detached:
                 continue  # a detached job's results wait in its queue for cloudburst.attach
@@ -833,13 +833,13 @@ class Job:
         launcher = self.resources.launcher
         with self._cond:
             if self._pending:
-                wanted = self.options.workers
+                wanted = self.backend.workers
             else:
                 wanted = math.ceil(len(self._live_tasks()) / self.backend.tasks_per_worker)
             broken = self._startup_failures >= _MAX_STARTUP_FAILURES
         if broken or self._stopping or self._over_budget:
             return
-        missing = min(wanted, self.options.workers) - launcher.running()
+        missing = min(wanted, self.backend.workers) - launcher.running()
         if missing > 0:
             launcher.start(missing)
 
@@ -942,7 +942,7 @@ class Job:
             while (self._pending or self._unsent) and not self._stopping:
                 self._cond.wait(0.05)
             tasks = {str(t.task_id): _indices(t.indices) for t in self._tasks.values()}
-            wanted = min(self.options.workers, math.ceil(len(tasks) / self.backend.tasks_per_worker))
+            wanted = min(self.backend.workers, math.ceil(len(tasks) / self.backend.tasks_per_worker))
         launcher = self.resources.launcher  # the manager starts them; wait until it has
         deadline = time.monotonic() + 120
         while launcher.running() < wanted and time.monotonic() < deadline:

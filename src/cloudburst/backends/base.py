@@ -157,9 +157,14 @@ class Backend(abc.ABC):
         return f"{cls.__module__}:{cls.__qualname__}"
 
     @property
+    def workers(self) -> int:
+        """How many workers may run at once (fewer than asked when a quota is short)."""
+        return self.options.workers
+
+    @property
     def slots(self) -> int:
         """How many tasks run at once when every worker is up."""
-        return self.options.workers * self.tasks_per_worker
+        return self.workers * self.tasks_per_worker
 
     @property
     def tasks_per_worker(self) -> int:

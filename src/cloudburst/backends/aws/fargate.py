@@ -39,6 +39,7 @@ from ..local import LocalLauncher
 from .clients import client, error_code, translate
 from .pricing import prices, task_cost
 from .queue import JobQueues, SQSQueue, create_job_queues, delete_job_queues
+from .quota import fit_workers, pending_requests, read_quota, request_increase
 from .settings import OPTION_NAMES, FargateSettings
 from .sizes import task_size
 from .store import S3Store
@@ -51,7 +52,15 @@ LOG_PREFIX = "cloudburst"
 RUN_TASK_MAX = 10  # RunTask starts at most ten tasks per call
 DESCRIBE_MAX = 100  # DescribeTasks takes at most 100 ids per call
 _RETRYABLE_CODES = frozenset({"ThrottlingException", "Throttling", "ServerException", "LimitExceededException"})
-_CAPACITY_WORDS = ("capacity", "resource:", "throttl", "rate exceeded", "vcpu limit", "limit exceeded")
+_CAPACITY_WORDS = (
+    "capacity",
+    "resource:",
+    "throttl",
+    "rate exceeded",
+    "vcpu limit",
+    "limit exceeded",
+    "limit on the number of vcpus",  # the quota is full for now: wait for running tasks to end
+)
 
 
 class TokenBucket:
@@ -405,6 +414,7 @@ class FargateBackend(Backend):
         self.settings.require_setup()
         self.cpu_units, self.memory_mib = task_size(options.cpu, options.memory_mib)
         self.lease_seconds = self.settings.lease_seconds
+        self._workers = self._fit_quota(options.workers, options.cpu)
         region = self.settings.region or client("ecs", None, self.settings.profile).meta.region_name
         self.prices = prices(region)
         self.hourly = self.prices.hourly(
@@ -420,6 +430,23 @@ class FargateBackend(Backend):
         self._key_parameter = ""
         self._key_hex = ""
         self._log_dir: Path | None = None
+
+    def _fit_quota(self, workers: int, cpu: float) -> int:
+        """Fit the workers to the free vCPU quota, before anything launches; say so when it bites."""
+        from ...userconfig import lookup
+
+        s = self.settings
+        quota = read_quota(s.region, s.profile, s.cluster, spot=s.spot)
+        if quota is None:
+            return workers  # Service Quotas not readable: launches that hit the limit back off
+        fits, line = fit_workers(quota, workers, self.cpu_units / 1024, on_short=str(lookup("on_quota_short").value))
+        if line:
+            print(line, file=sys.stderr)
+            if lookup("auto_quota_request").value and not pending_requests(s.region, s.profile):
+                wanted = math.ceil((quota.in_use + workers * self.cpu_units / 1024) * 1.2)
+                request_increase(s.region, s.profile, spot=s.spot, value=wanted)
+                print(f"cloudburst: asked AWS to raise the {quota.name} quota to {wanted} vCPUs", file=sys.stderr)
+        return fits
 
     @classmethod
     def defaults(cls) -> dict[str, object]:
@@ -438,7 +465,11 @@ class FargateBackend(Backend):
 
     @property
     def slots(self) -> int:
-        return self.options.workers * self.tasks_per_worker + self.settings.local_workers
+        return self.workers * self.tasks_per_worker + self.settings.local_workers
+
+    @property
+    def workers(self) -> int:
+        return self._workers
 
     @property
     def idle_timeout(self) -> float | None:
@@ -554,8 +585,8 @@ class FargateBackend(Backend):
         )
         kind = "Fargate Spot" if s.spot else "Fargate"
         print(
-            f"cloudburst: up to {self.options.workers} workers × {self.cpu_units / 1024:g} vCPU, "
-            f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(self.options.workers):.2f}/hour "
+            f"cloudburst: up to {self.workers} workers × {self.cpu_units / 1024:g} vCPU, "
+            f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(self.workers):.2f}/hour "
             f"(prices: {self.prices.source})",
             file=sys.stderr,
         )
