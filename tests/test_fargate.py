@@ -211,20 +211,25 @@ def test_client_killed_workers_stop_on_their_own(emulator: Emulator, tmp_path: P
         lambda: all(t["lastStatus"] == "STOPPED" for t in ecs.describe_tasks(cluster=cluster, tasks=task_ids)["tasks"]),
         timeout=10,
     )
-    # What the dead client could not delete is found by its tags (what `cloudburst cleanup` does).
-    sqs = boto3.client("sqs")
-    for url in sqs.list_queues(QueueNamePrefix=f"cloudburst-{job_id[:20]}").get("QueueUrls", []):
-        assert sqs.list_queue_tags(QueueUrl=url)["Tags"]["cloudburst:job"] == job_id
-        sqs.delete_queue(QueueUrl=url)
-    s3 = boto3.client("s3")
-    bucket = emulator.resources["CLOUDBURST_BUCKET"]
-    for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/").get("Contents", []):
-        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    # What the dead client could not delete is found by its names and tags, and removed.
     ssm = boto3.client("ssm")
     (key,) = ssm.get_parameters_by_path(Path=f"/cloudburst/jobs/{job_id}")["Parameters"]
     tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=key["Name"])["TagList"]
     assert {"Key": "cloudburst:job", "Value": job_id} in tags
-    ssm.delete_parameter(Name=key["Name"])
+    status = subprocess.run(
+        [sys.executable, "-m", "cloudburst.cli", "status", "--json"], capture_output=True, text=True, check=True
+    )
+    (row,) = [r for r in json.loads(status.stdout) if r["job_id"] == job_id]
+    assert row["workers"] == {"STOPPED": len(task_ids)} and row["tasks_running"] + row["tasks_waiting"] == 2
+    assert row["cost_usd"] > 0
+    cleaned = subprocess.run(
+        [sys.executable, "-m", "cloudburst.cli", "cleanup", "--yes", "--older-than", "0", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    removed = json.loads(cleaned.stdout)[job_id]
+    assert sum(r.startswith("queue ") for r in removed) == 3 and any(r.startswith("key ") for r in removed)
     assert_nothing_left_in_aws(emulator, job_id)
 
 
@@ -418,3 +423,33 @@ def test_ctrl_c_stops_the_tasks_and_deletes_the_job(emulator: Emulator, tmp_path
     assert "KeyboardInterrupt" in err
     assert wait_until(lambda: all(process_gone(p) for p in pids), timeout=30)
     assert_nothing_left_in_aws(emulator, job_id)
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def test_logs_show_a_failing_task(emulator: Emulator, fargate: Any) -> None:
+    ex = fargate(1)
+    futures = [ex.submit(fail_on_three, i) for i in range(5)]
+    with pytest.raises(ValueError, match="bad item 3"):
+        futures[3].result(timeout=60)
+    (worker,) = ex._job.resources.launcher.task_ids()
+    ex.shutdown()
+    run = {"capture_output": True, "text": True, "check": False}
+    assert wait_until(
+        lambda: (
+            "ValueError: bad item 3"
+            in subprocess.run([sys.executable, "-m", "cloudburst.cli", "logs", ex.job_id[:12]], **run).stdout
+        ),
+        timeout=30,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "cloudburst.cli", "logs", ex.job_id, "--worker", worker[:8], "--tail", "50"], **run
+    ).stdout
+    assert f"[{worker[:12]}] cloudburst-worker {worker}: task" in out and "item 3 failed" in out
+    assert 'raise ValueError(f"bad item {x}")' in out or "ValueError: bad item 3" in out
+    nothing = subprocess.run([sys.executable, "-m", "cloudburst.cli", "logs", "feedface"], **run)
+    assert nothing.returncode != 0 and "no job 'feedface' here" in nothing.stderr

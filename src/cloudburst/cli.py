@@ -8,6 +8,9 @@
     cloudburst config [--json]        every setting and where it came from
     cloudburst config set KEY VALUE   check and save a setting
     cloudburst quota [--request N] [--spot] [--json]   Fargate vCPU quotas, use, pending increases
+    cloudburst status [--json]        jobs in the account: workers by state, tasks waiting/running, cost
+    cloudburst logs JOB [--task N] [--worker ID] [--follow] [--tail N]   the workers' CloudWatch logs
+    cloudburst cleanup [--yes] [--older-than S] [--json]   remove what dead clients left behind
     cloudburst jobs [--json]          detached jobs recorded on this machine, with their progress
     cloudburst results JOB [--json]   wait for a detached job and print its results
     cloudburst version
@@ -214,6 +217,116 @@ def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
     for p in pending:
         wanted, status = p.get("DesiredValue"), p.get("Status")
         click.echo(f"pending: {p.get('QuotaCode')} → {wanted:g} vCPUs ({status}, {p.get('Id')})")
+
+
+def _account() -> tuple[Any, Any, str, str]:
+    from . import userconfig
+
+    values = userconfig.resolve()
+    bucket, cluster = values["bucket"].value, values["cluster"].value
+    if not bucket or not cluster:
+        raise click.ClickException("cloudburst is not set up here: run `cloudburst setup`")
+    return values["region"].value, values["profile"].value, bucket, cluster
+
+
+def _hourly() -> float:
+    from . import userconfig
+    from .backends.aws.pricing import prices
+    from .backends.aws.sizes import task_size
+    from .config import parse_memory
+
+    cpu = float(userconfig.lookup("cpu").value)
+    memory = userconfig.lookup("memory")
+    units, mib = task_size(cpu, parse_memory(memory.value) if memory.source != "default" else None)
+    return prices(userconfig.lookup("region").value or "us-east-1").hourly(units, mib)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def status_command(as_json: bool) -> None:
+    """Running and recent jobs: workers by state, tasks waiting and running, cost so far."""
+    from .backends.aws.ops import find_jobs
+
+    region, profile, bucket, cluster = _account()
+    jobs = _aws(lambda: find_jobs(region, profile, bucket, cluster))
+    hourly = _hourly()
+    rows = [view.as_dict(hourly) for view in jobs.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        click.echo("no jobs in this account and region")
+    for r in rows:
+        workers = ", ".join(f"{n} {state.lower()}" for state, n in sorted(r["workers"].items())) or "no workers"
+        age = r["heartbeat_age_seconds"]
+        client_state = (
+            "detached" if r["detached"] else ("client silent" if age is None or age > 300 else "client alive")
+        )
+        click.echo(
+            f"{r['job_id'][:20]:22}{workers:30} tasks {r['tasks_waiting']} waiting, {r['tasks_running']} running; "
+            f"{r['results_waiting']} results waiting; ${r['cost_usd']:.4f}; {client_state}"
+        )
+
+
+@main.command("logs")
+@click.argument("job_id")
+@click.option("--task", "task", type=int, default=None, help="only lines about this task")
+@click.option("--worker", "worker", default=None, help="only this worker (ECS task id or its prefix)")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new lines")
+@click.option("--tail", type=int, default=None, help="only the last N lines")
+def logs_command(job_id: str, task: int | None, worker: str | None, follow: bool, tail: int | None) -> None:
+    """Print the CloudWatch logs of a job's workers."""
+    import time
+
+    from . import userconfig
+    from .backends.aws.ops import find_jobs, log_lines
+
+    region, profile, bucket, cluster = _account()
+    group = userconfig.lookup("log_group").value
+    jobs = _aws(lambda: find_jobs(region, profile, bucket, cluster))
+    matches = [v for j, v in jobs.items() if j.startswith(job_id) or job_id.startswith(j)]
+    if not matches:
+        raise click.ClickException(f"no job {job_id!r} here; `cloudburst status` lists them")
+    ids = [str(t["taskArn"]).rsplit("/", 1)[-1] for t in matches[0].tasks]
+    ids = [i for i in ids if worker is None or i.startswith(worker)]
+    since: int | None = None
+    while True:
+        lines = _aws(functools.partial(log_lines, region, profile, group, ids, tail=tail, since=since))
+        for stamp, worker_id, line in lines:
+            if task is None or f"task {task}," in line or f"task {task} " in line:
+                click.echo(f"[{worker_id[:12]}] {line}")
+            since = stamp + 1
+        if not follow:
+            return
+        tail = None
+        time.sleep(2)
+
+
+@main.command("cleanup")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--older-than", type=float, default=3600, help="seconds of client silence that make a leftover")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def cleanup_command(yes: bool, older_than: float, as_json: bool) -> None:
+    """Find workers, queues, data and keys left by dead clients, and remove them."""
+    from .backends.aws.ops import cleanup, find_jobs, leftovers
+
+    region, profile, bucket, cluster = _account()
+    found = leftovers(_aws(lambda: find_jobs(region, profile, bucket, cluster)), older_than)
+    if not found:
+        click.echo(json.dumps([]) if as_json else "nothing left behind")
+        return
+    if not as_json:
+        for view in found:
+            click.echo(f"leftover job {view.job_id[:20]}: {len(view.queues)} queue(s), {len(view.tasks)} worker(s)")
+    ask = _confirm(yes)
+    if ask is not None and not ask(f"Remove {len(found)} leftover job(s)?"):
+        raise click.ClickException("nothing removed")
+    report = {view.job_id: _aws(lambda view=view: cleanup(view, region, profile, bucket, cluster)) for view in found}
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        for job, removed in report.items():
+            click.echo(f"removed for {job[:20]}: {', '.join(removed) or 'nothing'}")
 
 
 @main.command("version")

@@ -302,10 +302,17 @@ class Worker:
                     errors[pos] = item_error(exit_error, 0)
                 except BaseException as exc:
                     errors[pos] = item_error(exc)
+                    self.log_failure(task.task_id, index, errors[pos])
                 if capture.warned():
                     capture.collect_warnings()
         seeds.seed_item(None, -1)
         return values, errors, capture.events, time.perf_counter() - started
+
+    def log_failure(self, task_id: int, index: int, error: ItemError) -> None:
+        """Into this worker's own log (CloudWatch on Fargate), for `cloudburst logs`."""
+        os.write(
+            2, f"cloudburst-worker {self.worker_id}: task {task_id}, item {index} failed:\n{error.traceback}".encode()
+        )
 
     def pack_values(self, values: list[Any], task: TaskMessage) -> tuple[Any, dict[int, ItemError]]:
         errors: dict[int, ItemError] = {}
