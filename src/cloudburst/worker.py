@@ -117,6 +117,7 @@ class Worker:
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
         self._last_work = time.monotonic()
+        self.capture = Capture()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -267,10 +268,11 @@ class Worker:
         indices = task.indices
         seed = task.seed
         seed_item = seeds.seed_item
-        capture = Capture(task.log_level)
+        capture = self.capture
         started = time.perf_counter()
         with_kwargs = task.with_kwargs
-        with capture:
+        capture.begin(task.log_level)
+        try:
             for pos, call in enumerate(calls):
                 index = indices[pos]
                 capture.item = index
@@ -285,10 +287,10 @@ class Worker:
                     errors[pos] = item_error(exit_error, 0)
                 except BaseException as exc:
                     errors[pos] = item_error(exc)
-                if capture.warned():
-                    capture.collect_warnings()
+        finally:
+            events = capture.end()
         seeds.seed_item(None, -1)
-        return values, errors, capture.events, time.perf_counter() - started
+        return values, errors, events, time.perf_counter() - started
 
     def pack_values(self, values: list[Any], task: TaskMessage) -> tuple[Any, dict[int, ItemError]]:
         errors: dict[int, ItemError] = {}
