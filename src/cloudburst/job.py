@@ -10,9 +10,10 @@
     futures / map slots ◄──────────────── finish items ◄─────────┘  ─► replay output
     manager: watch workers (poll) ─► attribute deaths to tasks ─► replace workers
 
-Three threads, each a short loop of named steps. The table (``_tasks``) is the
-only shared state and one Condition guards it; user callbacks and unpickling
-run outside it.
+Three threads, each a short loop of named steps. A results queue that is
+``Subscribable`` hands each message over in its own thread instead, and there
+is no collector. The table (``_tasks``) is the only shared state and one
+Condition guards it; user callbacks and unpickling run outside it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
-from .backends.base import WorkerExit
+from .backends.base import Subscribable, WorkerExit
 from .config import ExecutorOptions
 from .errors import (
     CloudError,
@@ -224,9 +225,14 @@ class Job:
 
         self._threads = [
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
-            threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True),
             threading.Thread(target=self._manage_loop, name="cloudburst-manager", daemon=True),
         ]
+        self._collector: threading.Thread | None = None
+        if isinstance(self.resources.results, Subscribable):
+            self.resources.results.subscribe(self._handle)  # results arrive in the queue's own threads
+        else:
+            self._collector = threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True)
+            self._threads.append(self._collector)
         self._write_control(stopped=False)
         if self.backend.start_eagerly:
             self.resources.launcher.start(options.workers)
@@ -818,7 +824,7 @@ class Job:
             self._stopping = True
             self._cond.notify_all()
         current = threading.current_thread()
-        collector = self._threads[1]
+        collector = self._collector
         for thread in self._threads:
             # The collector may sit in a receive until the queues close in close_job: join it after.
             if thread is not current and thread is not collector and thread.is_alive():
@@ -830,7 +836,7 @@ class Job:
                 except Exception as exc:
                     log.debug("cloudburst: could not write the stop flag: %s", exc)
             self.backend.close_job(self.resources, keep=keep)
-            if collector is not current and collector.is_alive():
+            if collector is not None and collector is not current and collector.is_alive():
                 collector.join(timeout=0.5)
         finally:
             import shutil

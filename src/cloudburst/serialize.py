@@ -393,8 +393,11 @@ class Unpacker:
                 f"blob {ref.digest[:12]} does not match its sha256 (altered in the store); it was not used"
             )
         if ref.zstd:
+            # Written aside, then renamed: another thread may be mapping the same blob.
             plain = self._cache_dir / f"{ref.digest}.raw"
-            plain.write_bytes(_decompress(path.read_bytes()))
+            partial = self._cache_dir / f"{ref.digest}.{threading.get_ident()}.part"
+            partial.write_bytes(_decompress(path.read_bytes()))
+            partial.replace(plain)
             path = plain
         self._files[ref.digest] = path
         return path

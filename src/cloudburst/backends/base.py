@@ -6,6 +6,9 @@
     Queue     leased messages         send_batch / receive / ack / extend / purge
     Launcher  worker processes/tasks  start / stop / poll / running
 
+A queue that lives in the client's process may offer more: ``Subscribable``
+(hand each message to the client as it is sent, no receive loop).
+
 A ``Backend`` builds them for one job on the client side (``open_job``) and
 again inside a worker (``connect_worker``) from the environment the launcher
 gave it. The core never asks which backend it is talking to.
@@ -14,7 +17,7 @@ gave it. The core never asks which backend it is talking to.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
@@ -22,7 +25,17 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..config import ExecutorOptions
 
-__all__ = ["Backend", "JobResources", "Launcher", "Message", "Queue", "Store", "WorkerExit", "WorkerSide"]
+__all__ = [
+    "Backend",
+    "JobResources",
+    "Launcher",
+    "Message",
+    "Queue",
+    "Store",
+    "Subscribable",
+    "WorkerExit",
+    "WorkerSide",
+]
 
 
 @runtime_checkable
@@ -64,6 +77,16 @@ class Queue(Protocol):
     def extend(self, receipts: Sequence[str], seconds: float) -> None: ...
 
     def purge(self) -> None: ...
+
+
+@runtime_checkable
+class Subscribable(Protocol):
+    """Optional, for a queue in the client's process: hand every message to ``consumer`` as it is sent.
+
+    The consumer runs in the sender's thread; a subscribed message is never leased, so it needs no ack.
+    """
+
+    def subscribe(self, consumer: Callable[[bytes], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

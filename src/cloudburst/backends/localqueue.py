@@ -8,6 +8,8 @@
          │                         connection           job key (multiprocessing.connection)
     a dropped connection releases its holder's leases at once: a crashed worker's
     task is delivered again without waiting for the lease to run out.
+    A subscribed queue (the results) hands each message to the client's consumer
+    in the connection thread that received it.
 
 Frames are raw bytes (``send_bytes``); nothing on this socket is ever unpickled.
 """
@@ -19,7 +21,7 @@ import itertools
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 
@@ -53,9 +55,15 @@ class MemoryQueue:
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._consumer: Callable[[bytes], None] | None = None
 
     # -- contract
     def send_batch(self, bodies: Sequence[bytes]) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            for body in bodies:
+                consumer(body)
+            return
         with self._cond:
             for body in bodies:
                 self._ready.append((next(self._ids), body, 0))
@@ -92,6 +100,16 @@ class MemoryQueue:
     def purge(self) -> None:
         with self._cond:
             self._ready.clear()
+
+    # -- optional capability (Subscribable)
+    def subscribe(self, consumer: Callable[[bytes], None]) -> None:
+        """From now on, hand every message sent to ``consumer`` instead of queueing it."""
+        with self._cond:
+            self._consumer = consumer
+            waiting = [body for _, body, _ in self._ready]
+            self._ready.clear()
+        for body in waiting:
+            consumer(body)
 
     # -- local extras
     def release_holder(self, holder: str) -> int:
