@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
-from .backends.base import Subscribable, WorkerExit
+from .backends.base import LeaseReporting, Message, Subscribable, WorkerExit
 from .config import ExecutorOptions
 from .errors import (
     CloudError,
@@ -227,6 +227,11 @@ class Job:
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
             threading.Thread(target=self._manage_loop, name="cloudburst-manager", daemon=True),
         ]
+        if self.backend.reports_leases:
+            tasks = self.resources.tasks
+            if not isinstance(tasks, LeaseReporting):
+                raise TypeError(f"backend {self.backend.name!r} says it reports leases, but its task queue cannot")
+            tasks.watch_leases(self._on_leased)  # instead of the workers' S notices
         self._collector: threading.Thread | None = None
         if isinstance(self.resources.results, Subscribable):
             self.resources.results.subscribe(self._handle)  # results arrive in the queue's own threads
@@ -465,6 +470,12 @@ class Job:
                 task_id,
                 PayloadAuthenticationError(f"worker {message.worker_id} refused the task's message: {message.detail}"),
             )
+
+    def _on_leased(self, worker_id: str, messages: Sequence[Message]) -> None:
+        """The task queue gave tasks to a worker: what an S notice would say, before the worker runs them."""
+        task_ids = tuple(-1 if (t := peek_task_id(m.body)) is None else t for m in messages)
+        attempts = tuple(m.receive_count for m in messages)
+        self._on_started(Notice(task_ids, worker_id, attempts, receipts=tuple(m.receipt for m in messages)))
 
     def _on_started(self, notice: Notice) -> None:
         with self._cond:

@@ -6,7 +6,8 @@
     loop:
         receive tasks (lease) ── none ─► idle too long? ─► retire
         authenticate each ── bad seal ─► refuse (X notice), delete, never unpickle
-        announce (S notice: which tasks this worker holds, for crash attribution)
+        announce (S notice: which tasks this worker holds, for crash attribution;
+                  not sent when the backend's task queue reports leases itself)
         for each task:
             too many deliveries? ─► give up: report WorkerDiedError, delete
             load function + calls ─► run each call, output captured per item
@@ -94,8 +95,9 @@ def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
 class Worker:
     """Runs tasks from a queue until retired. All backends share this loop."""
 
-    def __init__(self, side: WorkerSide, env: Mapping[str, str]) -> None:
+    def __init__(self, side: WorkerSide, env: Mapping[str, str], *, announce: bool = True) -> None:
         self.side = side
+        self.announce_tasks = announce
         self.key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
         self.worker_id = worker_id(env)
         self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
@@ -192,7 +194,7 @@ class Worker:
         self.side.tasks.ack([message.receipt])
 
     def announce(self, tasks: list[tuple[Message, TaskMessage]]) -> None:
-        if not tasks:
+        if not tasks or not self.announce_tasks:
             return
         notice = Notice(
             tuple(t.task_id for _, t in tasks),
@@ -470,7 +472,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
             sys.path.insert(0, entry)
     backend = get_backend(env["CLOUDBURST_BACKEND"])
     side = backend.connect_worker(env)
-    worker = Worker(side, env)
+    worker = Worker(side, env, announce=not backend.reports_leases)
     try:
         return worker.run()
     except (EOFError, ConnectionError, BrokenPipeError):

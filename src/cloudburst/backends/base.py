@@ -7,7 +7,8 @@
     Launcher  worker processes/tasks  start / stop / poll / running
 
 A queue that lives in the client's process may offer more: ``Subscribable``
-(hand each message to the client as it is sent, no receive loop).
+(hand each message to the client as it is sent, no receive loop) and
+``LeaseReporting`` (say which worker took which task; see ``reports_leases``).
 
 A ``Backend`` builds them for one job on the client side (``open_job``) and
 again inside a worker (``connect_worker``) from the environment the launcher
@@ -29,6 +30,7 @@ __all__ = [
     "Backend",
     "JobResources",
     "Launcher",
+    "LeaseReporting",
     "Message",
     "Queue",
     "Store",
@@ -87,6 +89,16 @@ class Subscribable(Protocol):
     """
 
     def subscribe(self, consumer: Callable[[bytes], None]) -> None: ...
+
+
+@runtime_checkable
+class LeaseReporting(Protocol):
+    """Optional, for a task queue in the client's process: report each lease as it is given.
+
+    ``callback(worker_id, messages)`` runs before the worker gets the messages.
+    """
+
+    def watch_leases(self, callback: Callable[[str, Sequence[Message]], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +169,9 @@ class Backend(abc.ABC):
     start_eagerly: ClassVar[bool] = True
     #: seconds between a worker's looks at the job's control record (stop flag, client heartbeat)
     control_period: float = 5.0
+    #: the task queue reports which worker took each task (it is LeaseReporting), so workers do
+    #: not announce the tasks they start
+    reports_leases: ClassVar[bool] = False
 
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options

@@ -8,8 +8,9 @@
          │                         connection           job key (multiprocessing.connection)
     a dropped connection releases its holder's leases at once: a crashed worker's
     task is delivered again without waiting for the lease to run out.
-    A subscribed queue (the results) hands each message to the client's consumer
-    in the connection thread that received it.
+    The tasks queue tells the client which worker leased which task; the results
+    queue hands each message to the client's consumer in the connection thread
+    that received it.
 
 Frames are raw bytes (``send_bytes``); nothing on this socket is ever unpickled.
 """
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 
 from .base import Message
+
+_LeaseCallback = Callable[[str, Sequence[Message]], None]
 
 __all__ = ["MemoryQueue", "QueueServer", "RemoteQueue", "connect"]
 
@@ -56,6 +59,7 @@ class MemoryQueue:
         self._cond = threading.Condition()
         self._closed = False
         self._consumer: Callable[[bytes], None] | None = None
+        self._on_lease: _LeaseCallback | None = None
 
     # -- contract
     def send_batch(self, bodies: Sequence[bytes]) -> None:
@@ -70,6 +74,12 @@ class MemoryQueue:
             self._cond.notify(len(bodies))
 
     def receive(self, max_messages: int, wait: float, holder: str | None = None) -> list[Message]:
+        messages = self._receive(max_messages, wait, holder)
+        if messages and holder is not None and self._on_lease is not None:
+            self._on_lease(holder, messages)
+        return messages
+
+    def _receive(self, max_messages: int, wait: float, holder: str | None) -> list[Message]:
         deadline = time.monotonic() + wait
         with self._cond:
             while True:
@@ -101,7 +111,11 @@ class MemoryQueue:
         with self._cond:
             self._ready.clear()
 
-    # -- optional capability (Subscribable)
+    # -- optional capabilities (LeaseReporting, Subscribable)
+    def watch_leases(self, callback: _LeaseCallback) -> None:
+        """Call ``callback(holder, messages)`` for each lease given to a holder, before it gets them."""
+        self._on_lease = callback
+
     def subscribe(self, consumer: Callable[[bytes], None]) -> None:
         """From now on, hand every message sent to ``consumer`` instead of queueing it."""
         with self._cond:
