@@ -259,7 +259,12 @@ class Job:
             item = _SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index)
             self._next_index += 1
             self._pending.append(item)
-            self._cond.notify_all()
+            # Nothing else waits and a slot is free: send it from here, sparing the dispatcher's wake-up.
+            planned = self._plan_tasks() if len(self._pending) == 1 and len(self._tasks) < self.slots else []
+            if not planned:
+                self._cond.notify_all()
+        if planned:
+            self._send(planned, time.perf_counter())
         return future
 
     def map(self, fn: Callable[..., Any], calls: Columns, chunksize: int | None) -> MapRun:
@@ -288,9 +293,14 @@ class Job:
                     return
                 began = time.perf_counter()
                 planned = self._plan_tasks()
-            bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
-            if bodies:
-                self.resources.tasks.send_batch(bodies)
+            self._send(planned, began)
+
+    def _send(self, planned: list[tuple[_Task, list[Any]]], began: float) -> None:
+        """Seal planned tasks and send them; ``began`` is when their planning started."""
+        bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
+        if bodies:
+            self.resources.tasks.send_batch(bodies)
+        with self._cond:
             self.dispatch_seconds += time.perf_counter() - began
 
     def _backlog_limit(self) -> int:
