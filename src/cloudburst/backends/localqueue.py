@@ -28,8 +28,6 @@ from multiprocessing.connection import Client, Connection, Listener
 
 from .base import Message
 
-_LeaseCallback = Callable[[str, Sequence[Message]], None]
-
 __all__ = ["MemoryQueue", "QueueServer", "RemoteQueue", "connect"]
 
 _REQ = struct.Struct("<cB")  # op, queue index
@@ -37,6 +35,7 @@ _RECV = struct.Struct("<Id")  # max messages, wait seconds
 _ITEM = struct.Struct("<HIQ")  # receipt length, receive count, body length
 _LEN = struct.Struct("<Q")
 _FLOAT = struct.Struct("<d")
+_LeaseCallback = Callable[[str, Sequence[Message]], None]
 
 
 @dataclass(slots=True)
