@@ -46,6 +46,12 @@ def talk(x: int) -> int:
     return x
 
 
+def warn_and_print(x: int) -> int:
+    warnings.warn("the same line every time", UserWarning, stacklevel=1)
+    print(f"item says {x}")
+    return x
+
+
 class Point:
     def __init__(self, x: int, y: int) -> None:
         self.x, self.y = x, y
@@ -323,6 +329,16 @@ def test_output_logging_and_warnings_are_relayed(
     assert "[item 1] to stderr 1" in captured.err
     messages = [r.getMessage() for r in caplog.records if r.name == "cloudburst.tests"]
     assert "[item 0] log record 0" in messages and "[item 1] log record 1" in messages
+
+
+def test_every_task_relays_its_own_output(make_executor: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    ex = make_executor(1)  # one worker: every task runs in the same process
+    with pytest.warns(UserWarning) as record:
+        for i in range(3):
+            assert ex.submit(warn_and_print, i).result(timeout=60) == i
+    assert {str(w.message) for w in record} >= {f"[item {i}] the same line every time" for i in range(3)}
+    out = capsys.readouterr().out
+    assert all(f"[item {i}] item says {i}" in out for i in range(3))
 
 
 # ---------------------------------------------------------------------------- seeds
