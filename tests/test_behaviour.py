@@ -380,3 +380,21 @@ def test_executor_survives_task_errors(executor: cloudburst.Executor) -> None:
     with pytest.raises(ValueError):
         executor.submit(fail_on, 1, 1).result(timeout=30)
     assert executor.submit(square, 5).result(timeout=30) == 25
+
+
+def test_a_refused_send_fails_the_items_instead_of_hanging(executor: cloudburst.Executor) -> None:
+    assert executor.submit(square, 2).result(timeout=60) == 4
+    tasks = executor._job.resources.tasks
+    send_batch = tasks.send_batch
+
+    def refuse(bodies: Any) -> None:
+        raise RuntimeError("the queue is gone")
+
+    tasks.send_batch = refuse  # type: ignore[method-assign]
+    try:
+        future = executor.submit(square, 3)
+        with pytest.raises(RuntimeError, match="the queue is gone"):
+            future.result(timeout=60)
+    finally:
+        tasks.send_batch = send_batch  # type: ignore[method-assign]
+    assert executor.submit(square, 5).result(timeout=60) == 25

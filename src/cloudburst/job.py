@@ -299,7 +299,12 @@ class Job:
         """Seal planned tasks and send them; ``began`` is when their planning started."""
         bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
         if bodies:
-            self.resources.tasks.send_batch(bodies)
+            try:
+                self.resources.tasks.send_batch(bodies)
+            except Exception as exc:  # the queue refused them: their items fail rather than wait forever
+                for task, _ in planned:
+                    if task.task_id in self._tasks:
+                        self._fail_task(task.task_id, exc)
         with self._cond:
             self.dispatch_seconds += time.perf_counter() - began
 
