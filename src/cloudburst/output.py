@@ -4,9 +4,9 @@ The worker installs its stream and warning hooks once per process; a task (a
 chunk of items) only swaps in a fresh event buffer, so capture costs nothing
 measurable on tiny items. Each event is tagged with the index of the item that
 was running; outside a task, output goes where it went before. In the client,
-events are re-emitted through the client's own ``sys.stdout``/``sys.stderr``, ``logging`` and ``warnings``
-machinery, so the user's filters and handlers apply, and every line says which
-item it came from: ``[item 17] ...``.
+events are re-emitted through the client's own ``sys.stdout``/``sys.stderr``,
+``logging`` and ``warnings`` machinery, so the user's filters and handlers
+apply, and every line says which item it came from: ``[item 17] ...``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class _Handler(logging.Handler):
 
 
 class Capture:
-    """Captures the output of a worker's tasks: ``begin`` and ``end`` bracket each task; set ``item`` before each call.
+    """Captures the output of a worker's tasks. ``begin`` and ``end`` bracket each task; set
+    ``item`` before each call.
 
     The streams and ``warnings.showwarning`` are replaced on the first ``begin`` and stay in
     place (outside a task they pass output through); the logging handler is attached per task.
