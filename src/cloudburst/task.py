@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .serialize import BlobRef, Packed, pickled_as_call, seal, unseal
+from .serialize import MAGIC, BlobRef, Packed, pickled_as_call, seal, unseal
 
 __all__ = [
     "Columns",
@@ -147,9 +147,7 @@ def decode(key: bytes, data: bytes) -> tuple[bytes, object]:
 
 
 def peek_task_id(data: bytes) -> int | None:
-    """The (unauthenticated) task id of a message, for reporting only."""
-    from .serialize import MAGIC
-
+    """The (unauthenticated) task id of a message, for reports and crash attribution only."""
     start = len(MAGIC) + 1 + 32
     if len(data) < start + _HEADER.size:
         return None
