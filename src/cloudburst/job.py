@@ -458,14 +458,14 @@ class Job:
         while not self._stopping:
             try:
                 messages = results.receive(10, wait=self.backend.result_wait)
+                for message in messages:
+                    self._handle(message.body)
+                if messages:
+                    results.ack([m.receipt for m in messages])
             except Exception:
                 if self._stopping:
-                    return
+                    return  # the queues were deleted under a receive or an ack: the job is over
                 raise
-            for message in messages:
-                self._handle(message.body)
-            if messages:
-                results.ack([m.receipt for m in messages])
 
     def _handle(self, body: bytes) -> None:
         try:
