@@ -234,7 +234,7 @@ class Job:
             tasks.watch_leases(self._on_leased)  # instead of the workers' S notices
         self._collector: threading.Thread | None = None
         if isinstance(self.resources.results, Subscribable):
-            self.resources.results.subscribe(self._handle)  # results arrive in the queue's own threads
+            self.resources.results.subscribe(self._handle_delivered)  # in the queue's own threads
         else:
             self._collector = threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True)
             self._threads.append(self._collector)
@@ -465,6 +465,14 @@ class Job:
             except Exception:
                 if self._stopping:
                     return  # the queues were deleted under a receive or an ack: the job is over
+                raise
+
+    def _handle_delivered(self, body: bytes) -> None:
+        """A message the results queue handed over: like the collector, quiet once the job is closing."""
+        try:
+            self._handle(body)
+        except Exception:
+            if not self._stopping:
                 raise
 
     def _handle(self, body: bytes) -> None:
