@@ -46,6 +46,12 @@ def talk(x: int) -> int:
     return x
 
 
+def warn_and_print(x: int) -> int:
+    warnings.warn("the same line every time", UserWarning, stacklevel=1)
+    print(f"item says {x}")
+    return x
+
+
 class Point:
     def __init__(self, x: int, y: int) -> None:
         self.x, self.y = x, y
@@ -325,6 +331,16 @@ def test_output_logging_and_warnings_are_relayed(
     assert "[item 0] log record 0" in messages and "[item 1] log record 1" in messages
 
 
+def test_every_task_relays_its_own_output(make_executor: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    ex = make_executor(1)  # one worker: every task runs in the same process
+    with pytest.warns(UserWarning) as record:
+        for i in range(3):
+            assert ex.submit(warn_and_print, i).result(timeout=60) == i
+    assert {str(w.message) for w in record} >= {f"[item {i}] the same line every time" for i in range(3)}
+    out = capsys.readouterr().out
+    assert all(f"[item {i}] item says {i}" in out for i in range(3))
+
+
 # ---------------------------------------------------------------------------- seeds
 
 
@@ -364,3 +380,21 @@ def test_executor_survives_task_errors(executor: cloudburst.Executor) -> None:
     with pytest.raises(ValueError):
         executor.submit(fail_on, 1, 1).result(timeout=30)
     assert executor.submit(square, 5).result(timeout=30) == 25
+
+
+def test_a_refused_send_fails_the_items_instead_of_hanging(executor: cloudburst.Executor) -> None:
+    assert executor.submit(square, 2).result(timeout=60) == 4
+    tasks = executor._job.resources.tasks
+    send_batch = tasks.send_batch
+
+    def refuse(bodies: Any) -> None:
+        raise RuntimeError("the queue is gone")
+
+    tasks.send_batch = refuse  # type: ignore[method-assign]
+    try:
+        future = executor.submit(square, 3)
+        with pytest.raises(RuntimeError, match="the queue is gone"):
+            future.result(timeout=60)
+    finally:
+        tasks.send_batch = send_batch  # type: ignore[method-assign]
+    assert executor.submit(square, 5).result(timeout=60) == 25

@@ -10,9 +10,10 @@
     futures / map slots ◄──────────────── finish items ◄─────────┘  ─► replay output
     manager: watch workers (poll) ─► attribute deaths to tasks ─► replace workers
 
-Three threads, each a short loop of named steps. The table (``_tasks``) is the
-only shared state and one Condition guards it; user callbacks and unpickling
-run outside it.
+Three threads, each a short loop of named steps. A results queue that is
+``Subscribable`` hands each message over in its own thread instead, and there
+is no collector. The table (``_tasks``) is the only shared state and one
+Condition guards it; user callbacks and unpickling run outside it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
-from .backends.base import WorkerExit
+from .backends.base import LeaseReporting, Message, Subscribable, WorkerExit
 from .config import ExecutorOptions
 from .errors import (
     CloudError,
@@ -252,9 +253,21 @@ class Job:
 
         self._threads = [
             threading.Thread(target=self._dispatch_loop, name="cloudburst-dispatcher", daemon=True),
-            threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True),
             threading.Thread(target=self._manage_loop, name="cloudburst-manager", daemon=True),
         ]
+        if self.backend.reports_leases:
+            tasks = self.resources.tasks
+            if not isinstance(tasks, LeaseReporting):
+                raise TypeError(f"backend {self.backend.name!r} says it reports leases, but its task queue cannot")
+            tasks.watch_leases(self._on_leased)  # instead of the workers' S notices
+        self._collector: threading.Thread | None = None
+        if self.backend.detached:
+            pass  # a detached job's results wait in its queue for cloudburst.attach
+        elif isinstance(self.resources.results, Subscribable):
+            self.resources.results.subscribe(self._handle_delivered)  # in the queue's own threads
+        else:
+            self._collector = threading.Thread(target=self._collect_loop, name="cloudburst-collector", daemon=True)
+            self._threads.append(self._collector)
         try:
             self._write_control(stopped=False)
         except BaseException:
@@ -263,8 +276,6 @@ class Job:
         if self.backend.start_eagerly:
             self.resources.launcher.start(self.backend.workers)
         for thread in self._threads:
-            if thread.name == "cloudburst-collector" and self.backend.detached:
-                continue  # a detached job's results wait in its queue for cloudburst.attach
             thread.start()
         _LIVE_JOBS.add(self)
 
@@ -282,7 +293,12 @@ class Job:
             item = _SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index)
             self._next_index += 1
             self._pending.append(item)
-            self._cond.notify_all()
+            # Nothing else waits and a slot is free: send it from here, sparing the dispatcher's wake-up.
+            planned = self._plan_tasks() if len(self._pending) == 1 and len(self._tasks) < self.slots else []
+            if not planned:
+                self._cond.notify_all()
+        if planned:
+            self._send(planned, time.perf_counter())
         return future
 
     def map(self, fn: Callable[..., Any], calls: Columns, chunksize: int | None) -> MapRun:
@@ -311,19 +327,23 @@ class Job:
                     return
                 began = time.perf_counter()
                 planned = self._plan_tasks()
-                self._unsent += len(planned)
-            bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
-            try:
-                self._send(bodies)
-            except Exception as exc:  # the queue stayed unreachable: these tasks fail, the job goes on
-                for task, _ in planned:
+            self._send(planned, began)
+
+    def _send(self, planned: list[tuple[_Task, list[Any]]], began: float) -> None:
+        """Seal planned tasks and send them; ``began`` is when their planning started."""
+        bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
+        try:
+            self._send_bodies(bodies)
+        except Exception as exc:  # the queue stayed unreachable or refused them: their items fail, the job goes on
+            for task, _ in planned:
+                if task.task_id in self._tasks:
                     self._fail_task(task.task_id, exc)
-            with self._cond:
-                self._unsent -= len(planned)
-                self._cond.notify_all()
+        with self._cond:
+            self._unsent -= len(planned)
+            self._cond.notify_all()
             self.dispatch_seconds += time.perf_counter() - began
 
-    def _send(self, bodies: list[bytes]) -> None:
+    def _send_bodies(self, bodies: list[bytes]) -> None:
         """Send task messages, riding out a short outage of the queue."""
         for attempt in itertools.count():
             if not bodies or self._stopping:
@@ -391,6 +411,7 @@ class Job:
                 calls = [(i.args, i.kwargs) for i in items]
             self._tasks[task.task_id] = task
             planned.append((task, calls))
+        self._unsent += len(planned)  # until _send has sent them (detach waits for that)
         return planned
 
     def _take_submitted(self, fn_ref: BlobRef) -> list[_SubmitItem]:
@@ -478,7 +499,7 @@ class Job:
             self._cond.notify_all()
         self._finish_items(task, [None] * len(calls), failures, only=failures.keys())
         bodies = [body for body in (self._seal(t, c) for t, c in replacements) if body is not None]
-        self._send(bodies)
+        self._send_bodies(bodies)
 
     # ------------------------------------------------------------------ collector
     def _collect_loop(self) -> None:
@@ -494,13 +515,21 @@ class Job:
                 failures = 0
             except Exception as exc:
                 if self._stopping:
-                    return
+                    return  # the queues were deleted under a receive or an ack: the job is over
                 failures += 1
                 if not _transient(exc) or failures >= _MAX_OUTAGE_ROUNDS:
                     self._fail_everything(exc)  # results can no longer arrive: say so rather than hang
                     return
                 log.warning("cloudburst: reading results failed (%s); trying again", exc)
                 time.sleep(min(30.0, 0.5 * 2**failures))
+
+    def _handle_delivered(self, body: bytes) -> None:
+        """A message the results queue handed over: like the collector, quiet once the job is closing."""
+        try:
+            self._handle(body)
+        except Exception:
+            if not self._stopping:
+                raise
 
     def _handle(self, body: bytes) -> None:
         try:
@@ -520,6 +549,12 @@ class Job:
                 task_id,
                 PayloadAuthenticationError(f"worker {message.worker_id} refused the task's message: {message.detail}"),
             )
+
+    def _on_leased(self, worker_id: str, messages: Sequence[Message]) -> None:
+        """The task queue gave tasks to a worker: what an S notice would say, before the worker runs them."""
+        task_ids = tuple(-1 if (t := peek_task_id(m.body)) is None else t for m in messages)
+        attempts = tuple(m.receive_count for m in messages)
+        self._on_started(Notice(task_ids, worker_id, attempts, receipts=tuple(m.receipt for m in messages)))
 
     def _on_started(self, notice: Notice) -> None:
         with self._cond:
@@ -585,7 +620,7 @@ class Job:
             for sub, _ in parts:
                 self._tasks[sub.task_id] = sub
         bodies = [body for body in (self._seal(t, c) for t, c in parts) if body is not None]
-        self._send(bodies)
+        self._send_bodies(bodies)
 
     def _died_error(self, task: _Task, fallback: WorkerDiedError) -> WorkerDiedError:
         # The worker that gave up saw the last death before this process reaped it: wait for it.
@@ -794,7 +829,7 @@ class Job:
             print(f"cloudburst: worker {exit_.worker_id} stopped ({exit_.reason}); replacing it", file=sys.stderr)
         if split:
             bodies = [body for body in (self._seal(t, c) for t, c in split) if body is not None]
-            self._send(bodies)
+            self._send_bodies(bodies)
         if startup_failures >= _MAX_STARTUP_FAILURES:
             tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
             self._fail_everything(
@@ -914,7 +949,7 @@ class Job:
             self._stopping = True
             self._cond.notify_all()
         current = threading.current_thread()
-        collector = self._threads[1]
+        collector = self._collector
         for thread in self._threads:
             # The collector may sit in a receive until the queues close in close_job: join it after.
             if thread is not current and thread is not collector and thread.is_alive():
@@ -926,7 +961,7 @@ class Job:
                 except Exception as exc:
                     log.debug("cloudburst: could not write the stop flag: %s", exc)
             self.backend.close_job(self.resources, keep=keep)
-            if collector is not current and collector.is_alive():
+            if collector is not None and collector is not current and collector.is_alive():
                 collector.join(timeout=0.5)
         finally:
             import shutil

@@ -1,11 +1,12 @@
 """What a task prints, logs and warns, captured in the worker and replayed in the client.
 
-Capture is set up once per task (a chunk of items), not per item, so it costs
-nothing measurable on tiny items; each event is tagged with the index of the
-item that was running. In the client, events are re-emitted through the
-client's own ``sys.stdout``/``sys.stderr``, ``logging`` and ``warnings``
-machinery, so the user's filters and handlers apply, and every line says which
-item it came from: ``[item 17] ...``.
+The worker installs its stream and warning hooks once per process; a task (a
+chunk of items) only swaps in a fresh event buffer, so capture costs nothing
+measurable on tiny items. Each event is tagged with the index of the item that
+was running; outside a task, output goes where it went before. In the client,
+events are re-emitted through the client's own ``sys.stdout``/``sys.stderr``,
+``logging`` and ``warnings`` machinery, so the user's filters and handlers
+apply, and every line says which item it came from: ``[item 17] ...``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import pickle
 import sys
 import warnings
-from types import TracebackType
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import cloudpickle
@@ -33,14 +34,17 @@ class _Stream(io.TextIOBase):
         self._original = original
 
     def write(self, text: str) -> int:
-        self._capture.add(self._kind, text)
-        return len(text)
+        if self._capture.active:
+            self._capture.add(self._kind, text)
+            return len(text)
+        return self._original.write(text)
 
     def writable(self) -> bool:
         return True
 
     def flush(self) -> None:
-        pass
+        if not self._capture.active:
+            self._original.flush()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -88,18 +92,23 @@ class _Handler(logging.Handler):
 
 
 class Capture:
-    """Captures one task's output. Set ``item`` before each call."""
+    """Captures the output of a worker's tasks. ``begin`` and ``end`` bracket each task; set
+    ``item`` before each call.
 
-    def __init__(self, log_level: int) -> None:
+    The streams and ``warnings.showwarning`` are replaced on the first ``begin`` and stay in
+    place (outside a task they pass output through); the logging handler is attached per task.
+    """
+
+    def __init__(self) -> None:
         self.item = -1
+        self.active = False
         self.events: list[list[Any]] = []
         self._size = 0
         self._dropped = False
-        self._log_level = log_level
-        self._saved: tuple[Any, ...] = ()
-        self._warnings: warnings.catch_warnings[list[warnings.WarningMessage]] | None = None
-        self._caught: list[warnings.WarningMessage] = []
-        self._warning_mark = 0
+        self._handler = _Handler(self)
+        self._streams: tuple[_Stream, _Stream] | None = None
+        self._show_original: Callable[..., None] = warnings.showwarning
+        self._level = logging.NOTSET
 
     def add(self, kind: str, payload: Any) -> None:
         if self._size > MAX_EVENT_BYTES:
@@ -114,48 +123,53 @@ class Capture:
         else:
             self.events.append([self.item, kind, payload])
 
-    def warned(self) -> bool:
-        """Whether warnings arrived since the last collect_warnings."""
-        return self._warning_mark < len(self._caught)
-
-    def collect_warnings(self) -> None:
-        """Tag warnings raised since the last call with the current item."""
-        while self._warning_mark < len(self._caught):
-            w = self._caught[self._warning_mark]
-            self._warning_mark += 1
-            category = w.category
-            try:
-                pickled = (
-                    None if getattr(builtins, category.__name__, None) is category else cloudpickle.dumps(category)
-                )
-            except Exception:
-                pickled = None
-            self.add("warning", (category.__name__, str(w.message), w.filename, w.lineno, pickled))
-
-    def __enter__(self) -> Capture:
-        root = logging.getLogger()
-        handler = _Handler(self)
-        self._saved = (sys.stdout, sys.stderr, handler, root.level)
-        sys.stdout = _Stream(self, "stdout", sys.stdout)
-        sys.stderr = _Stream(self, "stderr", sys.stderr)
-        root.addHandler(handler)
-        root.setLevel(self._log_level)
-        self._warnings = warnings.catch_warnings(record=True)
-        self._caught = self._warnings.__enter__()
-        warnings.simplefilter("default")
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    def _show_warning(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
     ) -> None:
-        self.collect_warnings()
-        if self._warnings is not None:
-            self._warnings.__exit__(None, None, None)
-        stdout, stderr, handler, level = self._saved
-        sys.stdout, sys.stderr = stdout, stderr
+        if not self.active:
+            self._show_original(message, category, filename, lineno, file, line)
+            return
+        try:
+            builtin = getattr(builtins, category.__name__, None) is category
+            pickled = None if builtin else cloudpickle.dumps(category)
+        except Exception:
+            pickled = None
+        self.add("warning", (category.__name__, str(message), filename, lineno, pickled))
+
+    def begin(self, log_level: int) -> None:
+        """Start capturing a task's output into a fresh buffer."""
+        if self._streams is None:
+            self._show_original = warnings.showwarning
+            self._streams = (_Stream(self, "stdout", sys.stdout), _Stream(self, "stderr", sys.stderr))
+        # A task may have replaced these: put ours back (cheap), and show each warning once per task.
+        sys.stdout, sys.stderr = self._streams
+        warnings.showwarning = self._show_warning
+        warnings.simplefilter("default")
         root = logging.getLogger()
-        root.removeHandler(handler)
-        root.setLevel(level)
+        root.addHandler(self._handler)
+        self._level = root.level
+        if self._level != log_level:
+            root.setLevel(log_level)
+        self.item = -1
+        self.events = []
+        self._size = 0
+        self._dropped = False
+        self.active = True
+
+    def end(self) -> list[list[Any]]:
+        """Stop capturing; returns the task's events."""
+        self.active = False
+        root = logging.getLogger()
+        root.removeHandler(self._handler)
+        if root.level != self._level:
+            root.setLevel(self._level)
+        return self.events
 
 
 def _category(name: str, pickled: bytes | None) -> type[Warning]:

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .serialize import BlobRef, Packed, seal, unseal
+from .serialize import MAGIC, BlobRef, Packed, pickled_as_call, seal, unseal
 
 __all__ = [
     "Columns",
@@ -72,6 +72,7 @@ class Columns:
         return (Columns, (self.cols,))
 
 
+@pickled_as_call
 @dataclass(frozen=True, slots=True)
 class TaskMessage:
     """A chunk of calls of one function. ``indices[k]`` is the item index of call ``k``."""
@@ -86,6 +87,7 @@ class TaskMessage:
     log_level: int = 30
 
 
+@pickled_as_call
 @dataclass(frozen=True, slots=True)
 class ItemError:
     """An exception raised by one call, pickled with its traceback when possible."""
@@ -101,6 +103,7 @@ class ItemError:
 OutputEvent = tuple[int, str, object]
 
 
+@pickled_as_call
 @dataclass(frozen=True, slots=True)
 class ResultMessage:
     """The outcome of one task. ``failure`` set means every call failed with it."""
@@ -117,6 +120,7 @@ class ResultMessage:
     split: bool = False
 
 
+@pickled_as_call
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A worker's word about tasks it took (``S``) or refused (``X``)."""
@@ -143,9 +147,7 @@ def decode(key: bytes, data: bytes) -> tuple[bytes, object]:
 
 
 def peek_task_id(data: bytes) -> int | None:
-    """The (unauthenticated) task id of a message, for reporting only."""
-    from .serialize import MAGIC
-
+    """The (unauthenticated) task id of a message, for reports and crash attribution only."""
     start = len(MAGIC) + 1 + 32
     if len(data) < start + _HEADER.size:
         return None

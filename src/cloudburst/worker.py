@@ -6,7 +6,8 @@
     loop:
         receive tasks (lease) ── none ─► idle too long? ─► retire
         authenticate each ── bad seal ─► refuse (X notice), delete, never unpickle
-        announce (S notice: which tasks this worker holds, for crash attribution)
+        announce (S notice: which tasks this worker holds, for crash attribution;
+                  not sent when the backend's task queue reports leases itself)
         for each task:
             too many deliveries? ─► give up: report WorkerDiedError, delete
             load function + calls ─► run each call, output captured per item
@@ -101,8 +102,9 @@ def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
 class Worker:
     """Runs tasks from a queue until retired. All backends share this loop."""
 
-    def __init__(self, side: WorkerSide, env: Mapping[str, str]) -> None:
+    def __init__(self, side: WorkerSide, env: Mapping[str, str], *, announce: bool = True) -> None:
         self.side = side
+        self.announce_tasks = announce
         self.key = bytes.fromhex(str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"]))
         self.worker_id = str(side.extra.get("worker_id") or worker_id(env))
         self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
@@ -125,6 +127,7 @@ class Worker:
         self._stopping = threading.Event()
         self._heartbeat: tuple[float, float] | None = None  # (last heartbeat value, when it changed here)
         self._last_work = time.monotonic()
+        self.capture = Capture()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -208,7 +211,7 @@ class Worker:
         self.side.tasks.ack([message.receipt])
 
     def announce(self, tasks: list[tuple[Message, TaskMessage]]) -> None:
-        if not tasks:
+        if not tasks or not self.announce_tasks:
             return
         notice = Notice(
             tuple(t.task_id for _, t in tasks),
@@ -284,10 +287,11 @@ class Worker:
         indices = task.indices
         seed = task.seed
         seed_item = seeds.seed_item
-        capture = Capture(task.log_level)
+        capture = self.capture
         started = time.perf_counter()
         with_kwargs = task.with_kwargs
-        with capture:
+        capture.begin(task.log_level)
+        try:
             for pos, call in enumerate(calls):
                 index = indices[pos]
                 capture.item = index
@@ -303,10 +307,10 @@ class Worker:
                 except BaseException as exc:
                     errors[pos] = item_error(exc)
                     self.log_failure(task.task_id, index, errors[pos])
-                if capture.warned():
-                    capture.collect_warnings()
+        finally:
+            events = capture.end()
         seeds.seed_item(None, -1)
-        return values, errors, capture.events, time.perf_counter() - started
+        return values, errors, events, time.perf_counter() - started
 
     def log_failure(self, task_id: int, index: int, error: ItemError) -> None:
         """Into this worker's own log (CloudWatch on Fargate), for `cloudburst logs`."""
@@ -494,7 +498,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
             sys.path.insert(0, entry)
     backend = get_backend(env["CLOUDBURST_BACKEND"])
     side = backend.connect_worker(env)
-    worker = Worker(side, env)
+    worker = Worker(side, env, announce=not backend.reports_leases)
     signal.signal(signal.SIGTERM, _say_and_die)
     print(
         f"cloudburst-worker {worker.worker_id}: started for job {env.get('CLOUDBURST_JOB_ID', '?')[:12]} "

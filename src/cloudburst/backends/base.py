@@ -6,6 +6,10 @@
     Queue     leased messages         send_batch / receive / ack / extend / purge
     Launcher  worker processes/tasks  start / stop / poll / running
 
+A queue that lives in the client's process may offer more: ``Subscribable``
+(hand each message to the client as it is sent, no receive loop) and
+``LeaseReporting`` (say which worker took which task; see ``reports_leases``).
+
 A ``Backend`` builds them for one job on the client side (``open_job``) and
 again inside a worker (``connect_worker``) from the environment the launcher
 gave it. The core never asks which backend it is talking to.
@@ -14,7 +18,7 @@ gave it. The core never asks which backend it is talking to.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
@@ -22,7 +26,18 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..config import ExecutorOptions
 
-__all__ = ["Backend", "JobResources", "Launcher", "Message", "Queue", "Store", "WorkerExit", "WorkerSide"]
+__all__ = [
+    "Backend",
+    "JobResources",
+    "Launcher",
+    "LeaseReporting",
+    "Message",
+    "Queue",
+    "Store",
+    "Subscribable",
+    "WorkerExit",
+    "WorkerSide",
+]
 
 
 @runtime_checkable
@@ -64,6 +79,26 @@ class Queue(Protocol):
     def extend(self, receipts: Sequence[str], seconds: float) -> None: ...
 
     def purge(self) -> None: ...
+
+
+@runtime_checkable
+class Subscribable(Protocol):
+    """Optional, for a queue in the client's process: hand every message to ``consumer`` as it is sent.
+
+    The consumer runs in the sender's thread; a subscribed message is never leased, so it needs no ack.
+    """
+
+    def subscribe(self, consumer: Callable[[bytes], None]) -> None: ...
+
+
+@runtime_checkable
+class LeaseReporting(Protocol):
+    """Optional, for a task queue in the client's process: report each lease as it is given.
+
+    ``callback(worker_id, messages)`` runs before the worker gets the messages.
+    """
+
+    def watch_leases(self, callback: Callable[[str, Sequence[Message]], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +169,9 @@ class Backend(abc.ABC):
     start_eagerly: ClassVar[bool] = True
     #: seconds between a worker's looks at the job's control record (stop flag, client heartbeat)
     control_period: float = 5.0
+    #: the task queue reports which worker took each task (it is LeaseReporting), so workers do
+    #: not announce the tasks they start
+    reports_leases: ClassVar[bool] = False
 
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options

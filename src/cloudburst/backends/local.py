@@ -185,6 +185,7 @@ class LocalBackend(Backend):
     max_message_bytes: ClassVar[int] = 1 << 20
     target_task_seconds: ClassVar[float] = 0.1
     lease_seconds = 30.0
+    reports_leases: ClassVar[bool] = True
 
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
         root = Path(tempfile.mkdtemp(prefix=f"cloudburst-{job_id[:8]}-"))

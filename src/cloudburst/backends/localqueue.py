@@ -8,6 +8,10 @@
          │                         connection           job key (multiprocessing.connection)
     a dropped connection releases its holder's leases at once: a crashed worker's
     task is delivered again without waiting for the lease to run out.
+    A message sent while a worker waits is leased and written to that worker's
+    socket by the sender itself. The tasks queue tells the client which worker
+    leased which task; the results queue hands each message to the client's
+    consumer in the connection thread that received it.
 
 Frames are raw bytes (``send_bytes``); nothing on this socket is ever unpickled.
 """
@@ -19,7 +23,7 @@ import itertools
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 
@@ -32,6 +36,7 @@ _RECV = struct.Struct("<Id")  # max messages, wait seconds
 _ITEM = struct.Struct("<HIQ")  # receipt length, receive count, body length
 _LEN = struct.Struct("<Q")
 _FLOAT = struct.Struct("<d")
+_LeaseCallback = Callable[[str, Sequence[Message]], None]
 
 
 @dataclass(slots=True)
@@ -43,6 +48,18 @@ class _Lease:
     holder: str | None
 
 
+@dataclass(eq=False, slots=True)
+class _Receiver:
+    """A receive waiting for messages. One that can take deliveries is handed them by the sender."""
+
+    holder: str | None
+    max_messages: int
+    wake: threading.Condition
+    deliver: Callable[[list[Message]], None] | None
+    parked: bool = False  # in the queue's list of waiting receivers
+    served: bool = False  # a sender leased messages to it and delivers them
+
+
 class MemoryQueue:
     """At-least-once queue with leases, thread-safe. Implements the Queue contract."""
 
@@ -51,77 +68,126 @@ class MemoryQueue:
         self._ready: collections.deque[tuple[int, bytes, int]] = collections.deque()
         self._leased: dict[str, _Lease] = {}
         self._ids = itertools.count()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._receivers: collections.deque[_Receiver] = collections.deque()
         self._closed = False
+        self._consumer: Callable[[bytes], None] | None = None
+        self._on_lease: _LeaseCallback | None = None
 
     # -- contract
     def send_batch(self, bodies: Sequence[bytes]) -> None:
-        with self._cond:
+        consumer = self._consumer
+        if consumer is not None:
+            for body in bodies:
+                consumer(body)
+            return
+        with self._lock:
             for body in bodies:
                 self._ready.append((next(self._ids), body, 0))
-            self._cond.notify(len(bodies))
+            handed = self._hand_over()
+        self._deliver(handed)
 
     def receive(self, max_messages: int, wait: float, holder: str | None = None) -> list[Message]:
+        return self.receive_or_hand_over(max_messages, wait, holder, None) or []
+
+    def receive_or_hand_over(
+        self,
+        max_messages: int,
+        wait: float,
+        holder: str | None,
+        deliver: Callable[[list[Message]], None] | None,
+    ) -> list[Message] | None:
+        """Receive; while it waits, a sender may lease messages to it and pass them to ``deliver``
+        itself (sparing this thread's wake-up on the way): then this returns None."""
+        me = _Receiver(holder, max_messages, threading.Condition(self._lock), deliver)
         deadline = time.monotonic() + wait
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                self._expire(now)
-                if self._ready:
-                    return self._lease(max_messages, now, holder)
-                if self._closed or now >= deadline:
-                    return []
-                timeout = deadline - now
-                if self._leased:
-                    timeout = min(timeout, max(0.0, min(lease.expires for lease in self._leased.values()) - now))
-                self._cond.wait(timeout + 0.001)
+        with self._lock:
+            try:
+                while not me.served:
+                    now = time.monotonic()
+                    self._expire(now)
+                    if self._ready:
+                        messages = self._lease(max_messages, now, holder)
+                        break
+                    if self._closed or now >= deadline:
+                        return []
+                    timeout = deadline - now
+                    if self._leased:
+                        timeout = min(timeout, max(0.0, min(lease.expires for lease in self._leased.values()) - now))
+                    if not me.parked:
+                        me.parked = True
+                        self._receivers.append(me)
+                    me.wake.wait(timeout + 0.001)
+                else:
+                    return None
+            finally:
+                if me.parked:
+                    me.parked = False
+                    self._receivers.remove(me)
+        self._report(holder, messages)
+        return messages
 
     def ack(self, receipts: Sequence[str]) -> None:
-        with self._cond:
+        with self._lock:
             for receipt in receipts:
                 self._leased.pop(receipt, None)
 
     def extend(self, receipts: Sequence[str], seconds: float) -> None:
         expires = time.monotonic() + seconds
-        with self._cond:
+        with self._lock:
             for receipt in receipts:
                 lease = self._leased.get(receipt)
                 if lease is not None:
                     lease.expires = expires
 
     def purge(self) -> None:
-        with self._cond:
+        with self._lock:
             self._ready.clear()
+
+    # -- optional capabilities (LeaseReporting, Subscribable)
+    def watch_leases(self, callback: _LeaseCallback) -> None:
+        """Call ``callback(holder, messages)`` for each lease given to a holder, before it gets them."""
+        self._on_lease = callback
+
+    def subscribe(self, consumer: Callable[[bytes], None]) -> None:
+        """From now on, hand every message sent to ``consumer`` instead of queueing it."""
+        with self._lock:
+            self._consumer = consumer
+            waiting = [body for _, body, _ in self._ready]
+            self._ready.clear()
+        for body in waiting:
+            consumer(body)
 
     # -- local extras
     def release_holder(self, holder: str) -> int:
         """Return every lease held by ``holder`` to the front of the queue."""
-        with self._cond:
+        with self._lock:
             released = [r for r, lease in self._leased.items() if lease.holder == holder]
             for receipt in released:
                 lease = self._leased.pop(receipt)
                 self._ready.appendleft((lease.message_id, lease.body, lease.count))
-            if released:
-                self._cond.notify(len(released))
-            return len(released)
+            handed = self._hand_over()
+        self._deliver(handed)
+        return len(released)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            for receiver in self._receivers:
+                receiver.wake.notify()
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._ready) + len(self._leased)
 
     def pending(self) -> list[bytes]:
         """Bodies waiting for delivery (for inspection in tests and tools)."""
-        with self._cond:
+        with self._lock:
             return [body for _, body, _ in self._ready]
 
     def replace_pending(self, index: int, body: bytes) -> None:
         """Swap the body of a waiting message (fault injection in the failure tests)."""
-        with self._cond:
+        with self._lock:
             message_id, _, count = self._ready[index]
             self._ready[index] = (message_id, body, count)
 
@@ -131,6 +197,29 @@ class MemoryQueue:
         for receipt in expired:
             lease = self._leased.pop(receipt)
             self._ready.appendleft((lease.message_id, lease.body, lease.count))
+
+    def _hand_over(self) -> list[tuple[_Receiver, list[Message]]]:
+        """Lease ready messages to waiting receivers that take deliveries; wake the others. Lock held."""
+        handed = []
+        now = time.monotonic()
+        while self._ready and self._receivers:
+            receiver = self._receivers.popleft()
+            receiver.parked = False
+            if receiver.deliver is not None:
+                receiver.served = True
+                handed.append((receiver, self._lease(receiver.max_messages, now, receiver.holder)))
+            receiver.wake.notify()  # a served one returns at once; the others take messages themselves
+        return handed
+
+    def _deliver(self, handed: list[tuple[_Receiver, list[Message]]]) -> None:
+        for receiver, messages in handed:
+            self._report(receiver.holder, messages)
+            assert receiver.deliver is not None
+            receiver.deliver(messages)
+
+    def _report(self, holder: str | None, messages: list[Message]) -> None:
+        if messages and holder is not None and self._on_lease is not None:
+            self._on_lease(holder, messages)
 
     def _lease(self, max_messages: int, now: float, holder: str | None) -> list[Message]:
         out = []
@@ -170,6 +259,14 @@ class QueueServer:
 
     def _serve(self, conn: Connection) -> None:
         holder: str | None = None
+
+        def deliver(messages: list[Message]) -> None:
+            """Answer this connection's waiting receive (from a sender's thread)."""
+            try:
+                conn.send_bytes(_pack_messages(messages))
+            except OSError:
+                pass  # gone: this thread reads the end of the connection and releases the leases
+
         try:
             while True:
                 frame = conn.recv_bytes()
@@ -178,8 +275,9 @@ class QueueServer:
                 queue = self._queues[index]
                 if op == b"R":
                     max_messages, wait = _RECV.unpack_from(payload)
-                    messages = queue.receive(max_messages, wait, holder)
-                    conn.send_bytes(_pack_messages(messages))
+                    messages = queue.receive_or_hand_over(max_messages, wait, holder, deliver)
+                    if messages is not None:
+                        conn.send_bytes(_pack_messages(messages))
                 elif op == b"S":
                     queue.send_batch(_unpack_bodies(payload))
                 elif op == b"A":
