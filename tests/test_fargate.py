@@ -453,3 +453,26 @@ def test_logs_show_a_failing_task(emulator: Emulator, fargate: Any) -> None:
     assert 'raise ValueError(f"bad item {x}")' in out or "ValueError: bad item 3" in out
     nothing = subprocess.run([sys.executable, "-m", "cloudburst.cli", "logs", "feedface"], **run)
     assert nothing.returncode != 0 and "no job 'feedface' here" in nothing.stderr
+
+
+def test_debug_keeps_workers_up_with_ecs_exec_and_says_how(
+    emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ex = cloudburst.Executor(1, backend="fargate", debug=True)
+    assert ex.submit(abs, -4).result(timeout=60) == 4
+    (task_id,) = ex._job.resources.launcher.task_ids()
+    ex.shutdown()
+    err = capsys.readouterr().err
+    assert f"aws ecs execute-command --cluster cloudburst --task {task_id} --container worker --interactive" in err
+    assert [t.task_id for t in emulator.workers()] == [task_id]  # still running after the job
+    ecs = boto3.client("ecs")
+    (task,) = ecs.describe_tasks(cluster="cloudburst", tasks=[task_id])["tasks"]
+    assert task["lastStatus"] == "RUNNING"
+    cleaned = subprocess.run(
+        [sys.executable, "-m", "cloudburst.cli", "cleanup", "--yes", "--older-than", "0", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"worker {task_id}" in json.loads(cleaned.stdout)[ex.job_id]
+    assert_nothing_left_in_aws(emulator, ex.job_id)

@@ -955,7 +955,7 @@ class Job:
             if thread is not current and thread is not collector and thread.is_alive():
                 thread.join(timeout=2)
         try:
-            if not self.backend.detached:
+            if not (self.backend.detached or self.backend.keeps_workers):
                 try:
                     self._write_control(stopped=True)  # workers that miss the stop request retire on this
                 except Exception as exc:

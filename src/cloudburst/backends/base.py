@@ -233,6 +233,11 @@ class Backend(abc.ABC):
         return 0.0, 0.0
 
     @property
+    def keeps_workers(self) -> bool:
+        """Whether workers stay up after the job (debugging), rather than being told to stop."""
+        return False
+
+    @property
     def detached(self) -> bool:
         """Whether the job goes on after the client leaves (everything is queued at once)."""
         return False

@@ -327,6 +327,10 @@ class FargateLauncher:
             print(f"cloudburst: could not list the job's workers: {exc}", file=sys.stderr)
         return found
 
+    def stopped_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._stopped)
+
     def task_ids(self) -> set[str]:
         """Every Fargate task this launcher started, running or stopped."""
         with self._lock:
@@ -351,6 +355,8 @@ class FargateLauncher:
             "tags": [{"key": JOB_TAG, "value": self.job_id}, {"key": "cloudburst", "value": "true"}]
             + [{"key": k, "value": v} for k, v in s.tags.items()],
         }
+        if s.debug:
+            request["enableExecuteCommand"] = True  # ECS Exec: a shell in the worker
         if s.spot:
             request["capacityProviderStrategy"] = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
         else:
@@ -473,7 +479,9 @@ class FargateBackend(Backend):
 
     @property
     def idle_timeout(self) -> float | None:
-        return self.options.idle_timeout if self.options.idle_timeout is not None else 120.0
+        if self.options.idle_timeout is not None:
+            return self.options.idle_timeout
+        return 3600.0 if self.settings.debug else 120.0
 
     @property
     def client_timeout(self) -> float | None:
@@ -482,6 +490,10 @@ class FargateBackend(Backend):
     @property
     def detached(self) -> bool:
         return self.settings.detached
+
+    @property
+    def keeps_workers(self) -> bool:
+        return self.settings.debug
 
     def cost(self, resources: JobResources) -> float:
         launcher = resources.launcher
@@ -599,9 +611,11 @@ class FargateBackend(Backend):
         )
 
     def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
-        keep = keep or self.settings.keep or self.settings.detached
+        keep = keep or self.settings.keep or self.settings.detached or self.settings.debug
         launcher = resources.launcher
-        if not self.settings.detached:
+        if self.settings.debug and isinstance(launcher, FargateLauncher):
+            self._explain_debug(launcher)
+        elif not self.settings.detached:
             launcher.stop()
         if isinstance(launcher, FargateLauncher) and launcher.local is not None:
             launcher.local.stop()
@@ -613,6 +627,18 @@ class FargateBackend(Backend):
             store.delete_prefix("")
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def _explain_debug(self, launcher: FargateLauncher) -> None:
+        live = sorted(launcher.task_ids() - launcher.stopped_ids())
+        region = f" --region {self.settings.region}" if self.settings.region else ""
+        lines = [f"cloudburst: debug=True: {len(live)} worker(s) kept running (ECS Exec on) for a shell:"]
+        lines += [
+            f"  aws ecs execute-command --cluster {self.settings.cluster} --task {task_id} --container {CONTAINER} "
+            f"--interactive --command /bin/bash{region}"
+            for task_id in live
+        ]
+        lines.append(f"They stop after idle_timeout ({self.idle_timeout:g} s); `cloudburst cleanup` removes the job.")
+        print("\n".join(lines), file=sys.stderr)
 
     @classmethod
     def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:

@@ -42,6 +42,7 @@ class FargateSettings:
     lease_seconds: float = 60.0
     poll_interval: float = 2.0
     max_cost_per_job: float = 0.0
+    debug: bool = False
     cost_alert_threshold: float = 0.0
     tags: Mapping[str, str] = field(default_factory=dict)
 
@@ -90,7 +91,7 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if name in ("assign_public_ip", "spot", "detached", "keep"):
+        if name in ("assign_public_ip", "spot", "detached", "keep", "debug"):
             out[name] = as_flag(name, value)
         elif name in ("subnets", "security_groups"):
             out[name] = tuple(as_ids(name, value))

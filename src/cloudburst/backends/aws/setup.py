@@ -377,6 +377,17 @@ def _task_policy(ctx: _Context) -> dict[str, Any]:
                 "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
             },
             {
+                "Sid": "EcsExecForDebugging",
+                "Effect": "Allow",
+                "Action": [
+                    "ssmmessages:CreateControlChannel",
+                    "ssmmessages:CreateDataChannel",
+                    "ssmmessages:OpenControlChannel",
+                    "ssmmessages:OpenDataChannel",
+                ],
+                "Resource": "*",  # these actions take no resource; they carry no job data
+            },
+            {
                 "Sid": "JobKeys",
                 "Effect": "Allow",
                 "Action": "ssm:GetParameter",
