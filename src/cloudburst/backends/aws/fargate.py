@@ -448,8 +448,13 @@ class FargateBackend(Backend):
         fits, line = fit_workers(quota, workers, self.cpu_units / 1024, on_short=str(lookup("on_quota_short").value))
         if line:
             print(line, file=sys.stderr)
-            if lookup("auto_quota_request").value and not pending_requests(s.region, s.profile):
-                wanted = math.ceil((quota.in_use + workers * self.cpu_units / 1024) * 1.2)
+            wanted = math.ceil((quota.in_use + workers * self.cpu_units / 1024) * 1.2)  # 20% headroom
+            ask = bool(lookup("auto_quota_request").value) or (
+                sys.stdin.isatty()
+                and input(f"Ask AWS to raise the {quota.name} quota to {wanted} vCPUs? [y/N] ").strip().lower()
+                in ("y", "yes")
+            )
+            if ask and not pending_requests(s.region, s.profile):
                 request_increase(s.region, s.profile, spot=s.spot, value=wanted)
                 print(f"cloudburst: asked AWS to raise the {quota.name} quota to {wanted} vCPUs", file=sys.stderr)
         return fits
