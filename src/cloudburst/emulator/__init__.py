@@ -98,6 +98,8 @@ class Emulator:
                 "AWS_DEFAULT_REGION": self.region,
                 "AWS_REGION": self.region,
                 "CLOUDBURST_POLL_INTERVAL": str(self.poll_interval),
+                # Nothing learnt from emulated AWS (prices) lands in the user's own cache.
+                "CLOUDBURST_CACHE_DIR": str(self._work_dir / "cache"),
             }
         )
         worker_env = default_worker_env(self.url)
