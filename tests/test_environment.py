@@ -1,0 +1,86 @@
+"""The environment snapshot and image recipe: pinned, reproducible tags, platform-only packages out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from cloudburst.environment import Snapshot, dockerfile, snapshot, strip_credentials, tag
+
+
+def test_snapshot_pins_what_is_installed() -> None:
+    snap = snapshot()
+    assert snap.python == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"cloudpickle=={metadata.version('cloudpickle')}" in snap.requirements
+    names = {r.split("==")[0] for r in snap.requirements}
+    assert not names & {"pip", "setuptools", "cloudburst"}  # the image brings its own
+    assert all("==" in r for r in snap.requirements)
+
+
+def test_same_environment_same_tag_one_change_new_tag() -> None:
+    snap = snapshot()
+    assert tag(snap) == tag(snapshot())
+    changed = dataclasses.replace(snap, requirements=(*snap.requirements[:-1], "zzz-extra==1.0"))
+    assert tag(changed) != tag(snap)
+    assert tag(snap, arch="arm64") != tag(snap)
+    assert tag(snap).startswith(f"py{snap.python}-x86_64-")
+
+
+def test_golden_dockerfile() -> None:
+    snap = Snapshot(python="3.11", requirements=("numpy==2.1.0",), local=("/home/me/mypkg",))
+    assert dockerfile(snap) == (
+        "FROM public.ecr.aws/docker/library/python:3.11-slim\n"
+        "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1\n"
+        "RUN pip install --no-cache-dir uv\n"
+        "COPY requirements.txt /cloudburst/requirements.txt\n"
+        "RUN uv pip install --system --no-cache -r /cloudburst/requirements.txt\n"
+        "COPY wheels/ /cloudburst/wheels/\n"
+        "RUN uv pip install --system --no-cache /cloudburst/wheels/*.whl\n"
+        "COPY cloudburst/ /cloudburst/cloudburst-wheel/\n"
+        "RUN uv pip install --system --no-cache /cloudburst/cloudburst-wheel/*.whl\n"
+        'CMD ["python", "-m", "cloudburst.worker"]\n'
+    )
+
+
+def test_requirement_files_are_honoured_and_platform_only_packages_left_out(tmp_path: Path) -> None:
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("numpy==2.1.0  # arrays\n-r other.txt\npywin32==306\npyobjc-core==10.0\nrequests>=2\n")
+    snap = snapshot(reqs)
+    assert snap.requirements == ("numpy==2.1.0", "requests>=2")
+    assert snap.left_out == ("pyobjc-core", "pywin32")
+    assert any("only for macOS or Windows" in n for n in snap.notes)
+    lock = tmp_path / "uv.lock"
+    lock.write_text(
+        'version = 1\n[[package]]\nname = "myproj"\nversion = "0.1.0"\nsource = { editable = "." }\n'
+        '[[package]]\nname = "numpy"\nversion = "2.1.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+    )
+    assert snapshot(lock).requirements == ("numpy==2.1.0",)
+    project = tmp_path / "pyproject.toml"
+    project.write_text('[project]\nname = "x"\ndependencies = ["pandas>=2", "appnope"]\n')
+    assert snapshot(project).requirements == ("pandas>=2",)
+
+
+def test_local_installs_are_listed_to_be_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "mypkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 0.1\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": "file:///home/me/mypkg", "dir_info": {"editable": True}}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    snap = snapshot()
+    assert "/home/me/mypkg" in snap.local
+    assert not any(r.startswith("mypkg==") for r in snap.requirements)
+
+
+def test_index_credentials_never_reach_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (
+        strip_credentials("https://user:s3cret@pypi.example.com:8443/simple") == "https://pypi.example.com:8443/simple"
+    )
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken@private.example.com/simple")
+    snap = snapshot()
+    assert snap.index_urls == ("https://private.example.com/simple",)
+    assert "t0ken" not in snap.requirements_txt() and "t0ken" not in dockerfile(snap)
