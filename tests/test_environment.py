@@ -41,8 +41,8 @@ def test_golden_dockerfile() -> None:
         "RUN uv pip install --system --no-cache -r /cloudburst/requirements.txt\n"
         "COPY wheels/ /cloudburst/wheels/\n"
         "RUN uv pip install --system --no-cache /cloudburst/wheels/*.whl\n"
-        "COPY cloudburst/ /cloudburst/cloudburst-wheel/\n"
-        "RUN uv pip install --system --no-cache /cloudburst/cloudburst-wheel/*.whl\n"
+        "COPY cloudburst/ /cloudburst/lib/cloudburst/\n"
+        "ENV PYTHONPATH=/cloudburst/lib\n"
         'CMD ["python", "-m", "cloudburst.worker"]\n'
     )
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import __version__
 
-__all__ = ["PLATFORM_ONLY", "Snapshot", "dockerfile", "snapshot", "strip_credentials", "tag"]
+__all__ = ["PLATFORM_ONLY", "Snapshot", "build_context", "dockerfile", "snapshot", "strip_credentials", "tag"]
 
 #: Distributions that exist only for macOS or Windows: they cannot install on a Linux worker.
 PLATFORM_ONLY = frozenset(
@@ -196,8 +196,28 @@ def dockerfile(snap: Snapshot) -> str:
     if snap.local:
         lines += ["COPY wheels/ /cloudburst/wheels/", "RUN uv pip install --system --no-cache /cloudburst/wheels/*.whl"]
     lines += [
-        "COPY cloudburst/ /cloudburst/cloudburst-wheel/",
-        "RUN uv pip install --system --no-cache /cloudburst/cloudburst-wheel/*.whl",
+        "COPY cloudburst/ /cloudburst/lib/cloudburst/",  # this very cloudburst, whatever installed it
+        "ENV PYTHONPATH=/cloudburst/lib",
         'CMD ["python", "-m", "cloudburst.worker"]',
     ]
     return "\n".join(lines) + "\n"
+
+
+def build_context(snap: Snapshot, folder: Path) -> Path:
+    """Write the image's build context: Dockerfile, requirements.txt, local wheels, cloudburst itself."""
+    import shutil
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Dockerfile").write_text(dockerfile(snap))
+    (folder / "requirements.txt").write_text(snap.requirements_txt())
+    if snap.local:
+        wheels = folder / "wheels"
+        wheels.mkdir(exist_ok=True)
+        for path in snap.local:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), path], check=True
+            )
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, folder / "cloudburst", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return folder

@@ -133,6 +133,7 @@ KEYS: dict[str, Key] = {
         Key("execution_role_arn", "aws", _text, "", "role ECS uses to pull the image and write logs"),
         Key("task_role_arn", "aws", _text, "", "role the workers run as (job data, job queues, logs only)"),
         Key("log_group", "aws", _text, "/cloudburst/workers", "CloudWatch log group of the workers"),
+        Key("build_role_arn", "aws", _text, "", "role CodeBuild uses to build worker images"),
         Key("ecr_repository", "aws", _text, "cloudburst", "ECR repository for worker images"),
         Key("image", "aws", _text, "", "worker image (default: built from your environment, or stock Python)"),
         Key("workers", "defaults", number(1, 100_000, whole=True), 10, "workers of a cloud run"),

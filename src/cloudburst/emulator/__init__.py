@@ -17,6 +17,7 @@ Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -75,6 +76,7 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._work_dir = Path(tempfile.mkdtemp(prefix="cloudburst-emulator-"))
         self.gateway: Gateway | None = None
+        self.builds: list[str] = []  # image URIs emulated CodeBuild builds pushed
         self.agent: EcsAgent | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -84,6 +86,7 @@ class Emulator:
 
         self._reset_moto()
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
+        self.gateway.on_build = self._pushed
         self._server = make_server("127.0.0.1", 0, self.gateway, threaded=True, request_handler=quiet_handler())
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="cloudburst-emulator", daemon=True)
@@ -171,6 +174,22 @@ class Emulator:
             "CLOUDBURST_REGION": self.region,
         }
         return self.resources
+
+    def _pushed(self, image_uri: str) -> None:
+        """An emulated CodeBuild build 'pushes' its image: a manifest for that tag appears in moto's ECR."""
+        from moto.ecr.models import ecr_backends
+
+        repository_path, _, image_tag = image_uri.rpartition(":")
+        repository = repository_path.split("/", 1)[1]
+        self.builds.append(image_uri)
+        manifest = json.dumps(  # unique per tag, so each build is its own image
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "annotations": {"cloudburst.tag": image_tag},
+            }
+        )
+        ecr_backends["123456789012"][self.region].put_image(repository, manifest, image_tag)
 
     # ------------------------------------------------------------------ fault hooks and inspection
     @property

@@ -161,6 +161,8 @@ class Gateway:
     faults: list[FaultRule] = field(default_factory=list)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: called with the image URI of every CodeBuild build started (moto's builds run nothing)
+    on_build: Callable[[str], None] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         service = _service_of(environ)
@@ -179,6 +181,11 @@ class Gateway:
                 failure = {"arn": "", "reason": rule.run_task_failure}
                 return _json(start_response, 200, {"tasks": [], "failures": [failure]})
             return _json(start_response, rule.status, {"__type": rule.code, "message": rule.message})
+        if service == "codebuild" and operation == "StartBuild" and self.on_build is not None:
+            variables = _read_json(environ).get("environmentVariablesOverride", [])
+            image = next((v["value"] for v in variables if v.get("name") == "IMAGE_URI"), "")
+            if image:
+                self.on_build(image)  # what the build's `docker push` would have done
         if service in ("servicequotas", "pricing"):
             body = _read_json(environ)
             stub = self.quotas if service == "servicequotas" else self.pricing

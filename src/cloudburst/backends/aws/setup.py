@@ -34,10 +34,6 @@ REPOSITORY = "cloudburst"
 LOG_RETENTION_DAYS = 30
 ON_DEMAND_QUOTA = "L-3032A538"
 SPOT_QUOTA = "L-36FBB829"
-TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-}
 LIFECYCLE = {
     "Rules": [
         {
@@ -126,6 +122,10 @@ class _Context:
     @property
     def task_role(self) -> str:
         return f"cloudburst-task-{self.region}"
+
+    @property
+    def build_role(self) -> str:
+        return f"cloudburst-build-{self.region}"
 
 
 # ---------------------------------------------------------------------------- the steps, each look-or-make
@@ -397,6 +397,42 @@ def _task_policy(ctx: _Context) -> dict[str, Any]:
     }
 
 
+def _build_policy(ctx: _Context) -> dict[str, Any]:
+    """CodeBuild's permissions when it builds a worker image: read the context, push the image, log."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Context",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{ctx.bucket}/builds/*",
+            },
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {
+                "Sid": "PushWorkerImage",
+                "Effect": "Allow",
+                "Action": [
+                    "ecr:BatchCheckLayerAvailability",
+                    "ecr:InitiateLayerUpload",
+                    "ecr:UploadLayerPart",
+                    "ecr:CompleteLayerUpload",
+                    "ecr:PutImage",
+                    "ecr:BatchGetImage",
+                    "ecr:GetDownloadUrlForLayer",
+                ],
+                "Resource": f"arn:aws:ecr:{ctx.region}:{ctx.account}:repository/{REPOSITORY}",
+            },
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:/aws/codebuild/cloudburst-*",
+            },
+        ],
+    }
+
+
 def _execution_policy(ctx: _Context) -> dict[str, Any]:
     """What ECS needs to start a worker: pull our image, write its logs."""
     return {
@@ -419,7 +455,22 @@ def _execution_policy(ctx: _Context) -> dict[str, Any]:
     }
 
 
-def _role(ctx: _Context, report: Report, fix: bool, name: str, policy: dict[str, Any], key: str) -> None:
+def _trust(service: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def _role(
+    ctx: _Context,
+    report: Report,
+    fix: bool,
+    name: str,
+    policy: dict[str, Any],
+    key: str,
+    service: str = "ecs-tasks.amazonaws.com",
+) -> None:
     iam = ctx.client("iam")
     try:
         role = iam.get_role(RoleName=name)["Role"]
@@ -434,7 +485,7 @@ def _role(ctx: _Context, report: Report, fix: bool, name: str, policy: dict[str,
         with translate("IAM", "CreateRole", name):
             role = iam.create_role(
                 RoleName=name,
-                AssumeRolePolicyDocument=json.dumps(TRUST),
+                AssumeRolePolicyDocument=json.dumps(_trust(service)),
                 Description="cloudburst workers",
                 Tags=[TAG],
             )["Role"]
@@ -442,10 +493,10 @@ def _role(ctx: _Context, report: Report, fix: bool, name: str, policy: dict[str,
     repaired = []
     trust = role.get("AssumeRolePolicyDocument")
     trust = json.loads(trust) if isinstance(trust, str) else trust
-    if status == "found" and not _trusts_ecs_tasks(trust):
-        repaired.append("trust policy (ecs-tasks.amazonaws.com)")
+    if status == "found" and not _trusts(trust, service):
+        repaired.append(f"trust policy ({service})")
         if fix:
-            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(TRUST))
+            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(_trust(service)))
     try:
         current = iam.get_role_policy(RoleName=name, PolicyName="cloudburst")["PolicyDocument"]
         current = json.loads(current) if isinstance(current, str) else current
@@ -460,11 +511,11 @@ def _role(ctx: _Context, report: Report, fix: bool, name: str, policy: dict[str,
     report.config[key] = role["Arn"]
 
 
-def _trusts_ecs_tasks(document: Any) -> bool:
+def _trusts(document: Any, service: str) -> bool:
     for statement in (document or {}).get("Statement", []):
         service = statement.get("Principal", {}).get("Service", [])
         services = [service] if isinstance(service, str) else service
-        if statement.get("Effect") == "Allow" and "ecs-tasks.amazonaws.com" in services:
+        if statement.get("Effect") == "Allow" and service in services:
             return True
     return False
 
@@ -531,6 +582,7 @@ def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) 
     _network(ctx, report, fix, subnets)
     _role(ctx, report, fix, ctx.execution_role, _execution_policy(ctx), "execution_role_arn")
     _role(ctx, report, fix, ctx.task_role, _task_policy(ctx), "task_role_arn")
+    _role(ctx, report, fix, ctx.build_role, _build_policy(ctx), "build_role_arn", "codebuild.amazonaws.com")
     _quotas(ctx, report)
 
 
@@ -615,7 +667,15 @@ def teardown(
         with translate("cloudburst", "teardown", f"{kind} {name}"):
             remove()
         report.add(Step(f"{kind} {name}", "removed"))
-    for key in ("bucket", "cluster", "subnets", "security_groups", "execution_role_arn", "task_role_arn"):
+    for key in (
+        "bucket",
+        "cluster",
+        "subnets",
+        "security_groups",
+        "execution_role_arn",
+        "task_role_arn",
+        "build_role_arn",
+    ):
         config.pop(key, None)
     userconfig.save(config)
     return report
@@ -657,7 +717,7 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]
             ("security group", group["GroupId"], functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]))
         )
     for role in iam.list_roles().get("Roles", []):
-        if role["RoleName"] not in (ctx.execution_role, ctx.task_role):
+        if role["RoleName"] not in (ctx.execution_role, ctx.task_role, ctx.build_role):
             continue
         if TAG in iam.list_role_tags(RoleName=role["RoleName"]).get("Tags", []):
             out.append(("role", role["RoleName"], functools.partial(_delete_role, iam, role["RoleName"])))

@@ -1,0 +1,235 @@
+"""Worker images in ECR, tagged by the hash of the environment they hold.
+
+::
+
+    ensure_image(snapshot)  ─► tag = hash(lock, Python, base, arch, cloudburst)
+        ECR has repo:tag? ─── yes ─► reuse it (one DescribeImages call)
+                          └── no ──► build context ─► a local Docker engine: build and push
+                                                   └► else AWS CodeBuild: context to S3, build
+                                                      started, its log streamed, image pushed
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...environment import Snapshot, build_context, tag
+from ...errors import CloudError
+from .clients import client, error_code, translate
+
+__all__ = ["BUILDSPEC", "BUILD_PROJECT", "docker_engine", "ensure_image", "find_image", "list_images", "prune_images"]
+
+BUILD_PROJECT = "cloudburst-image-builder"
+BUILDSPEC = """version: 0.2
+phases:
+  pre_build:
+    commands:
+      - aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin ${IMAGE_URI%%/*}
+  build:
+    commands:
+      - docker build --platform $PLATFORM -t $IMAGE_URI .
+  post_build:
+    commands:
+      - docker push $IMAGE_URI
+"""
+
+
+def _repository_uri(region: str | None, profile: str | None, repository: str) -> str:
+    ecr: Any = client("ecr", region, profile)
+    with translate("ECR", "DescribeRepositories", repository):
+        return str(ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]["repositoryUri"])
+
+
+def find_image(region: str | None, profile: str | None, repository: str, image_tag: str) -> bool:
+    """Whether ECR holds ``repository:image_tag`` (the cache check: one request)."""
+    ecr: Any = client("ecr", region, profile)
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": image_tag}])
+        return True
+    except Exception as exc:
+        if error_code(exc) in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            return False
+        raise
+
+
+def docker_engine() -> bool:
+    docker = shutil.which("docker")
+    if not docker:
+        return False
+    try:
+        return subprocess.run([docker, "info"], capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_image(
+    snap: Snapshot,
+    *,
+    region: str | None,
+    profile: str | None,
+    repository: str,
+    bucket: str,
+    role_arn: str,
+    arch: str = "x86_64",
+    echo: Callable[[str], None] = print,
+) -> str:
+    """The image URI for this environment: found in ECR, else built and pushed."""
+    image_tag = tag(snap, arch=arch)
+    uri = f"{_repository_uri(region, profile, repository)}:{image_tag}"
+    if find_image(region, profile, repository, image_tag):
+        return uri
+    echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
+    with tempfile.TemporaryDirectory(prefix="cloudburst-build-") as folder:
+        context = build_context(snap, Path(folder) / "context")
+        if docker_engine():
+            _docker_build(context, uri, arch, region, profile)
+        else:
+            _codebuild(context, uri, image_tag, arch, region, profile, bucket, role_arn, echo)
+    echo(f"cloudburst: worker image ready: {uri}")
+    return uri
+
+
+def _docker_build(context: Path, uri: str, arch: str, region: str | None, profile: str | None) -> None:
+    import base64
+
+    ecr: Any = client("ecr", region, profile)
+    auth = ecr.get_authorization_token()["authorizationData"][0]
+    user, password = base64.b64decode(auth["authorizationToken"]).decode().split(":", 1)
+    registry = uri.split("/", 1)[0]
+    platform = "linux/arm64" if arch == "arm64" else "linux/amd64"
+    subprocess.run(
+        ["docker", "login", "--username", user, "--password-stdin", registry], input=password.encode(), check=True
+    )
+    subprocess.run(["docker", "build", "--platform", platform, "-t", uri, str(context)], check=True)
+    subprocess.run(["docker", "push", uri], check=True)
+
+
+def _zip(context: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(context.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(context).as_posix())
+        archive.writestr("buildspec.yml", BUILDSPEC)
+    return buffer.getvalue()
+
+
+def _codebuild(
+    context: Path,
+    uri: str,
+    image_tag: str,
+    arch: str,
+    region: str | None,
+    profile: str | None,
+    bucket: str,
+    role_arn: str,
+    echo: Callable[[str], None],
+) -> None:
+    s3: Any = client("s3", region, profile)
+    key = f"builds/{image_tag}.zip"
+    with translate("S3", "PutObject", f"s3://{bucket}/{key}"):
+        s3.put_object(Bucket=bucket, Key=key, Body=_zip(context))
+    codebuild: Any = client("codebuild", region, profile)
+    environment = {
+        "type": "ARM_CONTAINER" if arch == "arm64" else "LINUX_CONTAINER",
+        "image": "aws/codebuild/amazonlinux2-aarch64-standard:3.0"
+        if arch == "arm64"
+        else "aws/codebuild/amazonlinux2-x86_64-standard:5.0",
+        "computeType": "BUILD_GENERAL1_SMALL",
+        "privilegedMode": True,
+    }
+    try:
+        codebuild.batch_get_projects(names=[BUILD_PROJECT])["projects"][0]
+    except (IndexError, KeyError):
+        with translate("CodeBuild", "CreateProject", BUILD_PROJECT):
+            codebuild.create_project(
+                name=BUILD_PROJECT,
+                source={"type": "S3", "location": f"{bucket}/{key}"},
+                artifacts={"type": "NO_ARTIFACTS"},
+                environment=environment,
+                serviceRole=role_arn,
+                tags=[{"key": "cloudburst", "value": "true"}],
+            )
+    with translate("CodeBuild", "StartBuild", BUILD_PROJECT):
+        build = codebuild.start_build(
+            projectName=BUILD_PROJECT,
+            sourceTypeOverride="S3",
+            sourceLocationOverride=f"{bucket}/{key}",
+            environmentTypeOverride=environment["type"],
+            imageOverride=environment["image"],
+            environmentVariablesOverride=[
+                {"name": "IMAGE_URI", "value": uri, "type": "PLAINTEXT"},
+                {"name": "PLATFORM", "value": "linux/arm64" if arch == "arm64" else "linux/amd64", "type": "PLAINTEXT"},
+            ],
+        )["build"]
+    echo(f"cloudburst: CodeBuild build {build['id']} started")
+    _follow(codebuild, region, profile, build["id"], echo)
+
+
+def _follow(
+    codebuild: Any, region: str | None, profile: str | None, build_id: str, echo: Callable[[str], None]
+) -> None:
+    """Wait for a build, printing its phases and its log as they come."""
+    logs: Any = client("logs", region, profile)
+    phase, seen_token = "", None
+    while True:
+        build = codebuild.batch_get_builds(ids=[build_id])["builds"][0]
+        if build.get("currentPhase") != phase:
+            phase = build.get("currentPhase", "")
+            echo(f"cloudburst: image build: {phase.lower().replace('_', ' ')}")
+        where = build.get("logs", {})
+        if where.get("groupName") and where.get("streamName"):
+            try:
+                kwargs = {
+                    "logGroupName": where["groupName"],
+                    "logStreamName": where["streamName"],
+                    "startFromHead": True,
+                }
+                if seen_token:
+                    kwargs["nextToken"] = seen_token
+                page = logs.get_log_events(**kwargs)
+                for event in page.get("events", []):
+                    echo(f"  | {event['message'].rstrip()}")
+                seen_token = page.get("nextForwardToken")
+            except Exception:
+                pass  # the log stream appears a little after the build starts
+        status = build.get("buildStatus")
+        if status == "SUCCEEDED":
+            return
+        if status in ("FAILED", "FAULT", "STOPPED", "TIMED_OUT"):
+            raise CloudError(
+                f"the image build {build_id} ended {status}; its log is above (or in CloudWatch group "
+                f"{where.get('groupName', '/aws/codebuild/' + BUILD_PROJECT)})",
+                service="CodeBuild",
+                operation="StartBuild",
+                code=str(status),
+            )
+        time.sleep(3)
+
+
+def list_images(region: str | None, profile: str | None, repository: str) -> list[dict[str, Any]]:
+    ecr: Any = client("ecr", region, profile)
+    found: list[dict[str, Any]] = []
+    for page in ecr.get_paginator("describe_images").paginate(repositoryName=repository):
+        found += page.get("imageDetails", [])
+    return sorted(found, key=lambda i: str(i.get("imagePushedAt", "")), reverse=True)
+
+
+def prune_images(region: str | None, profile: str | None, repository: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest images; returns the deleted tags."""
+    images = list_images(region, profile, repository)
+    doomed = images[keep:]
+    if not doomed:
+        return []
+    ecr: Any = client("ecr", region, profile)
+    ids = [{"imageDigest": i["imageDigest"]} for i in doomed]
+    ecr.batch_delete_image(repositoryName=repository, imageIds=ids)
+    return [",".join(i.get("imageTags", [])) or i["imageDigest"] for i in doomed]

@@ -1,0 +1,65 @@
+"""Worker images in (emulated) ECR: a cache hit reuses, a miss builds through CodeBuild."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import boto3
+import pytest
+
+from cloudburst import userconfig
+from cloudburst.backends.aws.images import BUILD_PROJECT, docker_engine, ensure_image, find_image, list_images
+from cloudburst.emulator import Emulator
+from cloudburst.environment import Snapshot, tag
+
+
+def settings() -> dict[str, str]:
+    values = userconfig.load()
+    return {
+        "region": values["region"],
+        "profile": None,
+        "repository": values["ecr_repository"],
+        "bucket": values["bucket"],
+        "role_arn": values["build_role_arn"],
+    }
+
+
+@pytest.mark.skipif(docker_engine(), reason="a Docker engine here would build locally instead of CodeBuild")
+def test_cache_miss_builds_through_codebuild_then_hits(emulator: Emulator) -> None:
+    snap = Snapshot(python="3.11", requirements=("numpy==2.1.0", f"zzz-unique=={time.time_ns()}"))
+    lines: list[str] = []
+    before = emulator.calls.get("codebuild.StartBuild", 0)
+    uri = ensure_image(snap, echo=lines.append, **settings())  # type: ignore[arg-type]
+    assert uri.endswith(f"/cloudburst:{tag(snap)}")
+    assert emulator.calls.get("codebuild.StartBuild", 0) == before + 1
+    assert emulator.builds[-1] == uri
+    assert any("CodeBuild build" in line for line in lines) and lines[-1].endswith(uri)
+
+    # The build context went to S3: the recipe, the pinned requirements, cloudburst itself.
+    s3 = boto3.client("s3")
+    body = s3.get_object(Bucket=settings()["bucket"], Key=f"builds/{tag(snap)}.zip")["Body"].read()
+    names = set(zipfile.ZipFile(io.BytesIO(body)).namelist())
+    assert {"Dockerfile", "requirements.txt", "buildspec.yml", "cloudburst/worker.py"} <= names
+    project = boto3.client("codebuild").batch_get_projects(names=[BUILD_PROJECT])["projects"][0]
+    assert project["serviceRole"] == settings()["role_arn"]
+
+    # Same environment again: found in ECR by its tag, nothing built.
+    started = time.perf_counter()
+    assert ensure_image(snap, echo=lines.append, **settings()) == uri  # type: ignore[arg-type]
+    cache_check = time.perf_counter() - started
+    assert emulator.calls.get("codebuild.StartBuild", 0) == before + 1
+    assert find_image(settings()["region"], None, "cloudburst", tag(snap))
+    assert cache_check < 5  # one DescribeImages call
+    assert tag(snap) in {
+        t for image in list_images(settings()["region"], None, "cloudburst") for t in image.get("imageTags", [])
+    }
+
+
+def test_one_package_changed_builds_a_new_image(emulator: Emulator) -> None:
+    base = Snapshot(python="3.11", requirements=("pandas==2.2.0", f"zzz-unique=={time.time_ns()}"))
+    first = ensure_image(base, echo=lambda _: None, **settings())  # type: ignore[arg-type]
+    changed = Snapshot(python="3.11", requirements=("pandas==2.2.1", *base.requirements[1:]))
+    second = ensure_image(changed, echo=lambda _: None, **settings())  # type: ignore[arg-type]
+    assert first != second and emulator.builds[-2:] == [first, second]
