@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 
@@ -63,3 +64,30 @@ def test_one_package_changed_builds_a_new_image(emulator: Emulator) -> None:
     changed = Snapshot(python="3.11", requirements=("pandas==2.2.1", *base.requirements[1:]))
     second = ensure_image(changed, echo=lambda _: None, **settings())  # type: ignore[arg-type]
     assert first != second and emulator.builds[-2:] == [first, second]
+
+
+def test_env_build_command_saves_the_image(emulator: Emulator, tmp_path: pytest.TempPathFactory) -> None:
+    import subprocess
+    import sys
+
+    reqs = tmp_path / "requirements.txt"  # type: ignore[operator]
+    reqs.write_text(f"tblib==3.2.2\nzzz-unique=={time.time_ns()}\n")
+    saved = userconfig.load()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "cloudburst.cli", "env", "build", "--requirements", str(reqs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "CodeBuild build" in out and "image = " in out and "(saved)" in out
+        assert userconfig.load()["image"] == emulator.builds[-1]
+        shown = subprocess.run(
+            [sys.executable, "-m", "cloudburst.cli", "env", "show", "--requirements", str(reqs), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert emulator.builds[-1].endswith(json.loads(shown)["tag"])
+    finally:
+        userconfig.save(saved)

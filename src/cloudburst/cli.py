@@ -11,6 +11,7 @@
     cloudburst status [--json]        jobs in the account: workers by state, tasks waiting/running, cost
     cloudburst logs JOB [--task N] [--worker ID] [--follow] [--tail N]   the workers' CloudWatch logs
     cloudburst cleanup [--yes] [--older-than S] [--json]   remove what dead clients left behind
+    cloudburst env show|build|list|prune   the worker image of this environment
     cloudburst jobs [--json]          detached jobs recorded on this machine, with their progress
     cloudburst results JOB [--json]   wait for a detached job and print its results
     cloudburst version
@@ -327,6 +328,106 @@ def cleanup_command(yes: bool, older_than: float, as_json: bool) -> None:
     else:
         for job, removed in report.items():
             click.echo(f"removed for {job[:20]}: {', '.join(removed) or 'nothing'}")
+
+
+_REQUIREMENTS_HELP = "requirements*.txt, uv.lock or pyproject.toml (default: what is installed here)"
+
+
+@main.group("env")
+def env_group() -> None:
+    """The worker image: this environment's packages, built once, found again by its tag."""
+
+
+@env_group.command("show")
+@click.option(
+    "--requirements", type=click.Path(exists=True), default=None, help="requirements*.txt, uv.lock or pyproject.toml"
+)
+@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
+    """What the image would hold, its tag and its Dockerfile."""
+    from .environment import dockerfile, snapshot, tag
+
+    snap = snapshot(requirements)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "tag": tag(snap, arch=arch),
+                    "python": snap.python,
+                    "source": snap.source,
+                    "requirements": snap.requirements,
+                    "local": snap.local,
+                    "left_out": snap.left_out,
+                    "notes": snap.notes,
+                },
+                indent=1,
+            )
+        )
+        return
+    click.echo(
+        f"tag {tag(snap, arch=arch)}: Python {snap.python}, {len(snap.requirements)} packages from {snap.source}"
+    )
+    for note in snap.notes:
+        click.echo(f"  note: {note}")
+    click.echo(dockerfile(snap), nl=False)
+
+
+@env_group.command("build")
+@click.option(
+    "--requirements", type=click.Path(exists=True), default=None, help="requirements*.txt, uv.lock or pyproject.toml"
+)
+@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64")
+def env_build(requirements: str | None, arch: str) -> None:
+    """Find or build this environment's image, and make it the workers' image."""
+    from . import userconfig
+    from .backends.aws.images import ensure_image
+    from .environment import snapshot
+
+    region, profile, bucket, _ = _account()
+    config = userconfig.load()
+    uri = _aws(
+        lambda: ensure_image(
+            snapshot(requirements),
+            region=region,
+            profile=profile,
+            repository=str(config.get("ecr_repository", "cloudburst")),
+            bucket=bucket,
+            role_arn=str(config.get("build_role_arn", "")),
+            arch=arch,
+            echo=click.echo,
+        )
+    )
+    userconfig.set_value("image", uri)
+    click.echo(f"image = {uri} (saved)")
+
+
+@env_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def env_list(as_json: bool) -> None:
+    """Worker images in the ECR repository, newest first."""
+    from . import userconfig
+    from .backends.aws.images import list_images
+
+    region, profile, _, _ = _account()
+    images = _aws(lambda: list_images(region, profile, str(userconfig.lookup("ecr_repository").value)))
+    if as_json:
+        click.echo(json.dumps(images, indent=1, default=str))
+        return
+    for image in images:
+        click.echo(f"{','.join(image.get('imageTags', [])) or '<untagged>':50} {image.get('imagePushedAt', '')}")
+
+
+@env_group.command("prune")
+@click.option("--keep", type=int, default=5, help="how many of the newest images to keep")
+def env_prune(keep: int) -> None:
+    """Delete old worker images from ECR."""
+    from . import userconfig
+    from .backends.aws.images import prune_images
+
+    region, profile, _, _ = _account()
+    gone = _aws(lambda: prune_images(region, profile, str(userconfig.lookup("ecr_repository").value), keep))
+    click.echo(f"deleted {len(gone)} image(s)" + (f": {', '.join(gone)}" if gone else ""))
 
 
 @main.command("version")
