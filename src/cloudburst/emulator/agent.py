@@ -81,6 +81,9 @@ class EcsAgent:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cloudburst-emulated-ecs-agent", daemon=True)
         self.on_start: list[Callable[[EmulatedTask], None]] = []
+        #: the interpreter a "container" runs, and what its image adds to the environment
+        self.python = sys.executable
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> None:
         from moto.moto_api import state_manager
@@ -200,6 +203,7 @@ class EcsAgent:
         for override in (task.overrides or {}).get("containerOverrides", []):
             for entry in override.get("environment") or []:
                 env[entry["name"]] = entry["value"]
+        env.update(self.extra_env)
         env["CLOUDBURST_WORKER_ID"] = t.task_id
         env["AWS_DEFAULT_REGION"] = t.region
         memory = definition.memory or container.get("memory")
@@ -208,7 +212,7 @@ class EcsAgent:
         t.log_path = self.work_dir / f"{t.task_id}.log"
         t.log_file = open(t.log_path, "wb")  # noqa: SIM115 - closed when the task is finished
         t.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudburst.worker"],
+            [self.python, "-m", "cloudburst.worker"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=t.log_file,
