@@ -77,9 +77,9 @@ class FargateSettings:
             )
         if not self.image:
             raise NotSetUpError(
-                f"backend='fargate' has no worker image: pass image='<uri>' (or `cloudburst config set image <uri>`) "
-                f"naming an image with Python {_PY}, cloudburst and your packages installed, whose command may be "
-                "left as is (workers run `python -m cloudburst.worker`)"
+                f"backend='fargate' has no worker image: pass image='<uri>' naming an image with Python {_PY}, "
+                "cloudburst and your packages installed, or run `cloudburst env build` once to build one from this "
+                "environment and save it"
             )
 
 
