@@ -140,17 +140,31 @@ def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest
     assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue") == before
 
 
-def test_missing_image_is_refused_before_any_call(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLOUDBURST_IMAGE", "")
+def test_without_an_image_this_environments_image_is_found_or_built(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from cloudburst import userconfig
+    from cloudburst.environment import snapshot, tag
 
+    monkeypatch.setenv("CLOUDBURST_IMAGE", "")
     saved = userconfig.load()
     userconfig.unset_value("image")
     try:
-        before = calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue")
-        with pytest.raises(cloudburst.NotSetUpError, match=r"no worker image: pass image='<uri>'"):
+        builds = len(emulator.builds)
+        ex = cloudburst.Executor(1, backend="fargate")
+        assert ex.submit(abs, -6).result(timeout=60) == 6
+        ex.shutdown()
+        image = ex._job.backend.settings.image
+        assert image.endswith(f"/cloudburst:{tag(snapshot())}")
+        assert emulator.builds[builds:] in ([image], [])  # built now, or found from an earlier run
+        assert "CodeBuild build" in capsys.readouterr().err or builds > 0
+        again = cloudburst.Executor(1, backend="fargate")
+        again.shutdown()
+        assert again._job.backend.settings.image == image
+        assert len(emulator.builds) <= builds + 1  # the second executor found it by its tag
+        userconfig.unset_value("build_role_arn")
+        with pytest.raises(cloudburst.NotSetUpError, match=r"no role to build one: run `cloudburst setup`"):
             cloudburst.Executor(1, backend="fargate")
-        assert calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue") == before
     finally:
         userconfig.save(saved)
 

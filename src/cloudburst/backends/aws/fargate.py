@@ -16,6 +16,7 @@ workers on this machine that pull from the same queue while Fargate cold-starts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -107,6 +108,31 @@ def _delete_key(region: str | None, profile: str | None, name: str) -> None:
     except Exception as exc:
         if error_code(exc) != "ParameterNotFound":
             print(f"cloudburst: could not delete the job key parameter {name}: {exc}", file=sys.stderr)
+
+
+def _environment_image(settings: FargateSettings) -> str:
+    """No image named: this environment's image, found in ECR by its tag or built (the user writes no Dockerfile)."""
+    from ...environment import snapshot
+    from ...errors import NotSetUpError
+    from ...userconfig import load
+    from .images import ensure_image
+
+    config = load()
+    if not config.get("build_role_arn"):
+        raise NotSetUpError(
+            "backend='fargate' has no worker image, and no role to build one: run `cloudburst setup` (it adds "
+            "the image build role), or pass image='<uri>' naming an image with cloudburst and your packages"
+        )
+    return ensure_image(
+        snapshot(),
+        region=settings.region,
+        profile=settings.profile,
+        repository=str(config.get("ecr_repository", "cloudburst")),
+        bucket=settings.bucket,
+        role_arn=str(config["build_role_arn"]),
+        arch=settings.arch,
+        echo=lambda line: print(line, file=sys.stderr),
+    )
 
 
 def _ecs_task_id(env: Mapping[str, str]) -> str:
@@ -418,6 +444,8 @@ class FargateBackend(Backend):
         super().__init__(options)
         self.settings = FargateSettings.resolve(options.backend_options)
         self.settings.require_setup()
+        if not self.settings.image:
+            self.settings = dataclasses.replace(self.settings, image=_environment_image(self.settings))
         self.cpu_units, self.memory_mib = task_size(options.cpu, options.memory_mib)
         self.lease_seconds = self.settings.lease_seconds
         self._workers = self._fit_quota(options.workers, options.cpu)

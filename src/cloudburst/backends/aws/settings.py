@@ -75,12 +75,6 @@ class FargateSettings:
                 "for this AWS account and region (or pass them, e.g. Executor(..., bucket='my-bucket')), or use "
                 "backend='local'."
             )
-        if not self.image:
-            raise NotSetUpError(
-                f"backend='fargate' has no worker image: pass image='<uri>' naming an image with Python {_PY}, "
-                "cloudburst and your packages installed, or run `cloudburst env build` once to build one from this "
-                "environment and save it"
-            )
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(FargateSettings))
