@@ -26,7 +26,7 @@ from .backends import get_backend
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
 from .job import rebuild_exception
 from .serialize import Unpacker
-from .task import RESULT, TASK, ResultMessage, TaskMessage, decode
+from .task import RESULT, ResultMessage, decode, take_dead_letters
 
 __all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
 
@@ -147,19 +147,10 @@ class DetachedJob:
         """Tasks the queue gave up on (every worker that took them vanished): their items fail."""
         if queue is None:
             return 0
-        finished = 0
-        messages = queue.receive(10, wait=0)
-        for message in messages:
-            try:
-                kind, task = decode(self._key, message.body)
-            except PayloadAuthenticationError:
-                continue
-            if kind == TASK and isinstance(task, TaskMessage):
-                (self.folder / "results" / f"{task.task_id}.dead").write_text(str(message.receive_count))
-                finished += 1
-        if messages:
-            queue.ack([m.receipt for m in messages])
-        return finished
+        dead = take_dead_letters(self._key, queue)
+        for task, deliveries in dead:
+            (self.folder / "results" / f"{task.task_id}.dead").write_text(str(deliveries))
+        return len(dead)
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -66,6 +66,7 @@ from .task import (
     decode,
     encode,
     peek_task_id,
+    take_dead_letters,
 )
 
 __all__ = ["Job", "MapRun", "rebuild_exception"]
@@ -753,23 +754,15 @@ class Job:
         if queue is None or self.backend.detached or time.monotonic() < self._next_dead_letter_check:
             return
         self._next_dead_letter_check = time.monotonic() + 15.0
-        messages = queue.receive(10, wait=0)
-        for message in messages:
-            try:
-                _, task = decode(self.key, message.body)
-            except PayloadAuthenticationError:
-                continue  # not ours to read; it is dropped with the queue
-            if isinstance(task, TaskMessage):
-                self._fail_task(
-                    task.task_id,
-                    WorkerDiedError(
-                        f"items {_span(task.indices)}: the task was delivered {message.receive_count} times and its "
-                        "worker vanished each time; the queue moved it to the dead-letter queue",
-                        attempts=message.receive_count,
-                    ),
-                )
-        if messages:
-            queue.ack([m.receipt for m in messages])
+        for task, deliveries in take_dead_letters(self.key, queue):
+            self._fail_task(
+                task.task_id,
+                WorkerDiedError(
+                    f"items {_span(task.indices)}: the task was delivered {deliveries} times and its "
+                    "worker vanished each time; the queue moved it to the dead-letter queue",
+                    attempts=deliveries,
+                ),
+            )
 
     def _poll_workers(self) -> None:
         with self._poll_lock:

@@ -21,8 +21,13 @@ import pickle
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .errors import PayloadAuthenticationError
 from .serialize import MAGIC, BlobRef, Packed, pickled_as_call, seal, unseal
+
+if TYPE_CHECKING:
+    from .backends.base import Queue
 
 __all__ = [
     "Columns",
@@ -34,6 +39,7 @@ __all__ = [
     "decode",
     "encode",
     "peek_task_id",
+    "take_dead_letters",
 ]
 
 TASK = b"T"
@@ -144,6 +150,25 @@ def decode(key: bytes, data: bytes) -> tuple[bytes, object]:
     # The body was sealed by a holder of the job key: only our own message
     # classes and builtins are inside; user objects are nested as Packed bytes.
     return kind, pickle.loads(body[_HEADER.size :])
+
+
+def take_dead_letters(key: bytes, queue: Queue) -> list[tuple[TaskMessage, int]]:
+    """Task messages a queue gave up on, with their delivery counts; taken off the queue.
+
+    Messages that fail their seal are dropped unread.
+    """
+    messages = queue.receive(10, wait=0)
+    found = []
+    for message in messages:
+        try:
+            kind, task = decode(key, message.body)
+        except PayloadAuthenticationError:
+            continue
+        if kind == TASK and isinstance(task, TaskMessage):
+            found.append((task, message.receive_count))
+    if messages:
+        queue.ack([m.receipt for m in messages])
+    return found
 
 
 def peek_task_id(data: bytes) -> int | None:

@@ -7,7 +7,6 @@ provides (bucket, cluster, network, roles) is reported together when missing.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -15,8 +14,6 @@ from typing import Any
 from ...errors import ConfigurationError, NotSetUpError
 
 __all__ = ["OPTION_NAMES", "FargateSettings"]
-
-_PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,3 @@ class S3Store:
                 keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
                 if keys:
                     self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
-
-    def keys(self, prefix: str = "") -> list[str]:
-        """Every key below ``prefix`` (relative to the job's prefix)."""
-        out: list[str] = []
-        with translate("S3", "ListObjectsV2", f"s3://{self.bucket}/{self._key(prefix)}"):
-            paginator = self._s3.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-                out.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
-        return out
