@@ -4,16 +4,20 @@ container.)"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import boto3
 import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator
 from cloudburst.environment import build_context, snapshot
+
+from .conftest import assert_nothing_left_in_aws
 
 # What the worker loop itself imports; a user's environment adds its own packages to these.
 RUNTIME = ["cloudpickle", "tblib", "tqdm", "zstandard", "boto3", "platformdirs", "click", "tomli-w"]
@@ -54,3 +58,59 @@ def test_the_recipe_installs_and_runs_the_worker_loop(emulator: Emulator, image_
         emulator.agent.extra_env = {}
     assert [r[0] for r in results] == [0, 2, 4]
     assert {r[1] for r in results} == {str(python.parent.parent)}  # ran in the fresh environment
+
+
+# ---------------------------------------------------------------- the no-build fallback: image="python"
+
+
+def _network_env() -> dict[str, str]:
+    """The network settings a container on this machine's network would have (proxies, CA bundle, indexes)."""
+    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+    env = {k: v for k, v in os.environ.items() if k.upper() in names or k.startswith(("PIP_", "UV_"))}
+    return env
+
+
+@pytest.fixture(scope="module")
+def stock_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A "stock Python image": a fresh interpreter environment with nothing but pip; and a requirements file."""
+    root = tmp_path_factory.mktemp("stock")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    requirements = root / "requirements.txt"
+    requirements.write_text("\n".join(f"{name}=={metadata.version(name)}" for name in RUNTIME) + "\n")
+    return root / "venv" / "bin" / "python", requirements
+
+
+def test_image_python_installs_the_snapshot_as_workers_start(
+    emulator: Emulator, stock_python: tuple[Path, Path]
+) -> None:
+    python, requirements = stock_python
+    assert emulator.agent is not None
+    emulator.agent.python = str(python)
+    emulator.agent.extra_env = _network_env()
+    s3 = boto3.client("s3")
+    bucket = emulator.resources["CLOUDBURST_BUCKET"]
+    try:
+        with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
+            results = list(ex.map(whoami, range(3)))
+            job_id = ex.job_id
+        bundles = s3.list_objects_v2(Bucket=bucket, Prefix="envs/").get("Contents", [])
+        with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
+            again = ex.submit(whoami, 5).result()
+        bundles_after = s3.list_objects_v2(Bucket=bucket, Prefix="envs/").get("Contents", [])
+    finally:
+        emulator.agent.python = sys.executable
+        emulator.agent.extra_env = {}
+    assert [r[0] for r in results] == [0, 2, 4]
+    assert {r[1] for r in results} == {str(python.parent.parent)}  # ran in the "stock image", once installed
+    assert again == (10, str(python.parent.parent))
+    assert len(bundles) == 1 and bundles_after == bundles  # uploaded once, found by its tag the second time
+    ecs = boto3.client("ecs")
+    families = ecs.list_task_definitions()["taskDefinitionArns"]
+    definitions = [ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"] for arn in families]
+    stock = [d for d in definitions if d["containerDefinitions"][0]["image"].endswith(f"python:{snapshot().python}-slim")]
+    assert stock, "no task definition on the stock Python image"
+    container = stock[0]["containerDefinitions"][0]
+    assert container["command"][:2] == ["python", "-c"] and "cloudburst.worker" in container["command"][2]
+    bundle = {e["name"]: e["value"] for e in container["environment"]}["CLOUDBURST_BUNDLE"]
+    assert bundle.startswith(f"s3://{bucket}/envs/py") and "#" in bundle
+    assert_nothing_left_in_aws(emulator, job_id)

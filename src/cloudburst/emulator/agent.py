@@ -4,8 +4,9 @@ For every Fargate task in moto's ECS backend (shared in-process with the
 server), the agent:
 
 * keeps it PROVISIONING/PENDING for ``cold_start`` seconds (Fargate pulls the
-  image for every task), then starts ``python -m cloudburst.worker`` with the
-  container's environment and overrides, the task's memory limit, and the
+  image for every task), then runs the container's command (``python`` is the
+  agent's interpreter: the "image") with the container's environment, its
+  secrets resolved from SSM, its overrides, the task's memory limit, and the
   emulator's endpoint and test credentials;
 * copies the process's output into CloudWatch Logs (``cloudburst/worker/<task id>``);
 * on StopTask, sends SIGTERM and, after the stop timeout, SIGKILL;
@@ -31,6 +32,10 @@ __all__ = ["EcsAgent", "EmulatedTask"]
 
 OOM_MARK = "OutOfMemoryError"
 SPOT_REASON = "Your Spot Task was interrupted."
+
+
+class _FailedToStart(Exception):
+    """What ECS reports as a task that could not start (a secret it could not read, say)."""
 
 
 def _now() -> datetime:
@@ -174,7 +179,11 @@ class EcsAgent:
                 self._finish(t, None, stop_code=t.stop_code or "UserInitiated")
                 return
             if now >= t.launch_at:
-                self._launch(t, backend)
+                try:
+                    self._launch(t, backend)
+                except _FailedToStart as exc:
+                    t.stopped_reason = str(exc)
+                    self._finish(t, None, stop_code="TaskFailedToStart")
             elif task.status == "PROVISIONING" and now >= t.launch_at - self.cold_start + min(1.0, self.cold_start):
                 task.status = "PENDING"
                 task.pull_started_at = _now()
@@ -203,16 +212,22 @@ class EcsAgent:
         for override in (task.overrides or {}).get("containerOverrides", []):
             for entry in override.get("environment") or []:
                 env[entry["name"]] = entry["value"]
+        for entry in container.get("secrets") or []:  # ECS resolves these from SSM as the task starts
+            env[entry["name"]] = self._parameter(t, entry["valueFrom"])
         env.update(self.extra_env)
         env["CLOUDBURST_WORKER_ID"] = t.task_id
+        env["CLOUDBURST_ROOT"] = str(self.work_dir / f"{t.task_id}-root")  # the container's /cloudburst
         env["AWS_DEFAULT_REGION"] = t.region
         memory = definition.memory or container.get("memory")
         if memory:
             env["CLOUDBURST_MEMORY_LIMIT_MIB"] = str(memory)
         t.log_path = self.work_dir / f"{t.task_id}.log"
         t.log_file = open(t.log_path, "wb")  # noqa: SIM115 - closed when the task is finished
+        command = list(container.get("command") or ["python", "-m", "cloudburst.worker"])
+        if command[0] == "python":
+            command[0] = self.python  # the image's interpreter
         t.proc = subprocess.Popen(
-            [self.python, "-m", "cloudburst.worker"],
+            command,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=t.log_file,
@@ -228,6 +243,15 @@ class EcsAgent:
         self._ensure_log_stream(t)
         for hook in self.on_start:
             hook(t)
+
+    def _parameter(self, t: EmulatedTask, name: str) -> str:
+        from moto.ssm.models import ssm_backends
+
+        name = name.split(":parameter", 1)[-1] if name.startswith("arn:") else name
+        parameter = ssm_backends[t.account][t.region].get_parameter(name)
+        if parameter is None:
+            raise _FailedToStart(f"ResourceInitializationError: unable to retrieve secret {name} from SSM")
+        return str(parameter.value)
 
     def _finish(self, t: EmulatedTask, code: int | None, *, stop_code: str) -> None:
         task = t.task

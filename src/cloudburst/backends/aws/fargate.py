@@ -110,29 +110,54 @@ def _delete_key(region: str | None, profile: str | None, name: str) -> None:
             print(f"cloudburst: could not delete the job key parameter {name}: {exc}", file=sys.stderr)
 
 
-def _environment_image(settings: FargateSettings) -> str:
-    """No image named: this environment's image, found in ECR by its tag or built (the user writes no Dockerfile)."""
-    from ...environment import snapshot
+def _environment(settings: FargateSettings) -> tuple[str, str, str]:
+    """``(image, bundle, index-login parameter)`` when no image is named (the user writes no Dockerfile).
+
+    No image: this environment's image, found in ECR by its tag or built. ``image="python"``: the stock
+    Python image, with the environment bundle (uploaded once) installed by each worker as it starts.
+    """
+    from ...environment import index_credentials, snapshot, stock_image
     from ...errors import NotSetUpError
     from ...userconfig import load
-    from .images import ensure_image
+    from .images import ensure_bundle, ensure_image, store_index_credentials
 
+    def echo(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    snap = snapshot(settings.requirements or None)
+    if settings.arch == "arm64":
+        from ...wheels import require_arm64_wheels
+
+        require_arm64_wheels(snap)
+    if settings.image == "python":
+        bundle = ensure_bundle(
+            snap,
+            region=settings.region,
+            profile=settings.profile,
+            bucket=settings.bucket,
+            arch=settings.arch,
+            echo=echo,
+        )
+        parameter = store_index_credentials(settings.region, settings.profile, index_credentials())
+        return stock_image(snap.python), bundle, parameter if snap.private_hosts else ""
     config = load()
     if not config.get("build_role_arn"):
         raise NotSetUpError(
             "backend='fargate' has no worker image, and no role to build one: run `cloudburst setup` (it adds "
-            "the image build role), or pass image='<uri>' naming an image with cloudburst and your packages"
+            "the image build role), pass image='<uri>' naming an image with cloudburst and your packages, or "
+            "image='python' to install your packages as each worker starts"
         )
-    return ensure_image(
-        snapshot(),
+    image = ensure_image(
+        snap,
         region=settings.region,
         profile=settings.profile,
         repository=str(config.get("ecr_repository", "cloudburst")),
         bucket=settings.bucket,
         role_arn=str(config["build_role_arn"]),
         arch=settings.arch,
-        echo=lambda line: print(line, file=sys.stderr),
+        echo=echo,
     )
+    return image, "", ""
 
 
 def _ecs_task_id(env: Mapping[str, str]) -> str:
@@ -149,13 +174,24 @@ def _ecs_task_id(env: Mapping[str, str]) -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
-def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib: int) -> str:
-    """The task definition for this worker shape: registered once, found again by its content hash."""
+def ensure_task_definition(
+    settings: FargateSettings, cpu_units: int, memory_mib: int, *, bundle: str = "", netrc_parameter: str = ""
+) -> str:
+    """The task definition for this worker shape: registered once, found again by its content hash.
+
+    With an environment ``bundle`` (the no-build fallback) the container runs the bootstrap, which
+    installs the bundle and then the worker loop; index logins come from ``netrc_parameter`` as an ECS
+    secret, resolved by ECS when the task starts."""
+    command = ["python", "-m", "cloudburst.worker"]
+    if bundle:
+        from ... import bootstrap
+
+        command = ["python", "-c", Path(bootstrap.__file__).read_text()]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.image,
         "essential": True,
-        "command": ["python", "-m", "cloudburst.worker"],
+        "command": command,
         "memory": memory_mib,  # the task-level value is what counts; moto needs one here too
         "stopTimeout": 120,
         "logConfiguration": {
@@ -167,6 +203,10 @@ def ensure_task_definition(settings: FargateSettings, cpu_units: int, memory_mib
             },
         },
     }
+    if bundle:
+        container["environment"] = [{"name": "CLOUDBURST_BUNDLE", "value": bundle}]
+    if netrc_parameter:
+        container["secrets"] = [{"name": "CLOUDBURST_NETRC", "valueFrom": netrc_parameter}]
     spec: dict[str, Any] = {
         "requiresCompatibilities": ["FARGATE"],
         "networkMode": "awsvpc",
@@ -444,8 +484,10 @@ class FargateBackend(Backend):
         super().__init__(options)
         self.settings = FargateSettings.resolve(options.backend_options)
         self.settings.require_setup()
-        if not self.settings.image:
-            self.settings = dataclasses.replace(self.settings, image=_environment_image(self.settings))
+        self.bundle = self.netrc_parameter = ""
+        if not self.settings.image or self.settings.image == "python":
+            image, self.bundle, self.netrc_parameter = _environment(self.settings)
+            self.settings = dataclasses.replace(self.settings, image=image)
         self.cpu_units, self.memory_mib = task_size(options.cpu, options.memory_mib)
         self.lease_seconds = self.settings.lease_seconds
         self._workers = self._fit_quota(options.workers, options.cpu)
@@ -574,7 +616,9 @@ class FargateBackend(Backend):
         s = self.settings
         tags = {JOB_TAG: job_id, "cloudburst": "true", **s.tags}
         region = s.region or client("ecs", s.region, s.profile).meta.region_name
-        task_definition = ensure_task_definition(s, self.cpu_units, self.memory_mib)
+        task_definition = ensure_task_definition(
+            s, self.cpu_units, self.memory_mib, bundle=self.bundle, netrc_parameter=self.netrc_parameter
+        )
         queues = create_job_queues(
             job_id,
             region=s.region,

@@ -7,11 +7,18 @@
                           └── no ──► build context ─► a local Docker engine: build and push
                                                    └► else AWS CodeBuild: context to S3, build
                                                       started, its log streamed, image pushed
+    ensure_bundle(snapshot) ─► the no-build fallback (image="python"): the same context, zipped, in
+        s3://bucket/envs/<tag>.zip (one HeadObject when it is there); workers install it at start
+
+Index logins (see ``environment.index_credentials``) are kept in the SecureString parameter
+``/cloudburst/index/netrc``; builds and workers read them from there, so they are in no image, task
+definition, build log or environment listing.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,25 +28,103 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...environment import Snapshot, build_context, tag
+from ...environment import Snapshot, build_context, index_credentials, tag
 from ...errors import CloudError
 from .clients import client, error_code, translate
 
-__all__ = ["BUILDSPEC", "BUILD_PROJECT", "docker_engine", "ensure_image", "find_image", "list_images", "prune_images"]
+__all__ = [
+    "BUILDSPEC",
+    "BUILD_PROJECT",
+    "NETRC_PARAMETER",
+    "docker_engine",
+    "ensure_bundle",
+    "ensure_image",
+    "find_image",
+    "list_images",
+    "prune_images",
+    "store_index_credentials",
+]
 
 BUILD_PROJECT = "cloudburst-image-builder"
+NETRC_PARAMETER = "/cloudburst/index/netrc"
 BUILDSPEC = """version: 0.2
 phases:
   pre_build:
     commands:
       - aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin ${IMAGE_URI%%/*}
+      - umask 077 && printf '%s' "${CLOUDBURST_NETRC:-}" > /tmp/cloudburst-netrc
   build:
     commands:
-      - docker build --platform $PLATFORM -t $IMAGE_URI .
+      - DOCKER_BUILDKIT=1 docker build --secret id=netrc,src=/tmp/cloudburst-netrc --platform $PLATFORM -t $IMAGE_URI .
   post_build:
     commands:
       - docker push $IMAGE_URI
 """
+
+
+def store_index_credentials(region: str | None, profile: str | None, netrc_text: str) -> str:
+    """Keep the index logins in an encrypted parameter; returns its name ("" when there are none)."""
+    if not netrc_text:
+        return ""
+    ssm: Any = client("ssm", region, profile)
+    try:
+        current = ssm.get_parameter(Name=NETRC_PARAMETER, WithDecryption=True)["Parameter"]["Value"]
+    except Exception as exc:
+        if error_code(exc) != "ParameterNotFound":
+            with translate("SSM", "GetParameter", NETRC_PARAMETER):
+                raise
+        current = None
+    if current != netrc_text:
+        with translate("SSM", "PutParameter", NETRC_PARAMETER):
+            ssm.put_parameter(
+                Name=NETRC_PARAMETER,
+                Value=netrc_text,
+                Type="SecureString",
+                Overwrite=True,
+                Description="cloudburst: package index logins, read by image builds and workers",
+            )
+            if current is None:
+                ssm.add_tags_to_resource(
+                    ResourceType="Parameter", ResourceId=NETRC_PARAMETER, Tags=[{"Key": "cloudburst", "Value": "true"}]
+                )
+    return NETRC_PARAMETER
+
+
+def ensure_bundle(
+    snap: Snapshot,
+    *,
+    region: str | None,
+    profile: str | None,
+    bucket: str,
+    arch: str = "x86_64",
+    echo: Callable[[str], None] = print,
+) -> str:
+    """The no-build fallback's environment bundle: ``s3://bucket/envs/<tag>.zip#<sha256>``, uploaded once."""
+    import hashlib
+
+    key = f"envs/{tag(snap, arch=arch)}.zip"
+    s3: Any = client("s3", region, profile)
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        digest = str(head.get("Metadata", {}).get("sha256", ""))
+        if digest:
+            return f"s3://{bucket}/{key}#{digest}"
+    except Exception as exc:
+        if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+            with translate("S3", "HeadObject", f"s3://{bucket}/{key}"):
+                raise
+    with tempfile.TemporaryDirectory(prefix="cloudburst-bundle-") as folder:
+        context = build_context(snap, Path(folder) / "context")
+        (context / "Dockerfile").unlink()
+        body = _zip(context, buildspec=False)
+    digest = hashlib.sha256(body).hexdigest()
+    with translate("S3", "PutObject", f"s3://{bucket}/{key}"):
+        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": digest})
+    echo(
+        f"cloudburst: environment bundle uploaded ({len(body) / 1e6:.1f} MB, {len(snap.requirements)} packages); "
+        "workers on the stock Python image install it as they start"
+    )
+    return f"s3://{bucket}/{key}#{digest}"
 
 
 def _repository_uri(region: str | None, profile: str | None, repository: str) -> str:
@@ -87,17 +172,22 @@ def ensure_image(
     if find_image(region, profile, repository, image_tag):
         return uri
     echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
+    netrc_text = index_credentials() if snap.private_hosts else ""
     with tempfile.TemporaryDirectory(prefix="cloudburst-build-") as folder:
         context = build_context(snap, Path(folder) / "context")
         if docker_engine():
-            _docker_build(context, uri, arch, region, profile)
+            secret = Path(folder) / "netrc"  # outside the context: never sent as part of it
+            secret.touch(mode=0o600)
+            secret.write_text(netrc_text)
+            _docker_build(context, uri, arch, region, profile, secret)
         else:
-            _codebuild(context, uri, image_tag, arch, region, profile, bucket, role_arn, echo)
+            parameter = store_index_credentials(region, profile, netrc_text)
+            _codebuild(context, uri, image_tag, arch, region, profile, bucket, role_arn, echo, parameter)
     echo(f"cloudburst: worker image ready: {uri}")
     return uri
 
 
-def _docker_build(context: Path, uri: str, arch: str, region: str | None, profile: str | None) -> None:
+def _docker_build(context: Path, uri: str, arch: str, region: str | None, profile: str | None, secret: Path) -> None:
     import base64
 
     ecr: Any = client("ecr", region, profile)
@@ -108,17 +198,22 @@ def _docker_build(context: Path, uri: str, arch: str, region: str | None, profil
     subprocess.run(
         ["docker", "login", "--username", user, "--password-stdin", registry], input=password.encode(), check=True
     )
-    subprocess.run(["docker", "build", "--platform", platform, "-t", uri, str(context)], check=True)
+    subprocess.run(
+        ["docker", "build", "--secret", f"id=netrc,src={secret}", "--platform", platform, "-t", uri, str(context)],
+        check=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+    )
     subprocess.run(["docker", "push", uri], check=True)
 
 
-def _zip(context: Path) -> bytes:
+def _zip(context: Path, *, buildspec: bool = True) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(context.rglob("*")):
             if path.is_file():
                 archive.write(path, path.relative_to(context).as_posix())
-        archive.writestr("buildspec.yml", BUILDSPEC)
+        if buildspec:
+            archive.writestr("buildspec.yml", BUILDSPEC)
     return buffer.getvalue()
 
 
@@ -132,6 +227,7 @@ def _codebuild(
     bucket: str,
     role_arn: str,
     echo: Callable[[str], None],
+    netrc_parameter: str = "",
 ) -> None:
     s3: Any = client("s3", region, profile)
     key = f"builds/{image_tag}.zip"
@@ -168,7 +264,12 @@ def _codebuild(
             environmentVariablesOverride=[
                 {"name": "IMAGE_URI", "value": uri, "type": "PLAINTEXT"},
                 {"name": "PLATFORM", "value": "linux/arm64" if arch == "arm64" else "linux/amd64", "type": "PLAINTEXT"},
-            ],
+            ]
+            + (  # CodeBuild reads the parameter itself: the logins never appear in the build's settings
+                [{"name": "CLOUDBURST_NETRC", "value": netrc_parameter, "type": "PARAMETER_STORE"}]
+                if netrc_parameter
+                else []
+            ),
         )["build"]
     echo(f"cloudburst: CodeBuild build {build['id']} started")
     _follow(codebuild, region, profile, build["id"], echo)

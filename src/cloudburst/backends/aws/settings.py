@@ -27,7 +27,8 @@ class FargateSettings:
     log_group: str = "/cloudburst/workers"
     region: str | None = None
     profile: str | None = None
-    image: str = ""
+    image: str = ""  # "" builds (or finds) this environment's image; "python" installs it as workers start
+    requirements: str = ""  # requirements*.txt, uv.lock or pyproject.toml; "" snapshots what is installed
     assign_public_ip: bool = True
     spot: bool = False
     arch: str = "x86_64"
@@ -104,6 +105,8 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, Mapping):
                 raise ConfigurationError("tags must map tag names to values, e.g. tags={'project': 'x'}")
             out[name] = {str(k): str(v) for k, v in value.items()}
+        elif name == "requirements":
+            out[name] = _requirements_file(value)
         elif name in ("region", "profile"):
             out[name] = None if value is None else str(value)
         else:
@@ -111,3 +114,21 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigurationError(f"{name}={value!r} must be a string")
             out[name] = value
     return out
+
+
+def _requirements_file(value: object) -> str:
+    from pathlib import Path
+
+    if value in (None, ""):
+        return ""
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(
+            f"requirements={str(value)!r} is not a file: name a requirements*.txt, uv.lock or pyproject.toml "
+            "(or leave it out to install what this interpreter has installed)"
+        )
+    if not (path.name in ("uv.lock", "pyproject.toml") or path.suffix in (".txt", ".in")):
+        raise ConfigurationError(
+            f"requirements={str(value)!r} is not a requirements*.txt, uv.lock or pyproject.toml file"
+        )
+    return str(path.resolve())

@@ -393,6 +393,12 @@ def _task_policy(ctx: _Context) -> dict[str, Any]:
                 "Action": "ssm:GetParameter",
                 "Resource": f"arn:aws:ssm:{ctx.region}:{ctx.account}:parameter/cloudburst/jobs/*",
             },
+            {
+                "Sid": "EnvironmentBundles",  # image='python': what each worker installs as it starts
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"{bucket}/envs/*",
+            },
         ],
     }
 
@@ -429,7 +435,18 @@ def _build_policy(ctx: _Context) -> dict[str, Any]:
                 "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:/aws/codebuild/cloudburst-*",
             },
+            _index_logins(ctx),
         ],
+    }
+
+
+def _index_logins(ctx: _Context) -> dict[str, Any]:
+    """Read the package-index logins parameter (builds, and ECS starting image='python' workers)."""
+    return {
+        "Sid": "IndexLogins",
+        "Effect": "Allow",
+        "Action": "ssm:GetParameters",
+        "Resource": f"arn:aws:ssm:{ctx.region}:{ctx.account}:parameter/cloudburst/index/*",
     }
 
 
@@ -451,6 +468,7 @@ def _execution_policy(ctx: _Context) -> dict[str, Any]:
                 "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
                 "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
             },
+            _index_logins(ctx),
         ],
     }
 

@@ -1,0 +1,85 @@
+"""The no-build fallback's container entrypoint: install the snapshot with uv, then run the worker loop.
+
+With ``image="python"`` a worker starts on the stock Python image, which has
+neither cloudburst nor your packages. ECS runs this file's source as
+``python -c`` (it uses the standard library only)::
+
+    pip install uv ─► uv pip install boto3 ─► fetch the environment bundle from S3
+        (requirements, local wheels, cloudburst itself) and check its sha256
+        ─► uv pip install -r requirements.txt + the wheels ─► exec python -m cloudburst.worker
+
+``CLOUDBURST_BUNDLE`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
+part of the task definition, so a bundle that was changed after upload is
+refused. Index logins, when the snapshot needs them, arrive as
+``CLOUDBURST_NETRC`` from an encrypted parameter (an ECS secret) and are
+written to a private file for uv; they are never printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+import zipfile
+
+#: the uv the fallback installs: new enough for ``--python`` and netrc logins
+UV_REQUIREMENT = "uv>=0.4"
+
+
+def _say(message: str) -> None:
+    print(f"cloudburst-bootstrap: {message}", file=sys.stderr, flush=True)
+
+
+def _run(args: list[str], env: dict[str, str]) -> None:
+    started = time.monotonic()
+    subprocess.run(args, check=True, env=env)
+    _say(f"{' '.join(args[2:5])} … took {time.monotonic() - started:.1f} s")
+
+
+def main() -> None:
+    bundle = os.environ["CLOUDBURST_BUNDLE"]
+    location, _, expected = bundle.partition("#")
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    root = os.environ.get("CLOUDBURST_ROOT", "/cloudburst")
+    os.makedirs(root, exist_ok=True)
+    env = dict(os.environ)
+    env.pop("CLOUDBURST_NETRC", None)
+    netrc_text = os.environ.get("CLOUDBURST_NETRC", "")
+    if netrc_text:
+        path = os.path.join(root, "netrc")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(netrc_text)
+        env["NETRC"] = path
+    started = time.monotonic()
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", UV_REQUIREMENT], env)
+    uv = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", sys.executable]
+    if sys.prefix == sys.base_prefix:
+        uv.append("--system")
+    _run([*uv, "boto3"], env)
+
+    import boto3  # installed just above
+
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    if hashlib.sha256(body).hexdigest() != expected:
+        _say(f"refusing the environment bundle s3://{bucket}/{key}: it changed after it was uploaded")
+        sys.exit(3)
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        archive.extractall(root)
+    _run([*uv, "-r", os.path.join(root, "requirements.txt")], env)
+    wheels = os.path.join(root, "wheels")
+    if os.path.isdir(wheels):
+        found = sorted(os.path.join(wheels, name) for name in os.listdir(wheels) if name.endswith(".whl"))
+        if found:
+            _run([*uv, *found], env)
+    _say(f"environment installed in {time.monotonic() - started:.1f} s; starting the worker")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "cloudburst.worker"], env)
+
+
+if __name__ == "__main__":
+    main()
