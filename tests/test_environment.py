@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from cloudburst.environment import Snapshot, dockerfile, snapshot, strip_credentials, tag
+from cloudburst.environment import (
+    Snapshot,
+    build_context,
+    dockerfile,
+    index_credentials,
+    snapshot,
+    strip_credentials,
+    tag,
+)
 
 
 def test_snapshot_pins_what_is_installed() -> None:
@@ -84,3 +92,73 @@ def test_index_credentials_never_reach_the_recipe(monkeypatch: pytest.MonkeyPatc
     snap = snapshot()
     assert snap.index_urls == ("https://private.example.com/simple",)
     assert "t0ken" not in snap.requirements_txt() and "t0ken" not in dockerfile(snap)
+
+
+def test_index_settings_come_from_pip_conf_and_logins_travel_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\n"
+        "index-url = https://bot:t%40ken@pypi.corp.example/simple\n"
+        "extra-index-url =\n    https://extra.example/simple\n    file:///opt/wheelhouse\n"
+    )
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine extra.example login reader password n3trc\nmachine other.example login x password y\n")
+    netrc.chmod(0o600)
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("UV_DEFAULT_INDEX", raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.setenv("NETRC", str(netrc))
+    snap = snapshot()
+    assert snap.index_urls == ("https://pypi.corp.example/simple", "https://extra.example/simple")
+    assert not snap.extra_index  # pip.conf's index-url replaces PyPI
+    assert snap.private_hosts == ("extra.example", "pypi.corp.example")
+    assert any("file:///opt/wheelhouse is left out" in n for n in snap.notes)
+    text = snap.requirements_txt()
+    assert text.startswith(
+        "--index-url https://pypi.corp.example/simple\n--extra-index-url https://extra.example/simple"
+    )
+    assert index_credentials() == (
+        "machine pypi.corp.example login bot password t@ken\nmachine extra.example login reader password n3trc\n"
+    )
+    recipe = dockerfile(snap)
+    assert recipe.startswith("# syntax=docker/dockerfile:1\n")
+    assert "RUN --mount=type=secret,id=netrc,required=false NETRC=/run/secrets/netrc uv pip install" in recipe
+    context = build_context(snap, tmp_path / "context")
+    for path in context.rglob("*"):
+        if path.is_file():
+            body = path.read_bytes()
+            assert b"t@ken" not in body and b"t%40ken" not in body and b"n3trc" not in body, path
+    assert tag(snap) == tag(dataclasses.replace(snap, notes=()))  # logins are not part of the tag either
+    monkeypatch.setenv("UV_INDEX_URL", "https://uv.example/simple")  # the environment overrides pip.conf
+    assert snapshot().index_urls[0] == "https://uv.example/simple"
+
+
+def test_a_named_requirements_file_still_gets_the_worker_loops_own_packages(tmp_path: Path) -> None:
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(f"numpy==2.1.0\ncloudpickle=={metadata.version('cloudpickle')}\n")
+    snap = snapshot(reqs)
+    names = [r.split("==")[0] for r in snap.runtime]
+    assert "boto3" in names and "tblib" in names and "cloudpickle" not in names  # already named: not twice
+    assert all(r.split("==")[1] == metadata.version(r.split("==")[0]) for r in snap.runtime)
+    assert snap.requirements_txt().count("cloudpickle") == 1
+    assert any("added for the worker loop" in n for n in snap.notes)
+
+
+def test_an_edited_local_checkout_gets_a_new_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkout = tmp_path / "mypkg"
+    (checkout / "mypkg").mkdir(parents=True)
+    (checkout / "mypkg" / "__init__.py").write_text("VALUE = 1\n")
+    info = tmp_path / "site" / "mypkg-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 0.1\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": checkout.as_uri(), "dir_info": {"editable": True}}))
+    monkeypatch.syspath_prepend(str(info.parent))
+    before = tag(snapshot())
+    (checkout / "mypkg" / "__pycache__").mkdir()
+    (checkout / "mypkg" / "__pycache__" / "x.pyc").write_bytes(b"noise")
+    assert tag(snapshot()) == before  # caches do not count
+    (checkout / "mypkg" / "__init__.py").write_text("VALUE = 2\n")
+    assert tag(snapshot()) != before

@@ -117,6 +117,8 @@ def test_run_task_capacity_shortage_backs_off_and_recovers(emulator: Emulator, f
         ({"arch": "sparc"}, r"arch='sparc' must be 'x86_64' or 'arm64'"),
         ({"ephemeral_storage": 500}, r"ephemeral_storage=500 must be a number from 20 to 200"),
         ({"subnet": ["subnet-1"]}, r"unknown parameter 'subnet' \(did you mean 'subnets'\?\)"),
+        ({"requirements": "/no/such/requirements.txt"}, r"requirements='/no/such/requirements.txt' is not a file"),
+        ({"requirements": __file__}, r"is not a requirements\*\.txt, uv\.lock or pyproject\.toml file"),
     ],
 )
 def test_bad_fargate_parameters_are_refused_before_any_call(

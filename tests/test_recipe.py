@@ -107,7 +107,9 @@ def test_image_python_installs_the_snapshot_as_workers_start(
     ecs = boto3.client("ecs")
     families = ecs.list_task_definitions()["taskDefinitionArns"]
     definitions = [ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"] for arn in families]
-    stock = [d for d in definitions if d["containerDefinitions"][0]["image"].endswith(f"python:{snapshot().python}-slim")]
+    stock = [
+        d for d in definitions if d["containerDefinitions"][0]["image"].endswith(f"python:{snapshot().python}-slim")
+    ]
     assert stock, "no task definition on the stock Python image"
     container = stock[0]["containerDefinitions"][0]
     assert container["command"][:2] == ["python", "-c"] and "cloudburst.worker" in container["command"][2]

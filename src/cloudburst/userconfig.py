@@ -37,6 +37,7 @@ __all__ = [
     "as_arch",
     "as_flag",
     "as_ids",
+    "cache_dir",
     "config_path",
     "load",
     "lookup",
@@ -173,6 +174,16 @@ def config_path() -> Path:
 
         folder = platformdirs.user_config_dir("cloudburst")
     return Path(folder) / "config.toml"
+
+
+def cache_dir() -> Path:
+    """``$CLOUDBURST_CACHE_DIR``, else the user's cache directory: prices, wheel checks."""
+    folder = os.environ.get("CLOUDBURST_CACHE_DIR")
+    if not folder:
+        import platformdirs
+
+        folder = platformdirs.user_cache_dir("cloudburst")
+    return Path(folder)
 
 
 def load(path: Path | None = None) -> dict[str, Any]:

@@ -62,9 +62,9 @@ def _pure_here(name: str, version: str) -> bool:
 
 
 def _cache_file() -> Path:
-    import platformdirs
+    from .userconfig import cache_dir
 
-    return Path(platformdirs.user_cache_dir("cloudburst")) / "arm64-wheels.json"
+    return cache_dir() / "arm64-wheels.json"
 
 
 def _filenames(index: str, name: str, credentials: dict[str, tuple[str, str]]) -> list[str] | None:

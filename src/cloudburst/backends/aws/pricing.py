@@ -9,7 +9,6 @@ stops (``stoppedAt``).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -62,12 +61,9 @@ class Prices:
 
 
 def _cache_file(region: str) -> Path:
-    folder = os.environ.get("CLOUDBURST_CACHE_DIR")
-    if not folder:
-        import platformdirs
+    from ...userconfig import cache_dir
 
-        folder = platformdirs.user_cache_dir("cloudburst")
-    return Path(folder) / f"fargate-prices-{region}.json"
+    return cache_dir() / f"fargate-prices-{region}.json"
 
 
 def prices(region: str, *, refresh: bool = True) -> Prices:
