@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
 import zipfile
+from pathlib import Path
 
 import boto3
 import pytest
 
 from cloudburst import userconfig
-from cloudburst.backends.aws.images import BUILD_PROJECT, docker_engine, ensure_image, find_image, list_images
+from cloudburst.backends.aws.images import (
+    BUILD_PROJECT,
+    NETRC_PARAMETER,
+    docker_engine,
+    ensure_bundle,
+    ensure_image,
+    find_image,
+    list_images,
+    store_index_credentials,
+)
 from cloudburst.emulator import Emulator
-from cloudburst.environment import Snapshot, tag
+from cloudburst.environment import Snapshot, index_credentials, snapshot, stock_image, tag
 
 
 def settings() -> dict[str, str]:
@@ -91,3 +102,58 @@ def test_env_build_command_saves_the_image(emulator: Emulator, tmp_path: pytest.
         assert emulator.builds[-1].endswith(json.loads(shown)["tag"])
     finally:
         userconfig.save(saved)
+
+
+@pytest.mark.skipif(docker_engine(), reason="a Docker engine here would build locally instead of CodeBuild")
+def test_private_index_logins_reach_the_build_only_as_a_parameter(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken-for-build@private.example.com/simple")
+    snap = snapshot(_requirements_file(tmp_path))
+    assert snap.private_hosts == ("private.example.com",)
+    uri = ensure_image(snap, echo=lambda _: None, **settings())  # type: ignore[arg-type]
+    variables = emulator.gateway.build_variables[-1]  # type: ignore[union-attr]
+    assert {"name": "CLOUDBURST_NETRC", "value": NETRC_PARAMETER, "type": "PARAMETER_STORE"} in variables
+    assert "t0ken" not in json.dumps(variables)
+    stored = boto3.client("ssm").get_parameter(Name=NETRC_PARAMETER, WithDecryption=True)["Parameter"]
+    assert stored["Type"] == "SecureString"
+    assert stored["Value"] == "machine private.example.com login bot password t0ken-for-build\n"
+    body = boto3.client("s3").get_object(Bucket=settings()["bucket"], Key=f"builds/{uri.rsplit(':', 1)[1]}.zip")
+    context = zipfile.ZipFile(io.BytesIO(body["Body"].read()))
+    for name in context.namelist():
+        assert b"t0ken" not in context.read(name), name
+    assert "--secret id=netrc" in context.read("buildspec.yml").decode()
+
+
+def test_image_python_task_definition_names_the_bundle_and_the_logins_parameter(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cloudburst.backends.aws.fargate import ensure_task_definition
+    from cloudburst.backends.aws.settings import FargateSettings
+
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken-for-workers@private.example.com/simple")
+    snap = snapshot(_requirements_file(tmp_path))
+    store_index_credentials(settings()["region"], None, index_credentials())
+    bundle = ensure_bundle(snap, region=settings()["region"], profile=None, bucket=settings()["bucket"])
+    fargate = FargateSettings.resolve({"image": stock_image(snap.python)})
+    arn = ensure_task_definition(fargate, 1024, 2048, bundle=bundle, netrc_parameter=NETRC_PARAMETER)
+    definition = boto3.client("ecs").describe_task_definition(taskDefinition=arn)["taskDefinition"]
+    container = definition["containerDefinitions"][0]
+    assert container["image"] == f"public.ecr.aws/docker/library/python:{snap.python}-slim"
+    assert container["secrets"] == [{"name": "CLOUDBURST_NETRC", "valueFrom": NETRC_PARAMETER}]
+    assert {"name": "CLOUDBURST_BUNDLE", "value": bundle} in container["environment"]
+    assert "t0ken" not in json.dumps(definition, default=str)
+    # the bundle is what the digest says, and holds no logins either
+    location, digest = bundle.removeprefix("s3://").split("#")
+    bucket, key = location.split("/", 1)
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == digest
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    assert {"requirements.txt", "cloudburst/worker.py", "cloudburst/bootstrap.py"} <= set(archive.namelist())
+    assert all(b"t0ken" not in archive.read(n) for n in archive.namelist())
+
+
+def _requirements_file(folder: Path) -> Path:
+    path = folder / "requirements.txt"
+    path.write_text(f"tblib==3.2.2\nzzz-unique=={time.time_ns()}\n")
+    return path

@@ -163,6 +163,8 @@ class Gateway:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: called with the image URI of every CodeBuild build started (moto's builds run nothing)
     on_build: Callable[[str], None] | None = None
+    #: the environment variables each StartBuild asked for, as sent
+    build_variables: list[list[dict[str, str]]] = field(default_factory=list)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         service = _service_of(environ)
@@ -183,6 +185,7 @@ class Gateway:
             return _json(start_response, rule.status, {"__type": rule.code, "message": rule.message})
         if service == "codebuild" and operation == "StartBuild" and self.on_build is not None:
             variables = _read_json(environ).get("environmentVariablesOverride", [])
+            self.build_variables.append(variables)
             image = next((v["value"] for v in variables if v.get("name") == "IMAGE_URI"), "")
             if image:
                 self.on_build(image)  # what the build's `docker push` would have done

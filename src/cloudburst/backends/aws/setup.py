@@ -739,6 +739,19 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]
             continue
         if TAG in iam.list_role_tags(RoleName=role["RoleName"]).get("Tags", []):
             out.append(("role", role["RoleName"], functools.partial(_delete_role, iam, role["RoleName"])))
+    codebuild, ssm = ctx.client("codebuild"), ctx.client("ssm")
+    from .images import BUILD_PROJECT
+
+    for project in codebuild.batch_get_projects(names=[BUILD_PROJECT]).get("projects", []):
+        if {"key": "cloudburst", "value": "true"} in project.get("tags", []):
+            remove = functools.partial(codebuild.delete_project, name=project["name"])
+            out.append(("CodeBuild project", project["name"], remove))
+    under = [{"Key": "Path", "Option": "Recursive", "Values": ["/cloudburst"]}]
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=under):
+        for parameter in page.get("Parameters", []):
+            name = parameter["Name"]
+            if TAG in ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", []):
+                out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
     return out
 
 
