@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +140,24 @@ def executor(make_executor: Callable[..., cloudburst.Executor]) -> cloudburst.Ex
 @pytest.fixture
 def client_pid() -> int:
     return os.getpid()
+
+
+# What the worker loop itself imports; a user's environment adds its own packages to these.
+WORKER_PACKAGES = ["cloudpickle", "tblib", "tqdm", "zstandard", "boto3", "platformdirs", "click", "tomli-w"]
+
+
+def network_env() -> dict[str, str]:
+    """The network settings a container on this machine's network would have (proxies, CA bundle, indexes)."""
+    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+    env = {k: v for k, v in os.environ.items() if k.upper() in names or k.startswith(("PIP_", "UV_"))}
+    return env
+
+
+@pytest.fixture(scope="session")
+def stock_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A "stock Python image": a fresh interpreter environment with nothing but pip; and a requirements file."""
+    root = tmp_path_factory.mktemp("stock")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    requirements = root / "requirements.txt"
+    requirements.write_text("\n".join(f"{name}=={metadata.version(name)}" for name in WORKER_PACKAGES) + "\n")
+    return root / "venv" / "bin" / "python", requirements

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from cloudburst.backends.local import LocalBackend
 from cloudburst.serialize import seal
 from cloudburst.task import RESULT, ResultMessage
 
-from .conftest import process_gone, wait_until, worker_pids
+from .conftest import network_env, process_gone, wait_until, worker_pids
 
 BAD = 2
 CLIENT_PID = os.getpid()
@@ -480,3 +481,61 @@ def test_bad_map_parameters() -> None:
         cloudburst.map(abs, [1], errors="ignore")  # type: ignore[arg-type]
     with cloudburst.Executor(1) as ex, pytest.raises(cloudburst.ConfigurationError, match=r"chunksize=0"):
         ex.map(abs, [1], chunksize=0)
+
+
+# ---------------------------------------------------------------------------- image="python": installing at start
+
+
+NOT_INSTALLED = r"(?s)environment could not be installed; no more workers are started \(last: .*exit code 78"
+
+
+def _stock_executor(emulator: Any, stock_python: tuple[Path, Path], requirements: Path) -> cloudburst.Executor:
+    emulator.agent.python = str(stock_python[0])
+    emulator.agent.extra_env = network_env()
+    return cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements))
+
+
+def _stock_done(emulator: Any) -> None:
+    emulator.agent.python = sys.executable
+    emulator.agent.extra_env = {}
+
+
+def test_a_package_that_will_not_install_is_named(
+    emulator: Any, stock_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(stock_python[1].read_text() + "zzz-no-such-package-cloudburst==0.0.1\n")
+    ex = _stock_executor(emulator, stock_python, requirements)
+    try:
+        with pytest.raises(
+            cloudburst.WorkerDiedError, match=r"(?s)environment could not be installed; no more workers.*zzz-no-such"
+        ):
+            ex.submit(abs, -1).result(timeout=240)
+    finally:
+        ex.terminate()
+        _stock_done(emulator)
+
+
+def test_a_bundle_changed_after_upload_is_refused(
+    emulator: Any, stock_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import boto3
+
+    requirements = tmp_path / "requirements.txt"  # its own bundle: a different tag from the other tests'
+    requirements.write_text(stock_python[1].read_text() + f"packaging=={metadata.version('packaging')}\n")
+    ex = _stock_executor(emulator, stock_python, requirements)
+    bundle = ex._job.backend.bundle  # type: ignore[attr-defined]
+    bucket, key = bundle.removeprefix("s3://").split("#")[0].split("/", 1)
+    s3 = boto3.client("s3")
+    original = s3.get_object(Bucket=bucket, Key=key)
+    s3.put_object(Bucket=bucket, Key=key, Body=b"PK not what was uploaded", Metadata=original["Metadata"])
+    try:
+        with pytest.raises(
+            cloudburst.WorkerDiedError,
+            match=r"(?s)environment could not be installed; no more workers.*changed after it was",
+        ):
+            ex.submit(abs, -1).result(timeout=240)
+    finally:
+        ex.terminate()
+        _stock_done(emulator)
+        s3.delete_object(Bucket=bucket, Key=key)

@@ -4,7 +4,6 @@ container.)"""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from importlib import metadata
@@ -17,10 +16,7 @@ import cloudburst
 from cloudburst.emulator import Emulator
 from cloudburst.environment import build_context, snapshot
 
-from .conftest import assert_nothing_left_in_aws
-
-# What the worker loop itself imports; a user's environment adds its own packages to these.
-RUNTIME = ["cloudpickle", "tblib", "tqdm", "zstandard", "boto3", "platformdirs", "click", "tomli-w"]
+from .conftest import WORKER_PACKAGES, assert_nothing_left_in_aws, network_env
 
 
 def whoami(x: int) -> tuple[int, str]:
@@ -31,7 +27,7 @@ def whoami(x: int) -> tuple[int, str]:
 def image_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("recipe")
     requirements = root / "requirements.in"
-    requirements.write_text("\n".join(f"{name}=={metadata.version(name)}" for name in RUNTIME) + "\n")
+    requirements.write_text("\n".join(f"{name}=={metadata.version(name)}" for name in WORKER_PACKAGES) + "\n")
     context = build_context(snapshot(requirements), root / "context")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -63,30 +59,13 @@ def test_the_recipe_installs_and_runs_the_worker_loop(emulator: Emulator, image_
 # ---------------------------------------------------------------- the no-build fallback: image="python"
 
 
-def _network_env() -> dict[str, str]:
-    """The network settings a container on this machine's network would have (proxies, CA bundle, indexes)."""
-    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
-    env = {k: v for k, v in os.environ.items() if k.upper() in names or k.startswith(("PIP_", "UV_"))}
-    return env
-
-
-@pytest.fixture(scope="module")
-def stock_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A "stock Python image": a fresh interpreter environment with nothing but pip; and a requirements file."""
-    root = tmp_path_factory.mktemp("stock")
-    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-    requirements = root / "requirements.txt"
-    requirements.write_text("\n".join(f"{name}=={metadata.version(name)}" for name in RUNTIME) + "\n")
-    return root / "venv" / "bin" / "python", requirements
-
-
 def test_image_python_installs_the_snapshot_as_workers_start(
     emulator: Emulator, stock_python: tuple[Path, Path]
 ) -> None:
     python, requirements = stock_python
     assert emulator.agent is not None
     emulator.agent.python = str(python)
-    emulator.agent.extra_env = _network_env()
+    emulator.agent.extra_env = network_env()
     s3 = boto3.client("s3")
     bucket = emulator.resources["CLOUDBURST_BUCKET"]
     try:

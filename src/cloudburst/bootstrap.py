@@ -27,19 +27,41 @@ import zipfile
 
 #: the uv the fallback installs: new enough for ``--python`` and netrc logins
 UV_REQUIREMENT = "uv>=0.4"
+#: the exit code of an environment that cannot be installed (sysexits' EX_CONFIG): the client stops
+#: starting workers at the first one, as every other would fail the same way
+EXIT_ENVIRONMENT = 78
+
+
+class _InstallFailed(Exception):
+    pass
 
 
 def _say(message: str) -> None:
     print(f"cloudburst-bootstrap: {message}", file=sys.stderr, flush=True)
 
 
-def _run(args: list[str], env: dict[str, str]) -> None:
-    started = time.monotonic()
-    subprocess.run(args, check=True, env=env)
-    _say(f"{' '.join(args[2:5])} … took {time.monotonic() - started:.1f} s")
+def _run(what: str, args: list[str], env: dict[str, str]) -> None:
+    """Run an install step; once more after a failure (a network blip), then give up."""
+    for attempt in (1, 2):
+        started = time.monotonic()
+        if subprocess.run(args, env=env, check=False).returncode == 0:
+            _say(f"{what}: {time.monotonic() - started:.1f} s")
+            return
+        if attempt == 1:
+            _say(f"{what} failed; trying once more")
+            time.sleep(2)
+    raise _InstallFailed(f"{what} failed twice; its output is above")
 
 
 def main() -> None:
+    try:
+        _install_and_run()
+    except _InstallFailed as exc:
+        _say(f"the environment could not be installed: {exc}")
+        sys.exit(EXIT_ENVIRONMENT)
+
+
+def _install_and_run() -> None:
     bundle = os.environ["CLOUDBURST_BUNDLE"]
     location, _, expected = bundle.partition("#")
     bucket, _, key = location.removeprefix("s3://").partition("/")
@@ -55,26 +77,26 @@ def main() -> None:
             fh.write(netrc_text)
         env["NETRC"] = path
     started = time.monotonic()
-    _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", UV_REQUIREMENT], env)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", UV_REQUIREMENT]
+    _run("installing uv", pip, env)
     uv = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", sys.executable]
     if sys.prefix == sys.base_prefix:
         uv.append("--system")
-    _run([*uv, "boto3"], env)
+    _run("installing boto3", [*uv, "boto3"], env)
 
     import boto3  # installed just above
 
     body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     if hashlib.sha256(body).hexdigest() != expected:
-        _say(f"refusing the environment bundle s3://{bucket}/{key}: it changed after it was uploaded")
-        sys.exit(3)
+        raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         archive.extractall(root)
-    _run([*uv, "-r", os.path.join(root, "requirements.txt")], env)
+    _run("installing the requirements", [*uv, "-r", os.path.join(root, "requirements.txt")], env)
     wheels = os.path.join(root, "wheels")
     if os.path.isdir(wheels):
         found = sorted(os.path.join(wheels, name) for name in os.listdir(wheels) if name.endswith(".whl"))
         if found:
-            _run([*uv, *found], env)
+            _run("installing the local wheels", [*uv, *found], env)
     _say(f"environment installed in {time.monotonic() - started:.1f} s; starting the worker")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
     sys.stdout.flush()

@@ -40,6 +40,7 @@ from typing import Any
 
 from .backends import get_backend
 from .backends.base import LeaseReporting, Message, Subscribable, WorkerExit
+from .bootstrap import EXIT_ENVIRONMENT
 from .config import ExecutorOptions
 from .errors import (
     CloudError,
@@ -788,6 +789,8 @@ class Job:
                 self.stats["worker_deaths"] += 1
                 if not lost and not exit_.interrupted:
                     self._startup_failures += 1
+                    if exit_.exit_code == EXIT_ENVIRONMENT:  # every worker would fail the same way
+                        self._startup_failures = max(self._startup_failures, _MAX_STARTUP_FAILURES)
             startup_failures = self._startup_failures
             busy = bool(self._pending or self._tasks)
             receipts = [t.receipt for t in victims if t.receipt]
@@ -825,10 +828,13 @@ class Job:
             self._send_bodies(bodies)
         if startup_failures >= _MAX_STARTUP_FAILURES:
             tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
+            if exit_.exit_code == EXIT_ENVIRONMENT:
+                what = "the workers' environment could not be installed; no more workers are started ("
+            else:
+                what = f"workers keep failing before they run anything ({startup_failures} in a row, "
             self._fail_everything(
                 WorkerDiedError(
-                    f"workers keep failing before they run anything ({startup_failures} in a row, last: "
-                    f"{exit_.reason}).\nLast worker output:\n{tail}",
+                    f"{what}last: {exit_.reason}).\nLast worker output:\n{tail}",
                     exit_code=exit_.exit_code,
                     reason=exit_.reason,
                 )
