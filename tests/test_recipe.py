@@ -14,7 +14,7 @@ import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator
-from cloudburst.environment import build_context, snapshot
+from cloudburst.environment import build_context, snapshot, tag
 
 from .conftest import WORKER_PACKAGES, assert_nothing_left_in_aws, network_env
 
@@ -60,7 +60,7 @@ def test_the_recipe_installs_and_runs_the_worker_loop(emulator: Emulator, image_
 
 
 def test_image_python_installs_the_snapshot_as_workers_start(
-    emulator: Emulator, stock_python: tuple[Path, Path]
+    emulator: Emulator, stock_python: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     python, requirements = stock_python
     assert emulator.agent is not None
@@ -72,17 +72,21 @@ def test_image_python_installs_the_snapshot_as_workers_start(
         with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
             results = list(ex.map(whoami, range(3)))
             job_id = ex.job_id
-        bundles = s3.list_objects_v2(Bucket=bucket, Prefix="envs/").get("Contents", [])
+        key = f"envs/{tag(snapshot(requirements))}.zip"
+        uploaded = s3.head_object(Bucket=bucket, Key=key)
+        capsys.readouterr()
         with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
             again = ex.submit(whoami, 5).result()
-        bundles_after = s3.list_objects_v2(Bucket=bucket, Prefix="envs/").get("Contents", [])
+        found = s3.head_object(Bucket=bucket, Key=key)
+        second_run = capsys.readouterr().err
     finally:
         emulator.agent.python = sys.executable
         emulator.agent.extra_env = {}
     assert [r[0] for r in results] == [0, 2, 4]
     assert {r[1] for r in results} == {str(python.parent.parent)}  # ran in the "stock image", once installed
     assert again == (10, str(python.parent.parent))
-    assert len(bundles) == 1 and bundles_after == bundles  # uploaded once, found by its tag the second time
+    assert "bundle uploaded" not in second_run  # found by its tag: one HeadObject
+    assert found["ETag"] == uploaded["ETag"] and found["LastModified"] == uploaded["LastModified"]  # not uploaded again
     ecs = boto3.client("ecs")
     families = ecs.list_task_definitions()["taskDefinitionArns"]
     definitions = [ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"] for arn in families]
