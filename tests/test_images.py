@@ -157,3 +157,33 @@ def _requirements_file(folder: Path) -> Path:
     path = folder / "requirements.txt"
     path.write_text(f"tblib==3.2.2\nzzz-unique=={time.time_ns()}\n")
     return path
+
+
+def test_env_build_stock_python_uploads_the_bundle_and_list_and_prune_see_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> str:
+        command = [sys.executable, "-m", "cloudburst.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    reqs = _requirements_file(tmp_path)
+    saved = userconfig.load()
+    time.sleep(1.1)  # S3 times have one-second steps: this bundle is then the newest, not tied with another
+    try:
+        out = cli("env", "build", "--stock-python", "--requirements", str(reqs))
+        assert "environment bundle uploaded" in out and "image = python (saved" in out
+        assert userconfig.load()["image"] == "python"
+        assert userconfig.load()["requirements"] == str(reqs.resolve())
+        key = f"envs/{tag(snapshot(reqs))}.zip"
+        listed = json.loads(cli("env", "list", "--json"))
+        assert key in [b["Key"] for b in listed["bundles"]]
+        assert "environment bundle uploaded" not in cli("env", "build", "--stock-python", "--requirements", str(reqs))
+        before = len(listed["bundles"])
+        out = cli("env", "prune", "--keep", "1")
+        assert f"deleted {before - 1} bundle(s)" in out
+        assert [b["Key"] for b in json.loads(cli("env", "list", "--json"))["bundles"]] == [key]  # the newest stays
+    finally:
+        userconfig.save(saved)

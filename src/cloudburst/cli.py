@@ -23,6 +23,7 @@ import datetime
 import functools
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -345,10 +346,17 @@ def env_group() -> None:
 @click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
-    """What the image would hold, its tag and its Dockerfile."""
+    """What the image would hold, its tag and its Dockerfile (with --arch arm64: which packages lack wheels)."""
     from .environment import dockerfile, snapshot, tag
 
     snap = snapshot(requirements)
+    missing: list[str] = []
+    notes = list(snap.notes)
+    if arch == "arm64":
+        from .wheels import missing_arm64_wheels
+
+        missing, wheel_notes = missing_arm64_wheels(snap)
+        notes += wheel_notes
     if as_json:
         click.echo(
             json.dumps(
@@ -357,9 +365,13 @@ def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
                     "python": snap.python,
                     "source": snap.source,
                     "requirements": snap.requirements,
+                    "runtime": snap.runtime,
                     "local": snap.local,
                     "left_out": snap.left_out,
-                    "notes": snap.notes,
+                    "index_urls": snap.index_urls,
+                    "private_hosts": snap.private_hosts,
+                    "notes": notes,
+                    **({"missing_arm64_wheels": missing} if arch == "arm64" else {}),
                 },
                 indent=1,
             )
@@ -368,8 +380,10 @@ def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
     click.echo(
         f"tag {tag(snap, arch=arch)}: Python {snap.python}, {len(snap.requirements)} packages from {snap.source}"
     )
-    for note in snap.notes:
+    for note in notes:
         click.echo(f"  note: {note}")
+    if arch == "arm64":
+        click.echo(f"  ARM64 wheels missing for: {', '.join(missing)}" if missing else "  ARM64 wheels: all found")
     click.echo(dockerfile(snap), nl=False)
 
 
@@ -378,17 +392,38 @@ def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
     "--requirements", type=click.Path(exists=True), default=None, help="requirements*.txt, uv.lock or pyproject.toml"
 )
 @click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64")
-def env_build(requirements: str | None, arch: str) -> None:
+@click.option(
+    "--stock-python",
+    is_flag=True,
+    help="no image build: upload the environment for workers on the stock Python image to install as they start",
+)
+def env_build(requirements: str | None, arch: str, stock_python: bool) -> None:
     """Find or build this environment's image, and make it the workers' image."""
     from . import userconfig
-    from .backends.aws.images import ensure_image
+    from .backends.aws.images import ensure_bundle, ensure_image
     from .environment import snapshot
 
     region, profile, bucket, _ = _account()
     config = userconfig.load()
+    snap = snapshot(requirements)
+    if arch == "arm64":
+        from .wheels import require_arm64_wheels
+
+        _aws(lambda: require_arm64_wheels(snap))
+    if requirements:
+        userconfig.set_value("requirements", str(Path(requirements).resolve()))
+        click.echo(f"requirements = {Path(requirements).resolve()} (saved)")
+    if stock_python:
+        bundle = _aws(
+            lambda: ensure_bundle(snap, region=region, profile=profile, bucket=bucket, arch=arch, echo=click.echo)
+        )
+        userconfig.set_value("image", "python")
+        click.echo(f"environment bundle {bundle.split('#')[0]}")
+        click.echo("image = python (saved: workers on stock Python install the bundle as they start)")
+        return
     uri = _aws(
         lambda: ensure_image(
-            snapshot(requirements),
+            snap,
             region=region,
             profile=profile,
             repository=str(config.get("ecr_repository", "cloudburst")),
@@ -405,29 +440,37 @@ def env_build(requirements: str | None, arch: str) -> None:
 @env_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def env_list(as_json: bool) -> None:
-    """Worker images in the ECR repository, newest first."""
+    """Worker images in the ECR repository and environment bundles in S3, newest first."""
     from . import userconfig
-    from .backends.aws.images import list_images
+    from .backends.aws.images import list_bundles, list_images
 
-    region, profile, _, _ = _account()
+    region, profile, bucket, _ = _account()
     images = _aws(lambda: list_images(region, profile, str(userconfig.lookup("ecr_repository").value)))
+    bundles = _aws(lambda: list_bundles(region, profile, bucket))
     if as_json:
-        click.echo(json.dumps(images, indent=1, default=str))
+        click.echo(json.dumps({"images": images, "bundles": bundles}, indent=1, default=str))
         return
     for image in images:
-        click.echo(f"{','.join(image.get('imageTags', [])) or '<untagged>':50} {image.get('imagePushedAt', '')}")
+        size = image.get("imageSizeInBytes", 0) / 1e6
+        tags = ",".join(image.get("imageTags", [])) or "<untagged>"
+        click.echo(f"image  {tags:50} {size:8.1f} MB  {image.get('imagePushedAt', '')}")
+    for bundle in bundles:
+        name = bundle["Key"].removeprefix("envs/").removesuffix(".zip")
+        click.echo(f"bundle {name:50} {bundle.get('Size', 0) / 1e6:8.1f} MB  {bundle.get('LastModified', '')}")
 
 
 @env_group.command("prune")
-@click.option("--keep", type=int, default=5, help="how many of the newest images to keep")
+@click.option("--keep", type=int, default=5, help="how many of the newest images (and bundles) to keep")
 def env_prune(keep: int) -> None:
-    """Delete old worker images from ECR."""
+    """Delete old worker images from ECR and old environment bundles from S3."""
     from . import userconfig
-    from .backends.aws.images import prune_images
+    from .backends.aws.images import prune_bundles, prune_images
 
-    region, profile, _, _ = _account()
+    region, profile, bucket, _ = _account()
     gone = _aws(lambda: prune_images(region, profile, str(userconfig.lookup("ecr_repository").value), keep))
     click.echo(f"deleted {len(gone)} image(s)" + (f": {', '.join(gone)}" if gone else ""))
+    bundles = _aws(lambda: prune_bundles(region, profile, bucket, keep))
+    click.echo(f"deleted {len(bundles)} bundle(s)" + (f": {', '.join(bundles)}" if bundles else ""))
 
 
 @main.command("version")

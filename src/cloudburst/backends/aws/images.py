@@ -40,7 +40,9 @@ __all__ = [
     "ensure_bundle",
     "ensure_image",
     "find_image",
+    "list_bundles",
     "list_images",
+    "prune_bundles",
     "prune_images",
     "store_index_credentials",
 ]
@@ -334,3 +336,21 @@ def prune_images(region: str | None, profile: str | None, repository: str, keep:
     ids = [{"imageDigest": i["imageDigest"]} for i in doomed]
     ecr.batch_delete_image(repositoryName=repository, imageIds=ids)
     return [",".join(i.get("imageTags", [])) or i["imageDigest"] for i in doomed]
+
+
+def list_bundles(region: str | None, profile: str | None, bucket: str) -> list[dict[str, Any]]:
+    """The no-build fallback's environment bundles in ``s3://bucket/envs/``, newest first."""
+    s3: Any = client("s3", region, profile)
+    found: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="envs/"):
+        found += page.get("Contents", [])
+    return sorted(found, key=lambda o: str(o.get("LastModified", "")), reverse=True)
+
+
+def prune_bundles(region: str | None, profile: str | None, bucket: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest environment bundles; returns the deleted keys."""
+    doomed = [o["Key"] for o in list_bundles(region, profile, bucket)[keep:]]
+    s3: Any = client("s3", region, profile)
+    for start in range(0, len(doomed), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in doomed[start : start + 1000]]})
+    return doomed
