@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -48,6 +49,8 @@ def test_cache_miss_builds_through_codebuild_then_hits(emulator: Emulator) -> No
     assert emulator.calls.get("codebuild.StartBuild", 0) == before + 1
     assert emulator.builds[-1] == uri
     assert any("CodeBuild build" in line for line in lines) and lines[-1].endswith(uri)
+    phases = [line for line in lines if "image build [" in line]
+    assert phases and re.search(r"image build \[11/11\] completed \(took \d+:\d\d\)", phases[-1]), phases
 
     # The build context went to S3: the recipe, the pinned requirements, cloudburst itself.
     s3 = boto3.client("s3")

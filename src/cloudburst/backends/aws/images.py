@@ -277,17 +277,39 @@ def _codebuild(
     _follow(codebuild, region, profile, build["id"], echo)
 
 
+#: CodeBuild's phases, in order
+_PHASES = [
+    "SUBMITTED",
+    "QUEUED",
+    "PROVISIONING",
+    "DOWNLOAD_SOURCE",
+    "INSTALL",
+    "PRE_BUILD",
+    "BUILD",
+    "POST_BUILD",
+    "UPLOAD_ARTIFACTS",
+    "FINALIZING",
+    "COMPLETED",
+]
+
+
 def _follow(
     codebuild: Any, region: str | None, profile: str | None, build_id: str, echo: Callable[[str], None]
 ) -> None:
-    """Wait for a build, printing its phases and its log as they come."""
+    """Wait for a build, printing its phases (step, time so far) and its log as they come."""
     logs: Any = client("logs", region, profile)
     phase, seen_token = "", None
+    started = time.monotonic()
     while True:
         build = codebuild.batch_get_builds(ids=[build_id])["builds"][0]
         if build.get("currentPhase") != phase:
             phase = build.get("currentPhase", "")
-            echo(f"cloudburst: image build: {phase.lower().replace('_', ' ')}")
+            step = _PHASES.index(phase) + 1 if phase in _PHASES else len(_PHASES)
+            elapsed = int(time.monotonic() - started)
+            echo(
+                f"cloudburst: image build [{step}/{len(_PHASES)}] {phase.lower().replace('_', ' ')} "
+                f"({'took' if phase == 'COMPLETED' else 'so far'} {elapsed // 60}:{elapsed % 60:02d})"
+            )
         where = build.get("logs", {})
         if where.get("groupName") and where.get("streamName"):
             try:
