@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import time
 import zipfile
@@ -190,3 +191,40 @@ def test_env_build_stock_python_uploads_the_bundle_and_list_and_prune_see_it(
         assert [b["Key"] for b in json.loads(cli("env", "list", "--json"))["bundles"]] == [key]  # the newest stays
     finally:
         userconfig.save(saved)
+
+
+def test_with_a_docker_engine_the_image_is_built_and_pushed_locally(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A stand-in ``docker`` on PATH records what it is asked to do (no engine runs here)."""
+    record = tmp_path / "docker.log"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "ARGS $*" >> {record}\n'
+        'case "$1" in\n'
+        f'  login) echo "STDIN $(cat)" >> {record} ;;\n'
+        '  build) for a in "$@"; do case "$a" in id=netrc,src=*) '
+        f'echo "SECRET $(cat "${{a#id=netrc,src=}}")" >> {record} ;; esac; done ;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken-docker@private.example.com/simple")
+    assert docker_engine()
+    before = emulator.calls.get("codebuild.StartBuild", 0)
+    snap = snapshot(_requirements_file(tmp_path))
+    uri = ensure_image(snap, echo=lambda _: None, arch="arm64", **settings())  # type: ignore[arg-type]
+    assert emulator.calls.get("codebuild.StartBuild", 0) == before  # built here, not in CodeBuild
+    lines = [line for line in record.read_text().splitlines() if line != "ARGS info"]  # the engine checks
+    assert lines[0].startswith("ARGS login --username AWS --password-stdin 123456789012.dkr.ecr.")
+    assert lines[1].startswith("STDIN ") and len(lines[1]) > len("STDIN ")  # the ECR token, never an argument
+    build = next(line for line in lines if line.startswith("ARGS build"))
+    assert f"--platform linux/arm64 -t {uri} " in build
+    secret_path = re.search(r"id=netrc,src=(\S+)", build).group(1)  # type: ignore[union-attr]
+    context = build.rsplit(" ", 1)[1]
+    assert not secret_path.startswith(context)  # the logins are not part of the context
+    assert "SECRET machine private.example.com login bot password t0ken-docker" in lines
+    assert "t0ken" not in build and lines[-1] == f"ARGS push {uri}"
+    assert not Path(secret_path).exists()  # removed with the build folder
