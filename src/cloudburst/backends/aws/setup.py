@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -563,13 +561,9 @@ def _quotas(ctx: _Context, report: Report) -> None:
 
 
 def _build_tools(ctx: _Context, report: Report) -> None:
-    docker = shutil.which("docker")
-    engine = False
-    if docker:
-        try:
-            engine = subprocess.run([docker, "info"], capture_output=True, timeout=10, check=False).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            engine = False
+    from .images import docker_engine
+
+    engine = docker_engine()
     try:
         ctx.client("codebuild").list_projects()
         codebuild = True
