@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import cloudburst
 from cloudburst.environment import (
     Snapshot,
     build_context,
@@ -58,19 +59,66 @@ def test_golden_dockerfile() -> None:
 def test_requirement_files_are_honoured_and_platform_only_packages_left_out(tmp_path: Path) -> None:
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("numpy==2.1.0  # arrays\n-r other.txt\npywin32==306\npyobjc-core==10.0\nrequests>=2\n")
+    (tmp_path / "other.txt").write_text("scipy==1.14.0 --hash=sha256:00\n-r requirements.txt\n")  # a cycle, too
     snap = snapshot(reqs)
-    assert snap.requirements == ("numpy==2.1.0", "requests>=2")
+    assert snap.requirements == ("numpy==2.1.0", "requests>=2", "scipy==1.14.0")
     assert snap.left_out == ("pyobjc-core", "pywin32")
     assert any("only for macOS or Windows" in n for n in snap.notes)
     lock = tmp_path / "uv.lock"
     lock.write_text(
         'version = 1\n[[package]]\nname = "myproj"\nversion = "0.1.0"\nsource = { editable = "." }\n'
+        '[[package]]\nname = "helper"\nversion = "0.2.0"\nsource = { directory = "libs/helper" }\n'
+        '[[package]]\nname = "ws"\nversion = "0.0.0"\nsource = { virtual = "ws" }\n'
         '[[package]]\nname = "numpy"\nversion = "2.1.0"\nsource = { registry = "https://pypi.org/simple" }\n'
     )
-    assert snapshot(lock).requirements == ("numpy==2.1.0",)
+    locked = snapshot(lock)
+    assert locked.requirements == ("numpy==2.1.0",)
+    assert locked.local == (str(tmp_path), str(tmp_path / "libs" / "helper"))  # the project and a path source
     project = tmp_path / "pyproject.toml"
     project.write_text('[project]\nname = "x"\ndependencies = ["pandas>=2", "appnope"]\n')
-    assert snapshot(project).requirements == ("pandas>=2",)
+    assert snapshot(project).requirements == ("pandas>=2",) and snapshot(project).local == ()
+    project.write_text(project.read_text() + '[build-system]\nrequires = ["hatchling"]\n')
+    assert snapshot(project).local == (str(tmp_path),)  # a package: built into a wheel for the workers
+
+
+def test_requirements_file_options_local_paths_and_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(
+        "--index-url=https://reader:s3cr3t@corp.example/simple\n"
+        "--extra-index-url https://more.example/simple\n"
+        "--no-binary :all:\n"
+        "-e ./pkg_a\n"
+        "./pkg_b\n"
+        "pkg-c @ file:///opt/src/pkg_c\n"
+        "-e git+https://github.com/o/r.git#egg=r\n"
+        "attrs==24.2.0\n"
+    )
+    snap = snapshot(reqs)
+    assert snap.local == ("/opt/src/pkg_c", str(tmp_path / "pkg_a"), str(tmp_path / "pkg_b"))
+    assert snap.requirements == ("attrs==24.2.0", "git+https://github.com/o/r.git#egg=r")
+    assert snap.index_urls[:2] == ("https://corp.example/simple", "https://more.example/simple")
+    assert not snap.extra_index and "corp.example" in snap.private_hosts
+    assert any("option --no-binary is not carried over" in n for n in snap.notes)
+    assert "s3cr3t" not in json.dumps(dataclasses.asdict(snap)) and "s3cr3t" not in dockerfile(snap)
+    assert "machine corp.example login reader password s3cr3t" in index_credentials(snap)
+    (tmp_path / "bad.txt").write_text("-r missing.txt\n")
+    with pytest.raises(cloudburst.ConfigurationError, match=r"includes missing.txt \(-r\), which does not exist"):
+        snapshot(tmp_path / "bad.txt")
+
+
+def test_a_local_package_that_cannot_be_built_is_named_before_anything_runs(tmp_path: Path) -> None:
+    gone = Snapshot(python="3.11", requirements=(), local=(str(tmp_path / "moved-away"),))
+    with pytest.raises(cloudburst.ConfigurationError, match=r"moved-away cannot be shipped: it no longer exists"):
+        build_context(gone, tmp_path / "context")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text('[build-system]\nrequires = []\nbuild-backend = "no_such_backend"\n')
+    with pytest.raises(
+        cloudburst.ConfigurationError, match=r"could not build a wheel of the local package at .*broken"
+    ):
+        build_context(Snapshot(python="3.11", requirements=(), local=(str(broken),)), tmp_path / "context2")
 
 
 def test_local_installs_are_listed_to_be_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

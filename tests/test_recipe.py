@@ -99,3 +99,35 @@ def test_image_python_installs_the_snapshot_as_workers_start(
     bundle = {e["name"]: e["value"] for e in container["environment"]}["CLOUDBURST_BUNDLE"]
     assert bundle.startswith(f"s3://{bucket}/envs/py") and "#" in bundle
     assert_nothing_left_in_aws(emulator, job_id)
+
+
+def use_local_package(x: int) -> int:
+    import cbdemo  # type: ignore[import-not-found]  # only on the workers: installed from a local wheel
+
+    return int(cbdemo.triple(x))
+
+
+def test_a_local_package_is_built_into_a_wheel_and_installed_on_workers(
+    emulator: Emulator, stock_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    package = tmp_path / "cbdemo"
+    (package / "src" / "cbdemo").mkdir(parents=True)
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "cbdemo"\nversion = "0.1"\n'
+    )
+    (package / "src" / "cbdemo" / "__init__.py").write_text("def triple(x):\n    return 3 * x\n")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"-r {stock_python[1]}\n-e ./cbdemo\n")
+    snap = snapshot(requirements)
+    assert snap.local == (str(package),) and snap.local_digest
+    python = stock_python[0]
+    assert emulator.agent is not None
+    emulator.agent.python = str(python)
+    emulator.agent.extra_env = network_env()
+    try:
+        with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
+            assert list(ex.map(use_local_package, range(4))) == [0, 3, 6, 9]
+    finally:
+        emulator.agent.python = sys.executable
+        emulator.agent.extra_env = {}

@@ -29,6 +29,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -36,6 +37,7 @@ __all__ = [
     "PLATFORM_ONLY",
     "Snapshot",
     "build_context",
+    "build_wheel",
     "dockerfile",
     "index_credentials",
     "snapshot",
@@ -85,6 +87,7 @@ class Snapshot:
     extra_index: bool = True  # index_urls add to PyPI rather than replace it
     private_hosts: tuple[str, ...] = ()  # index hosts that need credentials (supplied as a netrc secret)
     local_digest: str = ""  # content hash of the local and editable source trees
+    requirements_file: str = ""  # the file named, if any (not part of the tag: only its contents count)
 
     def requirements_txt(self) -> str:
         lines = []
@@ -172,10 +175,21 @@ def _netrc_entries(hosts: list[str], environ: dict[str, str] | os._Environ[str])
 
 def _indexes(
     environ: dict[str, str] | os._Environ[str] | None = None,
+    *,
+    file_indexes: list[str] | None = None,
+    file_replaces: bool = False,
 ) -> tuple[tuple[str, ...], bool, tuple[str, ...], dict[str, tuple[str, str]], list[str]]:
-    """(index URLs without credentials, extra?, private hosts, credentials by host, notes)."""
+    """(index URLs without credentials, extra?, private hosts, credentials by host, notes).
+
+    A requirements file's own ``--index-url`` (``file_replaces``: the first of ``file_indexes``) wins
+    over the environment's; its ``--extra-index-url`` lines add to it."""
     environ = os.environ if environ is None else environ
     primary, extra, notes = _index_settings(environ)
+    if file_indexes:
+        if file_replaces:
+            primary, extra = file_indexes[:1], extra + file_indexes[1:]
+        else:
+            extra = extra + file_indexes
     credentials: dict[str, tuple[str, str]] = {}
     for url in primary + extra:
         parts = urllib.parse.urlsplit(url)
@@ -191,9 +205,14 @@ def _indexes(
     return urls, not primary, tuple(sorted(credentials)), credentials, notes
 
 
-def index_credentials(environ: dict[str, str] | None = None) -> str:
+def index_credentials(snap: Snapshot | None = None, environ: dict[str, str] | None = None) -> str:
     """The index logins as a netrc file's text ("" when no index needs one). A secret: never logged."""
-    _, _, _, credentials, _ = _indexes(environ)
+    found = _from_file(Path(snap.requirements_file)) if snap is not None and snap.requirements_file else None
+    _, _, _, credentials, _ = _indexes(
+        environ,
+        file_indexes=found.index_urls if found else None,
+        file_replaces=found.replaces_index if found else False,
+    )
     return "".join(f"machine {host} login {user} password {secret}\n" for host, (user, secret) in credentials.items())
 
 
@@ -246,34 +265,84 @@ def _runtime(named: set[str]) -> tuple[str, ...]:
     return tuple(pinned)
 
 
-def _from_file(path: Path) -> tuple[list[str], str]:
-    """Requirements from a file the user names: requirements*.txt, uv.lock or pyproject.toml."""
+def _toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    loaded: dict[str, Any] = tomllib.loads(path.read_text())
+    return loaded
+
+
+@dataclass
+class _FromFile:
+    requirements: list[str] = field(default_factory=list)
+    local: list[str] = field(default_factory=list)  # directories to build into wheels
+    index_urls: list[str] = field(default_factory=list)  # with credentials, as written
+    replaces_index: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path] = frozenset()) -> _FromFile:
+    """Requirements from a file the user names: requirements*.txt (with ``-r`` includes), uv.lock or
+    pyproject.toml. Local directories (``-e ./pkg``, ``./pkg``, ``name @ file:///...``, a lock's editable
+    or path sources, the project a pyproject.toml describes) are listed to be built into wheels."""
+    found = _FromFile() if found is None else found
+    path = path.resolve()
     if path.name == "uv.lock":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        lock = tomllib.loads(path.read_text())
-        found = []
-        for package in lock.get("package", []):
+        for package in _toml(path).get("package", []):
             source = package.get("source", {})
-            if "editable" in source or "virtual" in source:
-                continue  # the project itself: shipped as code or built as a local wheel
-            found.append(f"{package['name']}=={package['version']}")
-        return found, f"uv.lock ({path})"
+            where = source.get("editable") or source.get("directory") or source.get("path")
+            if "virtual" in source:
+                continue  # a workspace root that is not a package
+            if where is not None:
+                found.local.append(str((path.parent / where).resolve()))
+            else:
+                found.requirements.append(f"{package['name']}=={package['version']}")
+        return found
     if path.name == "pyproject.toml":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        project = tomllib.loads(path.read_text()).get("project", {})
-        return list(project.get("dependencies", [])), f"pyproject.toml dependencies ({path})"
-    lines = []
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            lines.append(line)
-    return lines, f"requirements file ({path})"
+        data = _toml(path)
+        found.requirements += list(data.get("project", {}).get("dependencies", []))
+        if "build-system" in data:  # the project is a package: workers get it built, as a wheel
+            found.local.append(str(path.parent))
+        return found
+    lines = path.read_text().splitlines()
+    for raw in lines:
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        option, value = "", ""
+        if line.startswith("-"):
+            match = re.match(r"(-[a-zA-Z]|--[a-z-]+)(?:\s*=\s*|\s+|$)(.*)", line)
+            option, value = (match.group(1), match.group(2).strip()) if match else (line, "")
+        if option in ("-r", "--requirement"):
+            include = (path.parent / value).resolve()
+            if include in seen:
+                continue
+            if not include.is_file():
+                from .errors import ConfigurationError
+
+                raise ConfigurationError(f"{path} includes {value} (-r), which does not exist: fix the path")
+            _from_file(include, found, seen | {path})
+        elif option in ("-e", "--editable") and "://" in value and not value.startswith("file:"):
+            found.requirements.append(value)  # a VCS checkout: installed (not editable) from its URL
+        elif option in ("-e", "--editable"):
+            target = urllib.parse.unquote(value.removeprefix("file://")) if value.startswith("file:") else value
+            found.local.append(str((path.parent / Path(target).expanduser()).resolve()))
+        elif option in ("-i", "--index-url"):
+            found.index_urls.insert(0, value)
+            found.replaces_index = True
+        elif option == "--extra-index-url":
+            found.index_urls.append(value)
+        elif option:
+            found.notes.append(f"{path.name}: option {option} is not carried over")
+        elif line.startswith((".", "/", "~")) or " @ file:" in line or line.startswith("file:"):
+            target = line.split(" @ ", 1)[-1].split(";", 1)[0].strip()
+            target = urllib.parse.unquote(target.removeprefix("file://")) if target.startswith("file:") else target
+            found.local.append(str((path.parent / Path(target).expanduser()).resolve()))
+        else:
+            found.requirements.append(line.split(" --", 1)[0].strip())  # without per-line --hash options
+    return found
 
 
 def snapshot(requirements: str | Path | None = None) -> Snapshot:
@@ -282,8 +351,14 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
     local: list[str] = []
     left_out: list[str] = []
     notes: list[str] = []
+    file_indexes: list[str] = []
+    replaces_index = False
     if requirements is not None:
-        found, source = _from_file(Path(requirements))
+        from_file = _from_file(Path(requirements))
+        found, local, notes = from_file.requirements, from_file.local, from_file.notes
+        file_indexes, replaces_index = from_file.index_urls, from_file.replaces_index
+        kind = Path(requirements).name if Path(requirements).name in ("uv.lock", "pyproject.toml") else "requirements"
+        source = f"{kind} ({Path(requirements)})"
     else:
         found, source = [], "installed distributions"
         for dist in metadata.distributions():
@@ -315,7 +390,9 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
         notes.append(f"left out, as they exist only for macOS or Windows: {', '.join(sorted(set(left_out)))}")
     if local:
         notes.append(f"built into wheels and shipped: {', '.join(sorted(local))}")
-    index_urls, extra_index, private_hosts, _, index_notes = _indexes()
+    index_urls, extra_index, private_hosts, _, index_notes = _indexes(
+        file_indexes=file_indexes, file_replaces=replaces_index
+    )
     notes += index_notes
     if private_hosts:
         notes.append(f"credentials for {', '.join(private_hosts)} are passed as a secret, never stored in the image")
@@ -335,6 +412,7 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
         extra_index=extra_index,
         private_hosts=private_hosts,
         local_digest=_tree_digest(local_paths) if local_paths else "",
+        requirements_file=str(Path(requirements).resolve()) if requirements is not None else "",
     )
 
 
@@ -350,7 +428,7 @@ def stock_image(python: str) -> str:
 def tag(snap: Snapshot, *, arch: str = "x86_64") -> str:
     """The image tag: a hash of everything that goes into the image."""
     recipe = {
-        "snapshot": asdict(snap) | {"notes": []},
+        "snapshot": asdict(snap) | {"notes": [], "requirements_file": ""},
         "base": base_image(snap.python),
         "arch": arch,
         "cloudburst": __version__,
@@ -385,10 +463,41 @@ def dockerfile(snap: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_wheel(path: str, out: Path) -> None:
+    """Build a wheel of a local package (with pip, else uv), or say exactly why not."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    from .errors import ConfigurationError
+
+    if not Path(path, "pyproject.toml").is_file() and not Path(path, "setup.py").is_file():
+        raise ConfigurationError(
+            f"the local package at {path} cannot be shipped: "
+            + ("it no longer exists" if not Path(path).exists() else "it has no pyproject.toml or setup.py")
+            + ". Reinstall it from where it lives now, or name a requirements file without it (requirements=...)"
+        )
+    if importlib.util.find_spec("pip") is not None:
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), path]
+    elif shutil.which("uv"):
+        command = [str(shutil.which("uv")), "build", "--wheel", "--quiet", "--out-dir", str(out), path]
+    else:
+        raise ConfigurationError(
+            f"building a wheel of the local package at {path} needs pip or uv, and neither is here: "
+            "install one (`python -m ensurepip`, or https://docs.astral.sh/uv/)"
+        )
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        raise ConfigurationError(
+            f"could not build a wheel of the local package at {path} ({command[2] if command[1] == '-m' else 'uv'} "
+            f"exited {result.returncode}); fix its build, or install it from an index instead:\n{tail}"
+        )
+
+
 def build_context(snap: Snapshot, folder: Path) -> Path:
     """Write the image's build context: Dockerfile, requirements.txt, local wheels, cloudburst itself."""
     import shutil
-    import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Dockerfile").write_text(dockerfile(snap))
@@ -397,9 +506,7 @@ def build_context(snap: Snapshot, folder: Path) -> Path:
         wheels = folder / "wheels"
         wheels.mkdir(exist_ok=True)
         for path in snap.local:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), path], check=True
-            )
+            build_wheel(path, wheels)
     package = Path(__file__).resolve().parent
     shutil.copytree(package, folder / "cloudburst", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return folder

@@ -138,7 +138,7 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
             arch=settings.arch,
             echo=echo,
         )
-        parameter = store_index_credentials(settings.region, settings.profile, index_credentials())
+        parameter = store_index_credentials(settings.region, settings.profile, index_credentials(snap))
         return stock_image(snap.python), bundle, parameter if snap.private_hosts else ""
     config = load()
     if not config.get("build_role_arn"):

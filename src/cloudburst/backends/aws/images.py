@@ -174,7 +174,7 @@ def ensure_image(
     if find_image(region, profile, repository, image_tag):
         return uri
     echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
-    netrc_text = index_credentials() if snap.private_hosts else ""
+    netrc_text = index_credentials(snap) if snap.private_hosts else ""
     with tempfile.TemporaryDirectory(prefix="cloudburst-build-") as folder:
         context = build_context(snap, Path(folder) / "context")
         if docker_engine():
