@@ -210,3 +210,25 @@ def test_an_edited_local_checkout_gets_a_new_tag(tmp_path: Path, monkeypatch: py
     assert tag(snapshot()) == before  # caches do not count
     (checkout / "mypkg" / "__init__.py").write_text("VALUE = 2\n")
     assert tag(snapshot()) != before
+
+
+def test_installs_from_vcs_urls_and_wheel_files_are_reproduced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def installed(name: str, direct: dict[str, object]) -> None:
+        info = tmp_path / f"{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (info / "direct_url.json").write_text(json.dumps(direct))
+
+    installed("fromgit", {"url": "https://github.com/o/fromgit.git", "vcs_info": {"vcs": "git", "commit_id": "abc123"}})
+    installed("fromweb", {"url": "https://files.example/fromweb-0.1.tar.gz", "archive_info": {}})
+    wheel = tmp_path / "dist" / "fromwheel-0.1-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"PK")
+    installed("fromwheel", {"url": wheel.as_uri(), "archive_info": {}})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    snap = snapshot()
+    assert "fromgit @ git+https://github.com/o/fromgit.git@abc123" in snap.requirements
+    assert "fromweb @ https://files.example/fromweb-0.1.tar.gz" in snap.requirements
+    assert str(wheel) in snap.local
+    context = build_context(dataclasses.replace(snap, local=(str(wheel),)), tmp_path / "context")
+    assert (context / "wheels" / wheel.name).read_bytes() == b"PK"  # shipped as it is

@@ -376,6 +376,13 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
             if url.startswith("file://"):
                 local.append(urllib.parse.unquote(url.removeprefix("file://")))
                 continue
+            vcs = direct.get("vcs_info") if direct else None
+            if isinstance(vcs, dict) and vcs.get("vcs") and vcs.get("commit_id"):
+                found.append(f"{canonical} @ {vcs['vcs']}+{url}@{vcs['commit_id']}")  # the very commit
+                continue
+            if url.startswith(("http://", "https://")):
+                found.append(f"{canonical} @ {strip_credentials(url)}")  # an archive from a URL
+                continue
             found.append(f"{canonical}=={dist.version}")
     kept = []
     named = set()
@@ -471,7 +478,11 @@ def build_wheel(path: str, out: Path) -> None:
 
     from .errors import ConfigurationError
 
-    if not Path(path, "pyproject.toml").is_file() and not Path(path, "setup.py").is_file():
+    if Path(path).is_file() and path.endswith(".whl"):
+        shutil.copy(path, out)  # installed from a wheel file: ship that wheel
+        return
+    is_archive = Path(path).is_file() and path.endswith((".tar.gz", ".zip", ".tar.bz2"))
+    if not is_archive and not Path(path, "pyproject.toml").is_file() and not Path(path, "setup.py").is_file():
         raise ConfigurationError(
             f"the local package at {path} cannot be shipped: "
             + ("it no longer exists" if not Path(path).exists() else "it has no pyproject.toml or setup.py")
