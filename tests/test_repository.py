@@ -25,7 +25,7 @@ def test_all_lists_every_public_name() -> None:
         "seeds",
         "serialize",
     }
-    modules |= {"aws", "bootstrap", "cli", "detached", "environment", "task", "userconfig", "wheels", "worker"}
+    modules |= {"aws", "bootstrap", "cli", "detached", "environment", "task", "userconfig", "wheels", "work", "worker"}
     assert set(cloudburst.__all__) == public - modules | {"errors", "__version__"}
 
 

@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import math
-import pickle
 import secrets
 import sys
 import tempfile
@@ -34,7 +33,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +46,6 @@ from .errors import (
     ExecutorShutdownError,
     PayloadAuthenticationError,
     PicklingError,
-    RemoteError,
     UnpicklingError,
     WorkerDiedError,
 )
@@ -60,7 +57,6 @@ from .task import (
     RESULT,
     STARTED,
     Columns,
-    ItemError,
     Notice,
     ResultMessage,
     TaskMessage,
@@ -69,6 +65,7 @@ from .task import (
     peek_task_id,
     take_dead_letters,
 )
+from .work import MapRun, SubmitItem, Task, rebuild_exception, span
 
 __all__ = ["Job", "MapRun", "rebuild_exception"]
 
@@ -100,110 +97,6 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
-# ---------------------------------------------------------------------------- work not yet dispatched
-
-
-@dataclass(eq=False)
-class _SubmitItem:
-    fn: Callable[..., Any]
-    fn_ref: BlobRef
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    future: Future[Any]
-    index: int
-
-
-class MapRun:
-    """One ``map`` call: its calls, and result slots filled as chunks come back."""
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        fn_ref: BlobRef,
-        calls: Columns,
-        base_index: int,
-        chunksize: int | None,
-    ) -> None:
-        self.fn = fn
-        self.fn_ref = fn_ref
-        self.calls = calls  # one column per argument position
-        self.base_index = base_index
-        self.chunksize = chunksize
-        self.next_pos = 0  # first call not yet dispatched
-        self.values: list[Any] = [None] * len(calls)
-        self.errors: dict[int, BaseException] = {}
-        self.ready_upto = 0  # every slot below this is filled
-        self.done = 0
-        self.cancelled = False
-        self._finished_spans: dict[int, int] = {}
-        self.cond = threading.Condition()
-        self.on_progress: Callable[[int], None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.calls)
-
-    def fill(self, start: int, values: Sequence[Any], errors: dict[int, BaseException]) -> None:
-        with self.cond:
-            self.values[start : start + len(values)] = values
-            for pos, exc in errors.items():
-                self.errors[start + pos] = exc
-            self.done += len(values)
-            self._finished_spans[start] = start + len(values)
-            while self.ready_upto in self._finished_spans:
-                self.ready_upto = self._finished_spans.pop(self.ready_upto)
-            self.cond.notify_all()
-        if self.on_progress is not None:
-            self.on_progress(len(values))
-
-    def cancel(self) -> None:
-        with self.cond:
-            self.cancelled = True
-            self.cond.notify_all()
-
-
-# ---------------------------------------------------------------------------- work in flight
-
-
-@dataclass(eq=False)
-class _Task:
-    task_id: int
-    fn_ref: BlobRef
-    indices: Sequence[int]
-    run: MapRun | None = None
-    start: int = 0  # position of the first call in run.calls
-    items: list[_SubmitItem] = field(default_factory=list)
-    workers: list[str] = field(default_factory=list)  # every worker that took it, latest last
-    receipt: str = ""  # the queue receipt of its latest delivery
-    attempt: int = 0
-    dispatched_at: float = field(default_factory=time.monotonic)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
-    """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
-    exc: BaseException | None = None
-    if error.pickled is not None:
-        try:
-            import tblib.pickling_support  # noqa: F401 - registers the traceback reducers
-
-            loaded = pickle.loads(error.pickled)  # inside an authenticated result message
-            if isinstance(loaded, BaseException):
-                exc = loaded
-        except Exception:
-            exc = None
-    if exc is None:
-        exc = RemoteError(
-            f"{error.type_name}: {error.message} (the exception could not be sent back as itself)",
-            type_name=error.type_name,
-            remote_traceback=error.traceback,
-        )
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"cloudburst: raised in {where}")
-    return exc
-
-
 class Job:
     """One executor session. Created and driven by :class:`cloudburst.Executor`."""
 
@@ -230,9 +123,9 @@ class Job:
         self.slots = self.backend.slots
 
         self._cond = threading.Condition()
-        self._pending: deque[_SubmitItem | MapRun] = deque()
-        self._tasks: dict[int, _Task] = {}
-        self._superseded: dict[int, _Task] = {}  # split after a worker death; their messages may still run
+        self._pending: deque[SubmitItem | MapRun] = deque()
+        self._tasks: dict[int, Task] = {}
+        self._superseded: dict[int, Task] = {}  # split after a worker death; their messages may still run
         self._task_ids = itertools.count(1)
         self._next_index = 0
         self._item_seconds: dict[str, float] = {}  # function digest -> measured seconds per item
@@ -292,7 +185,7 @@ class Job:
         future: Future[Any] = Future()
         with self._cond:
             self._check_accepting()
-            item = _SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index)
+            item = SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index)
             self._next_index += 1
             self._pending.append(item)
             # Nothing else waits and a slot is free: send it from here, sparing the dispatcher's wake-up.
@@ -331,7 +224,7 @@ class Job:
                 planned = self._plan_tasks()
             self._send(planned, began)
 
-    def _send(self, planned: list[tuple[_Task, list[Any]]], began: float) -> None:
+    def _send(self, planned: list[tuple[Task, list[Any]]], began: float) -> None:
         """Seal planned tasks and send them; ``began`` is when their planning started."""
         bodies = [body for body in (self._seal(task, calls) for task, calls in planned) if body is not None]
         try:
@@ -377,7 +270,7 @@ class Job:
         by_balance = math.ceil(remaining / (2 * self.slots))
         return max(1, min(int(by_time), max(by_balance, int(by_time / 4)), 1_000_000))
 
-    def _probing(self, head: MapRun | _SubmitItem) -> bool:
+    def _probing(self, head: MapRun | SubmitItem) -> bool:
         """A map whose item time is unknown has one probe per slot in flight, no more. Lock held."""
         if not isinstance(head, MapRun) or head.fn_ref.digest in self._item_seconds or self.backend.detached:
             return False
@@ -386,9 +279,9 @@ class Job:
     def _can_plan(self) -> bool:
         return bool(self._pending) and len(self._tasks) < self._backlog_limit() and not self._probing(self._pending[0])
 
-    def _plan_tasks(self) -> list[tuple[_Task, list[Any]]]:
+    def _plan_tasks(self) -> list[tuple[Task, list[Any]]]:
         """Cut pending work into tasks, up to the backlog limit. Called with the lock held."""
-        planned: list[tuple[_Task, list[Any]]] = []
+        planned: list[tuple[Task, list[Any]]] = []
         while self._can_plan():
             head = self._pending[0]
             if isinstance(head, MapRun):
@@ -403,38 +296,38 @@ class Job:
                 if stop >= len(head.calls):
                     self._pending.popleft()
                 indices = range(head.base_index + start, head.base_index + stop)
-                task = _Task(next(self._task_ids), head.fn_ref, indices, run=head, start=start)
+                task = Task(next(self._task_ids), head.fn_ref, indices, run=head, start=start)
                 calls: Any = head.calls.slice(start, stop)
             else:
                 items = self._take_submitted(head.fn_ref)
                 if not items:
                     continue
-                task = _Task(next(self._task_ids), head.fn_ref, [i.index for i in items], items=items)
+                task = Task(next(self._task_ids), head.fn_ref, [i.index for i in items], items=items)
                 calls = [(i.args, i.kwargs) for i in items]
             self._tasks[task.task_id] = task
             planned.append((task, calls))
         self._unsent += len(planned)  # until _send has sent them (detach waits for that)
         return planned
 
-    def _take_submitted(self, fn_ref: BlobRef) -> list[_SubmitItem]:
+    def _take_submitted(self, fn_ref: BlobRef) -> list[SubmitItem]:
         """Consecutive submitted items of one function, skipping cancelled ones."""
         same = 0
         for entry in self._pending:
-            if not isinstance(entry, _SubmitItem) or entry.fn_ref != fn_ref:
+            if not isinstance(entry, SubmitItem) or entry.fn_ref != fn_ref:
                 break
             same += 1
         size = self._chunk_size(fn_ref, same)
-        items: list[_SubmitItem] = []
+        items: list[SubmitItem] = []
         while self._pending and len(items) < size:
             entry = self._pending[0]
-            if not isinstance(entry, _SubmitItem) or entry.fn_ref != fn_ref:
+            if not isinstance(entry, SubmitItem) or entry.fn_ref != fn_ref:
                 break
             self._pending.popleft()
             if not entry.future.cancelled():
                 items.append(entry)
         return items
 
-    def _seal(self, task: _Task, calls: list[Any]) -> bytes | None:
+    def _seal(self, task: Task, calls: list[Any]) -> bytes | None:
         """Pickle a task's calls and seal the message; a call that cannot be pickled fails alone."""
         with_kwargs = task.run is None
         try:
@@ -467,10 +360,10 @@ class Job:
             shared = self.packer.shared_arguments([(c, None) for c in calls])
         return self.packer.pack(calls, shared=shared)
 
-    def _resend_picklable(self, task: _Task, calls: list[Any]) -> None:
+    def _resend_picklable(self, task: Task, calls: list[Any]) -> None:
         """Fail the calls that cannot be pickled, naming the object; send the others as new tasks."""
         failures: dict[int, BaseException] = {}
-        replacements: list[tuple[_Task, list[Any]]] = []
+        replacements: list[tuple[Task, list[Any]]] = []
         for pos, call in enumerate(calls):
             one = calls.slice(pos, pos + 1) if isinstance(calls, Columns) else [call]
             try:
@@ -488,11 +381,11 @@ class Job:
                 continue
             index = task.indices[pos]
             if task.run is not None:
-                single = _Task(
+                single = Task(
                     next(self._task_ids), task.fn_ref, range(index, index + 1), run=task.run, start=task.start + pos
                 )
             else:
-                single = _Task(next(self._task_ids), task.fn_ref, [index], items=[task.items[pos]])
+                single = Task(next(self._task_ids), task.fn_ref, [index], items=[task.items[pos]])
             replacements.append((single, one))
         with self._cond:
             self._tasks.pop(task.task_id, None)
@@ -603,7 +496,7 @@ class Job:
                 self._resend_in_parts(task)  # run again in parts, so only the culprit fails
                 return
             error = UnpicklingError(
-                f"the result of item {_span(task.indices)} came back but could not be unpickled here: "
+                f"the result of item {span(task.indices)} came back but could not be unpickled here: "
                 f"{type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
@@ -615,7 +508,7 @@ class Job:
         }
         self._finish_items(task, values, errors)  # type: ignore[arg-type]
 
-    def _resend_in_parts(self, task: _Task) -> None:
+    def _resend_in_parts(self, task: Task) -> None:
         """Send a task's calls again in smaller tasks (a finished task: its message is gone)."""
         with self._cond:
             parts = self._split(task)
@@ -624,7 +517,7 @@ class Job:
         bodies = [body for body in (self._seal(t, c) for t, c in parts) if body is not None]
         self._send_bodies(bodies)
 
-    def _died_error(self, task: _Task, fallback: WorkerDiedError) -> WorkerDiedError:
+    def _died_error(self, task: Task, fallback: WorkerDiedError) -> WorkerDiedError:
         # The worker that gave up saw the last death before this process reaped it: wait for it.
         expected = fallback.attempts
         deadline = time.monotonic() + 2.0
@@ -640,7 +533,7 @@ class Job:
         last = deaths[-1]
         tail = _interesting_tail(last.log_tail)
         message = (
-            f"item{'s' if len(task) > 1 else ''} {_span(task.indices)}: the worker running "
+            f"item{'s' if len(task) > 1 else ''} {span(task.indices)}: the worker running "
             f"{'them' if len(task) > 1 else 'it'} died {len(deaths)} time(s); last: worker {last.worker_id}, "
             f"{last.reason}. Retries exhausted (retries={self.options.retries})."
         )
@@ -659,7 +552,7 @@ class Job:
 
     def _finish_items(
         self,
-        task: _Task,
+        task: Task,
         values: Sequence[Any],
         errors: dict[int, BaseException],
         only: Any = None,
@@ -759,7 +652,7 @@ class Job:
             self._fail_task(
                 task.task_id,
                 WorkerDiedError(
-                    f"items {_span(task.indices)}: the task was delivered {deliveries} times and its "
+                    f"items {span(task.indices)}: the task was delivered {deliveries} times and its "
                     "worker vanished each time; the queue moved it to the dead-letter queue",
                     attempts=deliveries,
                 ),
@@ -772,11 +665,11 @@ class Job:
                 self._on_worker_exit(exit_)
 
     def _on_worker_exit(self, exit_: WorkerExit) -> None:
-        split: list[tuple[_Task, list[Any]]] = []
+        split: list[tuple[Task, list[Any]]] = []
         dead = exit_.worker_id
         child = dead + "."  # a worker process inside that machine
 
-        def ran_on_it(task: _Task) -> bool:
+        def ran_on_it(task: Task) -> bool:
             return bool(task.workers) and (task.workers[-1] == dead or task.workers[-1].startswith(child))
 
         with self._cond:
@@ -815,7 +708,7 @@ class Job:
         if exit_.exit_code == 0 and not victims:
             return  # retired cleanly (idle, or the job ended): not a crash
         if victims:
-            spans = ", ".join(_span(t.indices) for t in victims)
+            spans = ", ".join(span(t.indices) for t in victims)
             print(
                 f"cloudburst: worker {exit_.worker_id} died ({exit_.reason}) while running item(s) {spans}; "
                 f"retrying (retries={self.options.retries})",
@@ -840,14 +733,14 @@ class Job:
                 )
             )
 
-    def _split(self, task: _Task) -> list[tuple[_Task, list[Any]]]:
+    def _split(self, task: Task) -> list[tuple[Task, list[Any]]]:
         """Cut a task into up to 16 smaller ones. Called with the lock held."""
         size = math.ceil(len(task) / min(len(task), 16))
-        parts: list[tuple[_Task, list[Any]]] = []
+        parts: list[tuple[Task, list[Any]]] = []
         for offset in range(0, len(task), size):
             stop = min(len(task), offset + size)
             if task.run is not None:
-                sub = _Task(
+                sub = Task(
                     next(self._task_ids),
                     task.fn_ref,
                     task.indices[offset:stop],
@@ -857,7 +750,7 @@ class Job:
                 calls: Any = task.run.calls.slice(sub.start, sub.start + stop - offset)
             else:
                 items = task.items[offset:stop]
-                sub = _Task(next(self._task_ids), task.fn_ref, [i.index for i in items], items=items)
+                sub = Task(next(self._task_ids), task.fn_ref, [i.index for i in items], items=items)
                 calls = [(i.args, i.kwargs) for i in items]
             parts.append((sub, calls))
         return parts
@@ -921,7 +814,7 @@ class Job:
         with self._cond:
             return bool(self._pending or self._live_tasks())
 
-    def _live_tasks(self) -> list[_Task]:
+    def _live_tasks(self) -> list[Task]:
         return [
             t
             for t in self._tasks.values()
@@ -1035,13 +928,6 @@ def _picklable(value: object) -> bool:
         return True
     except Exception:
         return False
-
-
-def _span(indices: Sequence[int]) -> str:
-    if isinstance(indices, range):
-        return str(indices.start) if len(indices) == 1 else f"{indices.start}..{indices.stop - 1}"
-    items = list(indices)
-    return ", ".join(map(str, items[:5])) + (" ..." if len(items) > 5 else "")
 
 
 _LIVE_JOBS: weakref.WeakSet[Job] = weakref.WeakSet()

@@ -68,6 +68,7 @@ from .task import (
     encode,
     peek_task_id,
 )
+from .work import span
 
 __all__ = ["Worker", "item_error", "main"]
 
@@ -266,7 +267,7 @@ class Worker:
             calls = self.unpacker.unpack(task.calls)
         except Exception as exc:
             error = UnpicklingError(
-                f"task {task.task_id}: the arguments of items {_span(task.indices)} could not be unpickled "
+                f"task {task.task_id}: the arguments of items {span(task.indices)} could not be unpickled "
                 f"on the worker: {type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
@@ -387,13 +388,6 @@ class Worker:
 
     def say_exit(self, reason: str) -> None:
         os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
-
-
-def _span(indices: Any) -> str:
-    if isinstance(indices, range):
-        return f"{indices.start}..{indices.stop - 1}"
-    items = list(indices)
-    return ", ".join(map(str, items[:5])) + (" ..." if len(items) > 5 else "")
 
 
 def worker_id(env: Mapping[str, str]) -> str:

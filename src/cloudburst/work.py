@@ -1,0 +1,134 @@
+"""Units of work: calls submitted one by one, ``map`` runs, and the tasks in flight that carry them.
+
+A ``SubmitItem`` is one ``submit`` call waiting to be sent; a ``MapRun`` is one ``map``
+call whose result slots fill as chunks return; a ``Task`` is what one queue message
+carries (a chunk of a run, or a batch of submitted items) until its results come back.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RemoteError
+from .serialize import BlobRef
+from .task import Columns, ItemError
+
+__all__ = ["MapRun", "SubmitItem", "Task", "rebuild_exception", "span"]
+
+
+# ---------------------------------------------------------------------------- work not yet dispatched
+
+
+@dataclass(eq=False)
+class SubmitItem:
+    fn: Callable[..., Any]
+    fn_ref: BlobRef
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: Future[Any]
+    index: int
+
+
+class MapRun:
+    """One ``map`` call: its calls, and result slots filled as chunks come back."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        fn_ref: BlobRef,
+        calls: Columns,
+        base_index: int,
+        chunksize: int | None,
+    ) -> None:
+        self.fn = fn
+        self.fn_ref = fn_ref
+        self.calls = calls  # one column per argument position
+        self.base_index = base_index
+        self.chunksize = chunksize
+        self.next_pos = 0  # first call not yet dispatched
+        self.values: list[Any] = [None] * len(calls)
+        self.errors: dict[int, BaseException] = {}
+        self.ready_upto = 0  # every slot below this is filled
+        self.done = 0
+        self.cancelled = False
+        self._finished_spans: dict[int, int] = {}
+        self.cond = threading.Condition()
+        self.on_progress: Callable[[int], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def fill(self, start: int, values: Sequence[Any], errors: dict[int, BaseException]) -> None:
+        with self.cond:
+            self.values[start : start + len(values)] = values
+            for pos, exc in errors.items():
+                self.errors[start + pos] = exc
+            self.done += len(values)
+            self._finished_spans[start] = start + len(values)
+            while self.ready_upto in self._finished_spans:
+                self.ready_upto = self._finished_spans.pop(self.ready_upto)
+            self.cond.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(len(values))
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+
+
+# ---------------------------------------------------------------------------- work in flight
+
+
+@dataclass(eq=False)
+class Task:
+    task_id: int
+    fn_ref: BlobRef
+    indices: Sequence[int]
+    run: MapRun | None = None
+    start: int = 0  # position of the first call in run.calls
+    items: list[SubmitItem] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)  # every worker that took it, latest last
+    receipt: str = ""  # the queue receipt of its latest delivery
+    attempt: int = 0
+    dispatched_at: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
+    """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
+    exc: BaseException | None = None
+    if error.pickled is not None:
+        try:
+            import tblib.pickling_support  # noqa: F401 - registers the traceback reducers
+
+            loaded = pickle.loads(error.pickled)  # inside an authenticated result message
+            if isinstance(loaded, BaseException):
+                exc = loaded
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = RemoteError(
+            f"{error.type_name}: {error.message} (the exception could not be sent back as itself)",
+            type_name=error.type_name,
+            remote_traceback=error.traceback,
+        )
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"cloudburst: raised in {where}")
+    return exc
+
+
+def span(indices: Sequence[int]) -> str:
+    """Item indices for a message: ``3..7`` for a range, else the first few."""
+    if isinstance(indices, range):
+        return str(indices.start) if len(indices) == 1 else f"{indices.start}..{indices.stop - 1}"
+    items = list(indices)
+    return ", ".join(map(str, items[:5])) + (" ..." if len(items) > 5 else "")
