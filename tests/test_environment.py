@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -43,17 +44,19 @@ def test_same_environment_same_tag_one_change_new_tag() -> None:
 def test_golden_dockerfile() -> None:
     snap = Snapshot(python="3.11", requirements=("numpy==2.1.0",), local=("/home/me/mypkg",))
     assert dockerfile(snap) == (
-        "FROM public.ecr.aws/docker/library/python:3.11-slim\n"
+        "FROM public.ecr.aws/docker/library/python:3.11-slim-bookworm\n"
         "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1\n"
         "RUN pip install --no-cache-dir uv\n"
         "COPY requirements.txt /cloudburst/requirements.txt\n"
-        "RUN uv pip install --system --no-cache -r /cloudburst/requirements.txt\n"
         "COPY wheels/ /cloudburst/wheels/\n"
-        "RUN uv pip install --system --no-cache /cloudburst/wheels/*.whl\n"
+        "RUN uv pip install --system --no-cache -r /cloudburst/requirements.txt /cloudburst/wheels/*.whl\n"
         "COPY cloudburst/ /cloudburst/lib/cloudburst/\n"
         "ENV PYTHONPATH=/cloudburst/lib\n"
         'CMD ["python", "-m", "cloudburst.worker"]\n'
     )
+    with_git = dataclasses.replace(snap, requirements=("tool @ git+https://github.com/o/tool@abc123",), local=())
+    assert "RUN apt-get update && apt-get install -y --no-install-recommends git" in dockerfile(with_git)
+    assert "git" not in dockerfile(snap).replace("ENV", "")  # only when a requirement needs it
 
 
 def test_requirement_files_are_honoured_and_platform_only_packages_left_out(tmp_path: Path) -> None:
@@ -172,14 +175,16 @@ def test_index_settings_come_from_pip_conf_and_logins_travel_apart(
         "machine pypi.corp.example login bot password t@ken\nmachine extra.example login reader password n3trc\n"
     )
     recipe = dockerfile(snap)
-    assert recipe.startswith("# syntax=docker/dockerfile:1\n")
     assert "RUN --mount=type=secret,id=netrc,required=false NETRC=/run/secrets/netrc uv pip install" in recipe
     context = build_context(snap, tmp_path / "context")
     for path in context.rglob("*"):
         if path.is_file():
             body = path.read_bytes()
             assert b"t@ken" not in body and b"t%40ken" not in body and b"n3trc" not in body, path
-    assert tag(snap) == tag(dataclasses.replace(snap, notes=()))  # logins are not part of the tag either
+    rotated = tmp_path / "pip2.conf"  # a new token for the same indexes: the same image
+    rotated.write_text(conf.read_text().replace("t%40ken", "n3w"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(rotated))
+    assert tag(snapshot()) == tag(snap) and "n3w" in index_credentials()
     monkeypatch.setenv("UV_INDEX_URL", "https://uv.example/simple")  # the environment overrides pip.conf
     assert snapshot().index_urls[0] == "https://uv.example/simple"
 
@@ -232,3 +237,102 @@ def test_installs_from_vcs_urls_and_wheel_files_are_reproduced(tmp_path: Path, m
     assert str(wheel) in snap.local
     context = build_context(dataclasses.replace(snap, local=(str(wheel),)), tmp_path / "context")
     assert (context / "wheels" / wheel.name).read_bytes() == b"PK"  # shipped as it is
+
+
+def test_requirement_files_as_pip_compile_and_uv_export_write_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORP_TOKEN", "tok3n")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "pyproject.toml").write_text(
+        '[project]\nname = "proj"\nversion = "1"\n[project.optional-dependencies]\nplot = ["matplotlib>=3"]\n'
+    )
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(
+        "# generated\n"
+        "--extra-index-url https://ci:${CORP_TOKEN}@corp.example/simple\n"
+        "anyio==4.4.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+        "idna==3.7\t# via anyio\n"
+        "-e ./proj[plot]\n"
+    )
+    snap = snapshot(reqs)
+    assert snap.requirements == ("anyio==4.4.0", "idna==3.7", "matplotlib>=3")
+    assert snap.local == (str(tmp_path / "proj"),)
+    assert "machine corp.example login ci password tok3n" in index_credentials(snap)
+    assert "tok3n" not in snap.requirements_txt()
+
+
+def test_a_login_inside_a_requirement_url_is_refused(tmp_path: Path) -> None:
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("tool @ git+https://oauth2:glpat-SECRET@gitlab.example/o/tool.git@v1\n")
+    with pytest.raises(cloudburst.ConfigurationError, match=r"carries a login in its URL") as info:
+        snapshot(reqs)
+    assert "glpat-SECRET" not in str(info.value)
+
+
+def test_uv_lock_forks_git_url_and_private_registry_sources(tmp_path: Path) -> None:
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    lock = tmp_path / "uv.lock"
+    lock.write_text(
+        "version = 1\n"
+        '[[package]]\nname = "numpy"\nversion = "1.0.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        "resolution-markers = [\"python_full_version < '3.0'\"]\n"
+        '[[package]]\nname = "numpy"\nversion = "2.2.1"\nsource = { registry = "https://pypi.org/simple" }\n'
+        "resolution-markers = [\"python_full_version >= '3.0' and sys_platform == 'linux'\"]\n"
+        '[[package]]\nname = "numpy"\nversion = "2.2.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        "resolution-markers = [\"sys_platform == 'win32'\"]\n"
+        '[[package]]\nname = "tool"\nversion = "0.3"\n'
+        'source = { git = "https://github.com/o/tool?subdirectory=py&rev=main#0123abc" }\n'
+        '[[package]]\nname = "blob"\nversion = "1.0"\nsource = { url = "https://files.example/blob-1.0.tar.gz" }\n'
+        '[[package]]\nname = "secretsauce"\nversion = "4.2"\nsource = { registry = "https://corp.example/simple" }\n'
+    )
+    snap = snapshot(lock)
+    assert snap.requirements == (
+        "blob @ https://files.example/blob-1.0.tar.gz",
+        "numpy==2.2.1",
+        "secretsauce==4.2",
+        "tool @ git+https://github.com/o/tool@0123abc#subdirectory=py",
+    ), python
+    assert "https://corp.example/simple" in snap.index_urls  # asked of its own registry, not of PyPI
+
+
+def test_netrc_text_reads_back_and_unsafe_logins_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import netrc as netrc_module
+
+    for name in ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("UV_INDEX", "furyidx=https://T0KEN@fury.example/simple internal=https://u:p@in.example/simple")
+    snap = snapshot()
+    assert snap.index_urls[:2] == ("https://fury.example/simple", "https://in.example/simple")
+    written = tmp_path / "netrc"
+    written.write_text(index_credentials())
+    written.chmod(0o600)
+    parsed = netrc_module.netrc(str(written))
+    assert parsed.authenticators("fury.example")[0] == "T0KEN"  # type: ignore[index]
+    assert parsed.authenticators("in.example") == ("u", "", "p")
+    monkeypatch.setenv("UV_INDEX", "https://u:with%20space@in.example/simple")
+    with pytest.raises(cloudburst.ConfigurationError, match=r"in.example has a space, quote or '#'"):
+        index_credentials()
+
+
+def test_the_tag_depends_on_contents_not_on_how_paths_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "requirements.txt").write_text("attrs==24.2.0\n")
+    monkeypatch.chdir(tmp_path)
+    assert tag(snapshot("requirements.txt")) == tag(snapshot(tmp_path / "requirements.txt"))
+    wheel = tmp_path / "mine-0.1-py3-none-any.whl"
+    wheel.write_bytes(b"one")
+    (tmp_path / "requirements.txt").write_text(f"attrs==24.2.0\n{wheel}\n")
+    before = tag(snapshot("requirements.txt"))
+    wheel.write_bytes(b"two")  # rebuilt: the same name, new contents
+    assert tag(snapshot("requirements.txt")) != before
+
+
+def test_runtime_packages_give_way_to_the_users_pins(tmp_path: Path) -> None:
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("botocore==1.30.0\n")
+    runtime = snapshot(reqs).runtime
+    assert "boto3" in runtime  # unpinned: the resolver picks one that fits botocore 1.30
+    assert f"tblib=={metadata.version('tblib')}" in runtime

@@ -17,7 +17,6 @@ import pytest
 from cloudburst import userconfig
 from cloudburst.backends.aws.images import (
     BUILD_PROJECT,
-    NETRC_PARAMETER,
     docker_engine,
     ensure_bundle,
     ensure_image,
@@ -117,9 +116,11 @@ def test_private_index_logins_reach_the_build_only_as_a_parameter(
     assert snap.private_hosts == ("private.example.com",)
     uri = ensure_image(snap, echo=lambda _: None, **settings())  # type: ignore[arg-type]
     variables = emulator.gateway.build_variables[-1]  # type: ignore[union-attr]
-    assert {"name": "CLOUDBURST_NETRC", "value": NETRC_PARAMETER, "type": "PARAMETER_STORE"} in variables
+    netrc_variable = next(v for v in variables if v["name"] == "CLOUDBURST_NETRC")
+    parameter = netrc_variable["value"]
+    assert netrc_variable["type"] == "PARAMETER_STORE" and parameter.startswith("/cloudburst/index/")
     assert "t0ken" not in json.dumps(variables)
-    stored = boto3.client("ssm").get_parameter(Name=NETRC_PARAMETER, WithDecryption=True)["Parameter"]
+    stored = boto3.client("ssm").get_parameter(Name=parameter, WithDecryption=True)["Parameter"]
     assert stored["Type"] == "SecureString"
     assert stored["Value"] == "machine private.example.com login bot password t0ken-for-build\n"
     body = boto3.client("s3").get_object(Bucket=settings()["bucket"], Key=f"builds/{uri.rsplit(':', 1)[1]}.zip")
@@ -137,14 +138,14 @@ def test_image_python_task_definition_names_the_bundle_and_the_logins_parameter(
 
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken-for-workers@private.example.com/simple")
     snap = snapshot(_requirements_file(tmp_path))
-    store_index_credentials(settings()["region"], None, index_credentials())
+    parameter = store_index_credentials(settings()["region"], None, index_credentials(snap))
     bundle = ensure_bundle(snap, region=settings()["region"], profile=None, bucket=settings()["bucket"])
     fargate = FargateSettings.resolve({"image": stock_image(snap.python)})
-    arn = ensure_task_definition(fargate, 1024, 2048, bundle=bundle, netrc_parameter=NETRC_PARAMETER)
+    arn = ensure_task_definition(fargate, 1024, 2048, bundle=bundle, netrc_parameter=parameter)
     definition = boto3.client("ecs").describe_task_definition(taskDefinition=arn)["taskDefinition"]
     container = definition["containerDefinitions"][0]
-    assert container["image"] == f"public.ecr.aws/docker/library/python:{snap.python}-slim"
-    assert container["secrets"] == [{"name": "CLOUDBURST_NETRC", "valueFrom": NETRC_PARAMETER}]
+    assert container["image"] == f"public.ecr.aws/docker/library/python:{snap.python}-slim-bookworm"
+    assert container["secrets"] == [{"name": "CLOUDBURST_NETRC", "valueFrom": parameter}]
     assert {"name": "CLOUDBURST_BUNDLE", "value": bundle} in container["environment"]
     assert "t0ken" not in json.dumps(definition, default=str)
     # the bundle is what the digest says, and holds no logins either

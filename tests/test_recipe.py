@@ -91,7 +91,9 @@ def test_image_python_installs_the_snapshot_as_workers_start(
     families = ecs.list_task_definitions()["taskDefinitionArns"]
     definitions = [ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"] for arn in families]
     stock = [
-        d for d in definitions if d["containerDefinitions"][0]["image"].endswith(f"python:{snapshot().python}-slim")
+        d
+        for d in definitions
+        if d["containerDefinitions"][0]["image"].endswith(f"python:{snapshot().python}-slim-bookworm")
     ]
     assert stock, "no task definition on the stock Python image"
     container = stock[0]["containerDefinitions"][0]

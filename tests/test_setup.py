@@ -169,9 +169,9 @@ def test_teardown_removes_only_what_setup_made(region: str) -> None:
     boto3.client("logs", region_name=region).create_log_group(logGroupName="/cloudburst/not-tagged")
     saved = userconfig.load()
     s3.put_object(Bucket=saved["bucket"], Key="jobs/x/blob", Body=b"data")
-    from cloudburst.backends.aws.images import NETRC_PARAMETER, store_index_credentials
+    from cloudburst.backends.aws.images import store_index_credentials
 
-    store_index_credentials(region, None, "machine h login u password p\n")
+    logins = store_index_credentials(region, None, "machine h login u password p\n")
     ssm = boto3.client("ssm", region_name=region)
     ssm.put_parameter(Name="/cloudburst/someone-elses", Value="x", Type="String")
 
@@ -179,7 +179,7 @@ def test_teardown_removes_only_what_setup_made(region: str) -> None:
     removed = {s.name.split()[0] for s in report.steps if s.status == "removed"}
     assert removed == {"bucket", "ECR", "ECS", "log", "security", "role", "parameter"}
     names = {p["Name"] for p in ssm.describe_parameters()["Parameters"]}
-    assert NETRC_PARAMETER not in names and "/cloudburst/someone-elses" in names
+    assert logins not in names and "/cloudburst/someone-elses" in names
 
     buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert saved["bucket"] not in buckets and f"someone-elses-{region}" in buckets

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,19 +86,37 @@ def _install_and_run() -> None:
     _run("installing boto3", [*uv, "boto3"], env)
 
     import boto3  # installed just above
+    import botocore.exceptions
 
-    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        fix = {
+            "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
+            "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
+        }.get(code, "see the error above")
+        raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
     if hashlib.sha256(body).hexdigest() != expected:
         raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         archive.extractall(root)
-    _run("installing the requirements", [*uv, "-r", os.path.join(root, "requirements.txt")], env)
+    requirements = os.path.join(root, "requirements.txt")
+    with open(requirements, encoding="utf-8") as fh:
+        if "git+" in fh.read() and not shutil.which("git"):  # the stock image has no git
+            apt = "apt-get update -qq && apt-get install -y -qq --no-install-recommends git"
+            _run("installing git", ["sh", "-c", apt], env)
     wheels = os.path.join(root, "wheels")
-    if os.path.isdir(wheels):
-        found = sorted(os.path.join(wheels, name) for name in os.listdir(wheels) if name.endswith(".whl"))
-        if found:
-            _run("installing the local wheels", [*uv, *found], env)
+    found = (
+        sorted(os.path.join(wheels, n) for n in os.listdir(wheels) if n.endswith(".whl"))
+        if os.path.isdir(wheels)
+        else []
+    )
+    # One resolution for everything, local wheels included, with the same indexes.
+    _run("installing the environment", [*uv, "-r", requirements, *found], env)
     _say(f"environment installed in {time.monotonic() - started:.1f} s; starting the worker")
+    if netrc_text:  # the logins were for the install only: user code does not see them
+        os.remove(env.pop("NETRC"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "cloudburst.worker"], env)

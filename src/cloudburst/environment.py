@@ -40,6 +40,8 @@ __all__ = [
     "build_wheel",
     "dockerfile",
     "index_credentials",
+    "index_logins",
+    "needs_git",
     "snapshot",
     "stock_image",
     "strip_credentials",
@@ -110,14 +112,23 @@ def _direct_url(dist: metadata.Distribution) -> dict[str, object] | None:
 
 
 def _pip_config_files(environ: dict[str, str] | os._Environ[str]) -> list[Path]:
-    """pip's configuration files, lowest precedence first (global, user, site, ``PIP_CONFIG_FILE``)."""
+    """pip's configuration files, lowest precedence first (global, user, site, ``PIP_CONFIG_FILE``),
+    where pip looks for them on Linux, macOS and Windows."""
     import platformdirs
 
-    xdg = environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
-    files = [Path(d) / "pip" / "pip.conf" for d in reversed(xdg)] + [Path("/etc/pip.conf")]
+    name = "pip.ini" if sys.platform == "win32" else "pip.conf"
     home = Path(environ.get("HOME", str(Path.home())))
-    files += [home / ".pip" / "pip.conf", Path(platformdirs.user_config_dir("pip")) / "pip.conf"]
-    files += [Path(sys.prefix) / "pip.conf"]
+    if sys.platform == "win32":
+        files = [Path(environ.get("PROGRAMDATA", "C:\\ProgramData")) / "pip" / name]
+        user = [home / "pip" / name, Path(environ.get("APPDATA", str(home))) / "pip" / name]
+    else:
+        xdg = environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+        files = [Path(d) / "pip" / name for d in reversed(xdg)] + [Path("/etc") / name]
+        config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+        user = [home / ".pip" / name, config_home / "pip" / name]  # pip reads these on macOS too
+        if sys.platform == "darwin":
+            user.append(Path(platformdirs.user_config_dir("pip")) / name)
+    files += [*user, Path(sys.prefix) / name]
     if environ.get("PIP_CONFIG_FILE") and environ["PIP_CONFIG_FILE"] != os.devnull:
         files.append(Path(environ["PIP_CONFIG_FILE"]))
     return list(dict.fromkeys(f for f in files if f.is_file()))
@@ -146,7 +157,8 @@ def _index_settings(
         if environ.get(name):
             primary = environ[name].split()
     for name in ("PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX"):
-        extra += environ.get(name, "").split()
+        # uv names indexes as name=url in UV_INDEX
+        extra += [re.sub(r"^[A-Za-z0-9_.-]+=(?=[a-z+]+://)", "", u) for u in environ.get(name, "").split()]
     notes = []
     reachable: list[list[str]] = [[], []]
     for kept, urls in zip(reachable, (primary, extra), strict=True):
@@ -168,8 +180,8 @@ def _netrc_entries(hosts: list[str], environ: dict[str, str] | os._Environ[str])
     found = {}
     for host in hosts:
         entry = parsed.authenticators(host)
-        if entry and entry[0] and entry[2]:
-            found[host] = (entry[0], entry[2])
+        if entry and (entry[0] or entry[2]):
+            found[host] = (entry[0] or "", entry[2] or "")
     return found
 
 
@@ -205,48 +217,76 @@ def _indexes(
     return urls, not primary, tuple(sorted(credentials)), credentials, notes
 
 
-def index_credentials(snap: Snapshot | None = None, environ: dict[str, str] | None = None) -> str:
-    """The index logins as a netrc file's text ("" when no index needs one). A secret: never logged."""
+def _netrc_line(host: str, user: str, secret: str) -> str:
+    from .errors import ConfigurationError
+
+    for value in (user, secret):
+        if any(c.isspace() or c in "\"'#" for c in value):
+            raise ConfigurationError(
+                f"the login for the package index {host} has a space, quote or '#' in it, which cannot be passed on "
+                "to workers as a netrc entry: use a token without them"
+            )
+    return f"machine {host}" + (f" login {user}" if user else "") + (f" password {secret}" if secret else "") + "\n"
+
+
+def index_logins(snap: Snapshot | None = None, environ: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """``{host: (user, password)}`` for the snapshot's indexes, its requirements file's included."""
     found = _from_file(Path(snap.requirements_file)) if snap is not None and snap.requirements_file else None
     _, _, _, credentials, _ = _indexes(
         environ,
         file_indexes=found.index_urls if found else None,
         file_replaces=found.replaces_index if found else False,
     )
-    return "".join(f"machine {host} login {user} password {secret}\n" for host, (user, secret) in credentials.items())
+    return credentials
 
 
-_SKIPPED_DIRS = frozenset(
-    {".git", ".hg", ".svn", "__pycache__", ".venv", "venv", "build", "dist", "node_modules", ".tox"}
-)
+def index_credentials(snap: Snapshot | None = None, environ: dict[str, str] | None = None) -> str:
+    """The index logins as a netrc file's text ("" when no index needs one). A secret: never logged."""
+    credentials = index_logins(snap, environ)
+    return "".join(_netrc_line(host, user, secret) for host, (user, secret) in credentials.items())
+
+
+_SKIPPED_DIRS = frozenset({"__pycache__", "venv", "build", "dist", "node_modules"})  # and every .hidden one
 
 
 def _tree_digest(paths: tuple[str, ...]) -> str:
     """A content hash of local source trees, so an edited checkout gets a new image."""
     digest = hashlib.sha256()
+
+    def add(path: Path) -> None:
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+        except OSError:
+            pass
+
     for root in paths:
         base = Path(root)
         if not base.exists():
             digest.update(f"missing:{root}".encode())
             continue
+        if base.is_file():  # a wheel or an sdist
+            digest.update(base.name.encode() + b"\0")
+            add(base)
+            continue
         for folder, dirs, files in os.walk(base):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".egg-info"))
+            dirs[:] = sorted(
+                d for d in dirs if d not in _SKIPPED_DIRS and not d.startswith(".") and not d.endswith(".egg-info")
+            )
             for name in sorted(files):
                 if name.endswith((".pyc", ".pyo")):
                     continue
                 path = Path(folder) / name
                 digest.update(path.relative_to(base).as_posix().encode() + b"\0")
-                try:
-                    with open(path, "rb") as fh:
-                        while chunk := fh.read(1 << 20):
-                            digest.update(chunk)
-                except OSError:
-                    continue
+                add(path)
     return digest.hexdigest()[:16]
 
 
 def _runtime(named: set[str]) -> tuple[str, ...]:
-    """cloudburst's own runtime packages, pinned to the versions here, that the requirements do not name."""
+    """cloudburst's own runtime packages that the requirements do not name: pinned to the versions here,
+    unless the requirements name one of their dependencies (``botocore`` for ``boto3``, say), when the
+    resolver picks a version that fits."""
     wanted = ["boto3"]  # workers talk to AWS
     try:
         for requirement in metadata.requires("cloudburst") or []:
@@ -259,9 +299,11 @@ def _runtime(named: set[str]) -> tuple[str, ...]:
         if name in named:
             continue
         try:
-            pinned.append(f"{name}=={metadata.version(name)}")
+            version = metadata.version(name)
+            needs = {_canonical(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in metadata.requires(name) or []}
         except metadata.PackageNotFoundError:
             continue  # e.g. tomli on Python >= 3.11
+        pinned.append(name if needs & named else f"{name}=={version}")
     return tuple(pinned)
 
 
@@ -283,6 +325,108 @@ class _FromFile:
     notes: list[str] = field(default_factory=list)
 
 
+def _file_path(url: str) -> str:
+    """The local path a ``file:`` URL names (drive letters included on Windows)."""
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    return urllib.request.url2pathname(parts.path if not parts.netloc else f"//{parts.netloc}{parts.path}")
+
+
+def _refuse_logins_in(requirement: str, where: str) -> None:
+    """A login inside a requirement's URL would be copied into the image: refuse it, saying what to do."""
+    for url in re.findall(r"[a-z+]+://\S+", requirement):
+        parts = urllib.parse.urlsplit(url.removeprefix("git+"))
+        if parts.username or parts.password:
+            from .errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"{where}: the requirement {strip_credentials(url.removeprefix('git+'))} carries a login in its URL, "
+                "which would be copied into the workers' image. Publish the package to a private index (its login "
+                "is passed to workers as a secret), or check it out and name it as a local package (-e ./path)"
+            )
+
+
+def _target_markers(python: str) -> dict[str, str]:
+    """The environment markers of a worker: Linux on x86_64, CPython of this minor version."""
+    return {
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "platform_machine": "x86_64",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+    }
+
+
+def _from_lock(path: Path, found: _FromFile) -> None:
+    """A uv.lock: the Linux side of a universal lock, with its git, URL, path and private-registry sources."""
+    from packaging.markers import InvalidMarker, Marker
+
+    target = _target_markers(f"{sys.version_info.major}.{sys.version_info.minor}")
+    for package in _toml(path).get("package", []):
+        markers = package.get("resolution-markers") or []
+        try:
+            if markers and not any(Marker(m).evaluate(target) for m in markers):
+                continue  # a fork of the lock for another platform or Python
+        except InvalidMarker:
+            pass
+        name, version, source = package["name"], package.get("version", ""), package.get("source", {})
+        where = source.get("editable") or source.get("directory") or source.get("path")
+        if "virtual" in source:
+            continue  # a workspace root that is not a package
+        if where is not None:
+            found.local.append(str((path.parent / where).resolve()))
+        elif "git" in source:
+            url, _, commit = str(source["git"]).partition("#")
+            base, _, query = url.partition("?")
+            subdirectory = urllib.parse.parse_qs(query).get("subdirectory", [""])[0]
+            found.requirements.append(
+                f"{name} @ git+{base}@{commit}" + (f"#subdirectory={subdirectory}" if subdirectory else "")
+            )
+        elif "url" in source:
+            found.requirements.append(f"{name} @ {source['url']}")
+        else:
+            registry = str(source.get("registry", ""))
+            if registry.startswith("http") and "pypi.org" not in registry and registry not in found.index_urls:
+                found.index_urls.append(registry)
+            found.requirements.append(f"{name}=={version}")
+
+
+def _local_with_extras(target: str, base: Path, found: _FromFile, where: str) -> None:
+    """A local package, ``./pkg[extra,...]`` included: the path to build, the extras' packages named."""
+    match = re.fullmatch(r"(.+?)(?:\[([^\]]*)\])?", target.strip())
+    path_text, extras = (match.group(1), match.group(2)) if match else (target, None)
+    folder = (base / Path(path_text).expanduser()).resolve()
+    found.local.append(str(folder))
+    if not extras:
+        return
+    wanted = [e.strip() for e in extras.split(",") if e.strip()]
+    try:
+        optional = _toml(folder / "pyproject.toml").get("project", {}).get("optional-dependencies", {})
+    except OSError:
+        optional = {}
+    for extra in wanted:
+        if extra in optional:
+            found.requirements += list(optional[extra])
+        else:
+            found.notes.append(f"{where}: the extra [{extra}] of {path_text} is not carried over: name its packages")
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Lines as pip reads them: continuations joined, comments removed, ``${VAR}`` expanded."""
+    text = re.sub(r"\\\r?\n", " ", text)
+    out = []
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        line = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: os.environ.get(m.group(1), m.group(0)), line)
+        if line:
+            out.append(line)
+    return out
+
+
 def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path] = frozenset()) -> _FromFile:
     """Requirements from a file the user names: requirements*.txt (with ``-r`` includes), uv.lock or
     pyproject.toml. Local directories (``-e ./pkg``, ``./pkg``, ``name @ file:///...``, a lock's editable
@@ -290,15 +434,7 @@ def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path]
     found = _FromFile() if found is None else found
     path = path.resolve()
     if path.name == "uv.lock":
-        for package in _toml(path).get("package", []):
-            source = package.get("source", {})
-            where = source.get("editable") or source.get("directory") or source.get("path")
-            if "virtual" in source:
-                continue  # a workspace root that is not a package
-            if where is not None:
-                found.local.append(str((path.parent / where).resolve()))
-            else:
-                found.requirements.append(f"{package['name']}=={package['version']}")
+        _from_lock(path, found)
         return found
     if path.name == "pyproject.toml":
         data = _toml(path)
@@ -306,11 +442,7 @@ def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path]
         if "build-system" in data:  # the project is a package: workers get it built, as a wheel
             found.local.append(str(path.parent))
         return found
-    lines = path.read_text().splitlines()
-    for raw in lines:
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in _logical_lines(path.read_text(encoding="utf-8")):
         option, value = "", ""
         if line.startswith("-"):
             match = re.match(r"(-[a-zA-Z]|--[a-z-]+)(?:\s*=\s*|\s+|$)(.*)", line)
@@ -325,10 +457,10 @@ def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path]
                 raise ConfigurationError(f"{path} includes {value} (-r), which does not exist: fix the path")
             _from_file(include, found, seen | {path})
         elif option in ("-e", "--editable") and "://" in value and not value.startswith("file:"):
+            _refuse_logins_in(value, path.name)
             found.requirements.append(value)  # a VCS checkout: installed (not editable) from its URL
         elif option in ("-e", "--editable"):
-            target = urllib.parse.unquote(value.removeprefix("file://")) if value.startswith("file:") else value
-            found.local.append(str((path.parent / Path(target).expanduser()).resolve()))
+            _local_with_extras(_file_path(value) if value.startswith("file:") else value, path.parent, found, path.name)
         elif option in ("-i", "--index-url"):
             found.index_urls.insert(0, value)
             found.replaces_index = True
@@ -336,12 +468,16 @@ def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path]
             found.index_urls.append(value)
         elif option:
             found.notes.append(f"{path.name}: option {option} is not carried over")
-        elif line.startswith((".", "/", "~")) or " @ file:" in line or line.startswith("file:"):
-            target = line.split(" @ ", 1)[-1].split(";", 1)[0].strip()
-            target = urllib.parse.unquote(target.removeprefix("file://")) if target.startswith("file:") else target
-            found.local.append(str((path.parent / Path(target).expanduser()).resolve()))
+        elif line.startswith((".", "/", "~")) or re.match(r"[A-Za-z]:[\\/]", line) or line.startswith("file:"):
+            target = line.split(";", 1)[0].split(" --", 1)[0].strip()
+            _local_with_extras(_file_path(target) if target.startswith("file:") else target, path.parent, found, "")
+        elif " @ file:" in line:
+            url = line.partition(" @ ")[2]
+            found.local.append(str((path.parent / _file_path(url.split(";", 1)[0].strip())).resolve()))
         else:
-            found.requirements.append(line.split(" --", 1)[0].strip())  # without per-line --hash options
+            requirement = line.split(" --", 1)[0].strip()  # without per-line --hash options
+            _refuse_logins_in(requirement, path.name)
+            found.requirements.append(requirement)
     return found
 
 
@@ -378,7 +514,11 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
                 continue
             vcs = direct.get("vcs_info") if direct else None
             if isinstance(vcs, dict) and vcs.get("vcs") and vcs.get("commit_id"):
-                found.append(f"{canonical} @ {vcs['vcs']}+{url}@{vcs['commit_id']}")  # the very commit
+                subdirectory = direct.get("subdirectory") if direct else None
+                found.append(  # the very commit
+                    f"{canonical} @ {vcs['vcs']}+{strip_credentials(url)}@{vcs['commit_id']}"
+                    + (f"#subdirectory={subdirectory}" if subdirectory else "")
+                )
                 continue
             if url.startswith(("http://", "https://")):
                 found.append(f"{canonical} @ {strip_credentials(url)}")  # an archive from a URL
@@ -424,7 +564,8 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
 
 
 def base_image(python: str) -> str:
-    return f"public.ecr.aws/docker/library/python:{python}-slim"
+    """The official slim image, on a named Debian release: its glibc (2.36) is what the ARM64 check assumes."""
+    return f"public.ecr.aws/docker/library/python:{python}-slim-bookworm"
 
 
 def stock_image(python: str) -> str:
@@ -435,7 +576,8 @@ def stock_image(python: str) -> str:
 def tag(snap: Snapshot, *, arch: str = "x86_64") -> str:
     """The image tag: a hash of everything that goes into the image."""
     recipe = {
-        "snapshot": asdict(snap) | {"notes": [], "requirements_file": ""},
+        # where files are on this machine does not count, only what they hold (local_digest)
+        "snapshot": asdict(snap) | {"notes": [], "requirements_file": "", "source": "", "local": len(snap.local)},
         "base": base_image(snap.python),
         "arch": arch,
         "cloudburst": __version__,
@@ -445,23 +587,30 @@ def tag(snap: Snapshot, *, arch: str = "x86_64") -> str:
     return f"py{snap.python}-{arch}-{digest[:16]}"
 
 
+def needs_git(snap: Snapshot) -> bool:
+    """Whether a requirement is a git checkout (the slim image has no git)."""
+    return any("git+" in r for r in snap.requirements)
+
+
 def dockerfile(snap: Snapshot) -> str:
     """The image recipe: the user never writes one."""
-    # The index logins, when there are any, are a build secret mounted for the install steps only.
+    # The index logins, when there are any, are a build secret mounted for the install step only.
     secret = "--mount=type=secret,id=netrc,required=false NETRC=/run/secrets/netrc " if snap.private_hosts else ""
-    lines = ["# syntax=docker/dockerfile:1"] if snap.private_hosts else []
-    lines += [
+    lines = [
         f"FROM {base_image(snap.python)}",
         "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1",
-        "RUN pip install --no-cache-dir uv",
-        "COPY requirements.txt /cloudburst/requirements.txt",
-        f"RUN {secret}uv pip install --system --no-cache -r /cloudburst/requirements.txt",
     ]
+    if needs_git(snap):
+        lines.append(
+            "RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*"
+        )
+    lines += ["RUN pip install --no-cache-dir uv", "COPY requirements.txt /cloudburst/requirements.txt"]
+    wheels = ""
     if snap.local:
-        lines += [
-            "COPY wheels/ /cloudburst/wheels/",
-            f"RUN {secret}uv pip install --system --no-cache /cloudburst/wheels/*.whl",
-        ]
+        lines.append("COPY wheels/ /cloudburst/wheels/")
+        wheels = " /cloudburst/wheels/*.whl"
+    # One resolution for everything, local wheels included, with the same indexes.
+    lines.append(f"RUN {secret}uv pip install --system --no-cache -r /cloudburst/requirements.txt{wheels}")
     lines += [
         "COPY cloudburst/ /cloudburst/lib/cloudburst/",  # this very cloudburst, whatever installed it
         "ENV PYTHONPATH=/cloudburst/lib",
@@ -488,6 +637,7 @@ def build_wheel(path: str, out: Path) -> None:
             + ("it no longer exists" if not Path(path).exists() else "it has no pyproject.toml or setup.py")
             + ". Reinstall it from where it lives now, or name a requirements file without it (requirements=...)"
         )
+    before = set(out.glob("*.whl"))
     if importlib.util.find_spec("pip") is not None:
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), path]
     elif shutil.which("uv"):
@@ -504,6 +654,17 @@ def build_wheel(path: str, out: Path) -> None:
             f"could not build a wheel of the local package at {path} ({command[2] if command[1] == '-m' else 'uv'} "
             f"exited {result.returncode}); fix its build, or install it from an index instead:\n{tail}"
         )
+    from packaging.utils import parse_wheel_filename
+
+    for wheel in set(out.glob("*.whl")) - before:
+        platforms = {t.platform for t in parse_wheel_filename(wheel.name)[3]}
+        if platforms != {"any"} and not all("linux" in p for p in platforms):
+            wheel.unlink()
+            raise ConfigurationError(
+                f"the local package at {path} has compiled code, and its wheel was built for this machine "
+                f"({', '.join(sorted(platforms))}), not for Linux workers: publish a manylinux wheel of it to an "
+                "index, or build the worker image on Linux"
+            )
 
 
 def build_context(snap: Snapshot, folder: Path) -> Path:

@@ -133,6 +133,7 @@ class Job:
         self._closed = False
         self._accepting = True
         self._startup_failures = 0
+        self._a_worker_started = False  # once one has, an install failure may be a blip, not the environment
         self._exits: dict[str, WorkerExit] = {}
         self._poll_lock = threading.Lock()
         self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
@@ -461,6 +462,7 @@ class Job:
                     task.attempt = attempt
                     task.receipt = receipt
             self._startup_failures = 0
+            self._a_worker_started = True
         for task in tasks:
             if task is not None:
                 for item in task.items:
@@ -682,7 +684,7 @@ class Job:
                 self.stats["worker_deaths"] += 1
                 if not lost and not exit_.interrupted:
                     self._startup_failures += 1
-                    if exit_.exit_code == EXIT_ENVIRONMENT:  # every worker would fail the same way
+                    if exit_.exit_code == EXIT_ENVIRONMENT and not self._a_worker_started:  # all would fail so
                         self._startup_failures = max(self._startup_failures, _MAX_STARTUP_FAILURES)
             startup_failures = self._startup_failures
             busy = bool(self._pending or self._tasks)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
-from .environment import Snapshot, _canonical, _indexes
+from .environment import Snapshot, _canonical, index_logins
 from .errors import ConfigurationError
 
 __all__ = ["PYPI", "arm64_platforms", "missing_arm64_wheels", "require_arm64_wheels"]
@@ -35,7 +35,7 @@ _JSON = "application/vnd.pypi.simple.v1+json"
 
 
 def arm64_platforms() -> list[str]:
-    """The platform tags pip on the Debian-based official image (glibc 2.36, aarch64) accepts."""
+    """The platform tags pip accepts on the workers' base image (Debian bookworm: glibc 2.36, aarch64)."""
     return [f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)] + ["manylinux2014_aarch64", "linux_aarch64"]
 
 
@@ -74,7 +74,8 @@ def _filenames(index: str, name: str, credentials: dict[str, tuple[str, str]]) -
     host = urllib.parse.urlsplit(index).hostname or ""
     if host in credentials:
         user, password = credentials[host]
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        login = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_unredirected_header("Authorization", f"Basic {login}")  # not sent on to another host
     try:
         with urllib.request.urlopen(request, timeout=20) as response:
             body = response.read().decode("utf-8", "replace")
@@ -109,7 +110,7 @@ def _has_wheel(filenames: Iterable[str], name: str, version: str, supported: fro
 
 def missing_arm64_wheels(snap: Snapshot) -> tuple[list[str], list[str]]:
     """``(pinned packages with no ARM64 wheel, notes)`` for this snapshot's Python and indexes."""
-    _, _, _, credentials, _ = _indexes()
+    credentials = index_logins(snap)
     indexes = list(snap.index_urls) if not snap.extra_index else [PYPI, *snap.index_urls]
     pinned: list[tuple[str, str]] = []
     notes: list[str] = []

@@ -11,7 +11,7 @@
         s3://bucket/envs/<tag>.zip (one HeadObject when it is there); workers install it at start
 
 Index logins (see ``environment.index_credentials``) are kept in the SecureString parameter
-``/cloudburst/index/netrc``; builds and workers read them from there, so they are in no image, task
+``/cloudburst/index/<hash>``; builds and workers read them from there, so they are in no image, task
 definition, build log or environment listing.
 """
 
@@ -35,7 +35,7 @@ from .clients import client, error_code, translate
 __all__ = [
     "BUILDSPEC",
     "BUILD_PROJECT",
-    "NETRC_PARAMETER",
+    "NETRC_PREFIX",
     "docker_engine",
     "ensure_bundle",
     "ensure_image",
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 BUILD_PROJECT = "cloudburst-image-builder"
-NETRC_PARAMETER = "/cloudburst/index/netrc"
+NETRC_PREFIX = "/cloudburst/index"
 BUILDSPEC = """version: 0.2
 phases:
   pre_build:
@@ -65,31 +65,29 @@ phases:
 
 
 def store_index_credentials(region: str | None, profile: str | None, netrc_text: str) -> str:
-    """Keep the index logins in an encrypted parameter; returns its name ("" when there are none)."""
+    """Keep the index logins in an encrypted parameter named by their hash; returns its name ("" for none).
+
+    Named by content, a parameter never changes: a job (or build) started with one set of logins keeps
+    them while another project in the account stores others. ``cloudburst teardown`` removes them all."""
     if not netrc_text:
         return ""
+    import hashlib
+
+    name = f"{NETRC_PREFIX}/{hashlib.sha256(netrc_text.encode()).hexdigest()[:16]}"
     ssm: Any = client("ssm", region, profile)
     try:
-        current = ssm.get_parameter(Name=NETRC_PARAMETER, WithDecryption=True)["Parameter"]["Value"]
+        ssm.put_parameter(
+            Name=name,
+            Value=netrc_text,
+            Type="SecureString",
+            Description="cloudburst: package index logins, read by image builds and workers",
+            Tags=[{"Key": "cloudburst", "Value": "true"}],
+        )
     except Exception as exc:
-        if error_code(exc) != "ParameterNotFound":
-            with translate("SSM", "GetParameter", NETRC_PARAMETER):
+        if error_code(exc) != "ParameterAlreadyExists":
+            with translate("SSM", "PutParameter", name):
                 raise
-        current = None
-    if current != netrc_text:
-        with translate("SSM", "PutParameter", NETRC_PARAMETER):
-            ssm.put_parameter(
-                Name=NETRC_PARAMETER,
-                Value=netrc_text,
-                Type="SecureString",
-                Overwrite=True,
-                Description="cloudburst: package index logins, read by image builds and workers",
-            )
-            if current is None:
-                ssm.add_tags_to_resource(
-                    ResourceType="Parameter", ResourceId=NETRC_PARAMETER, Tags=[{"Key": "cloudburst", "Value": "true"}]
-                )
-    return NETRC_PARAMETER
+    return name
 
 
 def ensure_bundle(
