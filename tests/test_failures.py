@@ -539,3 +539,21 @@ def test_a_bundle_changed_after_upload_is_refused(
         ex.terminate()
         _stock_done(emulator)
         s3.delete_object(Bucket=bucket, Key=key)
+
+
+def test_index_logins_that_ecs_cannot_read_stop_the_workers_starting(emulator: Any, tmp_path: Path) -> None:
+    import boto3
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"--extra-index-url https://bot:gone-{os.getpid()}@corp.example/simple\ntblib==3.2.2\n")
+    ex = cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements))
+    boto3.client("ssm").delete_parameter(Name=ex._job.backend.netrc_parameter)  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(
+            cloudburst.WorkerDiedError,
+            match=r"keep failing before they run anything.*failed to start: ResourceInitializationError: "
+            r"unable to retrieve secret /cloudburst/index/",
+        ):
+            ex.submit(abs, -1).result(timeout=120)
+    finally:
+        ex.terminate()

@@ -4,6 +4,8 @@ container.)"""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -133,3 +135,51 @@ def test_a_local_package_is_built_into_a_wheel_and_installed_on_workers(
     finally:
         emulator.agent.python = sys.executable
         emulator.agent.extra_env = {}
+
+
+def what_the_worker_sees(_: int) -> tuple[str | None, bool]:
+    return os.environ.get("NETRC"), "CLOUDBURST_NETRC" in os.environ
+
+
+def test_a_private_index_login_reaches_the_install_and_nothing_else(
+    emulator: Emulator, stock_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class PrivateIndex(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(404 if self.headers.get("Authorization") else 401)
+            if not self.headers.get("Authorization"):
+                self.send_header("WWW-Authenticate", 'Basic realm="private"')
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PrivateIndex)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    requirements = tmp_path / "requirements.txt"
+    index = f"http://bot:s3cret-{os.getpid()}@127.0.0.1:{server.server_address[1]}/simple"
+    requirements.write_text(f"--extra-index-url {index}\n-r {stock_python[1]}\n")
+    assert emulator.agent is not None
+    emulator.agent.python = str(stock_python[0])
+    emulator.agent.extra_env = network_env()
+    try:
+        with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
+            netrc_seen, secret_seen = ex.submit(what_the_worker_sees, 0).result(timeout=240)
+    finally:
+        emulator.agent.python = sys.executable
+        emulator.agent.extra_env = {}
+        server.shutdown()
+    expected = "Basic " + base64.b64encode(f"bot:s3cret-{os.getpid()}".encode()).decode()
+    assert expected in seen  # uv sent the login to the private index
+    assert (netrc_seen, secret_seen) == (None, False)  # and user code does not see it
+    ecs = boto3.client("ecs")
+    for arn in ecs.list_task_definitions()["taskDefinitionArns"]:
+        text = json.dumps(ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], default=str)
+        assert f"s3cret-{os.getpid()}" not in text

@@ -77,6 +77,7 @@ def _install_and_run() -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(netrc_text)
         env["NETRC"] = path
+        _say(f"package index logins for {netrc_text.count('machine ')} host(s) passed to uv")
     started = time.monotonic()
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", UV_REQUIREMENT]
     _run("installing uv", pip, env)

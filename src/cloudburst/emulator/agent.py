@@ -251,7 +251,10 @@ class EcsAgent:
         parameter = ssm_backends[t.account][t.region].get_parameter(name)
         if parameter is None:
             raise _FailedToStart(f"ResourceInitializationError: unable to retrieve secret {name} from SSM")
-        return str(parameter.value)
+        value = parameter.decrypt(parameter.value)  # ECS hands a SecureString over decrypted
+        if value is None:
+            raise _FailedToStart(f"ResourceInitializationError: unable to decrypt secret {name}")
+        return str(value)
 
     def _finish(self, t: EmulatedTask, code: int | None, *, stop_code: str) -> None:
         task = t.task
