@@ -167,7 +167,9 @@ def test_a_private_index_login_reaches_the_install_and_nothing_else(
     index = f"http://bot:s3cret-{os.getpid()}@127.0.0.1:{server.server_address[1]}/simple"
     requirements.write_text(f"--extra-index-url {index}\n-r {stock_python[1]}\n")
     assert emulator.agent is not None
-    emulator.agent.python = str(stock_python[0])
+    fresh = tmp_path / "venv"  # a new container: nothing installed, so uv asks the indexes
+    subprocess.run([sys.executable, "-m", "venv", str(fresh)], check=True)
+    emulator.agent.python = str(fresh / "bin" / "python")
     emulator.agent.extra_env = network_env()
     try:
         with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
