@@ -336,3 +336,27 @@ def test_runtime_packages_give_way_to_the_users_pins(tmp_path: Path) -> None:
     runtime = snapshot(reqs).runtime
     assert "boto3" in runtime  # unpinned: the resolver picks one that fits botocore 1.30
     assert f"tblib=={metadata.version('tblib')}" in runtime
+
+
+@pytest.mark.parametrize(
+    ("wheel_name", "arch", "refused"),
+    [
+        ("fast-1.0-cp311-cp311-macosx_11_0_arm64.whl", "x86_64", True),
+        ("fast-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "arm64", True),
+        ("fast-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "x86_64", False),
+        ("fast-1.0-cp311-cp311-manylinux_2_17_aarch64.whl", "arm64", False),
+        ("fast-1.0-py3-none-any.whl", "arm64", False),
+    ],
+)
+def test_local_wheels_must_run_on_the_workers(wheel_name: str, arch: str, refused: bool, tmp_path: Path) -> None:
+    wheel = tmp_path / wheel_name
+    wheel.write_bytes(b"PK")
+    snap = Snapshot(python="3.11", requirements=(), local=(str(wheel),))
+    if refused:
+        with pytest.raises(
+            cloudburst.ConfigurationError, match=rf"has compiled code.*not for the workers \(Linux {arch}\)"
+        ):
+            build_context(snap, tmp_path / "context", arch=arch)
+        assert not list((tmp_path / "context" / "wheels").glob("*.whl"))
+    else:
+        assert (build_context(snap, tmp_path / "context", arch=arch) / "wheels" / wheel_name).exists()

@@ -619,16 +619,18 @@ def dockerfile(snap: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_wheel(path: str, out: Path) -> None:
-    """Build a wheel of a local package (with pip, else uv), or say exactly why not."""
+def build_wheel(path: str, out: Path, *, arch: str = "x86_64") -> None:
+    """Build a wheel of a local package (with pip, else uv) that runs on Linux ``arch``, or say why not."""
     import importlib.util
     import shutil
     import subprocess
 
     from .errors import ConfigurationError
 
+    before = set(out.glob("*.whl"))
     if Path(path).is_file() and path.endswith(".whl"):
         shutil.copy(path, out)  # installed from a wheel file: ship that wheel
+        _check_platform(path, set(out.glob("*.whl")) - before, arch)
         return
     is_archive = Path(path).is_file() and path.endswith((".tar.gz", ".zip", ".tar.bz2"))
     if not is_archive and not Path(path, "pyproject.toml").is_file() and not Path(path, "setup.py").is_file():
@@ -637,7 +639,6 @@ def build_wheel(path: str, out: Path) -> None:
             + ("it no longer exists" if not Path(path).exists() else "it has no pyproject.toml or setup.py")
             + ". Reinstall it from where it lives now, or name a requirements file without it (requirements=...)"
         )
-    before = set(out.glob("*.whl"))
     if importlib.util.find_spec("pip") is not None:
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), path]
     elif shutil.which("uv"):
@@ -654,20 +655,29 @@ def build_wheel(path: str, out: Path) -> None:
             f"could not build a wheel of the local package at {path} ({command[2] if command[1] == '-m' else 'uv'} "
             f"exited {result.returncode}); fix its build, or install it from an index instead:\n{tail}"
         )
+    _check_platform(path, set(out.glob("*.whl")) - before, arch)
+
+
+def _check_platform(path: str, wheels: set[Path], arch: str) -> None:
+    """Refuse a local wheel with compiled code for another platform than the workers' (Linux, ``arch``)."""
     from packaging.utils import parse_wheel_filename
 
-    for wheel in set(out.glob("*.whl")) - before:
+    from .errors import ConfigurationError
+
+    machine = "aarch64" if arch == "arm64" else "x86_64"
+    for wheel in wheels:
         platforms = {t.platform for t in parse_wheel_filename(wheel.name)[3]}
-        if platforms != {"any"} and not all("linux" in p for p in platforms):
-            wheel.unlink()
-            raise ConfigurationError(
-                f"the local package at {path} has compiled code, and its wheel was built for this machine "
-                f"({', '.join(sorted(platforms))}), not for Linux workers: publish a manylinux wheel of it to an "
-                "index, or build the worker image on Linux"
-            )
+        if platforms == {"any"} or all("linux" in p and p.endswith(machine) for p in platforms):
+            continue
+        wheel.unlink()
+        raise ConfigurationError(
+            f"the local package at {path} has compiled code, and its wheel is for {', '.join(sorted(platforms))}, "
+            f"not for the workers (Linux {arch}): publish a manylinux {machine} wheel of it to an index, or "
+            f"build it on Linux {arch}"
+        )
 
 
-def build_context(snap: Snapshot, folder: Path) -> Path:
+def build_context(snap: Snapshot, folder: Path, *, arch: str = "x86_64") -> Path:
     """Write the image's build context: Dockerfile, requirements.txt, local wheels, cloudburst itself."""
     import shutil
 
@@ -678,7 +688,7 @@ def build_context(snap: Snapshot, folder: Path) -> Path:
         wheels = folder / "wheels"
         wheels.mkdir(exist_ok=True)
         for path in snap.local:
-            build_wheel(path, wheels)
+            build_wheel(path, wheels, arch=arch)
     package = Path(__file__).resolve().parent
     shutil.copytree(package, folder / "cloudburst", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return folder

@@ -114,7 +114,7 @@ def ensure_bundle(
             with translate("S3", "HeadObject", f"s3://{bucket}/{key}"):
                 raise
     with tempfile.TemporaryDirectory(prefix="cloudburst-bundle-") as folder:
-        context = build_context(snap, Path(folder) / "context")
+        context = build_context(snap, Path(folder) / "context", arch=arch)
         (context / "Dockerfile").unlink()
         body = _zip(context, buildspec=False)
     digest = hashlib.sha256(body).hexdigest()
@@ -174,7 +174,7 @@ def ensure_image(
     echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
     netrc_text = index_credentials(snap) if snap.private_hosts else ""
     with tempfile.TemporaryDirectory(prefix="cloudburst-build-") as folder:
-        context = build_context(snap, Path(folder) / "context")
+        context = build_context(snap, Path(folder) / "context", arch=arch)
         if docker_engine():
             secret = Path(folder) / "netrc"  # outside the context: never sent as part of it
             secret.touch(mode=0o600)
