@@ -492,3 +492,13 @@ def test_debug_keeps_workers_up_with_ecs_exec_and_says_how(
     )
     assert f"worker {task_id}" in json.loads(cleaned.stdout)[ex.job_id]
     assert_nothing_left_in_aws(emulator, ex.job_id)
+
+
+def test_image_and_requirements_default_to_none(tmp_path: Path) -> None:
+    from cloudburst.backends.aws.settings import FargateSettings
+
+    settings = FargateSettings.resolve({"image": None, "requirements": None}, environ={})
+    assert (settings.image, settings.requirements) == ("", "")
+    (tmp_path / "requirements.txt").write_text("attrs\n")
+    named = FargateSettings.resolve({"image": "python", "requirements": str(tmp_path / "requirements.txt")}, {})
+    assert (named.image, named.requirements) == ("python", str((tmp_path / "requirements.txt").resolve()))

@@ -109,6 +109,8 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = _requirements_file(value)
         elif name in ("region", "profile"):
             out[name] = None if value is None else str(value)
+        elif name == "image" and value is None:
+            out[name] = ""  # the default: this environment's image
         else:
             if not isinstance(value, str):
                 raise ConfigurationError(f"{name}={value!r} must be a string")
