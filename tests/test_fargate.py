@@ -273,6 +273,29 @@ def test_multi_cpu_worker_runs_tasks_side_by_side(emulator: Emulator, fargate: A
     assert len(ex._job.resources.launcher.task_ids()) == 1
 
 
+def say_then_wait(mark: str) -> int:
+    os.write(2, f"{mark} from worker process {os.getpid()}\n".encode())  # the worker's own output, not captured
+    time.sleep(4)
+    return os.getpid()
+
+
+def test_multi_cpu_worker_logs_reach_cloudwatch_while_the_children_run(emulator: Emulator, fargate: Any) -> None:
+    ex = fargate(1, cpu=2)
+    marks = [f"MARK-{os.getpid()}-{i}" for i in range(2)]
+    futures = [ex.submit(say_then_wait, m) for m in marks]
+
+    def logged() -> str:
+        import boto3
+
+        pages = boto3.client("logs").get_paginator("filter_log_events")
+        found = pages.paginate(logGroupName="/cloudburst/workers", filterPattern=f"MARK-{os.getpid()}")
+        return "\n".join(e["message"] for page in found for e in page["events"])
+
+    assert wait_until(lambda: all(m in logged() for m in marks), timeout=20), logged()[-2000:]
+    assert not any(f.done() for f in futures)  # seen while the children still run, not when they exit
+    assert len({f.result(timeout=30) for f in futures}) == 2
+
+
 DETACHED_CLIENT = """
 import time
 import cloudburst

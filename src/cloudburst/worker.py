@@ -415,11 +415,27 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
             "CLOUDBURST_PARENT_PID": str(os.getpid()),
         }
         with open(log, "ab") as out:
-            # Children write to this container's log and to a file, whose tail goes with a death notice.
+            # Children write to a file, copied to this container's log as it grows; its tail goes with a
+            # death notice.
+            offsets[log] = out.tell()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "cloudburst.worker"], env=child_env, stdout=out, stderr=subprocess.STDOUT
             )
         return proc, log
+
+    def relay(log: Path) -> None:
+        """Copy what a child wrote since the last look to this process's output (the container log)."""
+        try:
+            with open(log, "rb") as fh:
+                fh.seek(offsets.get(log, 0))
+                chunk = fh.read()
+        except OSError:
+            return
+        cut = chunk.rfind(b"\n") + 1  # whole lines only, so that children's lines do not interleave
+        if cut:
+            sys.stdout.buffer.write(chunk[:cut])
+            sys.stdout.flush()
+            offsets[log] = offsets.get(log, 0) + cut
 
     def on_term(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -429,18 +445,24 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
                 proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)
+    offsets: dict[Path, int] = {}
     children = {k: start(k) for k in range(slots)}
     counter = itertools.count(slots)
     while children:
         time.sleep(0.2)
         for k, (proc, log) in list(children.items()):
             code = proc.poll()
+            relay(log)
             if code is None:
                 continue
             del children[k]
             tail = _file_tail(log)
-            sys.stdout.write(tail)
-            sys.stdout.flush()
+            with open(log, "rb") as fh:  # a last line without its newline
+                fh.seek(offsets.get(log, 0))
+                rest = fh.read()
+            if rest:
+                sys.stdout.buffer.write(rest + (b"" if rest.endswith(b"\n") else b"\n"))
+                sys.stdout.flush()
             if code == 0 or stopping:
                 continue
             reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
