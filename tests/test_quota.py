@@ -75,3 +75,39 @@ def test_increase_request_flow(emulator: Emulator, quota: QuotaStub, monkeypatch
     ex = cloudburst.Executor(10, backend="fargate")
     ex.shutdown()
     assert [r["DesiredValue"] for r in quota.requests] == [12.0]  # 10 vCPUs wanted, 20% headroom
+
+
+def test_vcpus_in_use_elsewhere_in_the_account_count(
+    emulator: Emulator, quota: QuotaStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another cluster's Spot tasks show in the account's usage metric, not in the cloudburst cluster."""
+    import datetime
+
+    import boto3
+
+    quota.values[QuotaStub.SPOT] = 8
+    boto3.client("cloudwatch").put_metric_data(
+        Namespace="AWS/Usage",
+        MetricData=[
+            {
+                "MetricName": "ResourceCount",
+                "Dimensions": [
+                    {"Name": "Service", "Value": "Fargate"},
+                    {"Name": "Type", "Value": "Resource"},
+                    {"Name": "Resource", "Value": "vCPU"},
+                    {"Name": "Class", "Value": "Standard/Spot"},
+                ],
+                "Timestamp": datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=30),
+                "Value": 6,
+            }
+        ],
+    )
+    ex = cloudburst.Executor(6, backend="fargate", spot=True)
+    ex.shutdown()
+    err = capsys.readouterr().err
+    assert "the Fargate Spot quota is 8 vCPUs (6 in use): running 2 workers" in err
+    shown = subprocess.run(
+        [sys.executable, "-m", "cloudburst.cli", "quota", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    spot = next(q for q in json.loads(shown)["quotas"] if q["quota"] == "Fargate Spot")
+    assert (spot["in_use"], spot["counted"]) == (6, "the account (CloudWatch usage)")

@@ -205,7 +205,7 @@ def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
     quotas = [_aws(functools.partial(read_quota, region, profile, cluster, spot=kind)) for kind in (False, True)]
     pending = _aws(lambda: pending_requests(region, profile))
     rows = [
-        {"quota": q.name, "code": q.code, "vcpus": q.value, "in_use": q.in_use, "free": q.free}
+        {"quota": q.name, "code": q.code, "vcpus": q.value, "in_use": q.in_use, "counted": q.counted, "free": q.free}
         for q in quotas
         if q is not None
     ]
@@ -215,7 +215,9 @@ def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
     if not rows:
         click.echo("the Fargate quotas could not be read (servicequotas:GetServiceQuota)")
     for r in rows:
-        click.echo(f"{r['quota']:18} {r['vcpus']:>8g} vCPUs   {r['in_use']:>6g} in use   {r['free']:>8g} free")
+        click.echo(
+            f"{r['quota']:18} {r['vcpus']:>8g} vCPUs   {r['in_use']:>6g} in use ({r['counted']})   {r['free']:>8g} free"
+        )
     for p in pending:
         wanted, status = p.get("DesiredValue"), p.get("Status")
         click.echo(f"pending: {p.get('QuotaCode')} → {wanted:g} vCPUs ({status}, {p.get('Id')})")

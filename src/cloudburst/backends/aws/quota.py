@@ -1,7 +1,9 @@
 """Fargate vCPU quotas: read them before launching, fit the workers to what is free, ask for more.
 
 The quota is per account and region (``L-3032A538`` On-Demand, ``L-36FBB829`` Spot). What is
-in use is counted from the running tasks of the cloudburst cluster. Work flows through a
+in use is the larger of the account's usage metric (CloudWatch ``AWS/Usage`` ``ResourceCount``
+for Fargate vCPU, every cluster and service; published each minute) and the running tasks of
+the cloudburst cluster counted now (which the metric may not show yet). Work flows through a
 smaller pool without barriers: each worker takes the next task when it finishes one, so the
 "waves" are only a way of telling how long it will take.
 """
@@ -15,7 +17,16 @@ from typing import Any
 from ...errors import ConfigurationError
 from .clients import client, translate
 
-__all__ = ["ON_DEMAND", "SPOT", "Quota", "fit_workers", "pending_requests", "read_quota", "request_increase"]
+__all__ = [
+    "ON_DEMAND",
+    "SPOT",
+    "Quota",
+    "account_usage",
+    "fit_workers",
+    "pending_requests",
+    "read_quota",
+    "request_increase",
+]
 
 ON_DEMAND = "L-3032A538"
 SPOT = "L-36FBB829"
@@ -25,7 +36,8 @@ SPOT = "L-36FBB829"
 class Quota:
     code: str
     value: float  # vCPUs allowed at once
-    in_use: float  # vCPUs of running tasks in the cluster
+    in_use: float  # vCPUs in use: the account's usage metric, or the cluster's running tasks if more
+    counted: str = "the cloudburst cluster"  # where in_use comes from
 
     @property
     def free(self) -> float:
@@ -45,14 +57,44 @@ def read_quota(region: str | None, profile: str | None, cluster: str, *, spot: b
     except Exception:
         return None
     ecs: Any = client("ecs", region, profile)
-    in_use = 0.0
+    in_cluster = 0.0
     arns: list[str] = []
     for page in ecs.get_paginator("list_tasks").paginate(cluster=cluster, desiredStatus="RUNNING"):
         arns += page.get("taskArns", [])
     for start in range(0, len(arns), 100):
         for task in ecs.describe_tasks(cluster=cluster, tasks=arns[start : start + 100]).get("tasks", []):
-            in_use += int(task.get("cpu") or 1024) / 1024
-    return Quota(code, value, in_use)
+            in_cluster += int(task.get("cpu") or 1024) / 1024
+    in_account = account_usage(region, profile, spot=spot)
+    if in_account is not None and in_account >= in_cluster:
+        return Quota(code, value, in_account, "the account (CloudWatch usage)")
+    return Quota(code, value, in_cluster)
+
+
+def account_usage(region: str | None, profile: str | None, *, spot: bool) -> float | None:
+    """Fargate vCPUs in use across the account (every cluster), from the usage metric of the last
+    five minutes; None when it cannot be read or has no data."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        found = client("cloudwatch", region, profile).get_metric_statistics(
+            Namespace="AWS/Usage",
+            MetricName="ResourceCount",
+            Dimensions=[
+                {"Name": "Service", "Value": "Fargate"},
+                {"Name": "Type", "Value": "Resource"},
+                {"Name": "Resource", "Value": "vCPU"},
+                {"Name": "Class", "Value": "Standard/Spot" if spot else "Standard/OnDemand"},
+            ],
+            StartTime=now - datetime.timedelta(minutes=5),
+            EndTime=now,
+            Period=60,
+            Statistics=["Maximum"],
+        )
+    except Exception:
+        return None
+    points = sorted(found.get("Datapoints", []), key=lambda p: p["Timestamp"])
+    return float(points[-1]["Maximum"]) if points else None
 
 
 def fit_workers(quota: Quota, workers: int, cpu: float, *, on_short: str) -> tuple[int, str]:
