@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -330,16 +331,55 @@ def tamper_with_waiting_task(ex: cloudburst.Executor) -> None:
     sqs.delete_message(QueueUrl=url, ReceiptHandle=messages[0]["ReceiptHandle"])
 
 
-def test_tampered_task_is_refused_unread(make_executor: Any) -> None:
+def test_tampered_task_is_refused_unread_and_sent_again(make_executor: Any, capsys: pytest.CaptureFixture[str]) -> None:
     ex = make_executor(1)
     blocker = ex.submit(slow_square, 2)
     assert wait_until(blocker.running, timeout=30)
     victim = ex.submit(abs, -3)
     tamper_with_waiting_task(ex)
-    with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"refused the task's message.*HMAC"):
-        victim.result(timeout=30)
+    assert victim.result(timeout=30) == 3  # the damaged copy was refused unread; a fresh one ran
+    assert re.search(r"refused the task's message.*HMAC.*; sending task \d+ again", capsys.readouterr().err)
     assert blocker.result(timeout=30) == 4
     assert ex.submit(abs, -4).result(timeout=30) == 4
+
+
+def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
+    """Someone who can write to the queue sends junk naming a task in flight: the task still succeeds."""
+    from cloudburst.task import encode
+
+    ex = make_executor(1)
+    blocker = ex.submit(slow_square, 2)
+    assert wait_until(blocker.running, timeout=30)
+    blocker_id = max(ex._job._tasks)
+    # Junk sealed with some other key, naming the next tasks, queued ahead of them.
+    forged = [encode(os.urandom(32), b"T", blocker_id + n, "not the job's key") for n in (1, 2, 3)]
+    ex._job.resources.tasks.send_batch(forged)
+    victim = ex.submit(abs, -5)
+    assert wait_until(lambda: len(ex._job._tasks) == 2, timeout=10)
+    assert blocker_id < max(ex._job._tasks) <= blocker_id + 3  # the forgeries name it
+    assert victim.result(timeout=30) == 5
+    assert blocker.result(timeout=30) == 4
+
+
+def test_a_task_refused_twice_fails() -> None:
+    """Every copy of one task damaged on its way: after one resend, its items fail; the job goes on."""
+    ex = cloudburst.Executor(1)
+    try:
+        assert ex.submit(abs, -1).result(timeout=30) == 1  # the workers are up
+        queue = ex._job.resources.tasks
+        send = queue.send_batch
+
+        def damaging(bodies: Any) -> None:  # every message sent from now on, as an attacker on the queue would
+            send([body[:-5] + bytes([body[-5] ^ 0xFF]) + body[-4:] for body in bodies])
+
+        queue.send_batch = damaging  # type: ignore[method-assign]
+        victim = ex.submit(abs, -3)
+        with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"refused the task's message.*HMAC"):
+            victim.result(timeout=30)
+        queue.send_batch = send  # type: ignore[method-assign]
+        assert ex.submit(abs, -4).result(timeout=30) == 4
+    finally:
+        ex.shutdown()
 
 
 def test_forged_result_is_rejected(make_executor: Any) -> None:

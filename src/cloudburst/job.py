@@ -71,6 +71,7 @@ __all__ = ["Job", "MapRun", "rebuild_exception"]
 
 log = logging.getLogger("cloudburst")
 _MAX_STARTUP_FAILURES = 3
+_MAX_REJECTIONS = 1  # a task whose message is refused is sent once more; refused again, it fails
 _MAX_OUTAGE_ROUNDS = 8  # about two minutes of backing off before a cloud outage fails the job
 _TRANSIENT_CODES = frozenset(
     {
@@ -440,11 +441,35 @@ class Job:
         elif kind == DIED and isinstance(message, WorkerExit):
             self._on_worker_exit(message)
         elif kind == REJECTED and isinstance(message, Notice):
-            task_id = message.task_ids[0] if message.task_ids else None
-            self._fail_task(
-                task_id,
-                PayloadAuthenticationError(f"worker {message.worker_id} refused the task's message: {message.detail}"),
-            )
+            self._on_rejected(message)
+
+    def _on_rejected(self, notice: Notice) -> None:
+        """A worker refused a message that failed its seal check, without reading it. The task id it names
+        is unauthenticated (anyone who can write to the queue can write one), so the task is sent again,
+        freshly sealed, rather than failed: a forged message cannot fail a task, and a damaged one costs a
+        resend. Only a task refused again fails."""
+        task_id = notice.task_ids[0] if notice.task_ids else None
+        with self._cond:
+            task = self._tasks.get(task_id) if task_id is not None else None
+            if task is not None:
+                task.rejections += 1
+        if task is None:
+            log.warning("cloudburst: worker %s refused a message naming no task in flight", notice.worker_id)
+            return
+        error = PayloadAuthenticationError(f"worker {notice.worker_id} refused the task's message: {notice.detail}")
+        if task.rejections > _MAX_REJECTIONS:
+            self._fail_task(task.task_id, error)
+            return
+        print(f"cloudburst: {error}; sending task {task.task_id} again", file=sys.stderr)
+        body = self._seal(task, self._calls_of(task))
+        if body is not None:
+            self._send_bodies([body])
+
+    @staticmethod
+    def _calls_of(task: Task) -> Any:
+        if task.run is not None:
+            return task.run.calls.slice(task.start, task.start + len(task))
+        return [(i.args, i.kwargs) for i in task.items]
 
     def _on_leased(self, worker_id: str, messages: Sequence[Message]) -> None:
         """The task queue gave tasks to a worker: what an S notice would say, before the worker runs them."""

@@ -97,6 +97,7 @@ class Task:
     workers: list[str] = field(default_factory=list)  # every worker that took it, latest last
     receipt: str = ""  # the queue receipt of its latest delivery
     attempt: int = 0
+    rejections: int = 0  # times a worker refused a message naming this task (a failed seal check)
     dispatched_at: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
