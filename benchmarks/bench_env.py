@@ -126,7 +126,8 @@ def main() -> None:
         lambda: best_of(3, [sys.executable, "-c", "from cloudburst.environment import snapshot, tag; tag(snapshot())"]),
     )
     pip_freeze = timed("pip freeze", lambda: best_of(3, [sys.executable, "-m", "pip", "freeze"]))
-    uv = shutil.which("uv")
+    beside = Path(sys.executable).parent / "uv"  # installed with the bench extra
+    uv = str(beside) if beside.exists() else shutil.which("uv")
     uv_freeze = None
     if uv:
         uv_freeze = timed("uv pip freeze", lambda: best_of(3, [uv, "pip", "freeze", "--python", sys.executable]))
