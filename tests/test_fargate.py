@@ -296,6 +296,34 @@ def test_multi_cpu_worker_logs_reach_cloudwatch_while_the_children_run(emulator:
     assert len({f.result(timeout=30) for f in futures}) == 2
 
 
+def die_once(marker: str) -> int:
+    if not os.path.exists(marker):
+        Path(marker).write_text("died")
+        os.write(2, f"LAST-WORDS-{os.path.basename(marker)}".encode())  # no newline: the process ends here
+        os._exit(3)
+    return os.getpid()
+
+
+def test_a_multi_cpu_workers_child_that_dies_is_reported_and_replaced(
+    emulator: Emulator, fargate: Any, tmp_path: Path
+) -> None:
+    ex = fargate(1, cpu=2, retries=1)
+    marker = tmp_path / f"marker-{os.getpid()}"
+    assert ex.submit(die_once, str(marker)).result(timeout=60) > 0  # ran again, in a new worker process
+    assert ex.submit(pid_after, 0.1).result(timeout=30) > 0
+    assert len(ex._job.resources.launcher.task_ids()) == 1  # the same Fargate task: its supervisor lived on
+    assert ex._job.stats["worker_deaths"] >= 1
+
+    def logged() -> str:
+        import boto3
+
+        pages = boto3.client("logs").get_paginator("filter_log_events")
+        found = pages.paginate(logGroupName="/cloudburst/workers", filterPattern=f"LAST-WORDS-{marker.name}")
+        return "\n".join(e["message"] for page in found for e in page["events"])
+
+    assert wait_until(lambda: f"LAST-WORDS-{marker.name}" in logged(), timeout=20)
+
+
 DETACHED_CLIENT = """
 import time
 import cloudburst

@@ -456,10 +456,13 @@ def supervise(env: Mapping[str, str], slots: int) -> int:
             if code is None:
                 continue
             del children[k]
-            tail = _file_tail(log)
-            with open(log, "rb") as fh:  # a last line without its newline
-                fh.seek(offsets.get(log, 0))
-                rest = fh.read()
+            try:  # what it wrote since the last look, a last line without its newline included
+                with open(log, "rb") as fh:
+                    fh.seek(offsets.pop(log, 0))
+                    rest = fh.read()
+            except OSError:
+                rest = b""
+            tail = _file_tail(log)  # and removes the file
             if rest:
                 sys.stdout.buffer.write(rest + (b"" if rest.endswith(b"\n") else b"\n"))
                 sys.stdout.flush()
