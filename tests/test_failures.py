@@ -352,7 +352,7 @@ def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
     assert wait_until(blocker.running, timeout=30)
     blocker_id = max(ex._job._tasks)
     # Junk sealed with some other key, naming the next tasks, queued ahead of them.
-    forged = [encode(os.urandom(32), b"T", blocker_id + n, "not the job's key") for n in (1, 2, 3)]
+    forged = [encode(os.urandom(32), b"T", blocker_id + n, "not the job's key") for n in (1, 1, 2, 2, 3, 3)]
     ex._job.resources.tasks.send_batch(forged)
     victim = ex.submit(abs, -5)
     assert wait_until(lambda: len(ex._job._tasks) == 2, timeout=10)
@@ -361,8 +361,8 @@ def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
     assert blocker.result(timeout=30) == 4
 
 
-def test_a_task_refused_twice_fails() -> None:
-    """Every copy of one task damaged on its way: after one resend, its items fail; the job goes on."""
+def test_a_task_refused_again_and_again_fails() -> None:
+    """Every copy of one task damaged on its way: after three resends, its items fail; the job goes on."""
     ex = cloudburst.Executor(1)
     try:
         assert ex.submit(abs, -1).result(timeout=30) == 1  # the workers are up
@@ -382,18 +382,27 @@ def test_a_task_refused_twice_fails() -> None:
         ex.shutdown()
 
 
-def test_forged_result_is_rejected(make_executor: Any) -> None:
-    ex = make_executor(1)
-    future = ex.submit(slow_square, 5)
-    assert wait_until(future.running, timeout=30)
-    forged = ResultMessage(1, "w1", 1)
+def test_forged_results_cannot_decide_a_task(make_executor: Any) -> None:
+    """A forged result is never unpickled; the task it names is sent again, and the real result counts.
+    Named by forgeries again and again, the task fails rather than running without end."""
     import pickle
     import struct
 
-    body = struct.pack("<Q", 1) + pickle.dumps(forged)
-    ex._job.resources.results.send_batch([seal(b"not the job key" * 2, RESULT, body)])
+    ex = make_executor(1)
+    future = ex.submit(slow_square, 5)
+    assert wait_until(future.running, timeout=30)
+    task_id = max(ex._job._tasks)
+    body = struct.pack("<Q", task_id) + pickle.dumps(ResultMessage(task_id, "w1", 1))
+    forged = seal(b"not the job key" * 2, RESULT, body)
+    ex._job.resources.results.send_batch([forged])
+    assert future.result(timeout=30) == 25
+    again = ex.submit(slow_square, 6)
+    assert wait_until(again.running, timeout=30)
+    task_id = max(ex._job._tasks)
+    body = struct.pack("<Q", task_id) + pickle.dumps(ResultMessage(task_id, "w1", 1))
+    ex._job.resources.results.send_batch([seal(b"not the job key" * 2, RESULT, body)] * 4)
     with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"result message.*HMAC"):
-        future.result(timeout=30)
+        again.result(timeout=30)
 
 
 # ---------------------------------------------------------------------------- lifecycle

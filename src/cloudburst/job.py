@@ -71,7 +71,7 @@ __all__ = ["Job", "MapRun", "rebuild_exception"]
 
 log = logging.getLogger("cloudburst")
 _MAX_STARTUP_FAILURES = 3
-_MAX_REJECTIONS = 1  # a task whose message is refused is sent once more; refused again, it fails
+_MAX_REJECTIONS = 3  # a task named by unauthenticated messages is sent again up to 3 times, then fails
 _MAX_OUTAGE_ROUNDS = 8  # about two minutes of backing off before a cloud outage fails the job
 _TRANSIENT_CODES = frozenset(
     {
@@ -432,7 +432,7 @@ class Job:
         try:
             kind, message = decode(self.key, body)
         except PayloadAuthenticationError as exc:
-            self._fail_task(peek_task_id(body), PayloadAuthenticationError(f"a result message {exc}"))
+            self._send_again(peek_task_id(body), PayloadAuthenticationError(f"a result message {exc}"))
             return
         if kind == RESULT and isinstance(message, ResultMessage):
             self._on_result(message)
@@ -444,26 +444,36 @@ class Job:
             self._on_rejected(message)
 
     def _on_rejected(self, notice: Notice) -> None:
-        """A worker refused a message that failed its seal check, without reading it. The task id it names
-        is unauthenticated (anyone who can write to the queue can write one), so the task is sent again,
-        freshly sealed, rather than failed: a forged message cannot fail a task, and a damaged one costs a
-        resend. Only a task refused again fails."""
+        """A worker refused a task message that failed its seal check, without reading it."""
         task_id = notice.task_ids[0] if notice.task_ids else None
+        self._send_again(
+            task_id,
+            PayloadAuthenticationError(f"worker {notice.worker_id} refused the task's message: {notice.detail}"),
+        )
+
+    def _send_again(self, task_id: int | None, error: PayloadAuthenticationError) -> None:
+        """A message that failed its seal check named this task. The id is unauthenticated (anyone who can
+        write to a queue can write one), so the task is sent again, freshly sealed, rather than failed: a
+        forged or damaged message costs a resend (and the first result wins). A task named this way more
+        than ``_MAX_REJECTIONS`` times fails with ``error``."""
         with self._cond:
             task = self._tasks.get(task_id) if task_id is not None else None
             if task is not None:
                 task.rejections += 1
         if task is None:
-            log.warning("cloudburst: worker %s refused a message naming no task in flight", notice.worker_id)
+            log.warning("cloudburst: %s (it names no task in flight)", error)
             return
-        error = PayloadAuthenticationError(f"worker {notice.worker_id} refused the task's message: {notice.detail}")
         if task.rejections > _MAX_REJECTIONS:
             self._fail_task(task.task_id, error)
             return
         print(f"cloudburst: {error}; sending task {task.task_id} again", file=sys.stderr)
         body = self._seal(task, self._calls_of(task))
-        if body is not None:
+        if body is None:
+            return
+        try:
             self._send_bodies([body])
+        except Exception as exc:  # the queue stayed unreachable: this task fails, the job goes on
+            self._fail_task(task.task_id, exc)
 
     @staticmethod
     def _calls_of(task: Task) -> Any:
