@@ -305,12 +305,15 @@ def test_netrc_text_reads_back_and_unsafe_logins_are_refused(monkeypatch: pytest
     monkeypatch.setenv("UV_INDEX", "furyidx=https://T0KEN@fury.example/simple internal=https://u:p@in.example/simple")
     snap = snapshot()
     assert snap.index_urls[:2] == ("https://fury.example/simple", "https://in.example/simple")
-    written = tmp_path / "netrc"
-    written.write_text(index_credentials())
-    written.chmod(0o600)
-    parsed = netrc_module.netrc(str(written))
-    assert parsed.authenticators("fury.example")[0] == "T0KEN"  # type: ignore[index]
-    assert parsed.authenticators("in.example") == ("u", "", "p")
+    text = index_credentials()
+    assert text == "machine fury.example login T0KEN\nmachine in.example login u password p\n"
+    if sys.version_info >= (3, 11):  # older netrc readers want a password in every entry (uv does not)
+        written = tmp_path / "netrc"
+        written.write_text(text)
+        written.chmod(0o600)
+        parsed = netrc_module.netrc(str(written))
+        assert parsed.authenticators("fury.example")[0] == "T0KEN"  # type: ignore[index]
+        assert parsed.authenticators("in.example") == ("u", "", "p")
     monkeypatch.setenv("UV_INDEX", "https://u:with%20space@in.example/simple")
     with pytest.raises(cloudburst.ConfigurationError, match=r"in.example has a space, quote or '#'"):
         index_credentials()
@@ -360,3 +363,40 @@ def test_local_wheels_must_run_on_the_workers(wheel_name: str, arch: str, refuse
         assert not list((tmp_path / "context" / "wheels").glob("*.whl"))
     else:
         assert (build_context(snap, tmp_path / "context", arch=arch) / "wheels" / wheel_name).exists()
+
+
+def test_logins_in_any_url_requirement_and_ssh_urls_are_refused(tmp_path: Path) -> None:
+    project = tmp_path / "pyproject.toml"
+    project.write_text(
+        '[project]\nname = "x"\ndependencies = ["tool @ git+https://oauth2:glpat-S3@gl.example/t.git"]\n'
+    )
+    with pytest.raises(cloudburst.ConfigurationError, match=r"carries a login in its URL") as info:
+        snapshot(project)
+    assert "glpat-S3" not in str(info.value)
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("tool @ git+ssh://git@github.com/o/tool.git@v1\n")
+    with pytest.raises(cloudburst.ConfigurationError, match=r"fetched over SSH.*use its https:// URL"):
+        snapshot(reqs)
+
+
+def test_file_urls_with_hashes_localhost_and_a_last_continuation(tmp_path: Path) -> None:
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text(
+        "pkg-a @ file:///opt/src/pkg_a --hash=sha256:00\n-e file://localhost/opt/src/pkg_b\nattrs==24.2.0 \\"
+    )
+    snap = snapshot(reqs)
+    assert snap.local == ("/opt/src/pkg_a", "/opt/src/pkg_b")
+    assert snap.requirements == ("attrs==24.2.0",)
+
+
+def test_a_universal_lock_is_read_for_the_workers_cpu(tmp_path: Path) -> None:
+    lock = tmp_path / "uv.lock"
+    lock.write_text(
+        "version = 1\n"
+        '[[package]]\nname = "torch"\nversion = "2.5.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        "resolution-markers = [\"platform_machine == 'x86_64'\"]\n"
+        '[[package]]\nname = "torch"\nversion = "2.4.1"\nsource = { registry = "https://pypi.org/simple" }\n'
+        "resolution-markers = [\"platform_machine == 'aarch64'\"]\n"
+    )
+    assert snapshot(lock).requirements == ("torch==2.5.0",)
+    assert snapshot(lock, arch="arm64").requirements == ("torch==2.4.1",)

@@ -123,6 +123,9 @@ def test_private_index_logins_reach_the_build_only_as_a_parameter(
     stored = boto3.client("ssm").get_parameter(Name=parameter, WithDecryption=True)["Parameter"]
     assert stored["Type"] == "SecureString"
     assert stored["Value"] == "machine private.example.com login bot password t0ken-for-build\n"
+    name = parameter.rsplit("/", 1)[1]  # keyed: the name does not let anyone test guesses of the value
+    assert name not in hashlib.sha256(stored["Value"].encode()).hexdigest()
+    assert store_index_credentials(settings()["region"], None, stored["Value"]) == parameter  # and stable
     body = boto3.client("s3").get_object(Bucket=settings()["bucket"], Key=f"builds/{uri.rsplit(':', 1)[1]}.zip")
     context = zipfile.ZipFile(io.BytesIO(body["Body"].read()))
     for name in context.namelist():

@@ -351,7 +351,7 @@ def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
     """What the image would hold, its tag and its Dockerfile (with --arch arm64: which packages lack wheels)."""
     from .environment import dockerfile, snapshot, tag
 
-    snap = snapshot(requirements)
+    snap = snapshot(requirements, arch=arch)
     missing: list[str] = []
     notes = list(snap.notes)
     if arch == "arm64":
@@ -407,7 +407,7 @@ def env_build(requirements: str | None, arch: str, stock_python: bool) -> None:
 
     region, profile, bucket, _ = _account()
     config = userconfig.load()
-    snap = snapshot(requirements)
+    snap = snapshot(requirements, arch=arch)
     if arch == "arm64":
         from .wheels import require_arm64_wheels
 

@@ -329,17 +329,23 @@ def _file_path(url: str) -> str:
     """The local path a ``file:`` URL names (drive letters included on Windows)."""
     import urllib.request
 
-    parts = urllib.parse.urlsplit(url)
-    return urllib.request.url2pathname(parts.path if not parts.netloc else f"//{parts.netloc}{parts.path}")
+    parts = urllib.parse.urlsplit(url.split(" --", 1)[0].strip())
+    local = parts.netloc in ("", "localhost")
+    return urllib.request.url2pathname(parts.path if local else f"//{parts.netloc}{parts.path}")
 
 
 def _refuse_logins_in(requirement: str, where: str) -> None:
     """A login inside a requirement's URL would be copied into the image: refuse it, saying what to do."""
+    from .errors import ConfigurationError
+
     for url in re.findall(r"[a-z+]+://\S+", requirement):
         parts = urllib.parse.urlsplit(url.removeprefix("git+"))
+        if parts.scheme == "ssh":
+            raise ConfigurationError(
+                f"{where}: the requirement {strip_credentials(url)} is fetched over SSH, with keys the workers do not "
+                "have: use its https:// URL (a public repository), or check it out and name it as -e ./path"
+            )
         if parts.username or parts.password:
-            from .errors import ConfigurationError
-
             raise ConfigurationError(
                 f"{where}: the requirement {strip_credentials(url.removeprefix('git+'))} carries a login in its URL, "
                 "which would be copied into the workers' image. Publish the package to a private index (its login "
@@ -347,25 +353,28 @@ def _refuse_logins_in(requirement: str, where: str) -> None:
             )
 
 
-def _target_markers(python: str) -> dict[str, str]:
-    """The environment markers of a worker: Linux on x86_64, CPython of this minor version."""
+def _target_markers(arch: str) -> dict[str, str]:
+    """The environment markers of a worker: Linux on ``arch``, CPython of this version (the image has
+    this minor version, at a patch level at least as new)."""
+    import platform
+
     return {
         "sys_platform": "linux",
         "platform_system": "Linux",
         "os_name": "posix",
-        "platform_machine": "x86_64",
+        "platform_machine": "aarch64" if arch == "arm64" else "x86_64",
         "implementation_name": "cpython",
         "platform_python_implementation": "CPython",
-        "python_version": python,
-        "python_full_version": f"{python}.0",
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "python_full_version": platform.python_version(),
     }
 
 
-def _from_lock(path: Path, found: _FromFile) -> None:
+def _from_lock(path: Path, found: _FromFile, arch: str) -> None:
     """A uv.lock: the Linux side of a universal lock, with its git, URL, path and private-registry sources."""
     from packaging.markers import InvalidMarker, Marker
 
-    target = _target_markers(f"{sys.version_info.major}.{sys.version_info.minor}")
+    target = _target_markers(arch)
     for package in _toml(path).get("package", []):
         markers = package.get("resolution-markers") or []
         try:
@@ -417,7 +426,7 @@ def _local_with_extras(target: str, base: Path, found: _FromFile, where: str) ->
 
 def _logical_lines(text: str) -> list[str]:
     """Lines as pip reads them: continuations joined, comments removed, ``${VAR}`` expanded."""
-    text = re.sub(r"\\\r?\n", " ", text)
+    text = re.sub(r"\\(\r?\n|\Z)", " ", text)
     out = []
     for raw in text.splitlines():
         line = re.sub(r"(^|\s)#.*$", "", raw).strip()
@@ -427,14 +436,16 @@ def _logical_lines(text: str) -> list[str]:
     return out
 
 
-def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path] = frozenset()) -> _FromFile:
+def _from_file(
+    path: Path, found: _FromFile | None = None, seen: frozenset[Path] = frozenset(), *, arch: str = "x86_64"
+) -> _FromFile:
     """Requirements from a file the user names: requirements*.txt (with ``-r`` includes), uv.lock or
     pyproject.toml. Local directories (``-e ./pkg``, ``./pkg``, ``name @ file:///...``, a lock's editable
     or path sources, the project a pyproject.toml describes) are listed to be built into wheels."""
     found = _FromFile() if found is None else found
     path = path.resolve()
     if path.name == "uv.lock":
-        _from_lock(path, found)
+        _from_lock(path, found, arch)
         return found
     if path.name == "pyproject.toml":
         data = _toml(path)
@@ -455,7 +466,7 @@ def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path]
                 from .errors import ConfigurationError
 
                 raise ConfigurationError(f"{path} includes {value} (-r), which does not exist: fix the path")
-            _from_file(include, found, seen | {path})
+            _from_file(include, found, seen | {path}, arch=arch)
         elif option in ("-e", "--editable") and "://" in value and not value.startswith("file:"):
             _refuse_logins_in(value, path.name)
             found.requirements.append(value)  # a VCS checkout: installed (not editable) from its URL
@@ -481,8 +492,9 @@ def _from_file(path: Path, found: _FromFile | None = None, seen: frozenset[Path]
     return found
 
 
-def snapshot(requirements: str | Path | None = None) -> Snapshot:
-    """The environment workers need: from a file you name, else from what this interpreter has installed."""
+def snapshot(requirements: str | Path | None = None, *, arch: str = "x86_64") -> Snapshot:
+    """The environment workers need: from a file you name, else from what this interpreter has installed.
+    ``arch`` picks the side of a universal uv.lock that a Linux worker on that CPU installs."""
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     local: list[str] = []
     left_out: list[str] = []
@@ -490,7 +502,7 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
     file_indexes: list[str] = []
     replaces_index = False
     if requirements is not None:
-        from_file = _from_file(Path(requirements))
+        from_file = _from_file(Path(requirements), arch=arch)
         found, local, notes = from_file.requirements, from_file.local, from_file.notes
         file_indexes, replaces_index = from_file.index_urls, from_file.replaces_index
         kind = Path(requirements).name if Path(requirements).name in ("uv.lock", "pyproject.toml") else "requirements"
@@ -524,6 +536,8 @@ def snapshot(requirements: str | Path | None = None) -> Snapshot:
                 found.append(f"{canonical} @ {strip_credentials(url)}")  # an archive from a URL
                 continue
             found.append(f"{canonical}=={dist.version}")
+    for requirement in found:  # from a requirements file, a pyproject.toml, a lock or an extra
+        _refuse_logins_in(requirement, str(requirements or "the installed distributions"))
     kept = []
     named = set()
     for requirement in found:

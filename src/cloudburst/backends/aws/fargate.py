@@ -124,7 +124,7 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
     def echo(line: str) -> None:
         print(line, file=sys.stderr)
 
-    snap = snapshot(settings.requirements or None)
+    snap = snapshot(settings.requirements or None, arch=settings.arch)
     if settings.arch == "arm64":
         from ...wheels import require_arm64_wheels
 

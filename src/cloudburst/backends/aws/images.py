@@ -65,15 +65,20 @@ phases:
 
 
 def store_index_credentials(region: str | None, profile: str | None, netrc_text: str) -> str:
-    """Keep the index logins in an encrypted parameter named by their hash; returns its name ("" for none).
+    """Keep the index logins in an encrypted parameter named by their keyed hash; returns its name ("" for
+    none).
 
     Named by content, a parameter never changes: a job (or build) started with one set of logins keeps
-    them while another project in the account stores others. ``cloudburst teardown`` removes them all."""
+    them while another project in the account stores others. The hash is keyed with a random secret of
+    this machine's, so the name (visible in task definitions to those who cannot decrypt the value) says
+    nothing about the logins. ``cloudburst teardown`` removes them all."""
     if not netrc_text:
         return ""
     import hashlib
+    import hmac
 
-    name = f"{NETRC_PREFIX}/{hashlib.sha256(netrc_text.encode()).hexdigest()[:16]}"
+    digest = hmac.new(_naming_key(), netrc_text.encode(), hashlib.sha256).hexdigest()[:24]
+    name = f"{NETRC_PREFIX}/{digest}"
     ssm: Any = client("ssm", region, profile)
     try:
         ssm.put_parameter(
@@ -88,6 +93,24 @@ def store_index_credentials(region: str | None, profile: str | None, netrc_text:
             with translate("SSM", "PutParameter", name):
                 raise
     return name
+
+
+def _naming_key() -> bytes:
+    """A random key of this machine's (made once, readable by its user only) for naming secrets."""
+    import secrets
+
+    from ...userconfig import cache_dir
+
+    path = cache_dir() / "naming-key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return bytes.fromhex(key)
 
 
 def ensure_bundle(
