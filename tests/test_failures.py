@@ -606,3 +606,21 @@ def test_index_logins_that_ecs_cannot_read_stop_the_workers_starting(emulator: A
             ex.submit(abs, -1).result(timeout=120)
     finally:
         ex.terminate()
+
+
+def test_a_bundle_deleted_before_the_workers_start_is_explained(
+    emulator: Any, stock_python: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import boto3
+
+    requirements = tmp_path / "requirements.txt"  # its own bundle
+    requirements.write_text(stock_python[1].read_text() + f"urllib3=={metadata.version('urllib3')}\n")
+    ex = _stock_executor(emulator, stock_python, requirements)
+    bucket, key = ex._job.backend.bundle.removeprefix("s3://").split("#")[0].split("/", 1)  # type: ignore[attr-defined]
+    boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # `cloudburst env prune`, say
+    try:
+        with pytest.raises(cloudburst.WorkerDiedError, match=NOT_INSTALLED + r".*NoSuchKey.*start the job again"):
+            ex.submit(abs, -1).result(timeout=240)
+    finally:
+        ex.terminate()
+        _stock_done(emulator)

@@ -89,15 +89,21 @@ def _install_and_run() -> None:
     import boto3  # installed just above
     import botocore.exceptions
 
-    try:
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        fix = {
-            "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
-            "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
-        }.get(code, "see the error above")
-        raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
+    for attempt in (1, 2):
+        try:
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+            break
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            fix = {
+                "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
+                "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
+            }.get(code, "see the error above")
+            raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
+        except botocore.exceptions.BotoCoreError as exc:  # no connection, no credentials: once more, then stop
+            if attempt == 2:
+                raise _InstallFailed(f"could not reach the environment bundle s3://{bucket}/{key}: {exc}") from exc
+            time.sleep(2)
     if hashlib.sha256(body).hexdigest() != expected:
         raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
