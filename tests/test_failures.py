@@ -624,3 +624,33 @@ def test_a_bundle_deleted_before_the_workers_start_is_explained(
     finally:
         ex.terminate()
         _stock_done(emulator)
+
+
+def test_exit_78_stops_starting_workers_only_until_one_has_worked(tmp_path: Path) -> None:
+    """A worker that cannot install its environment exits 78: before any worker has taken a task, every
+    other would fail the same way, so the job stops at the first; after one has, it may be a blip."""
+    site = tmp_path / "site"
+    site.mkdir()
+    broken = tmp_path / "broken"
+    (site / "sitecustomize.py").write_text(f"import os\nif os.path.exists({str(broken)!r}):\n    os._exit(78)\n")
+    env = {"PYTHONPATH": str(site)}
+    broken.touch()
+    ex = cloudburst.Executor(1, env=env)
+    try:
+        with pytest.raises(cloudburst.WorkerDiedError, match=r"environment could not be installed"):
+            ex.submit(abs, -1).result(timeout=60)
+        assert ex._job.stats["worker_deaths"] == 1  # no second worker was started
+    finally:
+        ex.terminate()
+    broken.unlink()
+    ex = cloudburst.Executor(1, env=env)
+    try:
+        assert ex.submit(abs, -1).result(timeout=60) == 1  # a worker has worked
+        broken.touch()
+        for pid in worker_pids(ex).values():
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(cloudburst.WorkerDiedError, match=r"environment could not be installed"):
+            ex.submit(abs, -2).result(timeout=60)
+        assert ex._job.stats["worker_deaths"] >= 3  # replacements were tried before giving up
+    finally:
+        ex.terminate()
