@@ -70,6 +70,7 @@ def test_requirement_files_are_honoured_and_platform_only_packages_left_out(tmp_
     lock = tmp_path / "uv.lock"
     lock.write_text(
         'version = 1\n[[package]]\nname = "myproj"\nversion = "0.1.0"\nsource = { editable = "." }\n'
+        'dependencies = [{ name = "helper" }, { name = "numpy" }]\n'
         '[[package]]\nname = "helper"\nversion = "0.2.0"\nsource = { directory = "libs/helper" }\n'
         '[[package]]\nname = "ws"\nversion = "0.0.0"\nsource = { virtual = "ws" }\n'
         '[[package]]\nname = "numpy"\nversion = "2.1.0"\nsource = { registry = "https://pypi.org/simple" }\n'
@@ -400,3 +401,27 @@ def test_a_universal_lock_is_read_for_the_workers_cpu(tmp_path: Path) -> None:
     )
     assert snapshot(lock).requirements == ("torch==2.5.0",)
     assert snapshot(lock, arch="arm64").requirements == ("torch==2.4.1",)
+
+
+def test_a_lock_is_walked_from_its_project_along_the_edges_a_linux_worker_takes(tmp_path: Path) -> None:
+    lock = tmp_path / "uv.lock"
+    lock.write_text(
+        "version = 1\n"
+        '[[package]]\nname = "proj"\nversion = "0.1.0"\nsource = { editable = "." }\n'
+        "dependencies = [\n"
+        '  { name = "numpy" },\n'
+        '  { name = "colorama", marker = "sys_platform == \'win32\'" },\n'
+        '  { name = "uvloop", marker = "sys_platform == \'linux\'" },\n'
+        "]\n"
+        '[package.dev-dependencies]\ndev = [{ name = "pytest" }]\n'
+        '[[package]]\nname = "numpy"\nversion = "2.1.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        '[[package]]\nname = "colorama"\nversion = "0.4.6"\nsource = { registry = "https://pypi.org/simple" }\n'
+        '[[package]]\nname = "uvloop"\nversion = "0.21.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        '[[package]]\nname = "pytest"\nversion = "8.3.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        'dependencies = [{ name = "iniconfig" }]\n'
+        '[[package]]\nname = "iniconfig"\nversion = "2.0.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+        '[[package]]\nname = "orphan"\nversion = "1.0"\nsource = { registry = "https://pypi.org/simple" }\n'
+    )
+    snap = snapshot(lock)
+    assert snap.requirements == ("iniconfig==2.0.0", "numpy==2.1.0", "pytest==8.3.0", "uvloop==0.21.0")
+    assert snap.local == (str(tmp_path),)

@@ -370,18 +370,58 @@ def _target_markers(arch: str) -> dict[str, str]:
     }
 
 
-def _from_lock(path: Path, found: _FromFile, arch: str) -> None:
-    """A uv.lock: the Linux side of a universal lock, with its git, URL, path and private-registry sources."""
+def _lock_packages(packages: list[dict[str, Any]], target: dict[str, str]) -> list[dict[str, Any]]:
+    """What a Linux worker installs from a universal lock: walked from its projects (editable or virtual
+    sources) along the dependency edges whose markers hold for the worker, as ``uv sync`` does (the
+    ``dev`` group included), taking the fork of each package meant for the worker. A lock without a
+    project: every package, forks chosen the same way."""
     from packaging.markers import InvalidMarker, Marker
 
-    target = _target_markers(arch)
-    for package in _toml(path).get("package", []):
-        markers = package.get("resolution-markers") or []
+    def holds(marker: str | None, markers: list[str] | None = None) -> bool:
         try:
-            if markers and not any(Marker(m).evaluate(target) for m in markers):
-                continue  # a fork of the lock for another platform or Python
+            if marker is not None:
+                return bool(Marker(marker).evaluate(target | {"extra": ""}))
+            return not markers or any(Marker(m).evaluate(target | {"extra": ""}) for m in markers)
         except InvalidMarker:
-            pass
+            return True
+
+    forks: dict[str, list[dict[str, Any]]] = {}
+    for package in packages:
+        forks.setdefault(_canonical(package["name"]), []).append(package)
+
+    def pick(name: str, version: str | None) -> dict[str, Any] | None:
+        candidates = forks.get(_canonical(name), [])
+        if version is not None:
+            candidates = [p for p in candidates if p.get("version") == version] or candidates
+        for package in candidates:
+            if holds(None, package.get("resolution-markers")):
+                return package
+        return candidates[0] if len(candidates) == 1 else None
+
+    roots = [p for p in packages if {"editable", "virtual"} & set(p.get("source", {}))]
+    if not roots:
+        return [p for p in packages if holds(None, p.get("resolution-markers"))]
+    chosen: dict[int, dict[str, Any]] = {}
+    stack = list(roots)
+    while stack:
+        package = stack.pop()
+        if id(package) in chosen:
+            continue
+        chosen[id(package)] = package
+        edges = list(package.get("dependencies", []))
+        if package in roots:
+            edges += list(package.get("dev-dependencies", {}).get("dev", []))
+        for edge in edges:
+            if holds(edge.get("marker")):
+                found = pick(edge["name"], edge.get("version"))
+                if found is not None:
+                    stack.append(found)
+    return [p for p in packages if id(p) in chosen]
+
+
+def _from_lock(path: Path, found: _FromFile, arch: str) -> None:
+    """A uv.lock: the Linux side of a universal lock, with its git, URL, path and private-registry sources."""
+    for package in _lock_packages(_toml(path).get("package", []), _target_markers(arch)):
         name, version, source = package["name"], package.get("version", ""), package.get("source", {})
         where = source.get("editable") or source.get("directory") or source.get("path")
         if "virtual" in source:
