@@ -22,7 +22,6 @@ check there).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ import cloudburst as cb
 from bench_fargate import row, table, timed
 from cloudburst import userconfig
 from cloudburst.backends.aws.images import ensure_image
-from cloudburst.emulator import Emulator
+from cloudburst.emulator import Emulator, network_env
 from cloudburst.environment import Snapshot
 
 WORKER_PACKAGES = ["cloudpickle", "tblib", "tqdm", "zstandard", "boto3", "platformdirs", "click", "tomli-w"]
@@ -81,13 +80,6 @@ def check_and_build(checks: int) -> tuple[float, float, int]:
     return statistics.median(samples), build, per_check
 
 
-def network_env(cache: Path) -> dict[str, str]:
-    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
-    env = {k: v for k, v in os.environ.items() if k.upper() in names or k.startswith(("PIP_", "UV_"))}
-    env.update({"UV_CACHE_DIR": str(cache / "uv"), "PIP_NO_CACHE_DIR": "1"})  # a new container: no caches
-    return env
-
-
 def first_result(emu: Emulator, **options: str) -> float:
     started = time.perf_counter()
     with cb.Executor(1, backend="fargate", progress=False, **options) as ex:  # type: ignore[arg-type]
@@ -103,12 +95,10 @@ def stock_start(emu: Emulator, requirements: Path) -> float:
     root = Path(tempfile.mkdtemp(prefix="cloudburst-bench-stock-"))
     try:
         subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
-        emu.agent.python = str(root / "venv" / "bin" / "python")
-        emu.agent.extra_env = network_env(root)
-        return first_result(emu, image="python", requirements=str(requirements))
+        empty_caches = {"UV_CACHE_DIR": str(root / "uv"), "PIP_NO_CACHE_DIR": "1"}  # a new container
+        with emu.image(root / "venv" / "bin" / "python", network_env() | empty_caches):
+            return first_result(emu, image="python", requirements=str(requirements))
     finally:
-        emu.agent.python = sys.executable
-        emu.agent.extra_env = {}
         shutil.rmtree(root, ignore_errors=True)
 
 

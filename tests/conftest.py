@@ -146,13 +146,6 @@ def client_pid() -> int:
 WORKER_PACKAGES = ["cloudpickle", "tblib", "tqdm", "zstandard", "boto3", "platformdirs", "click", "tomli-w"]
 
 
-def network_env() -> dict[str, str]:
-    """The network settings a container on this machine's network would have (proxies, CA bundle, indexes)."""
-    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
-    env = {k: v for k, v in os.environ.items() if k.upper() in names or k.startswith(("PIP_", "UV_"))}
-    return env
-
-
 @pytest.fixture(scope="session")
 def stock_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A "stock Python image": a fresh interpreter environment with nothing but pip; and a requirements file."""

@@ -8,6 +8,7 @@ executor must stay usable.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -17,7 +18,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +31,7 @@ from cloudburst.backends.local import LocalBackend
 from cloudburst.serialize import seal
 from cloudburst.task import RESULT, ResultMessage
 
-from .conftest import network_env, process_gone, wait_until, worker_pids
+from .conftest import process_gone, wait_until, worker_pids
 
 BAD = 2
 CLIENT_PID = os.getpid()
@@ -538,15 +539,18 @@ def test_bad_map_parameters() -> None:
 NOT_INSTALLED = r"(?s)environment could not be installed; no more workers are started \(last: .*exit code 78"
 
 
-def _stock_executor(emulator: Any, stock_python: tuple[Path, Path], requirements: Path) -> cloudburst.Executor:
-    emulator.agent.python = str(stock_python[0])
-    emulator.agent.extra_env = network_env()
-    return cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements))
+@contextlib.contextmanager
+def _on_stock_python(
+    emulator: Any, stock_python: tuple[Path, Path], requirements: Path
+) -> Iterator[cloudburst.Executor]:
+    from cloudburst.emulator import network_env
 
-
-def _stock_done(emulator: Any) -> None:
-    emulator.agent.python = sys.executable
-    emulator.agent.extra_env = {}
+    with emulator.image(stock_python[0], network_env()):
+        ex = cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements))
+        try:
+            yield ex
+        finally:
+            ex.terminate()
 
 
 def test_a_package_that_will_not_install_is_named(
@@ -554,15 +558,13 @@ def test_a_package_that_will_not_install_is_named(
 ) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(stock_python[1].read_text() + "zzz-no-such-package-cloudburst==0.0.1\n")
-    ex = _stock_executor(emulator, stock_python, requirements)
-    try:
-        with pytest.raises(
+    with (
+        _on_stock_python(emulator, stock_python, requirements) as ex,
+        pytest.raises(
             cloudburst.WorkerDiedError, match=r"(?s)environment could not be installed; no more workers.*zzz-no-such"
-        ):
-            ex.submit(abs, -1).result(timeout=240)
-    finally:
-        ex.terminate()
-        _stock_done(emulator)
+        ),
+    ):
+        ex.submit(abs, -1).result(timeout=240)
 
 
 def test_a_bundle_changed_after_upload_is_refused(
@@ -572,22 +574,20 @@ def test_a_bundle_changed_after_upload_is_refused(
 
     requirements = tmp_path / "requirements.txt"  # its own bundle: a different tag from the other tests'
     requirements.write_text(stock_python[1].read_text() + f"packaging=={metadata.version('packaging')}\n")
-    ex = _stock_executor(emulator, stock_python, requirements)
-    bundle = ex._job.backend.bundle  # type: ignore[attr-defined]
-    bucket, key = bundle.removeprefix("s3://").split("#")[0].split("/", 1)
     s3 = boto3.client("s3")
-    original = s3.get_object(Bucket=bucket, Key=key)
-    s3.put_object(Bucket=bucket, Key=key, Body=b"PK not what was uploaded", Metadata=original["Metadata"])
-    try:
-        with pytest.raises(
-            cloudburst.WorkerDiedError,
-            match=r"(?s)environment could not be installed; no more workers.*changed after it was",
-        ):
-            ex.submit(abs, -1).result(timeout=240)
-    finally:
-        ex.terminate()
-        _stock_done(emulator)
-        s3.delete_object(Bucket=bucket, Key=key)
+    with _on_stock_python(emulator, stock_python, requirements) as ex:
+        bundle = ex._job.backend.bundle  # type: ignore[attr-defined]
+        bucket, key = bundle.removeprefix("s3://").split("#")[0].split("/", 1)
+        original = s3.get_object(Bucket=bucket, Key=key)
+        s3.put_object(Bucket=bucket, Key=key, Body=b"PK not what was uploaded", Metadata=original["Metadata"])
+        try:
+            with pytest.raises(
+                cloudburst.WorkerDiedError,
+                match=r"(?s)environment could not be installed; no more workers.*changed after it was",
+            ):
+                ex.submit(abs, -1).result(timeout=240)
+        finally:
+            s3.delete_object(Bucket=bucket, Key=key)
 
 
 def test_index_logins_that_ecs_cannot_read_stop_the_workers_starting(emulator: Any, tmp_path: Path) -> None:
@@ -615,15 +615,12 @@ def test_a_bundle_deleted_before_the_workers_start_is_explained(
 
     requirements = tmp_path / "requirements.txt"  # its own bundle
     requirements.write_text(stock_python[1].read_text() + f"urllib3=={metadata.version('urllib3')}\n")
-    ex = _stock_executor(emulator, stock_python, requirements)
-    bucket, key = ex._job.backend.bundle.removeprefix("s3://").split("#")[0].split("/", 1)  # type: ignore[attr-defined]
-    boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # `cloudburst env prune`, say
-    try:
+    with _on_stock_python(emulator, stock_python, requirements) as ex:
+        bundle = ex._job.backend.bundle  # type: ignore[attr-defined]
+        bucket, key = bundle.removeprefix("s3://").split("#")[0].split("/", 1)
+        boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # `cloudburst env prune`, say
         with pytest.raises(cloudburst.WorkerDiedError, match=NOT_INSTALLED + r".*NoSuchKey.*start the job again"):
             ex.submit(abs, -1).result(timeout=240)
-    finally:
-        ex.terminate()
-        _stock_done(emulator)
 
 
 def test_exit_78_stops_starting_workers_only_until_one_has_worked(tmp_path: Path) -> None:

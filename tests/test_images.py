@@ -25,7 +25,7 @@ from cloudburst.backends.aws.images import (
     store_index_credentials,
 )
 from cloudburst.emulator import Emulator
-from cloudburst.environment import Snapshot, index_credentials, snapshot, stock_image, tag
+from cloudburst.environment import Snapshot, base_image, index_credentials, snapshot, tag
 
 
 def settings() -> dict[str, str]:
@@ -143,7 +143,7 @@ def test_image_python_task_definition_names_the_bundle_and_the_logins_parameter(
     snap = snapshot(_requirements_file(tmp_path))
     parameter = store_index_credentials(settings()["region"], None, index_credentials(snap))
     bundle = ensure_bundle(snap, region=settings()["region"], profile=None, bucket=settings()["bucket"])
-    fargate = FargateSettings.resolve({"image": stock_image(snap.python)})
+    fargate = FargateSettings.resolve({"image": base_image(snap.python)})
     arn = ensure_task_definition(fargate, 1024, 2048, bundle=bundle, netrc_parameter=parameter)
     definition = boto3.client("ecs").describe_task_definition(taskDefinition=arn)["taskDefinition"]
     container = definition["containerDefinitions"][0]

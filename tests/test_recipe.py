@@ -15,10 +15,10 @@ import boto3
 import pytest
 
 import cloudburst
-from cloudburst.emulator import Emulator
+from cloudburst.emulator import Emulator, network_env
 from cloudburst.environment import build_context, snapshot, tag
 
-from .conftest import WORKER_PACKAGES, assert_nothing_left_in_aws, network_env
+from .conftest import WORKER_PACKAGES, assert_nothing_left_in_aws
 
 
 def whoami(x: int) -> tuple[int, str]:
@@ -45,15 +45,9 @@ def image_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_the_recipe_installs_and_runs_the_worker_loop(emulator: Emulator, image_env: tuple[Path, Path]) -> None:
     python, context = image_env
-    assert emulator.agent is not None
-    emulator.agent.python = str(python)
-    emulator.agent.extra_env = {"PYTHONPATH": str(context)}  # the recipe's ENV PYTHONPATH=/cloudburst/lib
-    try:
-        with cloudburst.Executor(1, backend="fargate") as ex:
-            results = list(ex.map(whoami, range(3)))
-    finally:
-        emulator.agent.python = sys.executable
-        emulator.agent.extra_env = {}
+    # the recipe's ENV PYTHONPATH=/cloudburst/lib
+    with emulator.image(python, {"PYTHONPATH": str(context)}), cloudburst.Executor(1, backend="fargate") as ex:
+        results = list(ex.map(whoami, range(3)))
     assert [r[0] for r in results] == [0, 2, 4]
     assert {r[1] for r in results} == {str(python.parent.parent)}  # ran in the fresh environment
 
@@ -65,12 +59,9 @@ def test_image_python_installs_the_snapshot_as_workers_start(
     emulator: Emulator, stock_python: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     python, requirements = stock_python
-    assert emulator.agent is not None
-    emulator.agent.python = str(python)
-    emulator.agent.extra_env = network_env()
     s3 = boto3.client("s3")
     bucket = emulator.resources["CLOUDBURST_BUCKET"]
-    try:
+    with emulator.image(python, network_env()):
         with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
             results = list(ex.map(whoami, range(3)))
             job_id = ex.job_id
@@ -81,9 +72,6 @@ def test_image_python_installs_the_snapshot_as_workers_start(
             again = ex.submit(whoami, 5).result()
         found = s3.head_object(Bucket=bucket, Key=key)
         second_run = capsys.readouterr().err
-    finally:
-        emulator.agent.python = sys.executable
-        emulator.agent.extra_env = {}
     assert [r[0] for r in results] == [0, 2, 4]
     assert {r[1] for r in results} == {str(python.parent.parent)}  # ran in the "stock image", once installed
     assert again == (10, str(python.parent.parent))
@@ -125,16 +113,11 @@ def test_a_local_package_is_built_into_a_wheel_and_installed_on_workers(
     requirements.write_text(f"-r {stock_python[1]}\n-e ./cbdemo\n")
     snap = snapshot(requirements)
     assert snap.local == (str(package),) and snap.local_digest
-    python = stock_python[0]
-    assert emulator.agent is not None
-    emulator.agent.python = str(python)
-    emulator.agent.extra_env = network_env()
-    try:
-        with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
-            assert list(ex.map(use_local_package, range(4))) == [0, 3, 6, 9]
-    finally:
-        emulator.agent.python = sys.executable
-        emulator.agent.extra_env = {}
+    with (
+        emulator.image(stock_python[0], network_env()),
+        cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex,
+    ):
+        assert list(ex.map(use_local_package, range(4))) == [0, 3, 6, 9]
 
 
 def what_the_worker_sees(_: int) -> tuple[str | None, bool]:
@@ -166,17 +149,15 @@ def test_a_private_index_login_reaches_the_install_and_nothing_else(
     requirements = tmp_path / "requirements.txt"
     index = f"http://bot:s3cret-{os.getpid()}@127.0.0.1:{server.server_address[1]}/simple"
     requirements.write_text(f"--extra-index-url {index}\n-r {stock_python[1]}\n")
-    assert emulator.agent is not None
     fresh = tmp_path / "venv"  # a new container: nothing installed, so uv asks the indexes
     subprocess.run([sys.executable, "-m", "venv", str(fresh)], check=True)
-    emulator.agent.python = str(fresh / "bin" / "python")
-    emulator.agent.extra_env = network_env()
     try:
-        with cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex:
+        with (
+            emulator.image(fresh / "bin" / "python", network_env()),
+            cloudburst.Executor(1, backend="fargate", image="python", requirements=str(requirements)) as ex,
+        ):
             netrc_seen, secret_seen = ex.submit(what_the_worker_sees, 0).result(timeout=240)
     finally:
-        emulator.agent.python = sys.executable
-        emulator.agent.extra_env = {}
         server.shutdown()
     expected = "Basic " + base64.b64encode(f"bot:s3cret-{os.getpid()}".encode()).decode()
     assert expected in seen  # uv sent the login to the private index

@@ -36,6 +36,7 @@ from . import __version__
 __all__ = [
     "PLATFORM_ONLY",
     "Snapshot",
+    "base_image",
     "build_context",
     "build_wheel",
     "dockerfile",
@@ -43,7 +44,6 @@ __all__ = [
     "index_logins",
     "needs_git",
     "snapshot",
-    "stock_image",
     "strip_credentials",
     "tag",
 ]
@@ -618,13 +618,9 @@ def snapshot(requirements: str | Path | None = None, *, arch: str = "x86_64") ->
 
 
 def base_image(python: str) -> str:
-    """The official slim image, on a named Debian release: its glibc (2.36) is what the ARM64 check assumes."""
+    """The official slim image, on a named Debian release: its glibc (2.36) is what the ARM64 check assumes.
+    Built images start from it; ``image="python"`` workers run it as it is."""
     return f"public.ecr.aws/docker/library/python:{python}-slim-bookworm"
-
-
-def stock_image(python: str) -> str:
-    """The no-build fallback's image: stock Python of this minor version; the snapshot installs at start."""
-    return base_image(python)
 
 
 def tag(snap: Snapshot, *, arch: str = "x86_64") -> str:

@@ -784,12 +784,10 @@ class Job:
                     run=task.run,
                     start=task.start + offset,
                 )
-                calls: Any = task.run.calls.slice(sub.start, sub.start + stop - offset)
             else:
                 items = task.items[offset:stop]
                 sub = Task(next(self._task_ids), task.fn_ref, [i.index for i in items], items=items)
-                calls = [(i.args, i.kwargs) for i in items]
-            parts.append((sub, calls))
+            parts.append((sub, self._calls_of(sub)))
         return parts
 
     def _scale(self) -> None:

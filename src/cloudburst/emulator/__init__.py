@@ -17,6 +17,7 @@ Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,16 +25,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .. import userconfig
 from ..errors import ConfigurationError
-from .agent import EcsAgent, EmulatedTask, default_worker_env
+from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
-__all__ = ["EmulatedTask", "Emulator", "FaultRule"]
+__all__ = ["EmulatedTask", "Emulator", "FaultRule", "network_env"]
 
 EMULATED_IMAGE = "cloudburst-emulated/this-machine:latest"
 BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine); nothing reaches AWS"
@@ -276,3 +278,15 @@ class Emulator:
     def worker_pids(self) -> dict[str, int]:
         assert self.agent is not None
         return self.agent.pids()
+
+    @contextlib.contextmanager
+    def image(self, python: str | Path, env: Mapping[str, str] | None = None) -> Iterator[None]:
+        """Within the block, containers run ``python`` (the image's interpreter) with ``env`` added to their
+        environment (what the image sets); ``network_env()`` gives them this machine's network settings."""
+        assert self.agent is not None
+        saved = self.agent.python, self.agent.extra_env
+        self.agent.python, self.agent.extra_env = str(python), dict(env or {})
+        try:
+            yield
+        finally:
+            self.agent.python, self.agent.extra_env = saved

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["EcsAgent", "EmulatedTask"]
+__all__ = ["EcsAgent", "EmulatedTask", "network_env"]
 
 OOM_MARK = "OutOfMemoryError"
 SPOT_REASON = "Your Spot Task was interrupted."
@@ -363,3 +363,10 @@ def default_worker_env(endpoint: str) -> dict[str, str]:
         }
     )
     return env
+
+
+def network_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The network settings a container on this machine's network would have: proxies, CA bundle, indexes."""
+    names = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.upper() in names or k.startswith(("PIP_", "UV_"))}

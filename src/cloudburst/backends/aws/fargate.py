@@ -116,7 +116,7 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
     No image: this environment's image, found in ECR by its tag or built. ``image="python"``: the stock
     Python image, with the environment bundle (uploaded once) installed by each worker as it starts.
     """
-    from ...environment import index_credentials, snapshot, stock_image
+    from ...environment import base_image, index_credentials, snapshot
     from ...errors import NotSetUpError
     from ...userconfig import load
     from .images import ensure_bundle, ensure_image, store_index_credentials
@@ -138,8 +138,8 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
             arch=settings.arch,
             echo=echo,
         )
-        parameter = store_index_credentials(settings.region, settings.profile, index_credentials(snap))
-        return stock_image(snap.python), bundle, parameter if snap.private_hosts else ""
+        logins = index_credentials(snap) if snap.private_hosts else ""
+        return base_image(snap.python), bundle, store_index_credentials(settings.region, settings.profile, logins)
     config = load()
     if not config.get("build_role_arn"):
         raise NotSetUpError(
