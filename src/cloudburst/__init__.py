@@ -14,6 +14,7 @@ from .aws import doctor, setup, teardown
 from .backends import available as available_backends
 from .detached import DetachedJob, attach, jobs, submit_job
 from .errors import (
+    BrokenExecutorError,
     CloudburstError,
     CloudError,
     ConfigurationError,
@@ -36,6 +37,7 @@ from .seeds import current_item, rng
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokenExecutorError",
     "CloudError",
     "CloudburstError",
     "ConfigurationError",

@@ -26,7 +26,7 @@ from .backends import get_backend
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
 from .job import rebuild_exception
 from .serialize import Unpacker
-from .task import RESULT, ResultMessage, decode, take_dead_letters
+from .task import RESULT, ResultMessage, decode, read_dead_letters
 
 __all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
 
@@ -147,10 +147,17 @@ class DetachedJob:
         """Tasks the queue gave up on (every worker that took them vanished): their items fail."""
         if queue is None:
             return 0
-        dead = take_dead_letters(self._key, queue)
-        for task, deliveries in dead:
-            (self.folder / "results" / f"{task.task_id}.dead").write_text(str(deliveries))
-        return len(dead)
+        letters = read_dead_letters(self._key, queue)
+        after = int(self.record.get("dead_letter_after", 0))
+        done, dead = self.done_tasks(), 0
+        for letter in letters:
+            # A copy put there by someone else: its deliveries are not used up, or its task is done.
+            if letter.deliveries > after and letter.task.task_id in self._positions and letter.task.task_id not in done:
+                (self.folder / "results" / f"{letter.task.task_id}.dead").write_text(str(letter.deliveries))
+                dead += 1
+        if letters:
+            queue.ack([letter.receipt for letter in letters])
+        return dead
 
     def wait(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -15,6 +15,7 @@ traceback attached). Everything below is about the machinery::
      ├── TaskExitError                        the task called sys.exit() / raised SystemExit
      ├── RemoteError                          the task raised an exception that could not be sent back
      ├── ExecutorShutdownError (RuntimeError) work was submitted after shutdown
+     ├── BrokenExecutorError (BrokenExecutor) the executor can no longer run work; ``cause`` says why
      ├── CostLimitExceeded                    the job reached max_cost_per_job; finished results are kept
      └── CloudError                           a cloud API refused a request, after retries (code, operation)
 
@@ -24,7 +25,10 @@ boundary with ``raise ... from exc`` so the original stays visible.
 
 from __future__ import annotations
 
+from concurrent.futures import BrokenExecutor
+
 __all__ = [
+    "BrokenExecutorError",
     "CloudError",
     "CloudburstError",
     "ConfigurationError",
@@ -136,6 +140,24 @@ def _rebuild_remote(message: str, type_name: str, remote_traceback: str) -> Remo
 
 class ExecutorShutdownError(CloudburstError, RuntimeError):
     """Work was submitted to an executor that has been shut down."""
+
+
+class BrokenExecutorError(CloudburstError, BrokenExecutor):
+    """The executor can no longer run work, and says why: its cost limit was reached, its workers
+    keep failing before they run anything, or the cloud stopped answering.
+
+    Raised by every ``submit`` and ``map`` after that, as ``ProcessPoolExecutor`` raises
+    ``BrokenProcessPool``; ``cause`` (also ``__cause__``) is the error that broke it, which the work
+    pending at that moment failed with.
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (BrokenExecutorError, (str(self), self.cause))
 
 
 class CostLimitExceeded(CloudburstError):

@@ -257,7 +257,7 @@ def map(
             first = min(run.errors)
             exc = run.errors[first]
             if isinstance(exc, CostLimitExceeded):
-                exc.results = {i: v for i, v in enumerate(run.values[: len(run)]) if i not in run.errors}
+                exc.results = run.finished_values()
             if hasattr(exc, "add_note"):
                 exc.add_note(
                     f"cloudburst.map: item {first} failed; {run.done - len(run.errors)} of {len(run)} items had "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import json
 import logging
 import math
 import secrets
@@ -30,7 +29,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
@@ -41,6 +40,7 @@ from .backends.base import LeaseReporting, Message, Subscribable, WorkerExit
 from .bootstrap import EXIT_ENVIRONMENT
 from .config import ExecutorOptions
 from .errors import (
+    BrokenExecutorError,
     CloudError,
     CostLimitExceeded,
     ExecutorShutdownError,
@@ -63,7 +63,8 @@ from .task import (
     decode,
     encode,
     peek_task_id,
-    take_dead_letters,
+    read_dead_letters,
+    seal_control,
 )
 from .work import MapRun, SubmitItem, Task, rebuild_exception, span
 
@@ -72,6 +73,7 @@ __all__ = ["Job", "MapRun", "rebuild_exception"]
 log = logging.getLogger("cloudburst")
 _MAX_STARTUP_FAILURES = 3
 _MAX_REJECTIONS = 3  # a task named by unauthenticated messages is sent again up to 3 times, then fails
+_MAX_SUPERSEDED = 10_000  # split tasks remembered for blame; their old messages are long gone by then
 _MAX_OUTAGE_ROUNDS = 8  # about two minutes of backing off before a cloud outage fails the job
 _TRANSIENT_CODES = frozenset(
     {
@@ -126,15 +128,20 @@ class Job:
         self._cond = threading.Condition()
         self._pending: deque[SubmitItem | MapRun] = deque()
         self._tasks: dict[int, Task] = {}
-        self._superseded: dict[int, Task] = {}  # split after a worker death; their messages may still run
+        # Tasks split after a worker death, whose old messages may still be delivered: only the workers that
+        # took them are kept (for blaming a later death), and only the newest ones (never the map run).
+        self._superseded: OrderedDict[int, list[str]] = OrderedDict()
         self._task_ids = itertools.count(1)
         self._next_index = 0
+        self._submitted = 0
         self._item_seconds: dict[str, float] = {}  # function digest -> measured seconds per item
         self._stopping = False
         self._closed = False
         self._accepting = True
-        self._startup_failures = 0
+        self._startup_failures = 0  # workers in a row that exited before running anything
         self._a_worker_started = False  # once one has, an install failure may be a blip, not the environment
+        self._worked: set[str] = set()  # workers (and their machines) that have run a task
+        self._broken: BaseException | None = None  # why this job can no longer run work (BrokenProcessPool's role)
         self._exits: dict[str, WorkerExit] = {}
         self._poll_lock = threading.Lock()
         self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
@@ -187,8 +194,9 @@ class Job:
         future: Future[Any] = Future()
         with self._cond:
             self._check_accepting()
-            item = SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index)
+            item = SubmitItem(fn, fn_ref, args, kwargs, future, self._next_index, self._submitted)
             self._next_index += 1
+            self._submitted += 1
             self._pending.append(item)
             # Nothing else waits and a slot is free: send it from here, sparing the dispatcher's wake-up.
             planned = self._plan_tasks() if len(self._pending) == 1 and len(self._tasks) < self.slots else []
@@ -211,6 +219,14 @@ class Job:
         return run
 
     def _check_accepting(self) -> None:
+        cause = self._broken
+        if cause is not None:
+            first_line = (str(cause).splitlines() or [type(cause).__name__])[0].rstrip(".")
+            raise BrokenExecutorError(
+                f"this executor can no longer run work ({type(cause).__name__}: {first_line}); "
+                "create a new Executor once the cause is fixed",
+                cause,
+            )
         if not self._accepting:
             raise ExecutorShutdownError("cannot schedule new work after shutdown; create a new Executor")
 
@@ -225,6 +241,7 @@ class Job:
                 began = time.perf_counter()
                 planned = self._plan_tasks()
             self._send(planned, began)
+            del planned  # while it waits for more, the dispatcher holds no run or argument of the last batch
 
     def _send(self, planned: list[tuple[Task, list[Any]]], began: float) -> None:
         """Seal planned tasks and send them; ``began`` is when their planning started."""
@@ -341,7 +358,7 @@ class Job:
             task.task_id,
             task.fn_ref,
             packed,
-            task.indices,
+            task.labels,
             with_kwargs=with_kwargs,
             seed=self.options.seed,
             max_attempts=self.options.retries + 1,
@@ -375,7 +392,7 @@ class Job:
                 culprit = next((v for v in values if not _picklable(v)), None)
                 what = describe(culprit) if culprit is not None else "an argument"
                 error = PicklingError(
-                    f"item {task.indices[pos]}: cannot send {what} to a worker: {type(exc).__name__}: {exc}. "
+                    f"item {task.labels[pos]}: cannot send {what} to a worker: {type(exc).__name__}: {exc}. "
                     "Pass plain data, or create the object inside the function."
                 )
                 error.__cause__ = exc
@@ -415,7 +432,7 @@ class Job:
                     return  # the queues were deleted under a receive or an ack: the job is over
                 failures += 1
                 if not _transient(exc) or failures >= _MAX_OUTAGE_ROUNDS:
-                    self._fail_everything(exc)  # results can no longer arrive: say so rather than hang
+                    self._break(exc)  # results can no longer arrive: say so rather than hang
                     return
                 log.warning("cloudburst: reading results failed (%s); trying again", exc)
                 time.sleep(min(30.0, 0.5 * 2**failures))
@@ -432,7 +449,7 @@ class Job:
         try:
             kind, message = decode(self.key, body)
         except PayloadAuthenticationError as exc:
-            self._send_again(peek_task_id(body), PayloadAuthenticationError(f"a result message {exc}"))
+            self._send_again(peek_task_id(body), PayloadAuthenticationError(f"a result {exc}"))
             return
         if kind == RESULT and isinstance(message, ResultMessage):
             self._on_result(message)
@@ -488,21 +505,31 @@ class Job:
         self._on_started(Notice(task_ids, worker_id, attempts, receipts=tuple(m.receipt for m in messages)))
 
     def _on_started(self, notice: Notice) -> None:
+        worker = notice.worker_id
         with self._cond:
-            tasks = [self._tasks.get(t) or self._superseded.get(t) for t in notice.task_ids]
-            receipts = notice.receipts or ("",) * len(tasks)
-            for task, attempt, receipt in zip(tasks, notice.attempts, receipts, strict=True):
+            tasks: list[Task] = []
+            receipts = notice.receipts or ("",) * len(notice.task_ids)
+            for task_id, attempt, receipt in zip(notice.task_ids, notice.attempts, receipts, strict=True):
+                task = self._tasks.get(task_id)
                 if task is not None:
-                    task.workers.append(notice.worker_id)
+                    task.workers.append(worker)
                     task.attempt = attempt
                     task.receipt = receipt
+                    tasks.append(task)
+                elif task_id in self._superseded:
+                    self._superseded[task_id].append(worker)
             self._startup_failures = 0
             self._a_worker_started = True
+            self._worked.update(_machine_and_worker(worker))
+            # Notices may come in either order: a worker whose death was handled first has lost these
+            # tasks already, and nothing else will send them again before their leases run out.
+            death = self._exits.get(worker) or self._exits.get(_machine_of(worker))
         for task in tasks:
-            if task is not None:
-                for item in task.items:
-                    if not item.future.running() and not item.future.done():
-                        item.future.set_running_or_notify_cancel()
+            for item in task.items:
+                if not item.future.running() and not item.future.done():
+                    item.future.set_running_or_notify_cancel()
+        if death is not None:
+            self._tasks_lost(tasks, death)
 
     def _on_result(self, result: ResultMessage) -> None:
         with self._cond:
@@ -533,14 +560,14 @@ class Job:
                 self._resend_in_parts(task)  # run again in parts, so only the culprit fails
                 return
             error = UnpicklingError(
-                f"the result of item {span(task.indices)} came back but could not be unpickled here: "
+                f"the result of item {span(task.labels)} came back but could not be unpickled here: "
                 f"{type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
             self._finish_items(task, [None], {0: error})
             return
         errors = {
-            pos: rebuild_exception(err, where=where.format(index=task.indices[pos]))
+            pos: rebuild_exception(err, where=where.format(index=task.labels[pos]))
             for pos, err in result.errors.items()
         }
         self._finish_items(task, values, errors)  # type: ignore[arg-type]
@@ -570,7 +597,7 @@ class Job:
         last = deaths[-1]
         tail = _interesting_tail(last.log_tail)
         message = (
-            f"item{'s' if len(task) > 1 else ''} {span(task.indices)}: the worker running "
+            f"item{'s' if len(task) > 1 else ''} {span(task.labels)}: the worker running "
             f"{'them' if len(task) > 1 else 'it'} died {len(deaths)} time(s); last: worker {last.worker_id}, "
             f"{last.reason}. Retries exhausted (retries={self.options.retries})."
         )
@@ -637,7 +664,7 @@ class Job:
                     continue
                 # The cloud refused something the job needs (permissions, a deleted resource) or
                 # stayed down: fail the work that is waiting rather than hang; finished results stay.
-                self._fail_everything(exc)
+                self._break(exc)
                 failures = 0
 
     def _check_cost(self) -> None:
@@ -662,16 +689,16 @@ class Job:
                 cost=cost,
                 limit=limit,
             )
-            print(f"cloudburst: {exc}", file=sys.stderr)
-            self._fail_everything(exc)
+            _say(str(exc))
+            self._break(exc)
 
     def cost(self) -> float:
         """USD this job has cost so far."""
         return self.backend.cost(self.resources)
 
     def _write_control(self, *, stopped: bool) -> None:
-        state = {"heartbeat": time.time(), "stopped": stopped}
-        self.resources.store.put("control/state", json.dumps(state).encode())
+        state: dict[str, object] = {"heartbeat": time.time(), "stopped": stopped}
+        self.resources.store.put("control/state", seal_control(self.key, "state", state))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -680,20 +707,43 @@ class Job:
             self._write_control(stopped=False)
 
     def _check_dead_letters(self) -> None:
-        """Tasks the queue gave up on (delivered too often, every worker died): fail them."""
+        """Tasks the queue gave up on (delivered too often, every worker died): fail them.
+
+        A sealed message can be copied into the dead-letter queue by anyone who can write there, so one
+        fails its task only when its deliveries are used up and its task is neither done nor running on a
+        live worker. One whose worker's death is not known here yet is looked at again later.
+        """
         queue = self.resources.dead_letters
         if queue is None or self.backend.detached or time.monotonic() < self._next_dead_letter_check:
             return
         self._next_dead_letter_check = time.monotonic() + 15.0
-        for task, deliveries in take_dead_letters(self.key, queue):
+        handled = []
+        for letter in read_dead_letters(self.key, queue):
+            task_id, deliveries = letter.task.task_id, letter.deliveries
+            with self._cond:
+                task = self._tasks.get(task_id)
+                running = task is not None and self._running_on_live_worker(task)
+            if task is not None and running and deliveries > self.resources.dead_letter_after:
+                continue  # its worker may have died unseen so far: look again in a while
+            handled.append(letter.receipt)
+            if task is None or running or deliveries <= self.resources.dead_letter_after:
+                log.warning(
+                    "cloudburst: ignored a copy of task %d in the dead-letter queue (%d deliveries; the task is %s)",
+                    task_id,
+                    deliveries,
+                    "done" if task is None else "running" if running else "within its deliveries",
+                )
+                continue
             self._fail_task(
-                task.task_id,
+                task_id,
                 WorkerDiedError(
-                    f"items {span(task.indices)}: the task was delivered {deliveries} times and its "
+                    f"items {span(letter.task.indices)}: the task was delivered {deliveries} times and its "
                     "worker vanished each time; the queue moved it to the dead-letter queue",
                     attempts=deliveries,
                 ),
             )
+        if handled:
+            queue.ack(handled)
 
     def _poll_workers(self) -> None:
         with self._poll_lock:
@@ -702,73 +752,90 @@ class Job:
                 self._on_worker_exit(exit_)
 
     def _on_worker_exit(self, exit_: WorkerExit) -> None:
-        split: list[tuple[Task, list[Any]]] = []
+        """A worker (or a worker process inside a machine) exited: blame, resend, count, replace."""
         dead = exit_.worker_id
-        child = dead + "."  # a worker process inside that machine
-
-        def ran_on_it(task: Task) -> bool:
-            return bool(task.workers) and (task.workers[-1] == dead or task.workers[-1].startswith(child))
-
         with self._cond:
-            for worker in {w for t in self._tasks.values() for w in t.workers if w.startswith(child)}:
+            for worker in {w for t in self._tasks.values() for w in t.workers if _machine_of(w) == dead}:
                 self._exits.setdefault(worker, exit_)
             self._exits[dead] = exit_
-            victims = [t for t in self._tasks.values() if ran_on_it(t)]
-            lost = victims or any(ran_on_it(t) for t in self._superseded.values())
+            victims = [t for t in self._tasks.values() if t.workers and dead in _machine_and_worker(t.workers[-1])]
             if exit_.exit_code != 0:
                 self.stats["worker_deaths"] += 1
-                if not lost and not exit_.interrupted:
+                # Only a worker that never got going counts toward "cannot start": one that connected, or ran
+                # tasks, and then died idle (killed, or its machine reclaimed) says nothing about the workers'
+                # environment.
+                if dead not in self._worked and not victims and not exit_.interrupted and not exit_.got_ready:
                     self._startup_failures += 1
                     if exit_.exit_code == EXIT_ENVIRONMENT and not self._a_worker_started:  # all would fail so
                         self._startup_failures = max(self._startup_failures, _MAX_STARTUP_FAILURES)
             startup_failures = self._startup_failures
-            busy = bool(self._pending or self._tasks)
-            receipts = [t.receipt for t in victims if t.receipt]
-            # One of a chunk's items killed the worker, or the worker died under it: cancel
-            # the chunk and send its items again in smaller tasks, so that only an item that
-            # kills its worker on its own uses up its retries and fails.
-            for task in victims:
-                if len(task) > 1:
-                    del self._tasks[task.task_id]
-                    self._superseded[task.task_id] = task
-                    for sub, calls in self._split(task):
-                        self._tasks[sub.task_id] = sub
-                        split.append((sub, calls))
-        for task in victims:
-            if task.task_id in self._superseded:  # before its message can be delivered again
-                self.resources.store.put(f"control/cancelled/{task.task_id}", b"")
-        if receipts:
-            try:
-                self.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
-            except Exception as exc:
-                log.debug("cloudburst: could not release the leases of worker %s: %s", dead, exc)
+            replaced = bool(self._pending or self._tasks) and not self._stopping and self._broken is None
+        self._tasks_lost(victims, exit_)
         if exit_.exit_code == 0 and not victims:
             return  # retired cleanly (idle, or the job ended): not a crash
         if victims:
-            spans = ", ".join(span(t.indices) for t in victims)
-            print(
-                f"cloudburst: worker {exit_.worker_id} died ({exit_.reason}) while running item(s) {spans}; "
-                f"retrying (retries={self.options.retries})",
-                file=sys.stderr,
-            )
-        elif busy and not self._stopping:
-            print(f"cloudburst: worker {exit_.worker_id} stopped ({exit_.reason}); replacing it", file=sys.stderr)
-        if split:
-            bodies = [body for body in (self._seal(t, c) for t, c in split) if body is not None]
-            self._send_bodies(bodies)
+            _say(f"worker {dead} died ({exit_.reason}) while running item(s) {_spans(victims)}; {self._fate(victims)}")
+        elif replaced and startup_failures < _MAX_STARTUP_FAILURES:
+            _say(f"worker {dead} stopped ({exit_.reason}); starting another in its place")
         if startup_failures >= _MAX_STARTUP_FAILURES:
             tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
             if exit_.exit_code == EXIT_ENVIRONMENT:
                 what = "the workers' environment could not be installed; no more workers are started ("
             else:
                 what = f"workers keep failing before they run anything ({startup_failures} in a row, "
-            self._fail_everything(
-                WorkerDiedError(
-                    f"{what}last: {exit_.reason}).\nLast worker output:\n{tail}",
-                    exit_code=exit_.exit_code,
-                    reason=exit_.reason,
-                )
+            error = WorkerDiedError(
+                f"{what}last: {exit_.reason}).\nLast worker output:\n{tail}",
+                exit_code=exit_.exit_code,
+                reason=exit_.reason,
             )
+            self._break(error, spare_running=True)  # work running on a healthy worker goes on
+
+    def _fate(self, victims: list[Task]) -> str:
+        """What happens next to tasks whose worker died, said truthfully."""
+        if self._broken is not None:
+            return "no more workers are started, so they fail"
+        if all(len(t) > 1 for t in victims):
+            return "their items run again in smaller tasks, so only an item that kills its worker uses up retries"
+        retries = self.options.retries
+        if all(t.attempt > retries for t in victims if len(t) == 1):
+            return f"no retries left (retries={retries}), so the item fails"
+        return f"running it again (retries={retries})"
+
+    def _tasks_lost(self, victims: list[Task], exit_: WorkerExit) -> None:
+        """Tasks whose worker died: send multi-item ones again in parts, release the leases of the rest.
+
+        One of a chunk's items killed the worker, or the worker died under it: the chunk is cancelled and
+        its items sent again in smaller tasks, so that only an item that kills its worker on its own uses up
+        its retries and fails. Once the job is broken no worker will run them, so they fail instead.
+        """
+        if not victims:
+            return
+        if self._broken is not None:
+            for task in victims:
+                self._fail_task(task.task_id, self._broken)
+            return
+        split: list[tuple[Task, list[Any]]] = []
+        with self._cond:
+            receipts = [t.receipt for t in victims if t.receipt and t.task_id in self._tasks]
+            for task in victims:
+                if len(task) > 1 and self._tasks.pop(task.task_id, None) is not None:
+                    self._superseded[task.task_id] = list(task.workers)
+                    while len(self._superseded) > _MAX_SUPERSEDED:
+                        self._superseded.popitem(last=False)
+                    for sub, calls in self._split(task):
+                        self._tasks[sub.task_id] = sub
+                        split.append((sub, calls))
+        for task in victims:
+            if task.task_id in self._superseded:  # before its message can be delivered again
+                name = f"cancelled/{task.task_id}"
+                self.resources.store.put(f"control/{name}", seal_control(self.key, name, {}))
+        if receipts:
+            try:
+                self.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
+            except Exception as exc:
+                log.debug("cloudburst: could not release the leases of worker %s: %s", exit_.worker_id, exc)
+        if split:
+            self._send_bodies([body for body in (self._seal(t, c) for t, c in split) if body is not None])
 
     def _split(self, task: Task) -> list[tuple[Task, list[Any]]]:
         """Cut a task into up to 16 smaller ones. Called with the lock held."""
@@ -790,25 +857,45 @@ class Job:
             parts.append((sub, self._calls_of(sub)))
         return parts
 
+    def _running_on_live_worker(self, task: Task) -> bool:
+        """Lock held."""
+        if not task.workers:
+            return False
+        worker = task.workers[-1]
+        return worker not in self._exits and _machine_of(worker) not in self._exits
+
     def _scale(self) -> None:
-        """Start workers up to what the waiting work can use, and never more than ``workers``."""
+        """Start workers as work arrives: no more than the tasks waiting or running could keep busy (each
+        pending item may become a task of its own), and never more than ``workers``."""
         launcher = self.resources.launcher
         with self._cond:
-            if self._pending:
-                wanted = self.backend.workers
-            else:
-                wanted = math.ceil(len(self._live_tasks()) / self.backend.tasks_per_worker)
-            broken = self._startup_failures >= _MAX_STARTUP_FAILURES
-        if broken or self._stopping or self._over_budget:
-            return
-        missing = min(wanted, self.backend.workers) - launcher.running()
+            if self._broken is not None or self._stopping:
+                return
+            work = len(self._live_tasks()) + sum(_items_left(entry) for entry in self._pending)
+            wanted = min(self.backend.workers, math.ceil(work / self.backend.tasks_per_worker))
+        missing = wanted - launcher.running()
         if missing > 0:
             launcher.start(missing)
 
-    def _fail_everything(self, exc: BaseException) -> None:
+    def _break(self, exc: BaseException, *, spare_running: bool = False) -> None:
+        """The job can no longer run work: fail what waits with ``exc``, and make every later ``submit`` and
+        ``map`` raise :class:`BrokenExecutorError` at once, as ProcessPoolExecutor does once broken. With
+        ``spare_running``, tasks running on a live worker may still finish."""
         with self._cond:
-            tasks = list(self._tasks.values())
-            self._tasks.clear()
+            if self._broken is None:
+                self._broken = exc
+            self._cond.notify_all()
+        self._fail_everything(exc, spare_running=spare_running)
+
+    def _fail_everything(self, exc: BaseException, *, spare_running: bool = False) -> None:
+        with self._cond:
+            if spare_running:
+                tasks = [t for t in self._tasks.values() if not self._running_on_live_worker(t)]
+                for task in tasks:
+                    del self._tasks[task.task_id]
+            else:
+                tasks = list(self._tasks.values())
+                self._tasks.clear()
             pending = list(self._pending)
             self._pending.clear()
             self._cond.notify_all()
@@ -922,6 +1009,31 @@ class Job:
         """Process ids of every worker started on this machine (for tests and tools)."""
         pids = getattr(self.resources.launcher, "pids", None)
         return pids() if callable(pids) else {}
+
+
+def _items_left(entry: SubmitItem | MapRun) -> int:
+    """Items of a pending entry not yet cut into tasks (a cancelled one has none)."""
+    if isinstance(entry, MapRun):
+        return 0 if entry.cancelled else len(entry.calls) - entry.next_pos
+    return 0 if entry.future.cancelled() else 1
+
+
+def _machine_of(worker_id: str) -> str:
+    """The machine a worker process runs in: ``abc`` for ``abc.2`` (a child of a multi-CPU worker)."""
+    return worker_id.split(".", 1)[0]
+
+
+def _machine_and_worker(worker_id: str) -> set[str]:
+    return {worker_id, _machine_of(worker_id)}
+
+
+def _spans(tasks: Sequence[Task]) -> str:
+    return ", ".join(span(t.labels) for t in tasks)
+
+
+def _say(message: str) -> None:
+    """What cloudburst tells the user about its own work."""
+    print(f"cloudburst: {message}", file=sys.stderr)
 
 
 def _indices(indices: Sequence[int]) -> list[int]:

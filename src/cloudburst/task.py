@@ -12,11 +12,15 @@ kind   queue           meaning
 ``S``  results         a worker started tasks (for crash attribution)
 ``X``  results         a worker refused a task it could not authenticate
 ``D``  results         a worker process died inside a running machine (a WorkerExit)
+``C``  store           a control record (``control/<name>``): the client's heartbeat and stop flag, a
+                       cancel marker; JSON, sealed and bound to its name, so that a forged or moved
+                       record is ignored
 =====  ==============  ===========================================
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 from collections.abc import Iterator, Sequence
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Columns",
+    "DeadLetter",
     "ItemError",
     "Notice",
     "OutputEvent",
@@ -38,8 +43,10 @@ __all__ = [
     "TaskMessage",
     "decode",
     "encode",
+    "open_control",
     "peek_task_id",
-    "take_dead_letters",
+    "read_dead_letters",
+    "seal_control",
 ]
 
 TASK = b"T"
@@ -47,6 +54,7 @@ RESULT = b"R"
 STARTED = b"S"
 REJECTED = b"X"
 DIED = b"D"
+CONTROL = b"C"
 _HEADER = struct.Struct("<Q")
 
 
@@ -152,22 +160,48 @@ def decode(key: bytes, data: bytes) -> tuple[bytes, object]:
     return kind, pickle.loads(body[_HEADER.size :])
 
 
-def take_dead_letters(key: bytes, queue: Queue) -> list[tuple[TaskMessage, int]]:
-    """Task messages a queue gave up on, with their delivery counts; taken off the queue.
+def seal_control(key: bytes, name: str, record: dict[str, object]) -> bytes:
+    """The bytes of control record ``control/<name>``: sealed with the job key, and naming itself so
+    that it cannot be copied to another record's place."""
+    return seal(key, CONTROL, json.dumps({**record, "name": name}).encode())
 
-    Messages that fail their seal are dropped unread.
-    """
+
+def open_control(key: bytes, name: str, data: bytes) -> dict[str, object]:
+    """Read control record ``control/<name>``; raises PayloadAuthenticationError for a forged, altered
+    or misplaced one, which the reader must then ignore."""
+    kind, body = unseal(key, data)
+    record = json.loads(body) if kind == CONTROL else None
+    if not isinstance(record, dict) or record.get("name") != name:
+        raise PayloadAuthenticationError(f"control record {name!r} is sealed as another record; it was ignored")
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A sealed task message found in the dead-letter queue, and how often it had been delivered."""
+
+    task: TaskMessage
+    deliveries: int
+    receipt: str
+
+
+def read_dead_letters(key: bytes, queue: Queue) -> list[DeadLetter]:
+    """Task messages a queue gave up on. Messages that fail their seal are deleted unread; the caller
+    deletes (acks) the others once it has dealt with them, and may leave one for a later look."""
     messages = queue.receive(10, wait=0)
-    found = []
+    found, junk = [], []
     for message in messages:
         try:
             kind, task = decode(key, message.body)
         except PayloadAuthenticationError:
+            junk.append(message.receipt)
             continue
         if kind == TASK and isinstance(task, TaskMessage):
-            found.append((task, message.receive_count))
-    if messages:
-        queue.ack([m.receipt for m in messages])
+            found.append(DeadLetter(task, message.receive_count, message.receipt))
+        else:
+            junk.append(message.receipt)
+    if junk:
+        queue.ack(junk)
     return found
 
 

@@ -32,7 +32,8 @@ class SubmitItem:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     future: Future[Any]
-    index: int
+    index: int  # unique in the job (detached records key results by it)
+    label: int  # what the user calls it: the how-manyth submit, from 0
 
 
 class MapRun:
@@ -53,6 +54,7 @@ class MapRun:
         self.chunksize = chunksize
         self.next_pos = 0  # first call not yet dispatched
         self.values: list[Any] = [None] * len(calls)
+        self.filled = bytearray(len(calls))  # 1 where a value or an error has come back
         self.errors: dict[int, BaseException] = {}
         self.ready_upto = 0  # every slot below this is filled
         self.done = 0
@@ -67,6 +69,7 @@ class MapRun:
     def fill(self, start: int, values: Sequence[Any], errors: dict[int, BaseException]) -> None:
         with self.cond:
             self.values[start : start + len(values)] = values
+            self.filled[start : start + len(values)] = b"\x01" * len(values)
             for pos, exc in errors.items():
                 self.errors[start + pos] = exc
             self.done += len(values)
@@ -76,6 +79,11 @@ class MapRun:
             self.cond.notify_all()
         if self.on_progress is not None:
             self.on_progress(len(values))
+
+    def finished_values(self) -> dict[int, Any]:
+        """Position → value of every call that has come back without an error, and only those."""
+        with self.cond:
+            return {pos: self.values[pos] for pos, done in enumerate(self.filled) if done and pos not in self.errors}
 
     def cancel(self) -> None:
         with self.cond:
@@ -102,6 +110,14 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def labels(self) -> Sequence[int]:
+        """The items as the user counts them: positions in their ``map`` call, or submit ordinals. Workers
+        see these (output prefixes, seeds, error messages); ``indices`` stay unique across the job."""
+        if self.run is not None:
+            return range(self.start, self.start + len(self))
+        return [item.label for item in self.items]
 
 
 def rebuild_exception(error: ItemError, *, where: str) -> BaseException:

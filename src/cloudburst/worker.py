@@ -66,6 +66,7 @@ from .task import (
     TaskMessage,
     decode,
     encode,
+    open_control,
     peek_task_id,
 )
 from .work import span
@@ -166,21 +167,27 @@ class Worker:
                 os._exit(0)
 
     def job_over(self) -> bool:
-        """Read the job's control record: stopped, or has the client been silent too long?"""
+        """Read the job's control record: stopped, or has the client been silent too long?
+
+        A record that fails its seal check is ignored (and logged): it neither stops this worker nor
+        counts as a heartbeat, so a forged one can at most let the client's silence show.
+        """
         try:
-            state = json.loads(self.side.store.get("control/state"))
+            state = self.control("state")
         except FileNotFoundError:
             if self._heartbeat is not None:
                 self.say_exit("the job's data is gone (the job ended)")
                 return True
             return False
+        if state is None:
+            state = {"heartbeat": self._heartbeat[0] if self._heartbeat else 0.0}
         if state.get("stopped"):
             self.say_exit("the job ended")
             return True
         # Silence is measured on this machine's clock, from when the heartbeat last changed:
         # a client whose clock is off does not stop its workers.
         now = time.monotonic()
-        beat = float(state.get("heartbeat", 0))
+        beat = float(state.get("heartbeat", 0))  # type: ignore[arg-type]
         if self._heartbeat is None or beat != self._heartbeat[0]:
             self._heartbeat = (beat, now)
         silent = now - self._heartbeat[1]
@@ -191,6 +198,23 @@ class Worker:
             )
             return True
         return False
+
+    def control(self, name: str) -> dict[str, object] | None:
+        """Control record ``control/<name>``, or None (logged) when it fails its seal check.
+        Raises FileNotFoundError when there is none."""
+        data = self.side.store.get(f"control/{name}")
+        try:
+            return open_control(self.key, name, data)
+        except (PayloadAuthenticationError, ValueError) as exc:
+            print(f"cloudburst-worker: ignored control record {name!r}: {exc}", file=sys.__stderr__)
+            return None
+
+    def cancelled(self, task_id: int) -> bool:
+        """Has the client cancelled this task's message (after splitting it)? Only a sealed marker counts."""
+        try:
+            return self.control(f"cancelled/{task_id}") is not None
+        except FileNotFoundError:
+            return False
 
     def authenticate(self, messages: list[Message]) -> list[tuple[Message, TaskMessage]]:
         good = []
@@ -223,7 +247,7 @@ class Worker:
         self.side.results.send_batch([encode(self.key, STARTED, 0, notice)])
 
     def run_task(self, message: Message, task: TaskMessage) -> None:
-        if message.receive_count > 1 and self.side.store.exists(f"control/cancelled/{task.task_id}"):
+        if message.receive_count > 1 and self.cancelled(task.task_id):
             self.side.tasks.ack([message.receipt])  # the client split it after a crash; its parts run instead
             return
         if message.receive_count > task.max_attempts:
@@ -257,9 +281,12 @@ class Worker:
         try:
             fn = self.unpacker.function(task.function)
         except Exception as exc:
+            # A blob that fails its digest was altered in the store: say that, not "a module may be missing".
+            altered = isinstance(exc, PayloadAuthenticationError)
+            hint = "" if altered else " A module it needs may be missing on the worker."
             error = UnpicklingError(
                 f"task {task.task_id}: the function could not be unpickled on the worker: "
-                f"{type(exc).__name__}: {exc}. A module it needs may be missing on the worker."
+                f"{type(exc).__name__}: {exc}.{hint}"
             )
             error.__cause__ = exc
             return fail(error)

@@ -101,6 +101,10 @@ class LeaseReporting(Protocol):
     def watch_leases(self, callback: Callable[[str, Sequence[Message]], None]) -> None: ...
 
 
+#: what a worker writes to its output once it has connected to its job (``cloudburst.worker.main``)
+READY_LINE = ": started for job "
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerExit:
     """A worker that stopped. ``exit_code`` follows subprocess: negative means killed by that signal."""
@@ -111,6 +115,12 @@ class WorkerExit:
     log_tail: str = ""
     #: stopped from outside (spot interruption, a user's StopTask): not the worker's own failure
     interrupted: bool = False
+
+    @property
+    def got_ready(self) -> bool:
+        """Had the worker connected to its job (its output says so) before it stopped? One that had is not
+        a start-up failure, however it ended."""
+        return READY_LINE in self.log_tail
 
 
 @runtime_checkable
@@ -138,6 +148,9 @@ class JobResources:
     launcher: Launcher
     #: where the queue puts tasks delivered too often (None: the backend has none)
     dead_letters: Queue | None = None
+    #: the task queue moves a message to ``dead_letters`` once received this many times; a message found
+    #: there with a lower count was put there by someone else and is not acted on
+    dead_letter_after: int = 0
 
 
 @dataclass

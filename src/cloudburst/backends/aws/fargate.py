@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -158,6 +158,10 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
         echo=echo,
     )
     return image, "", ""
+
+
+def _workers(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
 
 
 def _ecs_task_id(env: Mapping[str, str]) -> str:
@@ -314,9 +318,13 @@ class FargateLauncher:
         self._not_before = 0.0
         self.notices: list[str] = []  # one line per launch problem, for the user
         self._closed = False
+        self.announce: Callable[[int], str] | None = None  # the line the first launch prints
 
     # ------------------------------------------------------------------ contract
     def start(self, count: int) -> list[str]:
+        if self.announce is not None and count > 0:
+            print(self.announce(count), file=sys.stderr)
+            self.announce = None
         started: list[str] = []
         while count > 0 and time.monotonic() >= self._not_before and not self._closed:
             batch = min(RUN_TASK_MAX, count, self._launches.take(min(RUN_TASK_MAX, count)))
@@ -594,6 +602,7 @@ class FargateBackend(Backend):
             "region": self.settings.region,
             "task_ids": sorted(launcher.task_ids()),
             "queues": [self._queues.tasks, self._queues.results, self._queues.dead_letters],
+            "dead_letter_after": self._max_receives,
         }
 
     @classmethod
@@ -612,6 +621,12 @@ class FargateBackend(Backend):
         env = record["env"]
         S3Store(env["CLOUDBURST_BUCKET"], env["CLOUDBURST_PREFIX"], region).delete_prefix("")
 
+    @property
+    def _max_receives(self) -> int:
+        """Deliveries before SQS moves a task to the dead-letter queue: one more than the worker needs to
+        see that its retries are used up and report it."""
+        return self.options.retries + 2
+
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
         s = self.settings
         tags = {JOB_TAG: job_id, "cloudburst": "true", **s.tags}
@@ -624,7 +639,7 @@ class FargateBackend(Backend):
             region=s.region,
             profile=s.profile,
             lease_seconds=self.lease_seconds,
-            max_receives=self.options.retries + 2,
+            max_receives=self._max_receives,
             tags=tags,
         )
         self._queues = queues
@@ -672,19 +687,24 @@ class FargateBackend(Backend):
         launcher = FargateLauncher(
             s, job_id=job_id, task_definition=task_definition, environment=environment, local=local
         )
-        kind = "Fargate Spot" if s.spot else "Fargate"
-        print(
-            f"cloudburst: up to {self.workers} workers × {self.cpu_units / 1024:g} vCPU, "
-            f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(self.workers):.2f}/hour "
-            f"(prices: {self.prices.source})",
-            file=sys.stderr,
-        )
+        launcher.announce = self._cost_line
         return JobResources(
             S3Store(s.bucket, prefix, s.region, s.profile),
             SQSQueue(queues.tasks, s.region, s.profile),
             SQSQueue(queues.results, s.region, s.profile),
             launcher,
             dead_letters=SQSQueue(queues.dead_letters, s.region, s.profile),
+            dead_letter_after=self._max_receives,
+        )
+
+    def _cost_line(self, starting: int) -> str:
+        """What the first launch says: the workers that start now, what they cost, and the ceiling."""
+        kind = "Fargate Spot" if self.settings.spot else "Fargate"
+        more = f"; more start as work arrives, up to {self.workers}" if starting < self.workers else ""
+        return (
+            f"cloudburst: starting {_workers(starting)} × {self.cpu_units / 1024:g} vCPU, "
+            f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(starting):.2f}/hour "
+            f"(prices: {self.prices.source}){more}"
         )
 
     def close_job(self, resources: JobResources, *, keep: bool = False) -> None:

@@ -9,12 +9,14 @@ that is not a detached job, is a leftover: ``cleanup`` removes its traces.
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import PayloadAuthenticationError
+from ...task import open_control
 from .clients import client, error_code
 from .fargate import CONTAINER, LOG_PREFIX
 from .pricing import billed_seconds
@@ -86,15 +88,29 @@ def find_jobs(region: str | None, profile: str | None, bucket: str, cluster: str
         job_id = next((j for j in jobs if j.startswith(prefix)), prefix)
         jobs.setdefault(job_id, JobView(job_id)).tasks.append(task)
     s3: Any = client("s3", region, profile)
+    ssm: Any = client("ssm", region, profile)
     for job_id, view in jobs.items():
-        try:
-            state = json.loads(s3.get_object(Bucket=bucket, Key=f"jobs/{job_id}/control/state")["Body"].read())
-            view.heartbeat_age = max(0.0, time.time() - float(state.get("heartbeat", 0)))
+        state = _read_state(s3, ssm, bucket, job_id)
+        if state is not None:
+            view.heartbeat_age = max(0.0, time.time() - float(state.get("heartbeat", 0)))  # type: ignore[arg-type]
             view.stopped = bool(state.get("stopped"))
-        except Exception:
-            view.heartbeat_age = None
     _mark_detached(jobs)
     return jobs
+
+
+def _read_state(s3: Any, ssm: Any, bucket: str, job_id: str) -> dict[str, object] | None:
+    """A job's control record, checked against its key; None when missing or when its seal fails
+    (a forged record is ignored, and said so)."""
+    try:
+        data = s3.get_object(Bucket=bucket, Key=f"jobs/{job_id}/control/state")["Body"].read()
+        key = ssm.get_parameter(Name=f"/cloudburst/jobs/{job_id}/key", WithDecryption=True)["Parameter"]["Value"]
+    except Exception:
+        return None
+    try:
+        return open_control(bytes.fromhex(key), "state", data)
+    except (PayloadAuthenticationError, ValueError) as exc:
+        print(f"cloudburst: job {job_id[:12]}: ignored its control record: {exc}", file=sys.stderr)
+        return None
 
 
 def _queue_tags(sqs: Any, url: str) -> dict[str, str]:
