@@ -185,13 +185,17 @@ def test_an_altered_function_blob_is_reported_as_altered(executor: cloudburst.Ex
 def test_a_map_that_saw_a_death_is_not_kept(tmp_path: Path) -> None:
     with cloudburst.Executor(1, retries=2, progress=False) as ex:
         run = ex.start_map(die_once_on, range(6), [2] * 6, [str(tmp_path / "died")] * 6, chunksize=6)
-        with run.cond:
-            assert run.cond.wait_for(lambda: run.done == len(run), timeout=60)
-        assert run.values == list(range(6))
+        assert _finished(run).values == list(range(6))
         ref = weakref.ref(run)
         del run
         gc.collect()
         assert ref() is None, "the executor still holds a finished map run"
+
+
+def _finished(run: MapRun) -> MapRun:
+    with run.cond:
+        assert run.cond.wait_for(lambda: run.done == len(run), timeout=60)
+    return run
 
 
 # ---------------------------------------------------------------------------- workers as work arrives
@@ -212,9 +216,8 @@ def test_no_more_workers_than_work(emulator: Any, capsys: pytest.CaptureFixture[
 
 
 def test_no_retry_is_announced_when_none_will_happen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with cloudburst.Executor(1, retries=0, progress=False) as ex:
-        with pytest.raises(cloudburst.WorkerDiedError):
-            ex.submit(die_once, 1, str(tmp_path / "died")).result(timeout=60)
+    with cloudburst.Executor(1, retries=0, progress=False) as ex, pytest.raises(cloudburst.WorkerDiedError):
+        ex.submit(die_once, 1, str(tmp_path / "died")).result(timeout=60)
     err = capsys.readouterr().err
     assert "retrying" not in err and "running it again" not in err
     assert "no retries left (retries=0)" in err
