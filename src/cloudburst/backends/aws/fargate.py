@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 from ...config import ExecutorOptions
 from ...errors import CloudError
+from ...words import plural
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
@@ -674,7 +675,7 @@ class FargateBackend(Backend):
         )
         kind = "Fargate Spot" if s.spot else "Fargate"
         print(
-            f"cloudburst: up to {self.workers} workers × {self.cpu_units / 1024:g} vCPU, "
+            f"cloudburst: up to {plural(self.workers, 'worker')} × {self.cpu_units / 1024:g} vCPU, "
             f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(self.workers):.2f}/hour "
             f"(prices: {self.prices.source})",
             file=sys.stderr,
