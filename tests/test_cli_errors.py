@@ -77,7 +77,9 @@ ROWS = {
         ("config", "set", "cpu", "3"), fresh, r"use one of 0\.25, 0\.5, 1, 2, 4, 8, 16"
     ),
     "config set, misspelt": Row(("config", "set", "memmory", "2GB"), fresh, r"did you mean 'memory'\?"),
-    "config set, memory in MiB": Row(("config", "set", "memory", "2048"), fresh, r"write memory='2048MB'"),
+    "config set, memory in MiB": Row(
+        ("config", "set", "memory", "2048"), fresh, r"did you mean memory='2048MB' \(that is '2GB'\)\?"
+    ),
     "config unset, misspelt": Row(("config", "unset", "wrokers"), fresh, r"did you mean 'workers'\?"),
     "env show, an ssh requirement": Row(
         ("env", "show", "--requirements", "requirements.txt"), ssh_requirement, r"over SSH.*use its https:// URL"

@@ -170,7 +170,7 @@ def test_a_bad_value_in_the_file_names_its_fix_and_unset_removes_it(config_dir: 
 
 @pytest.mark.parametrize("value", [2048, "2048", 1500.0])
 def test_a_bare_memory_number_above_1024_gib_is_refused_as_meant_in_mib(value: object, config_dir: Path) -> None:
-    with pytest.raises(cloudburst.ConfigurationError, match=r"bare number means GiB.*memory='\d+MB'"):
+    with pytest.raises(cloudburst.ConfigurationError, match=r"bare number means GiB.*did you mean memory='\d+MB'"):
         parse_memory(value)
     with pytest.raises(cloudburst.ConfigurationError, match=r"bare number means GiB"):
         userconfig.set_value("memory", str(value))

@@ -80,7 +80,7 @@ def parse_memory(value: object, *, name: str = "memory") -> int:
         # No machine cloudburst runs on gives a worker a TiB: the number was surely meant as MiB.
         raise ConfigurationError(
             f"{name}={value!r}: a bare number means GiB, so this asks for {number:,g} GiB, more than any worker "
-            f"gets; if you meant MiB, write {name}='{number:g}MB' (that is '{number / 1024:.3g}GB')"
+            f"gets; did you mean {name}='{number:g}MB' (that is '{number / 1024:.3g}GB')?"
         )
     mib = number * _MEMORY_UNITS[unit] / 1024**2
     if mib < 1:
