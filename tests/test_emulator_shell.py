@@ -76,7 +76,16 @@ def emulator_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], li
             proc.wait(timeout=30)
 
 
-DETACHED = "import cloudburst; print(cloudburst.submit_job(abs, [-1, -2], workers=1))"
+DETACHED = """
+import time
+import cloudburst
+
+def nap(x):
+    time.sleep(600)  # still running when the emulator is stopped, which stops it
+    return x
+
+print(cloudburst.submit_job(nap, [1, 2], workers=1))
+"""
 
 
 def test_the_cloudburst_command_runs_against_the_emulator_and_its_jobs_stay_there(
@@ -99,7 +108,13 @@ def test_the_cloudburst_command_runs_against_the_emulator_and_its_jobs_stay_ther
     assert client.returncode == 0, client.stderr
     job_id = client.stdout.split()[-1]
     listed = run([*CLI, "jobs", "--json"], env)
-    assert [row["job_id"] for row in json.loads(listed.stdout)] == [job_id], listed.stderr
+    assert [(row["job_id"], row["state"]) for row in json.loads(listed.stdout)] == [(job_id, "running")], listed
+    waited = run([*CLI, "results", job_id, "--timeout", "0.5"], env)
+    assert waited.returncode == 1 and "Traceback" not in waited.stderr, waited.stderr
+    assert waited.stderr.splitlines() == [
+        f"Error: job {job_id}: 0 of 2 items finished within the timeout; run `cloudburst results {job_id}` again "
+        "later, or give a longer --timeout"
+    ]
 
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert proc.wait(timeout=60) == 0
