@@ -33,7 +33,7 @@ def cold_start(emulator: Emulator) -> Iterator[Emulator]:
 
 def test_prices_come_from_the_price_list_and_match_the_published_ones(emulator: Emulator) -> None:
     found = prices("us-east-1")
-    assert found.source.startswith("Price List API")
+    assert found.source.startswith("EMULATED: the emulator's Price List stub")  # not AWS's: it says so
     assert found.hourly(1024, 2048) == pytest.approx(HOURLY_1CPU_2GB)
     assert found.hourly(1024, 2048, arch="arm64") == pytest.approx(0.03238 + 2 * 0.00356)
     assert found.hourly(1024, 2048, spot=True) < found.hourly(1024, 2048)

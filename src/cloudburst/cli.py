@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import sys
 from pathlib import Path
@@ -30,11 +29,62 @@ import click
 
 from . import __version__
 from .detached import DetachedJob, attach, jobs
+from .words import plural
 
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line(message: str) -> str:
+    """The first paragraph of ``message`` on one line (the fix is in it; a traceback is not)."""
+    first = message.strip().split("\n\n", 1)[0]
+    return " ".join(first.split())
+
+
+_BOTOCORE_FIXES = {
+    "NoRegionError": "no AWS region is set: run `cloudburst setup --region REGION` (or set AWS_DEFAULT_REGION)",
+    "NoCredentialsError": "no AWS credentials found: configure them (`aws configure`, AWS_PROFILE, or the "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables)",
+    "PartialCredentialsError": "{exc}: the AWS credentials are incomplete; configure them again (`aws configure`)",
+    "ProfileNotFound": "{exc}: name a profile of ~/.aws/config with --profile or `cloudburst config set profile NAME`",
+    "TokenRetrievalError": "{exc}: your AWS SSO session has ended; log in again with `aws sso login`",
+    "SSOTokenLoadError": "{exc}: log in with `aws sso login`",
+    "UnauthorizedSSOTokenError": "{exc}: log in again with `aws sso login`",
+    "CredentialRetrievalError": "{exc}: check the credential source named in your AWS profile",
+    "EndpointConnectionError": "{exc}: check the network connection (and AWS_ENDPOINT_URL, if set)",
+}
+
+
+def _explain(exc: BaseException) -> str | None:
+    """One line naming the problem and its fix, for cloudburst's errors and botocore's; None for anything else."""
+    from .errors import CloudburstError
+
+    if isinstance(exc, CloudburstError):
+        return _one_line(str(exc))
+    botocore = sys.modules.get("botocore.exceptions")  # loaded only if boto3 was used, so only then raised
+    if botocore is None or not isinstance(exc, (botocore.BotoCoreError, botocore.ClientError)):
+        return None
+    for kind in type(exc).__mro__:
+        if kind.__name__ in _BOTOCORE_FIXES:
+            return _one_line(_BOTOCORE_FIXES[kind.__name__].format(exc=exc))
+    return _one_line(f"AWS: {exc}")
+
+
+class _Commands(click.Group):
+    """The command group; an error of cloudburst's or botocore's ends any command with one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            explained = _explain(exc)
+            if explained is None:
+                raise  # a defect of cloudburst's own: its traceback is what a bug report needs
+            raise click.ClickException(explained) from exc
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run parallel Python locally, or burst it to AWS Fargate."""
 
@@ -82,7 +132,12 @@ def jobs_command(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON (values must be JSON-able)")
 def results_command(job_id: str, timeout: float | None, as_json: bool) -> None:
     """Wait for a detached job, then print its results in item order."""
-    values = attach(job_id).results(timeout=timeout, errors="return")
+    try:
+        values = attach(job_id).results(timeout=timeout, errors="return")
+    except TimeoutError as exc:
+        raise click.ClickException(
+            f"{exc}; run `cloudburst results {job_id}` again later, or give a longer --timeout"
+        ) from exc
     shown = [repr(v) if isinstance(v, BaseException) else v for v in values]
     if as_json:
         click.echo(json.dumps(shown, default=repr))
@@ -99,15 +154,6 @@ def _confirm(yes: bool) -> Any:
     return lambda question: click.confirm(question, default=True)
 
 
-def _aws(action: Any) -> Any:
-    from .errors import CloudburstError
-
-    try:
-        return action()
-    except CloudburstError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @main.command("setup")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @click.option("--region", default=None, help="AWS region (default: boto3's own resolution)")
@@ -118,7 +164,7 @@ def setup_command(yes: bool, region: str | None, profile: str | None, subnets: s
     from .backends.aws.setup import setup
 
     chosen = [s.strip() for s in subnets.split(",") if s.strip()] if subnets else None
-    _aws(lambda: setup(region=region, profile=profile, subnets=chosen, confirm=_confirm(yes), echo=click.echo))
+    setup(region=region, profile=profile, subnets=chosen, confirm=_confirm(yes), echo=click.echo)
 
 
 @main.command("doctor")
@@ -129,7 +175,7 @@ def doctor_command(region: str | None, profile: str | None, as_json: bool) -> No
     """Check credentials, every resource, roles, network, quotas and image build tools."""
     from .backends.aws.setup import doctor
 
-    report = _aws(lambda: doctor(region=region, profile=profile, echo=(lambda _: None) if as_json else click.echo))
+    report = doctor(region=region, profile=profile, echo=(lambda _: None) if as_json else click.echo)
     if as_json:
         click.echo(json.dumps([vars(step) for step in report.steps], indent=1))
     if report.problems:
@@ -144,7 +190,7 @@ def teardown_command(yes: bool, region: str | None, profile: str | None) -> None
     """Remove everything setup made (found by its tag cloudburst=true), and nothing else."""
     from .backends.aws.setup import teardown
 
-    _aws(lambda: teardown(region=region, profile=profile, confirm=_confirm(yes), echo=click.echo))
+    teardown(region=region, profile=profile, confirm=_confirm(yes), echo=click.echo)
 
 
 @main.group("config", invoke_without_command=True)
@@ -156,7 +202,7 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
         return
     from . import userconfig
 
-    values = _aws(userconfig.resolve)
+    values = userconfig.resolve()
     if as_json:
         click.echo(json.dumps({v.name: {"value": v.value, "source": v.source} for v in values.values()}, indent=1))
         return
@@ -173,7 +219,7 @@ def config_set(key: str, value: str) -> None:
     """Check a setting and save it."""
     from . import userconfig
 
-    saved = _aws(lambda: userconfig.set_value(key, value))
+    saved = userconfig.set_value(key, value)
     click.echo(f"{key} = {saved} (saved in {userconfig.config_path()})")
 
 
@@ -183,7 +229,7 @@ def config_unset(key: str) -> None:
     """Remove a setting from the file (its default applies again)."""
     from . import userconfig
 
-    _aws(lambda: userconfig.unset_value(key))
+    userconfig.unset_value(key)
     click.echo(f"{key} removed from {userconfig.config_path()}")
 
 
@@ -199,12 +245,12 @@ def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
     region, profile = userconfig.lookup("region").value, userconfig.lookup("profile").value
     cluster = userconfig.lookup("cluster").value or "cloudburst"
     if request is not None:
-        made = _aws(lambda: request_increase(region, profile, spot=spot, value=request))
+        made = request_increase(region, profile, spot=spot, value=request)
         code, ident, status = made.get("QuotaCode"), made.get("Id"), made.get("Status")
-        click.echo(f"asked AWS for {request:g} vCPUs ({code}): request {ident}, {status}")
-    quotas = [_aws(functools.partial(read_quota, region, profile, cluster, spot=kind)) for kind in (False, True)]
-    pending = _aws(lambda: pending_requests(region, profile))
-    rows = [
+        click.echo(f"asked AWS for {plural(request, 'vCPU')} ({code}): request {ident}, {status}")
+    quotas = [read_quota(region, profile, cluster, spot=kind) for kind in (False, True)]
+    pending = pending_requests(region, profile)
+    rows: list[dict[str, Any]] = [
         {"quota": q.name, "code": q.code, "vcpus": q.value, "in_use": q.in_use, "counted": q.counted, "free": q.free}
         for q in quotas
         if q is not None
@@ -216,11 +262,12 @@ def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
         click.echo("the Fargate quotas could not be read (servicequotas:GetServiceQuota)")
     for r in rows:
         click.echo(
-            f"{r['quota']:18} {r['vcpus']:>8g} vCPUs   {r['in_use']:>6g} in use ({r['counted']})   {r['free']:>8g} free"
+            f"{r['quota']:18} {plural(r['vcpus'], 'vCPU'):>14}   {r['in_use']:>6,g} in use ({r['counted']})   "
+            f"{r['free']:>8,g} free"
         )
     for p in pending:
         wanted, status = p.get("DesiredValue"), p.get("Status")
-        click.echo(f"pending: {p.get('QuotaCode')} → {wanted:g} vCPUs ({status}, {p.get('Id')})")
+        click.echo(f"pending: {p.get('QuotaCode')} → {plural(float(wanted or 0), 'vCPU')} ({status}, {p.get('Id')})")
 
 
 def _account() -> tuple[Any, Any, str, str]:
@@ -252,7 +299,7 @@ def status_command(as_json: bool) -> None:
     from .backends.aws.ops import find_jobs
 
     region, profile, bucket, cluster = _account()
-    jobs = _aws(lambda: find_jobs(region, profile, bucket, cluster))
+    jobs = find_jobs(region, profile, bucket, cluster)
     hourly = _hourly()
     rows = [view.as_dict(hourly) for view in jobs.values()]
     if as_json:
@@ -267,8 +314,9 @@ def status_command(as_json: bool) -> None:
             "detached" if r["detached"] else ("client silent" if age is None or age > 300 else "client alive")
         )
         click.echo(
-            f"{r['job_id'][:20]:22}{workers:30} tasks {r['tasks_waiting']} waiting, {r['tasks_running']} running; "
-            f"{r['results_waiting']} results waiting; ${r['cost_usd']:.4f}; {client_state}"
+            f"{r['job_id'][:20]:22}{workers:30} {plural(r['tasks_waiting'], 'task')} waiting, "
+            f"{r['tasks_running']} running; {plural(r['results_waiting'], 'result')} waiting; ${r['cost_usd']:.4f}; "
+            f"{client_state}"
         )
 
 
@@ -287,7 +335,7 @@ def logs_command(job_id: str, task: int | None, worker: str | None, follow: bool
 
     region, profile, bucket, cluster = _account()
     group = userconfig.lookup("log_group").value
-    jobs = _aws(lambda: find_jobs(region, profile, bucket, cluster))
+    jobs = find_jobs(region, profile, bucket, cluster)
     matches = [v for j, v in jobs.items() if j.startswith(job_id) or job_id.startswith(j)]
     if not matches:
         raise click.ClickException(f"no job {job_id!r} here; `cloudburst status` lists them")
@@ -295,7 +343,7 @@ def logs_command(job_id: str, task: int | None, worker: str | None, follow: bool
     ids = [i for i in ids if worker is None or i.startswith(worker)]
     since: int | None = None
     while True:
-        lines = _aws(functools.partial(log_lines, region, profile, group, ids, tail=tail, since=since))
+        lines = log_lines(region, profile, group, ids, tail=tail, since=since)
         for stamp, worker_id, line in lines:
             if task is None or f"task {task}," in line or f"task {task} " in line:
                 click.echo(f"[{worker_id[:12]}] {line}")
@@ -315,17 +363,18 @@ def cleanup_command(yes: bool, older_than: float, as_json: bool) -> None:
     from .backends.aws.ops import cleanup, find_jobs, leftovers
 
     region, profile, bucket, cluster = _account()
-    found = leftovers(_aws(lambda: find_jobs(region, profile, bucket, cluster)), older_than)
+    found = leftovers(find_jobs(region, profile, bucket, cluster), older_than)
     if not found:
         click.echo(json.dumps([]) if as_json else "nothing left behind")
         return
     if not as_json:
         for view in found:
-            click.echo(f"leftover job {view.job_id[:20]}: {len(view.queues)} queue(s), {len(view.tasks)} worker(s)")
+            queues, workers = plural(len(view.queues), "queue"), plural(len(view.tasks), "worker")
+            click.echo(f"leftover job {view.job_id[:20]}: {queues}, {workers}")
     ask = _confirm(yes)
-    if ask is not None and not ask(f"Remove {len(found)} leftover job(s)?"):
+    if ask is not None and not ask(f"Remove {plural(len(found), 'leftover job')}?"):
         raise click.ClickException("nothing removed")
-    report = {view.job_id: _aws(lambda view=view: cleanup(view, region, profile, bucket, cluster)) for view in found}
+    report = {view.job_id: cleanup(view, region, profile, bucket, cluster) for view in found}
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
@@ -380,7 +429,8 @@ def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
         )
         return
     click.echo(
-        f"tag {tag(snap, arch=arch)}: Python {snap.python}, {len(snap.requirements)} packages from {snap.source}"
+        f"tag {tag(snap, arch=arch)}: Python {snap.python}, {plural(len(snap.requirements), 'package')} from "
+        f"{snap.source}"
     )
     for note in notes:
         click.echo(f"  note: {note}")
@@ -411,29 +461,25 @@ def env_build(requirements: str | None, arch: str, stock_python: bool) -> None:
     if arch == "arm64":
         from .wheels import require_arm64_wheels
 
-        _aws(lambda: require_arm64_wheels(snap))
+        require_arm64_wheels(snap)
     if requirements:
         userconfig.set_value("requirements", str(Path(requirements).resolve()))
         click.echo(f"requirements = {Path(requirements).resolve()} (saved)")
     if stock_python:
-        bundle = _aws(
-            lambda: ensure_bundle(snap, region=region, profile=profile, bucket=bucket, arch=arch, echo=click.echo)
-        )
+        bundle = ensure_bundle(snap, region=region, profile=profile, bucket=bucket, arch=arch, echo=click.echo)
         userconfig.set_value("image", "python")
         click.echo(f"environment bundle {bundle.split('#')[0]}")
         click.echo("image = python (saved: workers on stock Python install the bundle as they start)")
         return
-    uri = _aws(
-        lambda: ensure_image(
-            snap,
-            region=region,
-            profile=profile,
-            repository=str(config.get("ecr_repository", "cloudburst")),
-            bucket=bucket,
-            role_arn=str(config.get("build_role_arn", "")),
-            arch=arch,
-            echo=click.echo,
-        )
+    uri = ensure_image(
+        snap,
+        region=region,
+        profile=profile,
+        repository=str(config.get("ecr_repository", "cloudburst")),
+        bucket=bucket,
+        role_arn=str(config.get("build_role_arn", "")),
+        arch=arch,
+        echo=click.echo,
     )
     userconfig.set_value("image", uri)
     click.echo(f"image = {uri} (saved)")
@@ -447,8 +493,8 @@ def env_list(as_json: bool) -> None:
     from .backends.aws.images import list_bundles, list_images
 
     region, profile, bucket, _ = _account()
-    images = _aws(lambda: list_images(region, profile, str(userconfig.lookup("ecr_repository").value)))
-    bundles = _aws(lambda: list_bundles(region, profile, bucket))
+    images = list_images(region, profile, str(userconfig.lookup("ecr_repository").value))
+    bundles = list_bundles(region, profile, bucket)
     if as_json:
         click.echo(json.dumps({"images": images, "bundles": bundles}, indent=1, default=str))
         return
@@ -469,10 +515,10 @@ def env_prune(keep: int) -> None:
     from .backends.aws.images import prune_bundles, prune_images
 
     region, profile, bucket, _ = _account()
-    gone = _aws(lambda: prune_images(region, profile, str(userconfig.lookup("ecr_repository").value), keep))
-    click.echo(f"deleted {len(gone)} image(s)" + (f": {', '.join(gone)}" if gone else ""))
-    bundles = _aws(lambda: prune_bundles(region, profile, bucket, keep))
-    click.echo(f"deleted {len(bundles)} bundle(s)" + (f": {', '.join(bundles)}" if bundles else ""))
+    gone = prune_images(region, profile, str(userconfig.lookup("ecr_repository").value), keep)
+    click.echo(f"deleted {plural(len(gone), 'image')}" + (f": {', '.join(gone)}" if gone else ""))
+    bundles = prune_bundles(region, profile, bucket, keep)
+    click.echo(f"deleted {plural(len(bundles), 'bundle')}" + (f": {', '.join(bundles)}" if bundles else ""))
 
 
 @main.command("version")

@@ -43,6 +43,8 @@ _MEMORY_UNITS: dict[str, float] = {
     "tib": 1024**4,
     "ti": 1024**4,
 }
+#: a bare number above this many GiB is refused as a likely mistake (memory=2048 meant MiB)
+_MAX_BARE_GIB = 1024
 _MEMORY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -50,7 +52,8 @@ def parse_memory(value: object, *, name: str = "memory") -> int:
     """Return a memory amount in MiB.
 
     Accepts ``"2GB"``, ``"2 GB"``, ``"2GiB"``, ``"2g"``, ``"512MB"``, ``"512Mi"`` and plain
-    numbers of GiB (``2``, ``0.5``). As on AWS, GB and GiB both mean 1024³ bytes.
+    numbers of GiB (``2``, ``0.5``) up to 1,024: a larger bare number is refused, since it was
+    almost surely meant as MiB. As on AWS, GB and GiB both mean 1024³ bytes.
     """
     if isinstance(value, bool):
         raise ConfigurationError(f"{name}={value!r} is not a memory size; write e.g. {name}='2GB'")
@@ -73,10 +76,11 @@ def parse_memory(value: object, *, name: str = "memory") -> int:
         )
     if not math.isfinite(number) or number <= 0:
         raise ConfigurationError(f"{name}={value!r} must be a positive size, e.g. {name}='2GB'")
-    if unit == "" and number > 4096:
+    if unit == "" and number > _MAX_BARE_GIB:
+        # No machine cloudburst runs on gives a worker a TiB: the number was surely meant as MiB.
         raise ConfigurationError(
-            f"{name}={value!r}: a bare number means GiB, so this asks for {number:g} GiB; "
-            f"did you mean {name}='{value}MB'?"
+            f"{name}={value!r}: a bare number means GiB, so this asks for {number:,g} GiB, more than any worker "
+            f"gets; did you mean {name}='{number:g}MB' (that is '{number / 1024:.3g}GB')?"
         )
     mib = number * _MEMORY_UNITS[unit] / 1024**2
     if mib < 1:

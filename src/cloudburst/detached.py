@@ -27,6 +27,7 @@ from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedEr
 from .job import rebuild_exception
 from .serialize import Unpacker
 from .task import RESULT, ResultMessage, decode, read_dead_letters
+from .words import plural
 
 __all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
 
@@ -71,7 +72,13 @@ class DetachedJob:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.record: dict[str, Any] = json.loads((folder / "job.json").read_text())
+        try:
+            self.record: dict[str, Any] = json.loads((folder / "job.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"the record of detached job {folder.name} cannot be read ({exc}); if the job is no longer wanted, "
+                f"delete {folder}"
+            ) from exc
         self.job_id: str = self.record["job_id"]
         self.total: int = int(self.record["items"])
         self._key = bytes.fromhex(self.record["key"])
@@ -164,7 +171,7 @@ class DetachedJob:
         while not self.done():
             if deadline is not None and time.monotonic() > deadline:
                 done, total = self.progress()
-                raise TimeoutError(f"job {self.job_id}: {done} of {total} items finished within the timeout")
+                raise TimeoutError(f"job {self.job_id}: {done} of {plural(total, 'item')} finished within the timeout")
             self.poll(wait=5.0)
 
     def results(self, timeout: float | None = None, errors: str = "raise") -> list[Any]:

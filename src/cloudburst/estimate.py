@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import parse_memory
+from .words import plural
 
 __all__ = ["Estimate", "estimate"]
 
@@ -30,13 +31,15 @@ class Estimate:
     seconds: float  # wall time, cold start included
     billed_seconds_per_worker: float
     cost: float  # USD
+    prices_source: str = ""  # where the prices came from: the Price List API, the built-in table, the emulator
 
     def __str__(self) -> str:
         work = self.seconds_per_item * self.items
         return (
-            f"{self.items:,} items × {self.seconds_per_item:.3g} s (timed on {self.sampled} here) = {work:,.0f} s of "
-            f"work; on {self.workers} workers ({self.slots} at a time): about {self.seconds:,.0f} s including a "
-            f"{self.cold_start:g} s start, ≈ ${self.cost:.2f} (${self.hourly_per_worker:.4f} per worker-hour)"
+            f"{plural(self.items, 'item')} × {self.seconds_per_item:.3g} s (timed on {self.sampled} here) = "
+            f"{work:,.0f} s of work; on {plural(self.workers, 'worker')} ({self.slots} at a time): about "
+            f"{self.seconds:,.0f} s including a {self.cold_start:g} s start, ≈ ${self.cost:.2f} "
+            f"(${self.hourly_per_worker:.4f} per worker-hour; prices: {self.prices_source or 'unknown'})"
         )
 
 
@@ -71,7 +74,8 @@ def estimate(
     slots = used * per_worker
     running = math.ceil(len(values) / slots) * per_item
     billed = max(60.0, cold_start + running)
-    hourly = prices(region or "us-east-1").hourly(cpu_units, memory_mib, arch=arch, spot=spot)
+    table = prices(region or "us-east-1")
+    hourly = table.hourly(cpu_units, memory_mib, arch=arch, spot=spot)
     return Estimate(
         items=len(values),
         sampled=len(taken),
@@ -83,4 +87,5 @@ def estimate(
         seconds=cold_start + running,
         billed_seconds_per_worker=billed,
         cost=used * billed * hourly / 3600,
+        prices_source=table.source,
     )

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import cloudpickle
 
+from .progress import above_progress
+
 __all__ = ["Capture", "replay"]
 
 MAX_EVENT_BYTES = 1 << 20  # per task; the rest is dropped with a note
@@ -187,7 +189,12 @@ def _category(name: str, pickled: bytes | None) -> type[Warning]:
 
 
 def replay(events: list[Any]) -> None:
-    """Re-emit a task's captured events in the client."""
+    """Re-emit a task's captured events in the client, above the progress bar if one is shown."""
+    with above_progress():
+        _replay(events)
+
+
+def _replay(events: list[Any]) -> None:
     for index, kind, payload in events:
         tag = f"[item {index}] "
         if kind in ("stdout", "stderr"):

@@ -14,6 +14,7 @@ where it came from; ``cloudburst config set KEY VALUE`` checks a value and saves
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import parse_memory
-from .errors import ConfigurationError
+from .errors import ConfigurationError, UnknownParameterError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +40,7 @@ __all__ = [
     "as_ids",
     "cache_dir",
     "config_path",
+    "fargate_cpu",
     "load",
     "lookup",
     "number",
@@ -89,6 +91,21 @@ def number(low: float, high: float, *, whole: bool = False) -> Callable[[str, ob
         return int(number) if whole else number
 
     return check
+
+
+def fargate_cpu(name: str, value: object) -> float:
+    """A Fargate worker size in vCPUs (0.25, 0.5, 1, 2, 4, 8 or 16)."""
+    from .backends.aws.sizes import VALID_SIZES  # no boto3: the table of sizes only
+
+    valid = [units / 1024 for units in VALID_SIZES]
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        number = math.nan
+    if number not in valid:
+        listed = ", ".join(f"{v:g}" for v in valid)
+        raise ConfigurationError(f"{name}={value!r} is not a Fargate worker size; use one of {listed} (vCPUs)")
+    return number
 
 
 def _memory(name: str, value: object) -> str:
@@ -145,7 +162,7 @@ KEYS: dict[str, Key] = {
         ),
         Key("requirements", "aws", _text, "", "requirements*.txt, uv.lock or pyproject.toml (default: installed)"),
         Key("workers", "defaults", number(1, 100_000, whole=True), 10, "workers of a cloud run"),
-        Key("cpu", "defaults", number(0.25, 16), 1, "vCPUs per worker"),
+        Key("cpu", "defaults", fargate_cpu, 1, "vCPUs per worker"),
         Key("memory", "defaults", _memory, "2GB", "memory per worker"),
         Key("spot", "defaults", as_flag, False, "use Fargate Spot (up to 70% cheaper, can be interrupted)"),
         Key("arch", "defaults", as_arch, "x86_64", "x86_64 or arm64 (about 20% cheaper)"),
@@ -186,9 +203,18 @@ def cache_dir() -> Path:
     return Path(folder)
 
 
-def load(path: Path | None = None) -> dict[str, Any]:
-    """The file's values, flat (``{"bucket": ...}``); an absent file is empty."""
-    path = path or config_path()
+def _key(name: str, where: str = "") -> Key:
+    """The setting ``name``; an unknown name is refused with the closest known one and the full list."""
+    key = KEYS.get(name)
+    if key is None:
+        close = difflib.get_close_matches(name, KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownParameterError(f"{where}unknown setting {name!r}{hint}; known: {', '.join(sorted(KEYS))}")
+    return key
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The file's values, flat and unchecked; an absent file is empty."""
     if not path.exists():
         return {}
     try:
@@ -201,10 +227,23 @@ def load(path: Path | None = None) -> dict[str, Any]:
     for section, values in data.items():
         if not isinstance(values, dict):
             raise ConfigurationError(f"{path}: {section!r} must be a [section]")
-        for name, value in values.items():
-            if name not in KEYS:
-                raise ConfigurationError(f"{path}: unknown setting {name!r}; known: {', '.join(sorted(KEYS))}")
-            flat[name] = KEYS[name].check(name, value)
+        flat.update(values)
+    return flat
+
+
+def load(path: Path | None = None) -> dict[str, Any]:
+    """The file's values, flat (``{"bucket": ...}``) and checked; an absent file is empty."""
+    path = path or config_path()
+    flat = _read(path)
+    for name, value in flat.items():
+        key = _key(name, f"{path}: ")
+        try:
+            flat[name] = key.check(name, value)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{path}: {exc}; change it with `cloudburst config set {name} VALUE`, or remove it with "
+                f"`cloudburst config unset {name}`"
+            ) from exc
     return flat
 
 
@@ -217,7 +256,7 @@ def save(values: Mapping[str, Any], path: Path | None = None) -> Path:
     for name, value in values.items():
         if value is None:
             continue
-        key = KEYS[name]
+        key = _key(name, f"{path}: ")
         grouped.setdefault(key.section, {})[name] = key.check(name, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -229,17 +268,18 @@ def save(values: Mapping[str, Any], path: Path | None = None) -> Path:
 
 
 def set_value(name: str, raw: str, path: Path | None = None) -> Any:
-    if name not in KEYS:
-        raise ConfigurationError(f"unknown setting {name!r}; known: {', '.join(sorted(KEYS))}")
-    value = KEYS[name].check(name, raw)
-    values = load(path)
+    """Check ``raw`` as the value of setting ``name`` and save it; returns the value saved."""
+    value = _key(name).check(name, raw)
+    values = _read(path or config_path())  # unchecked: setting a good value repairs a bad one
     values[name] = value
     save(values, path)
     return value
 
 
 def unset_value(name: str, path: Path | None = None) -> None:
-    values = load(path)
+    """Remove setting ``name`` from the file, even if its value there is not valid."""
+    _key(name)
+    values = _read(path or config_path())
     values.pop(name, None)
     save(values, path)
 
@@ -259,7 +299,10 @@ def lookup(name: str, call: Mapping[str, Any] | None = None, file_values: Mappin
     env_name = f"CLOUDBURST_{name.upper()}"
     raw = os.environ.get(env_name)
     if raw not in (None, ""):
-        return Value(name, key.check(name, raw), f"env {env_name}")
+        try:
+            return Value(name, key.check(name, raw), f"env {env_name}")
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"environment variable {env_name}: {exc}") from exc
     file_values = load() if file_values is None else file_values
     if name in file_values:
         return Value(name, file_values[name], f"file {config_path()}")

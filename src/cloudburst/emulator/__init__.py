@@ -5,6 +5,12 @@
     with cloudburst.emulator.Emulator() as emu:         # moto on 127.0.0.1, an ECS agent, quota/pricing stubs
         results = cloudburst.map(fn, items, backend="fargate")
 
+    $ python -m cloudburst.emulator [--shell | -- CMD ...]   # the same for the `cloudburst` command
+
+While it runs, the settings, detached-job records and caches of this process live in the
+emulator's own folder (:attr:`Emulator.folder`), which goes when it stops: nothing made
+against emulated AWS is left among the user's own.
+
 Nothing here reaches AWS. moto's server answers S3, SQS, ECS, IAM, EC2, Logs and
 STS on loopback; an emulated ECS agent runs each task that RunTask creates as a
 real ``python -m cloudburst.worker`` process; Service Quotas and Pricing, which
@@ -32,6 +38,7 @@ from typing import Any
 
 from .. import userconfig
 from ..errors import ConfigurationError
+from ..words import plural
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
@@ -74,6 +81,7 @@ class Emulator:
         self.url = ""
         self.resources: dict[str, str] = {}
         self._saved_env: dict[str, str | None] = {}
+        self._env: dict[str, str | None] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._work_dir = Path(tempfile.mkdtemp(prefix="cloudburst-emulator-"))
@@ -103,7 +111,11 @@ class Emulator:
                 "AWS_DEFAULT_REGION": self.region,
                 "AWS_REGION": self.region,
                 "CLOUDBURST_POLL_INTERVAL": str(self.poll_interval),
-                # Nothing learnt from emulated AWS (prices) lands in the user's own cache.
+                # Nothing made against emulated AWS lands among the user's own: not the settings `setup`
+                # writes, nor the records of detached jobs (whose queues vanish with the emulator), nor
+                # what is learnt (prices). All of it goes with the folder when the emulator stops.
+                "CLOUDBURST_CONFIG_DIR": str(self._work_dir / "config"),
+                "CLOUDBURST_JOBS_DIR": str(self._work_dir / "jobs"),
                 "CLOUDBURST_CACHE_DIR": str(self._work_dir / "cache"),
             }
         )
@@ -130,6 +142,7 @@ class Emulator:
             else:
                 os.environ[name] = value
         self._saved_env.clear()
+        self._env.clear()
         shutil.rmtree(self._work_dir, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
@@ -140,9 +153,20 @@ class Emulator:
     ) -> None:
         self.stop()
 
+    @property
+    def folder(self) -> Path:
+        """The emulator's own folder: its settings, detached-job records, caches and worker logs; removed on stop."""
+        return self._work_dir
+
+    @property
+    def environment(self) -> dict[str, str | None]:
+        """The environment variables the emulator set in this process (None: removed), for other processes."""
+        return dict(self._env)
+
     def _set_env(self, values: dict[str, str | None]) -> None:
         for name, value in values.items():
             self._saved_env.setdefault(name, os.environ.get(name))
+            self._env[name] = value
             if value is None:
                 os.environ.pop(name, None)
             else:
@@ -158,10 +182,9 @@ class Emulator:
 
     # ------------------------------------------------------------------ `cloudburst setup`, emulated
     def provision(self) -> dict[str, str]:
-        """Run ``cloudburst setup`` against the emulated account, into a private config directory."""
+        """Run ``cloudburst setup`` against the emulated account, into the emulator's config directory."""
         from ..backends.aws.setup import setup
 
-        self._set_env({"CLOUDBURST_CONFIG_DIR": str(self._work_dir / "config")})
         config = setup(region=self.region, echo=lambda line: None).config
         # The agent runs this machine's interpreter whatever the image; the name says so.
         userconfig.set_value("image", EMULATED_IMAGE)
@@ -259,7 +282,7 @@ class Emulator:
             if len(running) >= count:
                 return running
             time.sleep(0.05)
-        raise TimeoutError(f"fewer than {count} emulated workers started within {timeout:g} s")
+        raise TimeoutError(f"fewer than {plural(count, 'emulated worker')} started within {timeout:g} s")
 
     def kill_worker(self, task_id: str | None = None) -> str:
         """SIGKILL a worker's process (the oldest running one if none is named); returns its task id."""

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backends.aws.pricing import EMULATED_MARK
+
 __all__ = ["FaultRule", "Gateway", "PricingStub", "QuotaStub", "quiet_handler"]
 
 StartResponse = Callable[..., Any]
@@ -133,7 +135,11 @@ class PricingStub:
             if "usagetype" in filters and filters["usagetype"] != usage:
                 continue
             product = {
-                "product": {"attributes": {"usagetype": usage, "servicecode": "AmazonECS"}, "sku": usage},
+                "product": {
+                    # marked, so that what these prices were made from is said truthfully
+                    "attributes": {"usagetype": usage, "servicecode": "AmazonECS", EMULATED_MARK: "true"},
+                    "sku": usage,
+                },
                 "terms": {
                     "OnDemand": {
                         f"{usage}.JRTCKXETXF": {

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 from ...config import ExecutorOptions
 from ...errors import CloudError
+from ...words import plural
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
@@ -158,10 +159,6 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
         echo=echo,
     )
     return image, "", ""
-
-
-def _workers(count: int) -> str:
-    return f"{count} worker" if count == 1 else f"{count} workers"
 
 
 def _ecs_task_id(env: Mapping[str, str]) -> str:
@@ -702,7 +699,7 @@ class FargateBackend(Backend):
         kind = "Fargate Spot" if self.settings.spot else "Fargate"
         more = f"; more start as work arrives, up to {self.workers}" if starting < self.workers else ""
         return (
-            f"cloudburst: starting {_workers(starting)} × {self.cpu_units / 1024:g} vCPU, "
+            f"cloudburst: starting {plural(starting, 'worker')} × {self.cpu_units / 1024:g} vCPU, "
             f"{self.memory_mib / 1024:g} GB on {kind} ≈ ${self.hourly_cost(starting):.2f}/hour "
             f"(prices: {self.prices.source}){more}"
         )

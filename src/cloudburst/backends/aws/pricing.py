@@ -17,7 +17,10 @@ from typing import Any
 
 from .clients import client
 
-__all__ = ["SPOT_FACTOR", "Prices", "billed_seconds", "prices", "task_cost"]
+__all__ = ["EMULATED_MARK", "SPOT_FACTOR", "Prices", "billed_seconds", "prices", "task_cost"]
+
+#: a product attribute by which cloudburst's emulator marks the prices its Price List stub serves
+EMULATED_MARK = "cloudburstEmulated"
 
 #: Fargate Spot is "up to 70% off" and varies; estimates assume 65% off.
 SPOT_FACTOR = 0.35
@@ -96,6 +99,7 @@ def _from_price_list(region: str) -> Prices | None:
         "storage_gb": f"{code}-Fargate-EphemeralStorage-GB-Hours",
     }
     found: dict[str, float] = {}
+    emulated = False
     try:
         pricing: Any = client("pricing", "us-east-1")  # the Price List API answers in us-east-1
         for field, usage in wanted.items():
@@ -104,6 +108,7 @@ def _from_price_list(region: str) -> Prices | None:
             )
             for item in response.get("PriceList", []):
                 product = json.loads(item) if isinstance(item, str) else item
+                emulated = emulated or bool(product.get("product", {}).get("attributes", {}).get(EMULATED_MARK))
                 for term in product.get("terms", {}).get("OnDemand", {}).values():
                     for dimension in term.get("priceDimensions", {}).values():
                         found[field] = float(dimension["pricePerUnit"]["USD"])
@@ -111,6 +116,8 @@ def _from_price_list(region: str) -> Prices | None:
         return None  # no access to the Price List API: the built-in prices stand
     if set(found) != set(wanted):
         return None
+    if emulated:  # say so: these are the stub's fixed numbers, not what AWS charges today
+        return Prices(**found, source=f"EMULATED: the emulator's Price List stub ({region})")
     return Prices(**found, source=f"Price List API ({region})")
 
 

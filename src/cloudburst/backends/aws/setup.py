@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import CloudError
+from ...words import plural
 from .clients import client, error_code, translate
 
 __all__ = ["Report", "Step", "doctor", "setup", "teardown"]
@@ -553,7 +554,10 @@ def _quotas(ctx: _Context, report: Report) -> None:
     if on_demand is None:
         report.add(Step("Fargate vCPU quotas", "info", "could not be read (servicequotas:GetServiceQuota denied)"))
         return
-    text = f"{on_demand:g} vCPUs On-Demand, {spot or 0:g} Spot: up to {int(on_demand)} workers with cpu=1 at once"
+    text = (
+        f"{plural(on_demand, 'vCPU')} On-Demand, {spot or 0:g} Spot: up to {plural(int(on_demand), 'worker')} "
+        "with cpu=1 at once"
+    )
     if on_demand < 1:
         report.add(Step("Fargate vCPU quotas", "problem", text, "request an increase: `cloudburst quota --request 64`"))
     else:
