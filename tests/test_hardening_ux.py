@@ -200,8 +200,8 @@ def test_a_one_worker_fargate_run_says_1_worker_and_that_its_prices_are_emulated
     emulator: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
     assert cloudburst.map(abs, [-1, -2], workers=1, backend="fargate", progress=False) == [1, 2]
-    announced = [line for line in capfd.readouterr().err.splitlines() if "up to" in line]
-    assert announced and "up to 1 worker ×" in announced[0], announced
+    announced = [line for line in capfd.readouterr().err.splitlines() if "≈ $" in line]
+    assert announced and "starting 1 worker ×" in announced[0], announced
     assert "prices: EMULATED: the emulator's Price List stub" in announced[0], announced
 
 
