@@ -877,6 +877,11 @@ class Job:
             self._cond.notify_all()
         current = threading.current_thread()
         collector = self._collector
+        if collector is not None and collector is not current:
+            try:  # ends the collector's long poll now; it sees _stopping and returns
+                self.resources.results.send_batch([encode(self.key, b"W", 0, None)])
+            except Exception as exc:
+                log.debug("cloudburst: could not wake the collector: %s", exc)
         for thread in self._threads:
             # The collector may sit in a receive until the queues close in close_job: join it after.
             if thread is not current and thread is not collector and thread.is_alive():
