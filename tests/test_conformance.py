@@ -15,11 +15,18 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from cloudburst.backends.localqueue import MemoryQueue, QueueServer, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).resolve().parent / "cpython_futures.py"
@@ -98,3 +105,26 @@ def test_cpython_concurrent_futures_tests(python313: Path, backend: str) -> None
     assert ran is not None and int(ran.group(1)) >= 20, f"CPython's tests did not run:\n{output[-5000:]}"
     assert done.returncode == 0, f"CPython's concurrent.futures tests failed on {backend}:\n{output[-8000:]}"
     assert "Warning --" not in output, f"CPython's checks reported something left behind:\n{output[-8000:]}"
+
+
+def test_local_queue_server_survives_bad_peers_and_ends_at_close(tmp_path: Path) -> None:
+    """The local queue server drops a peer that fails its handshake and keeps serving; close ends its thread
+    (CPython's checks above report the thread otherwise, as a dangling thread after every test)."""
+    key = os.urandom(32)
+    address = str(tmp_path / "queue.sock")
+    before = set(threading.enumerate())
+    server = QueueServer(address, key, [MemoryQueue(60)])
+    mine = [t for t in threading.enumerate() if t not in before]
+    with pytest.raises(AuthenticationError):
+        Client(address, family="AF_UNIX", authkey=os.urandom(32))  # the wrong key
+    with socket.socket(socket.AF_UNIX) as hang_up:  # hangs up during the handshake
+        hang_up.connect(address)
+    connected: list[Any] = []
+    worker = threading.Thread(target=lambda: connected.extend(connect(address, key, "w1", 1)), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert connected, "the queue server stopped accepting connections after a bad peer"
+    connected[0].send_batch([b"hello"])
+    assert [m.body for m in connected[0].receive(1, 5)] == [b"hello"]
+    server.close()
+    assert mine and not [t for t in mine if t.is_alive()], f"threads left running after close: {mine}"
