@@ -10,6 +10,7 @@ a test leaves behind, fails this test.
 
 from __future__ import annotations
 
+import builtins
 import glob
 import hashlib
 import os
@@ -19,6 +20,9 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -26,6 +30,7 @@ from typing import Any
 
 import pytest
 
+import cloudburst
 from cloudburst.backends.localqueue import MemoryQueue, QueueServer, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,3 +133,127 @@ def test_local_queue_server_survives_bad_peers_and_ends_at_close(tmp_path: Path)
     assert [m.body for m in connected[0].receive(1, 5)] == [b"hello"]
     server.close()
     assert mine and not [t for t in mine if t.is_alive()], f"threads left running after close: {mine}"
+
+
+# ---------------------------------------------------------------------------- exceptions keep their type
+
+
+class Unpicklable:
+    """An exception argument that cannot be pickled, with a str() and repr() the same in every process."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("Unpicklable objects cannot be pickled")
+
+    def __str__(self) -> str:
+        return "an unpicklable thing"
+
+    def __repr__(self) -> str:
+        return "Unpicklable()"
+
+
+class CustomError(Exception):
+    """Not a builtin: with an unpicklable argument it can only come back as a RemoteError."""
+
+
+def _builtin_exception_types() -> list[type[BaseException]]:
+    """Every builtin exception type but SystemExit (which comes back as TaskExitError, by design)."""
+    found = {v for v in vars(builtins).values() if isinstance(v, type) and issubclass(v, BaseException)}
+    return sorted(found - {SystemExit}, key=lambda cls: cls.__name__)
+
+
+def _example(cls: type[BaseException], unpicklable: bool) -> BaseException:
+    """An instance of ``cls`` made the same way in any process; with ``unpicklable``, holding an Unpicklable."""
+    extra: tuple[Any, ...] = (Unpicklable(),) if unpicklable else ()
+    if issubclass(cls, UnicodeDecodeError):
+        return cls("utf-8", b"\xff", 0, 1, "invalid start byte")
+    if issubclass(cls, UnicodeEncodeError):
+        return cls("ascii", "\xff", 0, 1, "ordinal not in range(128)")
+    if issubclass(cls, UnicodeTranslateError):
+        return cls("\xff", 0, 1, "no translation")
+    if issubclass(cls, SyntaxError):
+        return cls("message from the task", (extra[0] if extra else "file.py", 1, 2, "text"))
+    if cls.__name__ == "BaseExceptionGroup":
+        return cls("a group", [KeyboardInterrupt(*extra)])
+    if cls.__name__ == "ExceptionGroup":
+        return cls("a group", [ValueError("inner", *extra)])
+    return cls("message from the task", *extra)
+
+
+def raise_example(name: str, unpicklable: bool) -> None:
+    raise _example(getattr(builtins, name), unpicklable)
+
+
+def recurse(depth: int) -> int:
+    return recurse(depth + 1) + 1
+
+
+def raise_deep(depth: int, exc: BaseException) -> None:
+    if depth:
+        raise_deep(depth - 1, exc)
+    raise exc
+
+
+def raise_custom(depth: int) -> None:
+    raise_deep(depth, CustomError(Unpicklable()))
+
+
+def _remote_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+@pytest.mark.parametrize("unpicklable", [False, True], ids=["plain", "unpicklable-argument"])
+def test_every_builtin_exception_comes_back_as_itself(executor: cloudburst.Executor, unpicklable: bool) -> None:
+    """Each builtin exception type raised by a task is raised in the client as that type, with its message and
+    the remote traceback, also when one of its arguments cannot be pickled."""
+    cases = [(cls, executor.submit(raise_example, cls.__name__, unpicklable)) for cls in _builtin_exception_types()]
+    wrong = []
+    for cls, future in cases:
+        expected = _example(cls, unpicklable)
+        got = future.exception(timeout=120)
+        if type(got) is not type(expected) or str(got) != str(expected) or "raise_example" not in _remote_text(got):
+            wrong.append(f"{cls.__name__}: got {type(got).__name__}: {str(got)[:200]!r}")
+    assert not wrong, "builtin exceptions that did not come back as themselves:\n" + "\n".join(wrong)
+
+
+@dataclass(frozen=True)
+class ExceptionRow:
+    """A task that raises; what the client must get: the type, a part of its message and of its traceback."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    raises: type[BaseException]
+    message: str
+    traceback: str
+
+
+EXCEPTION_ROWS = [
+    ExceptionRow("real deep recursion", recurse, (0,), RecursionError, "maximum recursion depth", "in recurse"),
+    ExceptionRow("raised 900 frames deep", raise_deep, (900, KeyError("deep")), KeyError, "'deep'", "in raise_deep"),
+    ExceptionRow(
+        "builtin, unpicklable argument",
+        raise_example,
+        ("ValueError", True),
+        ValueError,
+        "('message from the task', Unpicklable())",
+        "raise_example",
+    ),
+    ExceptionRow(  # not a builtin: its type cannot be rebuilt without its arguments
+        "custom type, unpicklable argument",
+        raise_custom,
+        (3,),
+        cloudburst.errors.RemoteError,
+        "CustomError: an unpicklable thing (the exception could not be sent back as itself)",
+        "in raise_deep",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", EXCEPTION_ROWS, ids=[r.name for r in EXCEPTION_ROWS])
+def test_exception_table(executor: cloudburst.Executor, row: ExceptionRow) -> None:
+    with pytest.raises(row.raises) as info:
+        executor.submit(row.fn, *row.args).result(timeout=120)
+    assert type(info.value) is row.raises
+    assert row.message in str(info.value)
+    assert row.traceback in _remote_text(info.value), _remote_text(info.value)[-3000:]
+    assert executor.submit(abs, -3).result(timeout=60) == 3  # the executor carries on
