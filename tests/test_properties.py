@@ -132,11 +132,17 @@ def test_a_changed_argument_travels_as_it_is_now(
     array = np.zeros(2 * BUFFER_MIN_BYTES // 8)
     for value in values:
         array[:] = value
-        task: list[tuple[tuple[object, ...], dict[str, object] | None]] = [((array, i), None) for i in range(calls)]
-        back = unpacker.unpack(packer.pack([c for c, _ in task], shared=packer.shared_arguments(task)))
+        task = Task()  # in flight until it is dropped at the end of this round
+        pairs: list[tuple[tuple[object, ...], dict[str, object] | None]] = [((array, i), None) for i in range(calls)]
+        back = unpacker.unpack(packer.pack([c for c, _ in pairs], shared=packer.shared_arguments(pairs, task)))
         assert isinstance(back, list) and all(np.array_equal(got[0], array) for got in back)
         alone = unpacker.unpack(packer.pack(array))
         assert isinstance(alone, np.ndarray) and np.array_equal(alone, array)
+        del task
+
+
+class Task:
+    """Stands for a task in flight."""
 
 
 def _assert_same_array(got: object, sent: np.ndarray) -> None:
@@ -195,7 +201,7 @@ def test_large_arrays_round_trip_out_of_band(
     store_dir: Path, dtype: np.dtype[Any], nbytes: int, seed: int, way: tuple[int, bool]
 ) -> None:
     """Arrays of at least BUFFER_MIN_BYTES travel as out-of-band buffer blobs, and come back bit for bit."""
-    raw = np.random.default_rng(seed).bytes(nbytes - nbytes % dtype.itemsize)
+    raw = np.random.default_rng(seed).bytes(-(-nbytes // dtype.itemsize) * dtype.itemsize)  # whole items
     array = np.frombuffer(raw, dtype=dtype).copy()
     packer, unpacker = _pair(store_dir, way)
     packed = packer.pack(array)

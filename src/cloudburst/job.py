@@ -333,7 +333,7 @@ class Job:
         """Pickle a task's calls and seal the message; a call that cannot be pickled fails alone."""
         with_kwargs = task.run is None
         try:
-            packed = self._pack_calls(calls)
+            packed = self._pack_calls(calls, task)
         except Exception:
             self._resend_picklable(task, calls)
             return None
@@ -351,15 +351,15 @@ class Job:
             self.stats["tasks"] += 1
         return encode(self.key, b"T", task.task_id, message)
 
-    def _pack_calls(self, calls: Any) -> Packed:
+    def _pack_calls(self, calls: Any, task: Task | None = None) -> Packed:
         if isinstance(calls, Columns):
             if all(map(_only_scalars, calls.cols)):
                 return self.packer.pack(calls)  # nothing large can repeat: skip the sharing scan
-            return self.packer.pack(calls, shared=self.packer.shared_arguments([(c, None) for c in calls]))
+            return self.packer.pack(calls, shared=self.packer.shared_arguments([(c, None) for c in calls], task))
         if calls and isinstance(calls[0], tuple) and len(calls[0]) == 2 and isinstance(calls[0][1], dict):
-            shared = self.packer.shared_arguments(calls)  # submitted: (args, kwargs)
+            shared = self.packer.shared_arguments(calls, task)  # submitted: (args, kwargs)
         else:
-            shared = self.packer.shared_arguments([(c, None) for c in calls])
+            shared = self.packer.shared_arguments([(c, None) for c in calls], task)
         return self.packer.pack(calls, shared=shared)
 
     def _resend_picklable(self, task: Task, calls: list[Any]) -> None:

@@ -240,6 +240,10 @@ class Packer:
         self._by_content: dict[str, BlobRef] = {}  # sha256 of the bytes before compression -> blob
         self._functions: dict[int, tuple[weakref.ref[Any], BlobRef]] = {}  # id(fn) -> blob, dropped when it dies
         self._seen: collections.OrderedDict[int, _Sighting] = collections.OrderedDict()  # large args seen lately
+        # task in flight -> id(arg) -> (arg, its holder); the task holds its arguments, and the entry goes with it
+        self._in_flight: weakref.WeakKeyDictionary[object, dict[int, tuple[object, Packed]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.bytes_serialized = 0  # everything written: inline payloads and new blobs
 
     # -- blobs
@@ -324,25 +328,35 @@ class Packer:
         _remember(self._functions, fn, ref)
         return ref
 
-    def shared_arguments(self, calls: list[tuple[tuple[object, ...], dict[str, object] | None]]) -> dict[int, Packed]:
+    def shared_arguments(
+        self, calls: list[tuple[tuple[object, ...], dict[str, object] | None]], task: object | None = None
+    ) -> dict[int, Packed]:
         """Find large arguments repeated across items and store each once.
 
-        An argument seen before whose pickle is at least SHARE_MIN_BYTES is stored as its own
-        blob; returns ``id -> Packed`` for the pickler to reference. "Seen before" is checked by
-        identity through a weak reference, or for an argument that has none (a list, a dict) by its
-        id, type and length. The blob is found by content: the argument is pickled afresh for each
-        task, so one changed in between travels as it is now, and a wrong guess costs a pickle,
-        never a wrong value.
+        An argument seen before whose pickle (buffers included) is at least SHARE_MIN_BYTES is
+        stored as its own blob; returns ``id -> Packed`` for the pickler to reference. "Seen before"
+        is checked by identity through a weak reference, or for an argument that has none (a list,
+        a dict) by its id, type and length; its blob is found by content, so a wrong guess costs a
+        pickle, never a wrong value.
+
+        An argument is pickled again for each ``task`` (the object that stands for it while it is
+        in flight), unless another task in flight carries it: then its blob is reused. So a large
+        array fanned out to many tasks is hashed once, and one changed after its tasks finished
+        travels as it is now (changed while they run, it is a race, as with any executor).
         """
+        with self._lock:
+            in_flight = list(self._in_flight.values())
+            mine = self._in_flight.setdefault(task, {}) if task is not None else {}
         found: dict[int, Packed] = {}
         for args, kwargs in calls:
             values: tuple[object, ...] | list[object] = args if not kwargs else [*args, *kwargs.values()]
             for value in values:
                 if type(value) in _SCALARS or id(value) in found:
                     continue
-                holder = self._shared_holder(value)
+                holder = _carried(in_flight, value) or self._shared_holder(value)
                 if holder is not None:
                     found[id(value)] = holder
+                    mine[id(value)] = (value, holder)
         return found
 
     def _shared_holder(self, value: object) -> Packed | None:
@@ -360,10 +374,19 @@ class Packer:
         if seen.small:
             return None
         packed = self.pack(value)
-        if packed.nbytes < SHARE_MIN_BYTES:
+        if packed.nbytes + sum(ref.size for ref in packed.buffers) < SHARE_MIN_BYTES:
             self._seen[ident] = _Sighting(seen.weak, seen.kind, seen.length, small=True)
             return None
         return Packed(None, self.put_blob(pickle.dumps(packed, protocol=PROTOCOL)))
+
+
+def _carried(in_flight: list[dict[int, tuple[object, Packed]]], value: object) -> Packed | None:
+    """The holder of ``value`` in a task still in flight, if one carries it."""
+    for entries in in_flight:
+        entry = entries.get(id(value))
+        if entry is not None and entry[0] is value:
+            return entry[1]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,11 +450,14 @@ class _RefUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, unpacker: Unpacker, buffers: list[object]) -> None:
         super().__init__(file, buffers=buffers)
         self._unpacker = unpacker
+        self._loaded: dict[Packed, object] = {}  # pickle repeats a persistent id at each reference
 
     def persistent_load(self, pid: object) -> object:
         if not isinstance(pid, Packed):
             raise pickle.UnpicklingError(f"unexpected persistent id {type(pid).__name__}")
-        return self._unpacker.unpack(self._unpacker.load_holder(pid))
+        if pid not in self._loaded:  # one object per task, as the argument was one object in the client
+            self._loaded[pid] = self._unpacker.unpack(self._unpacker.load_holder(pid))
+        return self._loaded[pid]
 
 
 def _sha256_of_file(path: Path) -> str:
