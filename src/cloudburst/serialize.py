@@ -234,8 +234,9 @@ class Packer:
         self._inline_limit = inline_limit
         self._compress = compress
         self._lock = threading.Lock()
-        # Nothing here holds the caller's objects, and arguments are never remembered by identity: an
-        # array changed between two submits must travel as it is now. Their blobs are found by content.
+        # Nothing here outlives the caller's objects. Blobs are found by content; an argument is remembered
+        # by identity only while a task in flight carries it, so one changed after its tasks finished
+        # travels as it is then.
         self._stored: set[str] = set()
         self._by_content: dict[str, BlobRef] = {}  # sha256 of the bytes before compression -> blob
         self._functions: dict[int, tuple[weakref.ref[Any], BlobRef]] = {}  # id(fn) -> blob, dropped when it dies
@@ -364,18 +365,20 @@ class Packer:
         ident = id(value)
         if not _looks_large(value):
             return None
-        seen = self._seen.get(ident)
-        if seen is None or not seen.matches(value):  # first sighting: it travels with its task
-            self._seen[ident] = _Sighting.of(value)
-            if len(self._seen) > 256:
-                self._seen.popitem(last=False)
-            return None
-        self._seen.move_to_end(ident)
-        if seen.small:
-            return None
+        with self._lock:  # the dispatcher and the manager (resending a dead worker's tasks) both pack
+            seen = self._seen.get(ident)
+            if seen is None or not seen.matches(value):  # first sighting: it travels with its task
+                self._seen[ident] = _Sighting.of(value)
+                if len(self._seen) > 256:
+                    self._seen.popitem(last=False)
+                return None
+            self._seen.move_to_end(ident)
+            if seen.small:
+                return None
         packed = self.pack(value)
         if packed.nbytes + sum(ref.size for ref in packed.buffers) < SHARE_MIN_BYTES:
-            self._seen[ident] = _Sighting(seen.weak, seen.kind, seen.length, small=True)
+            with self._lock:
+                self._seen[ident] = _Sighting(seen.weak, seen.kind, seen.length, small=True)
             return None
         return Packed(None, self.put_blob(pickle.dumps(packed, protocol=PROTOCOL)))
 
@@ -412,10 +415,7 @@ class _Sighting:
         return type(value) is self.kind and len(value) == self.length  # type: ignore[arg-type]
 
 
-_V = TypeVar("_V")
-
-
-def _remember(cache: dict[int, tuple[weakref.ref[Any], _V]], obj: object, value: _V) -> None:
+def _remember(cache: dict[int, tuple[weakref.ref[Any], BlobRef]], obj: object, value: BlobRef) -> None:
     """``cache[id(obj)] = (weak reference, value)`` until obj dies; nothing when obj has no weak references."""
     ident = id(obj)
 
