@@ -2,10 +2,13 @@
 
 ::
 
-    worker: pickle_exception(exc)
-        1. as it is, with its traceback and chained exceptions (tblib)
-        2. without tracebacks: a RecursionError's thousand frames make the pickler itself
-           recurse too deep; the traceback then travels as text (ItemError.traceback)
+    worker: pickle_exception(exc), the first of these that pickles and loads back:
+        1. as it is, with its chained exceptions and tracebacks: each exception by its own
+           __reduce_ex__ (exact for builtins: SyntaxError keeps its message, StopIteration
+           its value), else tblib's way (which rebuilds classes whose __init__ does not take
+           their args)
+        2. the same without tracebacks: a RecursionError's thousand frames make the pickler
+           itself recurse too deep; the traceback then travels as text (ItemError.traceback)
         3. a builtin type whose arguments cannot be pickled: a copy of the same type whose
            unpicklable arguments are stand-ins with their str() and repr()
         else None: the client raises RemoteError with the type's name, message and traceback
