@@ -68,6 +68,7 @@ class Executor(_StdExecutor):
         backend_cls = get_backend(backend) if isinstance(backend, str) else None
         valid = _CORE_PARAMETERS | (backend_cls.option_names if backend_cls else frozenset())
         check_known(backend_options, valid, what=f"Executor(backend={backend!r})")
+        _check_max_workers(max_workers)
         if workers is not None and max_workers is not None and workers != max_workers:
             raise ConfigurationError(f"workers={workers} and max_workers={max_workers} disagree; pass only one")
         defaults = backend_cls.defaults() if backend_cls else {}
@@ -196,6 +197,15 @@ class Executor(_StdExecutor):
         return False
 
 
+def _check_max_workers(max_workers: object) -> None:
+    """Refuse ``max_workers`` ≤ 0 in the words of concurrent.futures' own executors, which code may match."""
+    if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
+        raise ConfigurationError(
+            f"max_workers must be greater than 0 (got max_workers={max_workers}); "
+            "pass e.g. max_workers=8, or None for one per CPU"
+        )
+
+
 def _finalize(job: Job, progress: Progress) -> None:
     progress.close()
     job.close()
@@ -220,12 +230,19 @@ def _iterate(run: MapRun, end: float | None) -> Iterator[Any]:
                 error = run.errors.get(pos)
                 if error is not None:
                     raise error
-                yield run.values[pos]
-                run.values[pos] = None  # let the caller own the only reference
+                # Taken out of its slot before it is yielded, and never bound to a local of this frame:
+                # while the caller's loop body runs, the caller holds the only reference.
+                yield _take(run.values, pos)
             position = upto
     finally:
         if position < len(run):
             run.cancel()
+
+
+def _take(values: list[Any], pos: int) -> Any:
+    """``values[pos]``, leaving ``None`` in its place."""
+    value, values[pos] = values[pos], None
+    return value
 
 
 _ERROR_MODES = ("raise", "return", "skip")

@@ -350,7 +350,7 @@ class Job:
         """Pickle a task's calls and seal the message; a call that cannot be pickled fails alone."""
         with_kwargs = task.run is None
         try:
-            packed = self._pack_calls(calls)
+            packed = self._pack_calls(calls, task)
         except Exception:
             self._resend_picklable(task, calls)
             return None
@@ -368,15 +368,15 @@ class Job:
             self.stats["tasks"] += 1
         return encode(self.key, b"T", task.task_id, message)
 
-    def _pack_calls(self, calls: Any) -> Packed:
+    def _pack_calls(self, calls: Any, task: Task | None = None) -> Packed:
         if isinstance(calls, Columns):
             if all(map(_only_scalars, calls.cols)):
                 return self.packer.pack(calls)  # nothing large can repeat: skip the sharing scan
-            return self.packer.pack(calls, shared=self.packer.shared_arguments([(c, None) for c in calls]))
+            return self.packer.pack(calls, shared=self.packer.shared_arguments([(c, None) for c in calls], task))
         if calls and isinstance(calls[0], tuple) and len(calls[0]) == 2 and isinstance(calls[0][1], dict):
-            shared = self.packer.shared_arguments(calls)  # submitted: (args, kwargs)
+            shared = self.packer.shared_arguments(calls, task)  # submitted: (args, kwargs)
         else:
-            shared = self.packer.shared_arguments([(c, None) for c in calls])
+            shared = self.packer.shared_arguments([(c, None) for c in calls], task)
         return self.packer.pack(calls, shared=shared)
 
     def _resend_picklable(self, task: Task, calls: list[Any]) -> None:
@@ -964,6 +964,11 @@ class Job:
             self._cond.notify_all()
         current = threading.current_thread()
         collector = self._collector
+        if collector is not None and collector is not current:
+            try:  # ends the collector's long poll now; it sees _stopping and returns
+                self.resources.results.send_batch([encode(self.key, b"W", 0, None)])
+            except Exception as exc:
+                log.debug("cloudburst: could not wake the collector: %s", exc)
         for thread in self._threads:
             # The collector may sit in a receive until the queues close in close_job: join it after.
             if thread is not current and thread is not collector and thread.is_alive():

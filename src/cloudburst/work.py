@@ -7,7 +7,6 @@ carries (a chunk of a run, or a batch of submitted items) until its results come
 
 from __future__ import annotations
 
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -122,16 +121,12 @@ class Task:
 
 def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
     """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
-    exc: BaseException | None = None
-    if error.pickled is not None:
-        try:
-            import tblib.pickling_support  # noqa: F401 - registers the traceback reducers
+    from .remote_exceptions import restore_exception
 
-            loaded = pickle.loads(error.pickled)  # inside an authenticated result message
-            if isinstance(loaded, BaseException):
-                exc = loaded
-        except Exception:
-            exc = None
+    try:
+        exc = restore_exception(error.pickled, error.type_name, error.message, error.traceback)
+    except Exception:  # never let one odd exception leave the futures of its task unresolved
+        exc = None
     if exc is None:
         exc = RemoteError(
             f"{error.type_name}: {error.message} (the exception could not be sent back as itself)",

@@ -78,27 +78,22 @@ OOM_EXIT_CODE = 137
 
 
 def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
-    """Describe an exception for the trip back: pickled with its traceback when that round-trips."""
+    """Describe an exception for the trip back: pickled so that it loads as its own type when it can be
+    (see :mod:`cloudburst.remote_exceptions`), and always its type's name, message and traceback as text."""
+    from .remote_exceptions import pickle_exception
+
     tb = exc.__traceback__
     for _ in range(skip_frames):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     exc.__traceback__ = tb
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    pickled: bytes | None
     try:
-        import pickle
-
-        import cloudpickle
-        from tblib import pickling_support
-
-        pickling_support.install(exc)
-        pickled = cloudpickle.dumps(exc, protocol=5)
-        pickle.loads(pickled)
+        message = str(exc)
     except Exception:
-        pickled = None
+        message = f"<{type(exc).__name__}: its str() failed>"
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return ItemError(pickled, name, str(exc), text)
+    return ItemError(pickle_exception(exc), name, message, text)
 
 
 class Worker:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import collections
 import itertools
+import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 
 from .base import Message
@@ -249,10 +251,10 @@ class QueueServer:
         while not self._closed:
             try:
                 conn = self._listener.accept()
-            except OSError:
+            except (OSError, EOFError, AuthenticationError):
                 if self._closed:
                     return
-                continue  # includes failed authentication: the peer is dropped
+                continue  # a peer that failed authentication, or hung up during it: dropped
             with self._lock:
                 self._connections.add(conn)
             threading.Thread(target=self._serve, args=(conn,), name="cloudburst-queue-conn", daemon=True).start()
@@ -304,6 +306,13 @@ class QueueServer:
 
     def close(self) -> None:
         self._closed = True
+        try:  # closing a listening socket does not wake a thread blocked in accept(): a connection does
+            with socket.socket(socket.AF_UNIX) as wake:
+                wake.connect(self.address)
+        except OSError:
+            pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
         try:
             self._listener.close()
         except OSError:
