@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -79,9 +80,12 @@ def make_cgroup(name: str, limit_bytes: int) -> Path | None:
     base = cgroup_base()
     if base is None:
         return None
-    path = base / f"{_PREFIX}{os.getpid()}-{name}"
+    try:  # the client's pid first, for sweep_cgroups; unique, as two executors may both name a worker w1
+        path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-{name}-", dir=base))
+    except OSError as exc:
+        print(f"cloudburst: could not make a memory cgroup in {base}: {exc}", file=sys.stderr)
+        return None
     try:
-        path.mkdir()
         (path / "memory.max").write_text(str(limit_bytes))
         for setting, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
             if (path / setting).exists():
@@ -154,7 +158,7 @@ def limit_self(limit_bytes: int, env: Mapping[str, str]) -> str:
     cgroup = env.get("CLOUDBURST_MEMORY_CGROUP", "")
     if cgroup:
         try:
-            (Path(cgroup) / "cgroup.procs").write_text("0")  # "0": the writing process itself
+            (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
             return CGROUP
         except OSError as exc:
             print(f"cloudburst-worker: could not join the memory cgroup {cgroup}: {exc}", file=sys.stderr)

@@ -49,6 +49,7 @@ class _Own:
 
 _mutex = threading.Lock()
 _own: _Own | None = None
+_root: list[Path] = []  # this process's answer of root()
 _exit_hooked = False
 
 
@@ -57,16 +58,19 @@ def root() -> Path:
 
     One found there that is not a private folder of this user (a link, someone else's, open to
     others) is not used: this process then works in a fresh private folder of its own."""
+    if _root:
+        return _root[0]
     base = Path(tempfile.gettempdir()) / f"cloudburst-{os.geteuid()}"
     try:
         base.mkdir(mode=0o700)
     except FileExistsError:
         pass
     info = os.lstat(base)
-    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077:
-        return base
-    print(f"cloudburst: {base} is not a private folder of this user; not using it", file=sys.stderr)
-    return Path(tempfile.mkdtemp(prefix=f"cloudburst-{os.geteuid()}-"))
+    if not (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077):
+        print(f"cloudburst: {base} is not a private folder of this user; not using it", file=sys.stderr)
+        base = Path(tempfile.mkdtemp(prefix=f"cloudburst-{os.geteuid()}-"))
+    _root.append(base)
+    return base
 
 
 def own(*, reaper: bool = True) -> Path:

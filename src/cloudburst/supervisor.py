@@ -69,6 +69,7 @@ class Supervisor:
         self.failed = False  # children kept dying
         self.kill_at: float | None = None  # when children still running get SIGKILL
         self.oom_kills = memlimit.oom_kills()
+        self.watcher = Worker(self.side, env, announce=False)  # for its reading of the job's control record
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -174,10 +175,9 @@ class Supervisor:
 
     def watch_control(self) -> None:
         """Look at the job's control record every control_period; set ``over`` when it says stop."""
-        watcher = Worker(self.side, self.env, announce=False)
-        while not self.over.wait(watcher.control_period):
+        while not self.over.wait(self.watcher.control_period):
             try:
-                over = watcher.job_over()
+                over = self.watcher.job_over()
             except Exception as exc:  # an unreachable store: the next look decides
                 print(f"cloudburst-worker: could not read the job's control record: {exc}", file=sys.stderr)
                 continue
