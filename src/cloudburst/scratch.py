@@ -1,4 +1,4 @@
-"""Scratch folders: every temporary folder cloudburst makes on a machine, and their removal.
+"""Scratch folders: the temporary folders of clients and workers on a machine, and their removal.
 
 ::
 
@@ -44,12 +44,13 @@ class _Own:
     pid: int
     folder: Path
     lock_fd: int
-    reaper: subprocess.Popen[bytes] | None = None
+    reaper: bool = False  # started (or tried)
 
 
 _mutex = threading.Lock()
 _own: _Own | None = None
 _root: list[Path] = []  # this process's answer of root()
+_reapers: list[subprocess.Popen[bytes]] = []  # referenced until this process ends: the pipe stays open
 _exit_hooked = False
 
 
@@ -82,8 +83,9 @@ def own(*, reaper: bool = True) -> Path:
     with _mutex:
         if _own is None or _own.pid != os.getpid():
             _own = _make_own()
-        if reaper and _own.reaper is None:
-            _own.reaper = _start_reaper(_own.folder)
+        if reaper and not _own.reaper:
+            _own.reaper = True
+            _start_reaper(_own.folder)
         return _own.folder
 
 
@@ -129,7 +131,10 @@ def _make_own() -> _Own:
     except FileExistsError:  # a dead process's with the same number (swept unless in use), or another pid namespace's
         folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
     fd = os.open(folder / _LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: a sweep goes by the process number alone
+        pass
     if not _exit_hooked:
         _exit_hooked = True
         atexit.register(remove_own)
@@ -175,7 +180,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _start_reaper(folder: Path) -> subprocess.Popen[bytes] | None:
+def _start_reaper(folder: Path) -> None:
     """A process that waits for the end of a pipe only this process writes to, then removes ``folder``.
 
     The pipe ends when this process ends, however it ends. The reaper has its own session, so
@@ -190,8 +195,8 @@ def _start_reaper(folder: Path) -> subprocess.Popen[bytes] | None:
         )
     except OSError as exc:
         print(f"cloudburst: no cleanup process for {folder} ({exc}); a later run removes it", file=sys.stderr)
-        return None
-    return proc  # its stdin, the pipe's writing end, stays open until this process ends
+        return
+    _reapers.append(proc)  # its stdin, the pipe's writing end, stays open until this process ends
 
 
 def _reap(folder: Path) -> None:
