@@ -24,7 +24,6 @@ import logging
 import math
 import secrets
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,9 +31,9 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from pathlib import Path
 from typing import Any
 
+from . import scratch
 from .backends import get_backend
 from .backends.base import LeaseReporting, Message, Subscribable, WorkerExit
 from .bootstrap import EXIT_ENVIRONMENT
@@ -121,7 +120,7 @@ class Job:
         }
         self.resources = self.backend.open_job(self.id, self.key, worker_env)
         self.packer = Packer(self.resources.store, inline_limit=self._inline_limit)
-        self._cache_dir = Path(tempfile.mkdtemp(prefix="cloudburst-client-"))
+        self._cache_dir = scratch.make("client-")
         self.unpacker = Unpacker(self.resources.store, self._cache_dir)
         self.slots = self.backend.slots
 

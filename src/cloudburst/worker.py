@@ -15,35 +15,38 @@
 
 Watchdogs run beside the loop: the lease keeper extends the leases of running
 tasks; the control watch exits when the job has ended or the client's
-heartbeat is stale; the parent watch exits when the client's process is gone;
-the memory watch stops the worker like an out-of-memory kill when it passes
-its limit.
+heartbeat is stale (in a supervised worker the supervisor does this); the
+parent watch exits when the client's process is gone.
 
-A machine with N vCPUs (``CLOUDBURST_WORKER_SLOTS=N``) runs N such loops as
-child processes under a small supervisor, which reports a child that dies
-(``D`` notice) and starts another in its place.
+Threads of this process can be starved by a task that holds the GIL in a long C
+call, so what must stop a worker does not depend on them: a worker started by a
+local client or a supervisor asks the kernel to kill it when its parent dies
+(``die_with_parent``), and its memory limit is the kernel's (``memlimit``; the
+memory watch is only the fallback). Every Fargate task runs the supervisor
+(``supervisor.py``), which starts N such loops as child processes (N vCPUs),
+reports a child that dies (``D`` notice), starts another in its place, and stops
+them all when the job ends or the client falls silent.
+
+A worker keeps its files (decompressed blobs) in its scratch folder
+(``scratch``), removed as it exits, even by ``os._exit`` or SIGTERM.
 """
 
 from __future__ import annotations
 
 import faulthandler
-import itertools
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from . import seeds
+from . import memlimit, scratch, seeds
 from .backends import get_backend
-from .backends.base import Message, WorkerExit, WorkerSide
+from .backends.base import Message, WorkerSide
 from .errors import (
     CloudError,
     PayloadAuthenticationError,
@@ -55,7 +58,6 @@ from .errors import (
 from .output import Capture
 from .serialize import Packer, Unpacker, describe
 from .task import (
-    DIED,
     REJECTED,
     RESULT,
     STARTED,
@@ -113,8 +115,10 @@ class Worker:
         self.slots = 1
         memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
         self.memory_limit = int(memory) * 1024 * 1024 if memory else None
+        self.memory_mode = memlimit.POLL  # main() sets what enforces the limit
+        self.supervised = env.get("CLOUDBURST_SUPERVISED") == "1"
         self.inline_limit = int(env.get("CLOUDBURST_INLINE_LIMIT", str(256 * 1024)))
-        cache = Path(tempfile.mkdtemp(prefix=f"cloudburst-{self.worker_id}-"))
+        cache = scratch.make("blobs-", reaper=False)
         self.unpacker = Unpacker(side.store, cache)
         self.packer = Packer(
             side.store, inline_limit=self.inline_limit, compress=env.get("CLOUDBURST_COMPRESS", "1") == "1"
@@ -159,7 +163,7 @@ class Worker:
                 print(f"cloudburst-worker: could not read the job's control record: {exc}", file=sys.__stderr__)
                 continue
             if over:
-                os._exit(0)
+                leave(0)
 
     def job_over(self) -> bool:
         """Read the job's control record: stopped, or has the client been silent too long?
@@ -276,6 +280,7 @@ class Worker:
         try:
             fn = self.unpacker.function(task.function)
         except Exception as exc:
+            self.check_memory_error(exc)
             # A blob that fails its digest was altered in the store: say that, not "a module may be missing".
             altered = isinstance(exc, PayloadAuthenticationError)
             hint = "" if altered else " A module it needs may be missing on the worker."
@@ -288,6 +293,7 @@ class Worker:
         try:
             calls = self.unpacker.unpack(task.calls)
         except Exception as exc:
+            self.check_memory_error(exc)
             error = UnpicklingError(
                 f"task {task.task_id}: the arguments of items {span(task.indices)} could not be unpickled "
                 f"on the worker: {type(exc).__name__}: {exc}"
@@ -328,6 +334,7 @@ class Worker:
                     exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
                     errors[pos] = item_error(exit_error, 0)
                 except BaseException as exc:
+                    self.check_memory_error(exc)  # past an RLIMIT_DATA limit: the worker ends here
                     errors[pos] = item_error(exc)
                     self.log_failure(task.task_id, index, errors[pos])
         finally:
@@ -364,12 +371,13 @@ class Worker:
     # ------------------------------------------------------------------ watchdogs
     def start_watchdogs(self) -> None:
         threading.Thread(target=self.keep_leases, name="lease-keeper", daemon=True).start()
-        threading.Thread(target=self.watch_control, name="control-watch", daemon=True).start()
-        if self.side.parent_pid is not None:
+        if not self.supervised:
+            threading.Thread(target=self.watch_control, name="control-watch", daemon=True).start()
+        if self.side.parent_pid is not None:  # where the kernel cannot end it with its parent (not Linux)
             threading.Thread(
                 target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True
             ).start()
-        if self.memory_limit is not None:
+        if self.memory_limit is not None and self.memory_mode == memlimit.POLL:
             threading.Thread(
                 target=self.watch_memory, args=(self.memory_limit,), name="memory-watch", daemon=True
             ).start()
@@ -389,7 +397,7 @@ class Worker:
         while True:
             if os.getppid() != parent_pid:
                 self.say_exit("the client process is gone")
-                os._exit(0)
+                leave(0)
             time.sleep(0.25)
 
     def watch_memory(self, limit: int) -> None:
@@ -405,8 +413,25 @@ class Worker:
                     f"OutOfMemoryError: the worker used {rss / 2**20:.0f} MiB, over its memory limit of "
                     f"{limit / 2**20:.0f} MiB; ask for more memory= or use less per task"
                 )
-                os._exit(OOM_EXIT_CODE)
+                leave(OOM_EXIT_CODE)
             time.sleep(0.05)
+
+    def check_memory_error(self, exc: BaseException) -> None:
+        """Under RLIMIT_DATA an allocation past the limit fails instead of the kernel killing the worker:
+        a MemoryError then ends the worker as out of memory, as the kill would (and does elsewhere)."""
+        if not isinstance(exc, MemoryError) or self.memory_mode != memlimit.RLIMIT or self.memory_limit is None:
+            return
+        asked = getattr(exc, "_total_size", None)  # numpy says how much it asked for
+        asked = asked if isinstance(asked, int) else 0
+        used = memlimit.data_bytes() + asked
+        what = f"an allocation of {asked / 2**20:.0f} MiB" if asked else "an allocation"
+        os.write(2, "".join(traceback.format_exception(exc)).encode())
+        self.say_exit(
+            f"OutOfMemoryError: the worker used {used / 2**20:.0f} MiB, over its memory limit of "
+            f"{self.memory_limit / 2**20:.0f} MiB with {what} the kernel refused ({memlimit.RLIMIT}); "
+            "ask for more memory= or use less per task"
+        )
+        leave(OOM_EXIT_CODE)
 
     def say_exit(self, reason: str) -> None:
         os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
@@ -417,111 +442,41 @@ def worker_id(env: Mapping[str, str]) -> str:
     return env.get("CLOUDBURST_WORKER_ID") or f"pid{os.getpid()}"
 
 
-def supervise(env: Mapping[str, str], slots: int) -> int:
-    """Run ``slots`` worker loops as child processes; report and replace a child that dies."""
-    backend = get_backend(env["CLOUDBURST_BACKEND"])
-    side = backend.connect_worker(env)
-    key_hex = str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"])
-    key = bytes.fromhex(key_hex)
-    me = str(side.extra.get("worker_id") or worker_id(env))
-    stopping = False
-    deaths: list[float] = []
-
-    def start(k: int) -> tuple[subprocess.Popen[bytes], Path]:
-        log = Path(tempfile.gettempdir()) / f"cloudburst-{me}.{k}.log"
-        child_env = {
-            **env,
-            "CLOUDBURST_WORKER_SLOTS": "1",
-            "CLOUDBURST_WORKER_ID": f"{me}.{k}",
-            "CLOUDBURST_JOB_KEY": key_hex,  # a process of this machine: no need to fetch it again
-            "CLOUDBURST_PARENT_PID": str(os.getpid()),
-        }
-        with open(log, "ab") as out:
-            # Children write to a file, copied to this container's log as it grows; its tail goes with a
-            # death notice.
-            offsets[log] = out.tell()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cloudburst.worker"], env=child_env, stdout=out, stderr=subprocess.STDOUT
-            )
-        return proc, log
-
-    def relay(log: Path) -> None:
-        """Copy what a child wrote since the last look to this process's output (the container log)."""
-        try:
-            with open(log, "rb") as fh:
-                fh.seek(offsets.get(log, 0))
-                chunk = fh.read()
-        except OSError:
-            return
-        cut = chunk.rfind(b"\n") + 1  # whole lines only, so that children's lines do not interleave
-        if cut:
-            sys.stdout.buffer.write(chunk[:cut])
-            sys.stdout.flush()
-            offsets[log] = offsets.get(log, 0) + cut
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc, _ in children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_term)
-    offsets: dict[Path, int] = {}
-    children = {k: start(k) for k in range(slots)}
-    counter = itertools.count(slots)
-    while children:
-        time.sleep(0.2)
-        for k, (proc, log) in list(children.items()):
-            code = proc.poll()
-            relay(log)
-            if code is None:
-                continue
-            del children[k]
-            try:  # what it wrote since the last look, a last line without its newline included
-                with open(log, "rb") as fh:
-                    fh.seek(offsets.pop(log, 0))
-                    rest = fh.read()
-            except OSError:
-                rest = b""
-            tail = _file_tail(log)  # and removes the file
-            if rest:
-                sys.stdout.buffer.write(rest + (b"" if rest.endswith(b"\n") else b"\n"))
-                sys.stdout.flush()
-            if code == 0 or stopping:
-                continue
-            reason = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-            for line in reversed(tail.splitlines()):
-                if line.startswith(REASON_PREFIX):
-                    reason = line[len(REASON_PREFIX) :]
-                    break
-            death = WorkerExit(f"{me}.{k}", code, reason, tail)
-            try:
-                side.results.send_batch([encode(key, DIED, 0, death)])
-            except Exception as exc:
-                print(f"cloudburst-worker: could not report a dead worker process: {exc}", file=sys.stderr)
-            deaths = [t for t in deaths if time.monotonic() - t < 120] + [time.monotonic()]
-            if len(deaths) >= 5:  # they cannot work here: stop, and let the client see this machine fail
-                print(f"cloudburst-worker: {len(deaths)} worker processes died within 2 minutes; giving up")
-                on_term(signal.SIGTERM, None)
-                return 1
-            n = next(counter)
-            children[n] = start(n)
-    return 0
+def leave(code: int) -> NoReturn:
+    """End this process now, from any thread, removing its scratch folder first (``os._exit`` skips atexit)."""
+    scratch.remove_own()
+    os._exit(code)
 
 
-def _file_tail(path: Path, limit: int = 4000) -> str:
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(env: Mapping[str, str]) -> None:
+    """Have the kernel SIGKILL this worker when the process that started it ends (Linux).
+
+    Unlike a watchdog thread, this works while a task holds the GIL in a long C call. To Linux the
+    parent is the thread that started this process: the local launcher starts workers from a thread
+    that lives as long as the client, the supervisor from its main thread."""
+    parent = env.get("CLOUDBURST_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
     try:
-        data = path.read_bytes()
-        path.unlink()
-    except OSError:
-        return ""
-    return data[-limit:].decode("utf-8", "replace")
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return  # the parent watch still runs
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it ended before the request took effect
+        os.write(2, f"{REASON_PREFIX}the client process is gone\n".encode())
+        os._exit(0)
 
 
 def _say_and_die(signum: int, frame: object) -> None:
-    """SIGTERM (StopTask, a Spot interruption, the client stopping us): say so, then die of it."""
+    """SIGTERM (StopTask, a Spot interruption, the client stopping us): say so, clean up, then die of it."""
     os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
+    scratch.remove_own()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -530,9 +485,14 @@ def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(env)
     slots = int(env.get("CLOUDBURST_WORKER_SLOTS", "1") or "1")
-    if slots > 1:
+    if slots > 1 or env.get("CLOUDBURST_SUPERVISOR") == "1":
+        from .supervisor import supervise
+
         return supervise(env, slots)
+    memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
+    memory_mode = memlimit.limit_self(int(memory) * 2**20, env) if memory else memlimit.POLL
     faulthandler.enable(all_threads=False)  # a crash in C code leaves a Python traceback in the worker's log
     for entry in reversed(json.loads(env.get("CLOUDBURST_SYS_PATH", "[]"))):
         if entry not in sys.path:
@@ -540,15 +500,20 @@ def main(env: Mapping[str, str] | None = None) -> int:
     backend = get_backend(env["CLOUDBURST_BACKEND"])
     side = backend.connect_worker(env)
     worker = Worker(side, env, announce=not backend.reports_leases)
+    worker.memory_mode = memory_mode
     signal.signal(signal.SIGTERM, _say_and_die)
+    limit = f", memory limit {memory} MiB enforced by {memory_mode}" if memory else ""
     print(
         f"cloudburst-worker {worker.worker_id}: started for job {env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
-        f"(backend {backend.name}, pid {os.getpid()})",
+        f"(backend {backend.name}, pid {os.getpid()}{limit})",
         file=sys.stderr,
         flush=True,
     )
     try:
         return worker.run()
+    except MemoryError as exc:  # in the loop's own work (packing a result, say)
+        worker.check_memory_error(exc)
+        raise
     except (EOFError, ConnectionError, BrokenPipeError):
         worker.say_exit("lost the connection to the client")
         return 0

@@ -4,6 +4,12 @@ Workers are ``python -m cloudburst.worker`` processes, the same loop that runs
 in the cloud, reached through the same contracts: a directory Store, the
 in-process MemoryQueue served over a Unix socket, and a Launcher of child
 processes. Nothing here is special-cased by the core.
+
+No worker outlives the client: each asks the kernel to kill it when the thread
+that started it ends (Linux's PR_SET_PDEATHSIG, see ``worker.die_with_parent``),
+and all are started from one thread that lives as long as the client process.
+A ``memory=`` limit is enforced by the kernel where it can be (``memlimit``).
+A job's files live in the client's scratch folder (``scratch``).
 """
 
 from __future__ import annotations
@@ -17,16 +23,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, ClassVar
+from queue import SimpleQueue
+from typing import IO, Any, ClassVar
 
+from .. import memlimit, scratch
 from .base import Backend, JobResources, Store, WorkerExit, WorkerSide
 from .localqueue import MemoryQueue, QueueServer, connect
 
 __all__ = ["LocalBackend", "LocalLauncher", "LocalStore"]
 
 REASON_PREFIX = "cloudburst-worker: exit reason: "
+OOM_EXIT_CODE = 137  # what a container reports for a process killed for memory; the worker's own too
 
 
 class LocalStore:
@@ -85,6 +95,51 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class _Spawner:
+    """Starts processes from one thread that lives as long as this process.
+
+    Linux sends a worker its parent-death signal when the *thread* that started it ends. Started
+    from the thread that happened to need them (one that made an executor, say, and then ended),
+    workers would die with that thread; started from this one, they die with the process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._requests: SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[object]]] = SimpleQueue()
+        threading.Thread(target=self._loop, name="cloudburst-spawner", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            make, done = self._requests.get()
+            try:
+                done.set_result(make())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+    def run(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        done: Future[object] = Future()
+        self._requests.put((make, done))
+        proc = done.result()
+        assert isinstance(proc, subprocess.Popen)
+        return proc
+
+
+_spawner: list[_Spawner] = []
+_spawner_lock = threading.Lock()
+
+
+def spawn(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(args, **kwargs)``, called on the process-long spawning thread."""
+    with _spawner_lock:
+        if not _spawner or _spawner[0].pid != os.getpid():  # none yet, or inherited through a fork
+            _spawner[:] = [_Spawner()]
+        spawner = _spawner[0]
+
+    def make() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, **kwargs)
+
+    return spawner.run(make)
+
+
 class LocalLauncher:
     """Worker processes on this machine. Their output goes to one log file each."""
 
@@ -94,8 +149,13 @@ class LocalLauncher:
         self._prefix = prefix
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = {}
         self._started: dict[str, int] = {}  # every worker ever started: id -> pid
+        self._cgroups: dict[str, Path] = {}  # worker id -> its memory cgroup, when the kernel limits it so
         self._lock = threading.Lock()
         self._counter = 0
+        memory = self._env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
+        self._memory_limit = int(memory) * 2**20 if memory else None
+        if self._memory_limit is not None:
+            memlimit.sweep_cgroups()
 
     def start(self, count: int) -> list[str]:
         ids = []
@@ -106,7 +166,10 @@ class LocalLauncher:
             log_path = self._log_dir / f"{worker_id}.log"
             log = open(log_path, "wb")  # noqa: SIM115 - closed when the worker is reaped
             env = {**self._env, "CLOUDBURST_WORKER_ID": worker_id}
-            proc = subprocess.Popen(
+            cgroup = memlimit.make_cgroup(worker_id, self._memory_limit) if self._memory_limit else None
+            if cgroup is not None:
+                env["CLOUDBURST_MEMORY_CGROUP"] = str(cgroup)
+            proc = spawn(
                 [sys.executable, "-m", "cloudburst.worker"],
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -117,6 +180,8 @@ class LocalLauncher:
             with self._lock:
                 self._procs[worker_id] = (proc, log_path, log)
                 self._started[worker_id] = proc.pid
+                if cgroup is not None:
+                    self._cgroups[worker_id] = cgroup
             ids.append(worker_id)
         return ids
 
@@ -136,6 +201,10 @@ class LocalLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        with self._lock:
+            gone = [(wid, self._cgroups.pop(wid)) for wid, _ in targets if wid in self._cgroups]
+        for _, cgroup in gone:
+            memlimit.remove_cgroup(cgroup)
 
     def poll(self) -> list[WorkerExit]:
         exits = []
@@ -152,10 +221,27 @@ class LocalLauncher:
                 if line.startswith(REASON_PREFIX):
                     reason = line[len(REASON_PREFIX) :]
                     break
-            exits.append(WorkerExit(worker_id, code, reason, tail))
             with self._lock:
                 self._procs.pop(worker_id, None)
+                cgroup = self._cgroups.pop(worker_id, None)
+            if cgroup is not None:
+                code, reason = self._killed_for_memory(cgroup, code, reason)
+                memlimit.remove_cgroup(cgroup)
+            exits.append(WorkerExit(worker_id, code, reason, tail))
+        if any(e.exit_code != 0 for e in exits):
+            scratch.sweep()  # a worker killed outright leaves its scratch folder behind
         return exits
+
+    def _killed_for_memory(self, cgroup: Path, code: int, reason: str) -> tuple[int, str]:
+        """A worker the kernel killed at its cgroup's memory.max: reported as out of memory, exit code 137."""
+        if code != -signal.SIGKILL or not memlimit.oom_kills(cgroup) or self._memory_limit is None:
+            return code, reason
+        peak = memlimit.peak_bytes(cgroup) or self._memory_limit
+        return OOM_EXIT_CODE, (
+            f"OutOfMemoryError: the worker used {peak / 2**20:.0f} MiB, over its memory limit of "
+            f"{self._memory_limit / 2**20:.0f} MiB (killed by the kernel: {memlimit.CGROUP}); "
+            "ask for more memory= or use less per task"
+        )
 
     def running(self) -> int:
         with self._lock:
@@ -188,11 +274,11 @@ class LocalBackend(Backend):
     reports_leases: ClassVar[bool] = True
 
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
-        root = Path(tempfile.mkdtemp(prefix=f"cloudburst-{job_id[:8]}-"))
+        root = scratch.make("j")  # short: the queue socket's path must fit in 108 bytes
         (root / "store").mkdir()
         (root / "logs").mkdir()
         tasks, results = MemoryQueue(self.lease_seconds), MemoryQueue(self.lease_seconds)
-        address = str(root / "queue.sock")
+        address = str(root / "q.sock")
         server = QueueServer(address, key, [tasks, results])
         env = dict(os.environ)
         env.update(worker_env)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import socket
 import struct
 import threading
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 
 from .base import Message
 
@@ -235,31 +236,71 @@ class MemoryQueue:
 
 
 class QueueServer:
-    """Serves MemoryQueues to worker processes over an authenticated Unix socket."""
+    """Serves MemoryQueues to worker processes over an authenticated Unix socket.
+
+    The accept thread only accepts: each connection's handshake runs on that connection's own
+    thread, under a deadline, so a peer that stalls, hangs up or fails the handshake cannot stop
+    others from connecting. ``close`` ends every thread the server started.
+    """
 
     def __init__(self, address: str, authkey: bytes, queues: Sequence[MemoryQueue]) -> None:
         self._queues = list(queues)
-        self._listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        self._authkey = authkey
         self.address = address
         self._closed = False
-        self._connections: set[Connection] = set()
+        self._sockets: dict[int, socket.socket] = {}  # per connection thread: its socket, shut down by close()
+        self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(address)
+        self._listener.listen(128)
         self._thread = threading.Thread(target=self._accept_loop, name="cloudburst-queue-server", daemon=True)
         self._thread.start()
 
     def _accept_loop(self) -> None:
         while not self._closed:
             try:
-                conn = self._listener.accept()
-            except (OSError, EOFError, AuthenticationError):
+                sock, _ = self._listener.accept()
+            except OSError:
                 if self._closed:
                     return
-                continue  # a peer that failed authentication, or hung up during it: dropped
+                time.sleep(0.05)  # out of file descriptors, say: try again, without spinning
+                continue
+            if self._closed:
+                sock.close()
+                return
+            thread = threading.Thread(target=self._serve, args=(sock,), name="cloudburst-queue-conn", daemon=True)
             with self._lock:
-                self._connections.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="cloudburst-queue-conn", daemon=True).start()
+                self._sockets[id(thread)] = sock
+                self._threads.add(thread)
+            thread.start()
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, sock: socket.socket) -> None:
+        me = threading.current_thread()
+        try:
+            conn = self._handshake(sock)
+            if conn is not None:
+                self._serve_authenticated(conn)
+        finally:
+            with self._lock:
+                self._sockets.pop(id(me), None)
+                self._threads.discard(me)
+            sock.close()
+
+    def _handshake(self, sock: socket.socket) -> Connection | None:
+        """Authenticate the peer (both ways, as ``multiprocessing.connection`` does); None if it fails."""
+        _set_receive_timeout(sock, HANDSHAKE_SECONDS)
+        conn = Connection(os.dup(sock.fileno()))
+        try:
+            deliver_challenge(conn, self._authkey)
+            answer_challenge(conn, self._authkey)
+        except (AuthenticationError, EOFError, OSError, ValueError):
+            conn.close()  # a wrong key, a hang-up, a stall past the deadline, garbage: drop this peer only
+            return None
+        _set_receive_timeout(sock, 0)
+        return conn
+
+    def _serve_authenticated(self, conn: Connection) -> None:
         holder: str | None = None
 
         def deliver(messages: list[Message]) -> None:
@@ -297,33 +338,44 @@ class QueueServer:
             if holder is not None:
                 for queue in self._queues:
                     queue.release_holder(holder)
-            with self._lock:
-                self._connections.discard(conn)
-            try:
-                conn.close()
-            except OSError:
-                pass  # already closed by close()
+            conn.close()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, hang up on every peer, and wait for the server's threads to end."""
         self._closed = True
-        try:  # closing a listening socket does not wake a thread blocked in accept(): a connection does
-            with socket.socket(socket.AF_UNIX) as wake:
+        try:
+            # Wakes the accept thread on every platform (closing a socket does not wake a blocked accept).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+                wake.settimeout(1.0)
                 wake.connect(self.address)
         except OSError:
             pass
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        self._thread.join(timeout)
+        self._listener.close()
         try:
-            self._listener.close()
+            os.unlink(self.address)
         except OSError:
             pass
         with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
+            sockets = list(self._sockets.values())
+            threads = list(self._threads)
+        for sock in sockets:
             try:
-                conn.close()
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
             except OSError:
-                pass
+                pass  # already closed
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+HANDSHAKE_SECONDS = 20.0  # a worker answers in milliseconds; this only bounds a silent peer's thread
+
+
+def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO: reads of this socket's descriptor fail after ``seconds`` (0: never), blocking mode kept."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 def _pack_messages(messages: Sequence[Message]) -> bytes:

@@ -9,8 +9,10 @@
     poll ────── DescribeTasks (≤100 ids per call) ─► stopped workers: exit code, stopCode, reason
     close ───── StopTask each, DeleteQueue ×3, delete s3://bucket/jobs/<id>/
 
-Each Fargate task runs ``python -m cloudburst.worker``, the same loop as every
-backend; with ``cpu=N`` it runs N tasks at a time. ``local_workers=N`` adds
+Each Fargate task runs ``python -m cloudburst.worker`` as a supervisor
+(``CLOUDBURST_SUPERVISOR=1``) of N worker processes for ``cpu=N`` (at least one),
+each the same loop as every backend. The supervisor, which runs no user code,
+stops them when the job ends or the client falls silent. ``local_workers=N`` adds
 workers on this machine that pull from the same queue while Fargate cold-starts.
 """
 
@@ -25,7 +27,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ... import scratch
 from ...config import ExecutorOptions
 from ...errors import CloudError
 from ...words import plural
@@ -666,16 +668,18 @@ class FargateBackend(Backend):
             "CLOUDBURST_RESULT_QUEUE": queues.results,
             "CLOUDBURST_REGION": region,
             "CLOUDBURST_WORKER_SLOTS": str(self.tasks_per_worker),
+            "CLOUDBURST_SUPERVISOR": "1",  # so that a task holding the GIL cannot stop the client watch
             "CLOUDBURST_DEAD_LETTER_QUEUE": queues.dead_letters,
         }
         local = None
         if s.local_workers:
-            self._log_dir = Path(tempfile.mkdtemp(prefix=f"cloudburst-{job_id[:8]}-logs-"))
+            self._log_dir = scratch.make(f"logs-{job_id[:8]}-")
             local_env = {
                 **os.environ,
                 **environment,
                 "CLOUDBURST_JOB_KEY": worker_env["CLOUDBURST_JOB_KEY"],
                 "CLOUDBURST_WORKER_SLOTS": "1",
+                "CLOUDBURST_SUPERVISOR": "",  # a local worker: the kernel ends it with this process
                 "CLOUDBURST_PARENT_PID": str(os.getpid()),
                 "CLOUDBURST_SYS_PATH": json.dumps([p for p in sys.path if p]),
             }

@@ -1,0 +1,219 @@
+"""The supervisor: what every Fargate task runs, and what watches the client there.
+
+::
+
+    python -m cloudburst.worker   (CLOUDBURST_SUPERVISOR=1, or CLOUDBURST_WORKER_SLOTS=N > 1)
+    start N worker loops as child processes (the kernel kills them if this process dies)
+    every 0.2 s:
+        copy what the children wrote to this container's log, whole lines
+        a child exited ─► 0: it retired ─► not replaced
+                       └► else: report it (D notice: reason, last output) ─► start another;
+                                5 deaths within 2 minutes ─► give up (exit 1)
+    control watch (a thread here, where no user code runs, so nothing can starve it):
+        the job stopped, or the client silent for client_timeout ─► stop the children, exit 0
+    SIGTERM (StopTask, a Spot interruption) ─► pass it on, stop the children, die of SIGTERM
+
+Stopping the children: SIGTERM, then SIGKILL for any still running after ``GRACE_SECONDS``
+(a task in a long C call that holds the GIL runs no Python signal handler until it returns).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from . import memlimit, scratch
+from .backends import get_backend
+from .backends.base import WorkerExit
+from .backends.local import describe_exit
+from .task import DIED, encode
+from .worker import OOM_EXIT_CODE, REASON_PREFIX, Worker, worker_id
+
+__all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
+
+GRACE_SECONDS = 3.0
+MAX_DEATHS = 5  # within DEATH_WINDOW seconds: the worker loop cannot run here
+DEATH_WINDOW = 120.0
+
+
+def supervise(env: Mapping[str, str], slots: int) -> int:
+    """Run ``slots`` worker loops as child processes until they retire or the job ends."""
+    return Supervisor(env, slots).run()
+
+
+class Supervisor:
+    """Starts, watches, reports and replaces the worker processes of one machine."""
+
+    def __init__(self, env: Mapping[str, str], slots: int) -> None:
+        self.env = env
+        self.slots = slots
+        backend = get_backend(env["CLOUDBURST_BACKEND"])
+        self.side = backend.connect_worker(env)
+        self.key_hex = str(self.side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"])
+        self.key = bytes.fromhex(self.key_hex)
+        self.me = str(self.side.extra.get("worker_id") or worker_id(env))
+        self.folder = scratch.own(reaper=False)
+        self.children: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.offsets: dict[Path, int] = {}
+        self.deaths: list[float] = []
+        self.counter = itertools.count(slots)
+        self.over = threading.Event()  # the job ended or the client went silent
+        self.terminated = False  # SIGTERM came
+        self.failed = False  # children kept dying
+        self.kill_at: float | None = None  # when children still running get SIGKILL
+        self.oom_kills = memlimit.oom_kills()
+        self.watcher = Worker(self.side, env, announce=False)  # for its reading of the job's control record
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_term)
+        print(
+            f"cloudburst-worker {self.me}: started for job {self.env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
+            f"(supervisor of {self.slots} worker process(es), pid {os.getpid()})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.children = {k: self.start(k) for k in range(self.slots)}
+        threading.Thread(target=self.watch_control, name="control-watch", daemon=True).start()
+        while self.children:
+            time.sleep(0.2)
+            if self.kill_at is None and self.stopping:
+                self.stop_children()
+            if self.kill_at is not None and time.monotonic() >= self.kill_at:
+                self.kill_children()
+            for k, (proc, log) in list(self.children.items()):
+                code = proc.poll()
+                self.relay(log)
+                if code is not None:
+                    del self.children[k]
+                    self.reap(k, log, code)
+        if self.terminated:
+            self.die_of_sigterm()
+        return 1 if self.failed else 0
+
+    def name(self, k: int) -> str:
+        """Child k's worker id: ``<machine>.<k>``; a one-slot machine's first child goes by the machine's."""
+        return self.me if self.slots == 1 and k == 0 else f"{self.me}.{k}"
+
+    def start(self, k: int) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.folder / f"{self.name(k)}.log"
+        child_env = {
+            **self.env,
+            "CLOUDBURST_WORKER_SLOTS": "1",
+            "CLOUDBURST_SUPERVISOR": "",
+            "CLOUDBURST_SUPERVISED": "1",  # this process watches the job and the client for it
+            "CLOUDBURST_WORKER_ID": self.name(k),
+            "CLOUDBURST_JOB_KEY": self.key_hex,  # a process of this machine: no need to fetch it again
+            "CLOUDBURST_PARENT_PID": str(os.getpid()),
+        }
+        with open(log, "ab") as out:
+            # Children write to a file, copied to this container's log as it grows; its tail goes with a
+            # death notice.
+            self.offsets[log] = out.tell()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cloudburst.worker"], env=child_env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return proc, log
+
+    def relay(self, log: Path, final: bool = False) -> None:
+        """Copy what a child wrote since the last look to this process's output (the container log).
+
+        Whole lines only, so that children's lines do not interleave; ``final``: the rest too."""
+        try:
+            with open(log, "rb") as fh:
+                fh.seek(self.offsets.get(log, 0))
+                chunk = fh.read()
+        except OSError:
+            return
+        cut = len(chunk) if final else chunk.rfind(b"\n") + 1
+        if cut:
+            sys.stdout.buffer.write(chunk[:cut] + (b"\n" if final and not chunk.endswith(b"\n") else b""))
+            sys.stdout.flush()
+            self.offsets[log] = self.offsets.get(log, 0) + cut
+
+    def reap(self, k: int, log: Path, code: int) -> None:
+        """A child exited: pass its last words on; report and replace it unless it retired or all is stopping."""
+        self.relay(log, final=True)
+        self.offsets.pop(log, None)
+        tail = _file_tail(log)  # and removes the file
+        scratch.sweep()  # the folder of a child killed outright
+        if code == 0 or self.stopping:
+            return
+        reason = describe_exit(code)
+        for line in reversed(tail.splitlines()):
+            if line.startswith(REASON_PREFIX):
+                reason = line[len(REASON_PREFIX) :]
+                break
+        kills = memlimit.oom_kills()
+        if code == -signal.SIGKILL and kills > self.oom_kills:
+            code, reason = OOM_EXIT_CODE, "OutOfMemoryError: killed by the kernel at the container's memory limit"
+        self.oom_kills = kills
+        try:
+            self.side.results.send_batch([encode(self.key, DIED, 0, WorkerExit(self.name(k), code, reason, tail))])
+        except Exception as exc:
+            print(f"cloudburst-worker: could not report a dead worker process: {exc}", file=sys.stderr)
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < DEATH_WINDOW] + [now]
+        if len(self.deaths) >= MAX_DEATHS:  # they cannot work here: stop, and let the client see this machine fail
+            print(f"cloudburst-worker: {len(self.deaths)} worker processes died within 2 minutes; giving up")
+            self.failed = True
+            return
+        n = next(self.counter)
+        self.children[n] = self.start(n)
+
+    # ------------------------------------------------------------------ stopping
+    @property
+    def stopping(self) -> bool:
+        return self.over.is_set() or self.terminated or self.failed or self.kill_at is not None
+
+    def watch_control(self) -> None:
+        """Look at the job's control record every control_period; set ``over`` when it says stop."""
+        while not self.over.wait(self.watcher.control_period):
+            try:
+                over = self.watcher.job_over()
+            except Exception as exc:  # an unreachable store: the next look decides
+                print(f"cloudburst-worker: could not read the job's control record: {exc}", file=sys.stderr)
+                continue
+            if over:
+                self.over.set()
+
+    def on_term(self, signum: int, frame: object) -> None:
+        self.terminated = True
+        for proc, _ in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def stop_children(self) -> None:
+        """SIGTERM every child now; SIGKILL for those still running after the grace period."""
+        self.kill_at = time.monotonic() + GRACE_SECONDS
+        for proc, _ in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def kill_children(self) -> None:
+        for proc, _ in self.children.values():
+            if proc.poll() is None:
+                proc.kill()
+
+    def die_of_sigterm(self) -> None:
+        """Exit as a process killed by SIGTERM does (exit code 143 in a container), having said so."""
+        os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
+        scratch.remove_own()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _file_tail(path: Path, limit: int = 4000) -> str:
+    try:
+        data = path.read_bytes()
+        path.unlink()
+    except OSError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace")
