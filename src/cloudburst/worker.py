@@ -417,11 +417,14 @@ class Worker:
             time.sleep(0.05)
 
     def check_memory_error(self, exc: BaseException) -> None:
-        """Under RLIMIT_DATA an allocation past the limit fails instead of the kernel killing the worker:
-        a MemoryError then ends the worker as out of memory, as the kill would (and does elsewhere)."""
+        """Under RLIMIT_DATA an allocation past the limit fails instead of the kernel killing the worker: a
+        MemoryError from a refused allocation (the interpreter's own, which has no arguments, or numpy's) then
+        ends the worker as out of memory, as the kill would (and does elsewhere)."""
         if not isinstance(exc, MemoryError) or self.memory_mode != memlimit.RLIMIT or self.memory_limit is None:
             return
         asked = getattr(exc, "_total_size", None)  # numpy says how much it asked for
+        if exc.args and asked is None:
+            return  # raised by the task's own code ("MemoryError('...')"), not a refused allocation: it is data
         asked = asked if isinstance(asked, int) else 0
         used = memlimit.data_bytes() + asked
         what = f"an allocation of {asked / 2**20:.0f} MiB" if asked else "an allocation"

@@ -96,48 +96,39 @@ def describe_exit(code: int | None) -> str:
 
 
 class _Spawner:
-    """Starts processes from one thread that lives as long as this process.
+    """Starts a launcher's worker processes from one thread of its own, which lives until the launcher stops.
 
-    Linux sends a worker its parent-death signal when the *thread* that started it ends. Started
-    from the thread that happened to need them (one that made an executor, say, and then ended),
-    workers would die with that thread; started from this one, they die with the process."""
+    Linux sends a worker its parent-death signal when the *thread* that started it ends. Started from
+    whichever thread needed them (one that made an executor, say, and then ended), workers would die
+    with that thread; started from this one, they die when their launcher stops or the client dies,
+    and the thread ends with the launcher, so no thread of cloudburst's outlives the executor."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._requests: SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[object]]] = SimpleQueue()
-        threading.Thread(target=self._loop, name="cloudburst-spawner", daemon=True).start()
+        self._requests: SimpleQueue[tuple[Callable[[], subprocess.Popen[bytes]], Future[object]] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="cloudburst-spawner", daemon=True)
+        self._thread.start()
 
     def _loop(self) -> None:
-        while True:
-            make, done = self._requests.get()
+        while (request := self._requests.get()) is not None:
+            make, done = request
             try:
                 done.set_result(make())
             except BaseException as exc:
                 done.set_exception(exc)
 
-    def run(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    def spawn(self, args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen(args, **kwargs)``, called on the spawning thread."""
         done: Future[object] = Future()
-        self._requests.put((make, done))
+        self._requests.put((lambda: subprocess.Popen(args, **kwargs), done))
         proc = done.result()
         assert isinstance(proc, subprocess.Popen)
         return proc
 
-
-_spawner: list[_Spawner] = []
-_spawner_lock = threading.Lock()
-
-
-def spawn(args: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen(args, **kwargs)``, called on the process-long spawning thread."""
-    with _spawner_lock:
-        if not _spawner or _spawner[0].pid != os.getpid():  # none yet, or inherited through a fork
-            _spawner[:] = [_Spawner()]
-        spawner = _spawner[0]
-
-    def make() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(args, **kwargs)
-
-    return spawner.run(make)
+    def close(self) -> None:
+        """End the thread; only once its workers have been stopped (they would get its death signal)."""
+        self._requests.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
 
 class LocalLauncher:
@@ -152,6 +143,7 @@ class LocalLauncher:
         self._cgroups: dict[str, Path] = {}  # worker id -> its memory cgroup, when the kernel limits it so
         self._lock = threading.Lock()
         self._counter = 0
+        self._spawner: _Spawner | None = None
         memory = self._env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
         self._memory_limit = int(memory) * 2**20 if memory else None
         if self._memory_limit is not None:
@@ -169,7 +161,11 @@ class LocalLauncher:
             cgroup = memlimit.make_cgroup(worker_id, self._memory_limit) if self._memory_limit else None
             if cgroup is not None:
                 env["CLOUDBURST_MEMORY_CGROUP"] = str(cgroup)
-            proc = spawn(
+            with self._lock:
+                if self._spawner is None:
+                    self._spawner = _Spawner()
+                spawner = self._spawner
+            proc = spawner.spawn(
                 [sys.executable, "-m", "cloudburst.worker"],
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -203,8 +199,11 @@ class LocalLauncher:
                 proc.wait()
         with self._lock:
             gone = [(wid, self._cgroups.pop(wid)) for wid, _ in targets if wid in self._cgroups]
+            spawner, self._spawner = (self._spawner, None) if worker_ids is None else (None, self._spawner)
         for _, cgroup in gone:
             memlimit.remove_cgroup(cgroup)
+        if spawner is not None:  # every worker is stopped: its thread may end (a later start makes another)
+            spawner.close()
 
     def poll(self) -> list[WorkerExit]:
         exits = []
