@@ -22,14 +22,22 @@ from typing import Any
 from ...errors import CloudError
 from ...words import plural
 from .clients import client, error_code, translate
+from .policies import (
+    LOG_GROUP,
+    REPOSITORY,
+    Names,
+    build_policy,
+    execution_policy,
+    same_document,
+    service_trust,
+    task_policy,
+)
 
 __all__ = ["Report", "Step", "doctor", "setup", "teardown"]
 
 TAG = {"Key": "cloudburst", "Value": "true"}
 SECURITY_GROUP = "cloudburst-workers"
 CLUSTER = "cloudburst"
-LOG_GROUP = "/cloudburst/workers"
-REPOSITORY = "cloudburst"
 LOG_RETENTION_DAYS = 30
 ON_DEMAND_QUOTA = "L-3032A538"
 SPOT_QUOTA = "L-36FBB829"
@@ -105,13 +113,18 @@ class _Context:
             identity = sts.get_caller_identity()
         self.account: str = identity["Account"]
         self.identity: str = identity["Arn"]
+        self.partition: str = self.identity.split(":")[1]
 
     def client(self, service: str) -> Any:
         return client(service, self.region, self.profile)
 
     @property
+    def names(self) -> Names:
+        return Names(self.account, self.region, self.partition)
+
+    @property
     def bucket(self) -> str:
-        return f"cloudburst-{self.account}-{self.region}"
+        return self.names.bucket
 
     # IAM is global and each role's policy names one region's resources: one pair of roles per region.
     @property
@@ -338,147 +351,6 @@ def _network(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None
     report.config["security_groups"] = [group["GroupId"]]
 
 
-def _task_policy(ctx: _Context) -> dict[str, Any]:
-    """The workers' permissions: this bucket's job data, the job queues, the log group. Nothing else."""
-    bucket = f"arn:aws:s3:::{ctx.bucket}"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "JobData",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                "Resource": f"{bucket}/jobs/*",
-            },
-            {
-                "Sid": "ListJobData",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": bucket,
-                "Condition": {"StringLike": {"s3:prefix": ["jobs/*"]}},
-            },
-            {
-                "Sid": "JobQueues",
-                "Effect": "Allow",
-                "Action": [
-                    "sqs:SendMessage",
-                    "sqs:ReceiveMessage",
-                    "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
-                    "sqs:GetQueueAttributes",
-                ],
-                "Resource": f"arn:aws:sqs:{ctx.region}:{ctx.account}:cloudburst-*",
-            },
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
-            },
-            {
-                "Sid": "EcsExecForDebugging",
-                "Effect": "Allow",
-                "Action": [
-                    "ssmmessages:CreateControlChannel",
-                    "ssmmessages:CreateDataChannel",
-                    "ssmmessages:OpenControlChannel",
-                    "ssmmessages:OpenDataChannel",
-                ],
-                "Resource": "*",  # these actions take no resource; they carry no job data
-            },
-            {
-                "Sid": "JobKeys",
-                "Effect": "Allow",
-                "Action": "ssm:GetParameter",
-                "Resource": f"arn:aws:ssm:{ctx.region}:{ctx.account}:parameter/cloudburst/jobs/*",
-            },
-            {
-                "Sid": "EnvironmentBundles",  # image='python': what each worker installs as it starts
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": f"{bucket}/envs/*",
-            },
-        ],
-    }
-
-
-def _build_policy(ctx: _Context) -> dict[str, Any]:
-    """CodeBuild's permissions when it builds a worker image: read the context, push the image, log."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "Context",
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::{ctx.bucket}/builds/*",
-            },
-            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {
-                "Sid": "PushWorkerImage",
-                "Effect": "Allow",
-                "Action": [
-                    "ecr:BatchCheckLayerAvailability",
-                    "ecr:InitiateLayerUpload",
-                    "ecr:UploadLayerPart",
-                    "ecr:CompleteLayerUpload",
-                    "ecr:PutImage",
-                    "ecr:BatchGetImage",
-                    "ecr:GetDownloadUrlForLayer",
-                ],
-                "Resource": f"arn:aws:ecr:{ctx.region}:{ctx.account}:repository/{REPOSITORY}",
-            },
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:/aws/codebuild/cloudburst-*",
-            },
-            _index_logins(ctx),
-        ],
-    }
-
-
-def _index_logins(ctx: _Context) -> dict[str, Any]:
-    """Read the package-index logins parameter (builds, and ECS starting image='python' workers)."""
-    return {
-        "Sid": "IndexLogins",
-        "Effect": "Allow",
-        "Action": "ssm:GetParameters",
-        "Resource": f"arn:aws:ssm:{ctx.region}:{ctx.account}:parameter/cloudburst/index/*",
-    }
-
-
-def _execution_policy(ctx: _Context) -> dict[str, Any]:
-    """What ECS needs to start a worker: pull our image, write its logs."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {
-                "Sid": "PullWorkerImage",
-                "Effect": "Allow",
-                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
-                "Resource": f"arn:aws:ecr:{ctx.region}:{ctx.account}:repository/{REPOSITORY}",
-            },
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": f"arn:aws:logs:{ctx.region}:{ctx.account}:log-group:{LOG_GROUP}:*",
-            },
-            _index_logins(ctx),
-        ],
-    }
-
-
-def _trust(service: str) -> dict[str, Any]:
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
-    }
-
-
 def _role(
     ctx: _Context,
     report: Report,
@@ -488,7 +360,11 @@ def _role(
     key: str,
     service: str = "ecs-tasks.amazonaws.com",
 ) -> None:
+    """A role with exactly cloudburst's trust policy and one inline policy, ``cloudburst``: anything else
+    found on it (another principal, a managed policy, an extra inline policy) is a problem, and removed on
+    repair, because it would widen what every worker may do."""
     iam = ctx.client("iam")
+    trust = service_trust(ctx.names, service)
     try:
         role = iam.get_role(RoleName=name)["Role"]
         status = "found"
@@ -501,40 +377,51 @@ def _role(
             return
         with translate("IAM", "CreateRole", name):
             role = iam.create_role(
-                RoleName=name,
-                AssumeRolePolicyDocument=json.dumps(_trust(service)),
-                Description="cloudburst workers",
-                Tags=[TAG],
+                RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description="cloudburst workers", Tags=[TAG]
             )["Role"]
         status = "made"
     repaired = []
-    trust = role.get("AssumeRolePolicyDocument")
-    trust = json.loads(trust) if isinstance(trust, str) else trust
-    if status == "found" and not _trusts(trust, service):
-        repaired.append(f"trust policy ({service})")
+    found_trust = _document(role.get("AssumeRolePolicyDocument"))
+    if status == "found" and not same_document(found_trust, trust):
+        repaired.append(f"trust policy ({service} of this account only)")
         if fix:
-            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(_trust(service)))
+            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
     try:
-        current = iam.get_role_policy(RoleName=name, PolicyName="cloudburst")["PolicyDocument"]
-        current = json.loads(current) if isinstance(current, str) else current
+        current = _document(iam.get_role_policy(RoleName=name, PolicyName="cloudburst")["PolicyDocument"])
     except Exception:
         current = None
-    if current != policy:
+    if current is None or not same_document(current, policy):
         if status == "found":
             repaired.append("permissions")
         if fix:
             iam.put_role_policy(RoleName=name, PolicyName="cloudburst", PolicyDocument=json.dumps(policy))
+    repaired += _strip_other_grants(iam, name, fix)
     _report(report, f"role {name}", status, repaired, fix)
     report.config[key] = role["Arn"]
 
 
-def _trusts(document: Any, service: str) -> bool:
-    for statement in (document or {}).get("Statement", []):
-        service = statement.get("Principal", {}).get("Service", [])
-        services = [service] if isinstance(service, str) else service
-        if statement.get("Effect") == "Allow" and service in services:
-            return True
-    return False
+def _strip_other_grants(iam: Any, name: str, fix: bool) -> list[str]:
+    """Managed policies attached to a cloudburst role, and inline policies besides its own: found, and removed."""
+    found = []
+    for attached in iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+        found.append(f"attached policy {attached['PolicyName']} removed")
+        if fix:
+            iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
+    for other in iam.list_role_policies(RoleName=name).get("PolicyNames", []):
+        if other != "cloudburst":
+            found.append(f"inline policy {other} removed")
+            if fix:
+                iam.delete_role_policy(RoleName=name, PolicyName=other)
+    return found
+
+
+def _document(value: Any) -> Any:
+    """A policy document as IAM returns it: a dict, or JSON (URL-encoded by some clients)."""
+    if isinstance(value, str):
+        from urllib.parse import unquote
+
+        return json.loads(unquote(value) if value.startswith("%7B") else value)
+    return value
 
 
 def read_quotas(ctx: _Context) -> dict[str, float | None]:
@@ -596,9 +483,10 @@ def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) 
     _cluster(ctx, report, fix)
     _log_group(ctx, report, fix)
     _network(ctx, report, fix, subnets)
-    _role(ctx, report, fix, ctx.execution_role, _execution_policy(ctx), "execution_role_arn")
-    _role(ctx, report, fix, ctx.task_role, _task_policy(ctx), "task_role_arn")
-    _role(ctx, report, fix, ctx.build_role, _build_policy(ctx), "build_role_arn", "codebuild.amazonaws.com")
+    names = ctx.names
+    _role(ctx, report, fix, ctx.execution_role, execution_policy(names), "execution_role_arn")
+    _role(ctx, report, fix, ctx.task_role, task_policy(names), "task_role_arn")
+    _role(ctx, report, fix, ctx.build_role, build_policy(names), "build_role_arn", "codebuild.amazonaws.com")
     _quotas(ctx, report)
 
 
