@@ -126,3 +126,24 @@ def test_documents_compare_whole() -> None:
 
 def _list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
+
+
+def test_the_bucket_keeps_objects_its_own_and_expires_builds_and_bundles(set_up: str) -> None:
+    s3 = boto3.client("s3", region_name=set_up)
+    bucket = f"cloudburst-{_account()}-{set_up}"
+    rules = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+    assert rules == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    expiring = {
+        r["Filter"]["Prefix"]: r["Expiration"]["Days"]
+        for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        if "Expiration" in r
+    }
+    assert expiring == {"jobs/": 7, "builds/": 7, "envs/": 30}
+
+
+def test_image_build_logs_have_a_retention(set_up: str) -> None:
+    logs = boto3.client("logs", region_name=set_up)
+    groups = logs.describe_log_groups(logGroupNamePrefix="/aws/codebuild/cloudburst-")["logGroups"]
+    assert [(g["logGroupName"], g.get("retentionInDays")) for g in groups] == [
+        ("/aws/codebuild/cloudburst-image-builder", 30)
+    ]

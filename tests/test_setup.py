@@ -53,7 +53,7 @@ def test_setup_from_scratch_makes_everything_and_saves_it(region: str) -> None:
     report = quiet(region)
     calls = sum(clients.requests.values()) - before
     kinds = [s.name.split()[0] for s in report.steps if s.status == "made"]
-    assert kinds == ["bucket", "ECR", "ECS", "log", "network:", "role", "role", "role", "configuration"]
+    assert kinds == ["bucket", "ECR", "ECS", "log", "log", "network:", "role", "role", "role", "configuration"]
     assert not report.problems
     assert calls < 60, f"a fresh setup made {calls} AWS calls"
 

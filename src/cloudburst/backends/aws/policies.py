@@ -20,12 +20,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Document", "Names", "build_policy", "execution_policy", "same_document", "service_trust", "task_policy"]
+__all__ = [
+    "BUILD_LOG_GROUP",
+    "LOG_GROUP",
+    "Document",
+    "Names",
+    "build_policy",
+    "execution_policy",
+    "same_document",
+    "service_trust",
+    "task_policy",
+]
 
 Document = dict[str, Any]
 
 VERSION = "2012-10-17"
 LOG_GROUP = "/cloudburst/workers"
+BUILD_LOG_GROUP = "/aws/codebuild/cloudburst-image-builder"
 REPOSITORY = "cloudburst"
 ECS_EXEC = [
     "ssmmessages:CreateControlChannel",
@@ -138,9 +149,9 @@ def build_policy(names: Names) -> Document:
                 names.arn("ecr", f"repository/{REPOSITORY}"),
             ),
             _allow(
-                "Logs",
-                ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                names.arn("logs", "log-group:/aws/codebuild/cloudburst-*"),
+                "Logs",  # setup makes the log group, with a retention
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                names.arn("logs", f"log-group:{BUILD_LOG_GROUP}:*"),
             ),
             _index_logins(names),
         ],

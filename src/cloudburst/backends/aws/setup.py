@@ -23,6 +23,7 @@ from ...errors import CloudError
 from ...words import plural
 from .clients import client, error_code, translate
 from .policies import (
+    BUILD_LOG_GROUP,
     LOG_GROUP,
     REPOSITORY,
     Names,
@@ -48,6 +49,18 @@ LIFECYCLE = {
             "Filter": {"Prefix": "jobs/"},
             "Status": "Enabled",
             "Expiration": {"Days": 7},
+        },
+        {
+            "ID": "cloudburst-expire-build-contexts",
+            "Filter": {"Prefix": "builds/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": 7},
+        },
+        {
+            "ID": "cloudburst-expire-environment-bundles",  # made again by the next job that needs one
+            "Filter": {"Prefix": "envs/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": 30},
         },
         {
             "ID": "cloudburst-abort-incomplete-uploads",
@@ -190,9 +203,10 @@ def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
     except Exception:
         ids = set()
     if not {r["ID"] for r in LIFECYCLE["Rules"]} <= ids:
-        repaired.append("lifecycle: job data expires after 7 days, incomplete uploads after 1")
+        repaired.append("lifecycle: job data and build contexts expire after 7 days, bundles after 30, uploads after 1")
         if fix:
             s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
+    repaired += _bucket_guards(s3, name, fix)
     try:
         tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
     except Exception:
@@ -203,6 +217,22 @@ def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
             s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [*tags, TAG]})
     _report(report, f"bucket {name}", status, repaired, fix)
     report.config["bucket"] = name
+
+
+def _bucket_guards(s3: Any, name: str, fix: bool) -> list[str]:
+    """Objects are always the bucket owner's: ACLs are off, so no writer can keep an object to itself."""
+    repaired = []
+    try:
+        rules = s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"]
+    except Exception:
+        rules = []
+    if rules != [{"ObjectOwnership": "BucketOwnerEnforced"}]:
+        repaired.append("object ownership enforced")
+        if fix:
+            s3.put_bucket_ownership_controls(
+                Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+            )
+    return repaired
 
 
 def _report(report: Report, name: str, status: str, repaired: list[str], fix: bool) -> None:
@@ -278,25 +308,32 @@ def _cluster(ctx: _Context, report: Report, fix: bool) -> None:
     report.config["cluster"] = CLUSTER
 
 
-def _log_group(ctx: _Context, report: Report, fix: bool) -> None:
+def _log_groups(ctx: _Context, report: Report, fix: bool) -> None:
+    """The workers' log group, and the image builds' (made here rather than by CodeBuild, so that it has a
+    retention too)."""
+    for group in (LOG_GROUP, BUILD_LOG_GROUP):
+        _log_group(ctx, report, fix, group)
+    report.config["log_group"] = LOG_GROUP
+
+
+def _log_group(ctx: _Context, report: Report, fix: bool, name: str) -> None:
     logs = ctx.client("logs")
-    groups = logs.describe_log_groups(logGroupNamePrefix=LOG_GROUP).get("logGroups", [])
-    group = next((g for g in groups if g["logGroupName"] == LOG_GROUP), None)
+    groups = logs.describe_log_groups(logGroupNamePrefix=name).get("logGroups", [])
+    group = next((g for g in groups if g["logGroupName"] == name), None)
     status = "found"
     if group is None:
         if not fix:
-            report.add(Step(f"log group {LOG_GROUP}", "problem", "missing", "run `cloudburst setup`"))
+            report.add(Step(f"log group {name}", "problem", "missing", "run `cloudburst setup`"))
             return
-        logs.create_log_group(logGroupName=LOG_GROUP, tags={"cloudburst": "true"})
+        logs.create_log_group(logGroupName=name, tags={"cloudburst": "true"})
         status = "made"
     repaired = []
     if group is None or group.get("retentionInDays") != LOG_RETENTION_DAYS:
         if status == "found":
             repaired.append(f"retention {LOG_RETENTION_DAYS} days")
         if fix:
-            logs.put_retention_policy(logGroupName=LOG_GROUP, retentionInDays=LOG_RETENTION_DAYS)
-    _report(report, f"log group {LOG_GROUP}", status, repaired, fix)
-    report.config["log_group"] = LOG_GROUP
+            logs.put_retention_policy(logGroupName=name, retentionInDays=LOG_RETENTION_DAYS)
+    _report(report, f"log group {name}", status, repaired, fix)
 
 
 def _network(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) -> None:
@@ -481,7 +518,7 @@ def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) 
     _bucket(ctx, report, fix)
     _repository(ctx, report, fix)
     _cluster(ctx, report, fix)
-    _log_group(ctx, report, fix)
+    _log_groups(ctx, report, fix)
     _network(ctx, report, fix, subnets)
     names = ctx.names
     _role(ctx, report, fix, ctx.execution_role, execution_policy(names), "execution_role_arn")
@@ -610,7 +647,12 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]
             tags = {t["key"]: t["value"] for t in cluster.get("tags", [])}
             if tags.get("cloudburst") == "true" and cluster.get("status") == "ACTIVE":
                 out.append(("ECS cluster", cluster["clusterName"], functools.partial(_delete_cluster, ecs, cluster)))
-    for group in logs.describe_log_groups(logGroupNamePrefix="/cloudburst").get("logGroups", []):
+    groups = [
+        g
+        for prefix in ("/cloudburst", BUILD_LOG_GROUP)
+        for g in logs.describe_log_groups(logGroupNamePrefix=prefix).get("logGroups", [])
+    ]
+    for group in groups:
         tags = logs.list_tags_for_resource(resourceArn=group["arn"].removesuffix(":*")).get("tags", {})
         if tags.get("cloudburst") == "true":
             remove = functools.partial(logs.delete_log_group, logGroupName=group["logGroupName"])
