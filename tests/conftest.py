@@ -53,6 +53,20 @@ def assert_nothing_left(pids: dict[str, int], job_dir: Path | None) -> None:
         assert not job_dir.exists(), f"job data left behind in {job_dir}"
 
 
+def users_environment(home: Path) -> dict[str, str]:
+    """A user's shell: no AWS account configured; cloudburst's settings and job records in ``home``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CLOUDBURST_"))}
+    return {
+        **env,
+        "CLOUDBURST_CONFIG_DIR": str(home / "config"),
+        "CLOUDBURST_JOBS_DIR": str(home / "jobs"),
+        "CLOUDBURST_CACHE_DIR": str(home / "cache"),
+        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
 _EMULATORS: list[Emulator] = []
 
 

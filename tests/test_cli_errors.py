@@ -7,7 +7,6 @@ settings and job folders, so nothing on this machine (nor the emulator of the te
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .conftest import users_environment
 
 # ---------------------------------------------------------------------------- states
 
@@ -93,20 +94,6 @@ ROWS = {
 }
 
 
-def environment(home: Path) -> dict[str, str]:
-    """This process's environment without AWS or cloudburst settings, and with AWS's files pointed at nothing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CLOUDBURST_"))}
-    return {
-        **env,
-        "CLOUDBURST_CONFIG_DIR": str(home / "config"),
-        "CLOUDBURST_JOBS_DIR": str(home / "jobs"),
-        "CLOUDBURST_CACHE_DIR": str(home / "cache"),
-        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups (a second each) on a cloud CI host
-    }
-
-
 @pytest.mark.parametrize("row", ROWS.values(), ids=list(ROWS))
 def test_a_failing_command_says_one_line_with_the_fix_and_exits_non_zero(row: Row, tmp_path: Path) -> None:
     row.state(tmp_path)
@@ -115,7 +102,7 @@ def test_a_failing_command_says_one_line_with_the_fix_and_exits_non_zero(row: Ro
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=environment(tmp_path),
+        env=users_environment(tmp_path),
         timeout=120,
         check=False,
     )

@@ -6,7 +6,6 @@ The emulator runs in its own process here (its own moto), so these tests do not 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -18,22 +17,10 @@ import pytest
 
 from cloudburst.emulator.__main__ import READY
 
+from .conftest import users_environment
+
 CLI = [sys.executable, "-m", "cloudburst.cli"]
 EMULATOR = [sys.executable, "-m", "cloudburst.emulator"]
-
-
-def users_environment(home: Path) -> dict[str, str]:
-    """A user's shell: no AWS account configured; cloudburst's settings and job records in ``home``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CLOUDBURST_"))}
-    return {
-        **env,
-        "CLOUDBURST_CONFIG_DIR": str(home / "config"),
-        "CLOUDBURST_JOBS_DIR": str(home / "jobs"),
-        "CLOUDBURST_CACHE_DIR": str(home / "cache"),
-        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
 
 
 def applied(env: dict[str, str], lines: list[str]) -> dict[str, str]:
