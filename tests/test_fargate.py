@@ -515,7 +515,8 @@ def test_logs_show_a_failing_task(emulator: Emulator, fargate: Any) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "cloudburst.cli", "logs", ex.job_id, "--worker", worker[:8], "--tail", "50"], **run
     ).stdout
-    assert f"[{worker[:12]}] cloudburst-worker {worker}: task" in out and "item 3 failed" in out
+    # The task's worker process is the supervisor's child 0 (the machine is the Fargate task).
+    assert f"[{worker[:12]}] cloudburst-worker {worker}.0: task" in out and "item 3 failed" in out
     assert 'raise ValueError(f"bad item {x}")' in out or "ValueError: bad item 3" in out
     nothing = subprocess.run([sys.executable, "-m", "cloudburst.cli", "logs", "feedface"], **run)
     assert nothing.returncode != 0 and "no job 'feedface' here" in nothing.stderr

@@ -99,8 +99,9 @@ class Supervisor:
         return 1 if self.failed else 0
 
     def name(self, k: int) -> str:
-        """Child k's worker id: ``<machine>.<k>``; a one-slot machine's first child goes by the machine's."""
-        return self.me if self.slots == 1 and k == 0 else f"{self.me}.{k}"
+        """Child k's worker id: ``<machine>.<k>``, never the machine's own, so that the client can tell a child's
+        death (a ``D`` notice) from the machine's (the launcher's report)."""
+        return f"{self.me}.{k}"
 
     def start(self, k: int) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.folder / f"{self.name(k)}.log"
