@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ... import scratch
 from ...environment import Snapshot, build_context, index_credentials, tag
 from ...errors import CloudError
 from .clients import client, error_code, translate
@@ -136,7 +137,7 @@ def ensure_bundle(
         if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
             with translate("S3", "HeadObject", f"s3://{bucket}/{key}"):
                 raise
-    with tempfile.TemporaryDirectory(prefix="cloudburst-bundle-") as folder:
+    with tempfile.TemporaryDirectory(prefix="bundle-", dir=scratch.own()) as folder:
         context = build_context(snap, Path(folder) / "context", arch=arch)
         (context / "Dockerfile").unlink()
         body = _zip(context, buildspec=False)
@@ -196,7 +197,7 @@ def ensure_image(
         return uri
     echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
     netrc_text = index_credentials(snap) if snap.private_hosts else ""
-    with tempfile.TemporaryDirectory(prefix="cloudburst-build-") as folder:
+    with tempfile.TemporaryDirectory(prefix="build-", dir=scratch.own()) as folder:
         context = build_context(snap, Path(folder) / "context", arch=arch)
         if docker_engine():
             secret = Path(folder) / "netrc"  # outside the context: never sent as part of it
