@@ -55,6 +55,7 @@ from .task import (
     REJECTED,
     RESULT,
     STARTED,
+    WAKE,
     Columns,
     Notice,
     ResultMessage,
@@ -965,7 +966,7 @@ class Job:
         collector = self._collector
         if collector is not None and collector is not current:
             try:  # ends the collector's long poll now; it sees _stopping and returns
-                self.resources.results.send_batch([encode(self.key, b"W", 0, None)])
+                self.resources.results.send_batch([encode(self.key, WAKE, 0, None)])
             except Exception as exc:
                 log.debug("cloudburst: could not wake the collector: %s", exc)
         for thread in self._threads:

@@ -12,6 +12,7 @@ kind   queue           meaning
 ``S``  results         a worker started tasks (for crash attribution)
 ``X``  results         a worker refused a task it could not authenticate
 ``D``  results         a worker process died inside a running machine (a WorkerExit)
+``W``  results         nothing: the client wakes its own collector's long poll when it closes
 ``C``  store           a control record (``control/<name>``): the client's heartbeat and stop flag, a
                        cancel marker; JSON, sealed and bound to its name, so that a forged or moved
                        record is ignored
@@ -55,6 +56,7 @@ STARTED = b"S"
 REJECTED = b"X"
 DIED = b"D"
 CONTROL = b"C"
+WAKE = b"W"
 _HEADER = struct.Struct("<Q")
 
 
