@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 
-from cloudburst.backends.aws.policies import Names, same_document, service_trust, task_policy
+from cloudburst.backends.aws.policies import Names, same_document, service_trust, worker_policy
 from cloudburst.backends.aws.setup import Report, doctor, setup
 from cloudburst.emulator import Emulator
 
@@ -52,7 +52,7 @@ def _problem(report: Report, role: str) -> str:
     ids=["ec2", "foreign-account"],
 )
 def test_a_role_trusting_anyone_else_is_flagged_and_repaired(set_up: str, trust: dict[str, str], what: str) -> None:
-    role = f"cloudburst-task-{set_up}"
+    role = f"cloudburst-execution-{set_up}"
     wrong = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Principal": trust, "Action": "sts:AssumeRole"}],
@@ -98,7 +98,7 @@ def test_grants_added_to_a_role_are_flagged_and_removed(set_up: str) -> None:
 
 def test_trust_policies_name_this_account_and_its_resources(set_up: str) -> None:
     account = _account()
-    for kind, arn_prefix in (("task", "arn:aws:ecs:"), ("execution", "arn:aws:ecs:"), ("build", "arn:aws:codebuild:")):
+    for kind, arn_prefix in (("execution", "arn:aws:ecs:"), ("build", "arn:aws:codebuild:")):
         document = _iam().get_role(RoleName=f"cloudburst-{kind}-{set_up}")["Role"]["AssumeRolePolicyDocument"]
         (statement,) = document["Statement"]
         # moto does not evaluate trust conditions: the document is checked as written.
@@ -106,10 +106,24 @@ def test_trust_policies_name_this_account_and_its_resources(set_up: str) -> None
         assert statement["Condition"]["ArnLike"]["aws:SourceArn"].startswith(f"{arn_prefix}{set_up}:{account}:"), kind
 
 
+def _worker_policy(debug: bool) -> dict[str, Any]:
+    return worker_policy(
+        Names("123456789012", "us-east-1"),
+        job_id="a" * 32,
+        tasks_queue="cloudburst-aaaa-tasks",
+        results_queue="cloudburst-aaaa-results",
+        key_parameter="/cloudburst/jobs/" + "a" * 32 + "/key",
+        debug=debug,
+    )
+
+
 def test_the_workers_are_granted_only_what_the_worker_loop_uses() -> None:
-    actions = {a for s in task_policy(Names("123456789012", "us-east-1"))["Statement"] for a in _list(s["Action"])}
+    actions = {a for s in _worker_policy(False)["Statement"] for a in _list(s["Action"])}
     assert not {"s3:DeleteObject", "sqs:GetQueueAttributes", "logs:CreateLogStream", "logs:PutLogEvents"} & actions
     assert {"s3:GetObject", "s3:PutObject", "sqs:ReceiveMessage", "sqs:SendMessage", "ssm:GetParameter"} <= actions
+    assert not [a for a in actions if a.startswith("ssmmessages:")], "ECS Exec is for debug jobs only"
+    debug_actions = {a for s in _worker_policy(True)["Statement"] for a in _list(s["Action"])}
+    assert "ssmmessages:OpenDataChannel" in debug_actions
 
 
 def test_documents_compare_whole() -> None:

@@ -53,7 +53,7 @@ def test_setup_from_scratch_makes_everything_and_saves_it(region: str) -> None:
     report = quiet(region)
     calls = sum(clients.requests.values()) - before
     kinds = [s.name.split()[0] for s in report.steps if s.status == "made"]
-    assert kinds == ["bucket", "ECR", "ECS", "log", "log", "network:", "role", "role", "role", "configuration"]
+    assert kinds == ["bucket", "ECR", "ECS", "log", "log", "network:", "role", "policy", "role", "configuration"]
     assert not report.problems
     assert calls < 60, f"a fresh setup made {calls} AWS calls"
 
@@ -77,7 +77,10 @@ def test_setup_from_scratch_makes_everything_and_saves_it(region: str) -> None:
     assert set(cluster["capacityProviders"]) == {"FARGATE", "FARGATE_SPOT"}
 
     iam = boto3.client("iam", region_name=region)
-    policy = iam.get_role_policy(RoleName=f"cloudburst-task-{region}", PolicyName="cloudburst")["PolicyDocument"]
+    boundary = iam.get_policy(PolicyArn=saved["worker_boundary_arn"])["Policy"]
+    policy = iam.get_policy_version(PolicyArn=boundary["Arn"], VersionId=boundary["DefaultVersionId"])["PolicyVersion"][
+        "Document"
+    ]
 
     def acts_on_data(statement: dict[str, Any]) -> bool:
         actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
@@ -85,7 +88,7 @@ def test_setup_from_scratch_makes_everything_and_saves_it(region: str) -> None:
 
     resources = [st["Resource"] for st in policy["Statement"] if acts_on_data(st)]
     assert "*" not in resources  # least privilege: no wildcard on data, queues, keys or logs
-    assert f"arn:aws:s3:::{bucket}/jobs/*" in resources
+    assert f"arn:aws:s3:::{bucket}/jobs/*" in resources  # the most any job role may do: job data only
 
     ec2 = boto3.client("ec2", region_name=region)
     (group,) = ec2.describe_security_groups(GroupIds=saved["security_groups"])["SecurityGroups"]
@@ -125,7 +128,7 @@ def test_setup_reuses_what_is_already_there(region: str) -> None:
     assert status["ECS cluster cloudburst"] == "found"
     # The bucket was there but not private, encrypted or tagged: repaired, not made again.
     assert status[f"bucket cloudburst-123456789012-{region}"] == "repaired"
-    assert status[f"role cloudburst-task-{region}"] == "made"
+    assert status[f"role cloudburst-execution-{region}"] == "made"
 
 
 def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
@@ -135,7 +138,7 @@ def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
     s3.delete_public_access_block(Bucket=saved["bucket"])
     boto3.client("logs", region_name=region).delete_log_group(logGroupName="/cloudburst/workers")
     iam = boto3.client("iam", region_name=region)
-    iam.delete_role_policy(RoleName=f"cloudburst-task-{region}", PolicyName="cloudburst")
+    iam.delete_role_policy(RoleName=f"cloudburst-execution-{region}", PolicyName="cloudburst")
     ec2 = boto3.client("ec2", region_name=region)
     ec2.authorize_security_group_ingress(
         GroupId=saved["security_groups"][0], IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
@@ -143,7 +146,7 @@ def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
 
     problems = doctor(region=region, echo=lambda _: None).problems
     named = " | ".join(p.name for p in problems)
-    assert "bucket" in named and "log group" in named and "role cloudburst-task" in named
+    assert "bucket" in named and "log group" in named and "role cloudburst-execution" in named
     assert "security group" in named
     assert all(p.fix for p in problems)
 
@@ -151,7 +154,7 @@ def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
     status = statuses(report)
     assert status[f"bucket {saved['bucket']}"] == "repaired"
     assert status["log group /cloudburst/workers"] == "made"
-    assert status[f"role cloudburst-task-{region}"] == "repaired"
+    assert status[f"role cloudburst-execution-{region}"] == "repaired"
     assert status["security group cloudburst-workers"] == "repaired"
     assert ec2.describe_security_groups(GroupIds=saved["security_groups"])["SecurityGroups"][0]["IpPermissions"] == []
     assert not doctor(region=region, echo=lambda _: None).problems
@@ -163,6 +166,11 @@ def test_teardown_removes_only_what_setup_made(region: str) -> None:
     s3.create_bucket(Bucket=f"someone-elses-{region}", CreateBucketConfiguration={"LocationConstraint": region})
     iam = boto3.client("iam", region_name=region)
     iam.create_role(RoleName=f"cloudburst-lookalike-{region}", AssumeRolePolicyDocument="{}")
+    iam.create_role(RoleName="cloudburst-job-crashed", Path="/cloudburst/jobs/", AssumeRolePolicyDocument="{}")
+    nothing = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
+    iam.put_role_policy(
+        RoleName="cloudburst-job-crashed", PolicyName="cloudburst-job", PolicyDocument=json.dumps(nothing)
+    )
     ec2 = boto3.client("ec2", region_name=region)
     vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
     foreign_group = ec2.create_security_group(GroupName="theirs", Description="not ours", VpcId=vpc)["GroupId"]
@@ -177,7 +185,7 @@ def test_teardown_removes_only_what_setup_made(region: str) -> None:
 
     report = teardown(region=region, echo=lambda _: None)
     removed = {s.name.split()[0] for s in report.steps if s.status == "removed"}
-    assert removed == {"bucket", "ECR", "ECS", "log", "security", "role", "parameter"}
+    assert removed == {"bucket", "ECR", "ECS", "log", "security", "role", "job", "policy", "parameter"}
     names = {p["Name"] for p in ssm.describe_parameters()["Parameters"]}
     assert logins not in names and "/cloudburst/someone-elses" in names
 
@@ -185,7 +193,8 @@ def test_teardown_removes_only_what_setup_made(region: str) -> None:
     assert saved["bucket"] not in buckets and f"someone-elses-{region}" in buckets
     assert "cloudburst-123456789012-us-east-1" in buckets  # another region's set-up is untouched
     roles = {r["RoleName"] for r in iam.list_roles()["Roles"]}
-    assert f"cloudburst-task-{region}" not in roles and f"cloudburst-lookalike-{region}" in roles
+    assert f"cloudburst-execution-{region}" not in roles and f"cloudburst-lookalike-{region}" in roles
+    assert "cloudburst-job-crashed" not in roles  # a job role a dead client left
     groups = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert foreign_group in groups and saved["security_groups"][0] not in groups
     assert (

@@ -194,7 +194,7 @@ class Emulator:
             "CLOUDBURST_SUBNETS": ",".join(config["subnets"]),
             "CLOUDBURST_SECURITY_GROUPS": ",".join(config["security_groups"]),
             "CLOUDBURST_EXECUTION_ROLE_ARN": config["execution_role_arn"],
-            "CLOUDBURST_TASK_ROLE_ARN": config["task_role_arn"],
+            "CLOUDBURST_WORKER_BOUNDARY_ARN": config["worker_boundary_arn"],
             "CLOUDBURST_LOG_GROUP": config["log_group"],
             "CLOUDBURST_REGION": self.region,
         }

@@ -41,6 +41,9 @@ from ...words import plural
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
+from .credentials import AWS_IDENTITY_VARIABLES, CredentialsEndpoint
+from .job_roles import PROPAGATION_SECONDS, JobRole, delete_job_role, principal_of
+from .policies import Names, worker_policy
 from .pricing import prices, task_cost
 from .queue import JobQueues, SQSQueue, create_job_queues, delete_job_queues
 from .quota import fit_workers, pending_requests, read_quota, request_increase
@@ -222,8 +225,7 @@ def ensure_task_definition(
         },
         "containerDefinitions": [container],
     }
-    if settings.task_role_arn:
-        spec["taskRoleArn"] = settings.task_role_arn
+    # No taskRoleArn: each job's own role is passed with RunTask (overrides.taskRoleArn).
     if settings.ephemeral_storage > 20:
         spec["ephemeralStorage"] = {"sizeInGiB": settings.ephemeral_storage}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -250,6 +252,12 @@ def ensure_task_definition(
 
 
 _TASK_DEFINITIONS: dict[tuple[str, str, str], str] = {}
+
+
+def _role_not_known_yet(exc: BaseException) -> bool:
+    """RunTask's answer while a role made moments ago is not yet usable everywhere in IAM."""
+    text = str(exc).lower()
+    return error_code(exc) in ("ClientException", "InvalidParameterException") and "unable to assume" in text
 
 
 def describe_stop(task: Mapping[str, Any]) -> tuple[int | None, str, bool]:
@@ -296,10 +304,12 @@ class FargateLauncher:
         job_id: str,
         task_definition: str,
         environment: Mapping[str, str],
+        task_role_arn: str = "",
         local: LocalLauncher | None = None,
     ) -> None:
         self.settings = settings
         self.job_id = job_id
+        self.task_role_arn = task_role_arn
         self.task_definition = task_definition
         self.environment = dict(environment)
         self._environment = [{"name": k, "value": v} for k, v in sorted(environment.items())]
@@ -317,6 +327,7 @@ class FargateLauncher:
         self._not_before = 0.0
         self.notices: list[str] = []  # one line per launch problem, for the user
         self._closed = False
+        self._role_known_by = time.monotonic() + PROPAGATION_SECONDS
         self.announce: Callable[[int], str] | None = None  # the line the first launch prints
 
     # ------------------------------------------------------------------ contract
@@ -424,7 +435,10 @@ class FargateLauncher:
                     "assignPublicIp": "ENABLED" if s.assign_public_ip else "DISABLED",
                 }
             },
-            "overrides": {"containerOverrides": [{"name": CONTAINER, "environment": self._environment}]},
+            "overrides": {
+                "containerOverrides": [{"name": CONTAINER, "environment": self._environment}],
+                "taskRoleArn": self.task_role_arn,  # the job's own role: its workers reach nothing else
+            },
             "tags": [{"key": JOB_TAG, "value": self.job_id}, {"key": "cloudburst", "value": "true"}]
             + [{"key": k, "value": v} for k, v in s.tags.items()],
         }
@@ -440,6 +454,8 @@ class FargateLauncher:
             code = error_code(exc)
             if code in _RETRYABLE_CODES:
                 return [], f"RunTask throttled ({code})"
+            if _role_not_known_yet(exc) and time.monotonic() < self._role_known_by:
+                return [], "ECS cannot take the job's new role yet (IAM is still making it known)"
             with translate("ECS", "RunTask", f"on cluster {s.cluster}"):
                 raise
         ids = [str(t["taskArn"]).rsplit("/", 1)[-1] for t in response.get("tasks", [])]
@@ -512,6 +528,8 @@ class FargateBackend(Backend):
         self._queues: JobQueues | None = None
         self._key_parameter = ""
         self._key_hex = ""
+        self._role: JobRole | None = None
+        self._credentials: CredentialsEndpoint | None = None  # serves the job's role to local workers
         self._log_dir: Path | None = None
 
     def _fit_quota(self, workers: int, cpu: float) -> int:
@@ -602,6 +620,7 @@ class FargateBackend(Backend):
             "task_ids": sorted(launcher.task_ids()),
             "queues": [self._queues.tasks, self._queues.results, self._queues.dead_letters],
             "dead_letter_after": self._max_receives,
+            "role": self._role.name if self._role else "",
         }
 
     @classmethod
@@ -615,6 +634,8 @@ class FargateBackend(Backend):
                 if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
                     raise
         _delete_key(region, None, record["env"].get("CLOUDBURST_JOB_KEY_PARAMETER", ""))
+        if record.get("role"):
+            delete_job_role(client("iam", region), record["role"])
         tasks, results, dead_letters = record["queues"]
         delete_job_queues(JobQueues(tasks, results, dead_letters), region)
         env = record["env"]
@@ -645,11 +666,43 @@ class FargateBackend(Backend):
         try:
             self._key_hex = worker_env["CLOUDBURST_JOB_KEY"]
             self._key_parameter = _store_key(s, job_id, self._key_hex, tags)
+            self._role = self._make_role(job_id, queues, region, tags)
             return self._open(job_id, queues, task_definition, region, worker_env)
         except BaseException:
             delete_job_queues(queues, s.region, s.profile)  # nothing of a job that never started stays
             _delete_key(s.region, s.profile, self._key_parameter)
+            self._delete_role()
             raise
+
+    def _make_role(self, job_id: str, queues: JobQueues, region: str, tags: Mapping[str, str]) -> JobRole:
+        """The job's own role: its queues, key, objects and bundle, nothing of any other job."""
+        s = self.settings
+        # Account and partition come from setup's execution role: no call to learn them.
+        _, partition, _, _, account, _ = s.execution_role_arn.split(":", 5)
+        names = Names(account, region, partition, bucket_name=s.bucket)
+        policy = worker_policy(
+            names,
+            job_id=job_id,
+            tasks_queue=queues.tasks.rsplit("/", 1)[-1],
+            results_queue=queues.results.rsplit("/", 1)[-1],
+            key_parameter=self._key_parameter,
+            bundle_key=self.bundle.removeprefix(f"s3://{s.bucket}/").split("#", 1)[0] if self.bundle else "",
+            debug=s.debug,
+        )
+        principals: list[str] = []
+        if s.local_workers:  # the client hands its local workers this role's credentials
+            with translate("STS", "GetCallerIdentity"):
+                principals = principal_of(client("sts", s.region, s.profile).get_caller_identity()["Arn"])
+        iam = client("iam", s.region, s.profile)
+        return JobRole.make(iam, names, job_id, policy, tags=tags, client_principals=principals)
+
+    def _delete_role(self) -> None:
+        if self._credentials is not None:
+            self._credentials.close()
+            self._credentials = None
+        if self._role is not None:
+            delete_job_role(client("iam", self.settings.region, self.settings.profile), self._role.name)
+            self._role = None
 
     def _open(
         self, job_id: str, queues: JobQueues, task_definition: str, region: str, worker_env: Mapping[str, str]
@@ -674,9 +727,13 @@ class FargateBackend(Backend):
         local = None
         if s.local_workers:
             self._log_dir = scratch.make(f"logs-{job_id[:8]}-")
+            assert self._role is not None
+            sts = client("sts", s.region, s.profile)
+            self._credentials = CredentialsEndpoint(self._role.credentials_source(sts, f"cloudburst-{job_id[:20]}"))
             local_env = {
-                **os.environ,
+                **{k: v for k, v in os.environ.items() if k not in AWS_IDENTITY_VARIABLES},
                 **environment,
+                **self._credentials.environment(),  # the job's role, as its Fargate workers have it
                 "CLOUDBURST_JOB_KEY": worker_env["CLOUDBURST_JOB_KEY"],
                 "CLOUDBURST_WORKER_SLOTS": "1",
                 "CLOUDBURST_SUPERVISOR": "",  # a local worker: the kernel ends it with this process
@@ -685,8 +742,14 @@ class FargateBackend(Backend):
             }
             local = LocalLauncher(local_env, self._log_dir, prefix="local-")
             local.start(s.local_workers)
+        assert self._role is not None
         launcher = FargateLauncher(
-            s, job_id=job_id, task_definition=task_definition, environment=environment, local=local
+            s,
+            job_id=job_id,
+            task_definition=task_definition,
+            environment=environment,
+            task_role_arn=self._role.arn,
+            local=local,
         )
         launcher.announce = self._cost_line
         return JobResources(
@@ -723,6 +786,10 @@ class FargateBackend(Backend):
                 delete_job_queues(self._queues, self.settings.region, self.settings.profile)
             store = resources.store
             store.delete_prefix("")
+            self._delete_role()
+        elif self._credentials is not None:
+            self._credentials.close()  # the local workers are gone; the role stays with the kept job
+            self._credentials = None
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
 

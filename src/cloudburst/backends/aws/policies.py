@@ -6,9 +6,17 @@
     ──────────────────────  ────────────────────────────────  ───────────────────────────────────────────
     ECS, starting a worker  cloudburst-execution-<region>     pull the worker image, write its log stream,
                                                               read package-index logins (image='python')
-    the workers             cloudburst-task-<region>          job data, the job queues (take tasks, send
-                                                              results), job keys, environment bundles
+    one job's workers       cloudburst-job-<job id>           that job's objects, its two queues, its key,
+                            (path /cloudburst/jobs/; made     its environment bundle; ECS Exec only when
+                            and deleted with the job)         debug=True. Nothing of any other job.
     CodeBuild               cloudburst-build-<region>         read build contexts, push the worker image
+    the user                (their own identity)              user_policy(): set up, run, watch, clean up
+
+A job's role lives under the path ``/cloudburst/jobs/`` and carries the permissions boundary
+``cloudburst-worker-boundary-<region>`` (a managed policy ``setup`` makes): whatever a job role's own
+policy says, it never reaches past cloudburst's job resources, and the user policy lets a user create
+roles only under that path and only with that boundary, so the right to make job roles is no way to
+escalate privileges.
 
 Trust policies carry the confused-deputy conditions AWS recommends: ``aws:SourceAccount``, and
 ``aws:SourceArn`` where the service sets it, so no other account's ECS task or CodeBuild project
@@ -17,19 +25,25 @@ can take cloudburst's roles. ``setup`` and ``doctor`` compare whole documents ag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "BUILD_LOG_GROUP",
+    "JOB_ROLE_PATH",
     "LOG_GROUP",
     "Document",
     "Names",
+    "boundary_policy",
     "build_policy",
     "execution_policy",
+    "job_role_name",
+    "job_trust",
     "same_document",
     "service_trust",
-    "task_policy",
+    "user_policy",
+    "worker_policy",
 ]
 
 Document = dict[str, Any]
@@ -38,6 +52,8 @@ VERSION = "2012-10-17"
 LOG_GROUP = "/cloudburst/workers"
 BUILD_LOG_GROUP = "/aws/codebuild/cloudburst-image-builder"
 REPOSITORY = "cloudburst"
+JOB_ROLE_PATH = "/cloudburst/jobs/"
+JOB_ROLE_PREFIX = "cloudburst-job-"
 ECS_EXEC = [
     "ssmmessages:CreateControlChannel",
     "ssmmessages:CreateDataChannel",
@@ -53,17 +69,34 @@ class Names:
     account: str
     region: str
     partition: str = "aws"
+    bucket_name: str = ""  # setup's bucket unless the user named another
 
     @property
     def bucket(self) -> str:
-        return f"cloudburst-{self.account}-{self.region}"
+        return self.bucket_name or f"cloudburst-{self.account}-{self.region}"
 
     @property
     def bucket_arn(self) -> str:
         return f"arn:{self.partition}:s3:::{self.bucket}"
 
-    def arn(self, service: str, resource: str) -> str:
-        return f"arn:{self.partition}:{service}:{self.region}:{self.account}:{resource}"
+    def arn(self, service: str, resource: str, *, region: bool = True) -> str:
+        return f"arn:{self.partition}:{service}:{self.region if region else ''}:{self.account}:{resource}"
+
+    def parameter_arn(self, name: str) -> str:
+        return self.arn("ssm", f"parameter/{name.lstrip('/')}")
+
+    @property
+    def boundary_name(self) -> str:
+        return f"cloudburst-worker-boundary-{self.region}"
+
+    @property
+    def boundary_arn(self) -> str:
+        return self.arn("iam", f"policy/{self.boundary_name}", region=False)
+
+    @property
+    def job_roles(self) -> str:
+        """Every job role's ARN, as a policy pattern."""
+        return self.arn("iam", f"role{JOB_ROLE_PATH}{JOB_ROLE_PREFIX}*", region=False)
 
 
 def service_trust(names: Names, service: str) -> Document:
@@ -77,36 +110,92 @@ def service_trust(names: Names, service: str) -> Document:
     return {"Version": VERSION, "Statement": [{**statement, "Condition": condition}]}
 
 
-def task_policy(names: Names) -> Document:
-    """The workers' permissions: what the worker loop uses, nothing else.
+def job_role_name(job_id: str) -> str:
+    """A job's role: ``cloudburst-job-`` and the job id (role names stop at 64 characters)."""
+    return f"{JOB_ROLE_PREFIX}{job_id[:49]}"
 
-    Objects under ``jobs/`` read and written (the client deletes them); the job queues: take, extend
-    and delete tasks, send results; job keys; the environment bundles workers install
-    (``image='python'``); ECS Exec's channels, used only by ``debug=True`` jobs. A worker's output
-    reaches CloudWatch through the container's log driver, under the execution role: no log grant here.
+
+def worker_policy(
+    names: Names,
+    *,
+    job_id: str,
+    tasks_queue: str,
+    results_queue: str,
+    key_parameter: str,
+    bundle_key: str = "",
+    debug: bool = False,
+) -> Document:
+    """One job's workers: what the worker loop uses of that job, and nothing of any other job.
+
+    Objects: read and write under ``jobs/<id>/`` (results, large values, control records); no delete
+    (the client deletes the job's data). Queues: take, extend and delete on its task queue; send on its
+    result queue. Its key parameter. The environment bundle it installs (``image='python'``). ECS
+    Exec's channels only for ``debug=True`` jobs. A worker's output reaches CloudWatch through the
+    container's log driver, under the execution role: no log grant here.
     """
-    bucket = names.bucket_arn
+    prefix = f"jobs/{job_id}/"
+    statements: list[Document] = [
+        _allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{names.bucket_arn}/{prefix}*"),
+        # Without ListBucket a missing object reads as AccessDenied rather than NoSuchKey.
+        _allow(
+            "ListJobData", "s3:ListBucket", names.bucket_arn, condition={"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+        ),
+        _allow(
+            "TakeTasks",
+            ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"],
+            names.arn("sqs", tasks_queue),
+        ),
+        _allow("SendResults", "sqs:SendMessage", names.arn("sqs", results_queue)),
+        _allow("JobKey", "ssm:GetParameter", names.parameter_arn(key_parameter)),
+    ]
+    if bundle_key:
+        statements.append(_allow("EnvironmentBundle", "s3:GetObject", f"{names.bucket_arn}/{bundle_key}"))
+    if debug:
+        statements.append(_allow("EcsExecForDebugging", ECS_EXEC, "*"))  # these actions take no resource
+    return {"Version": VERSION, "Statement": statements}
+
+
+def boundary_policy(names: Names) -> Document:
+    """The most any job role may ever do, whatever its own policy says: cloudburst's job resources in
+    this region, environment bundles read-only, ECS Exec's channels."""
     return {
         "Version": VERSION,
         "Statement": [
-            _allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{bucket}/jobs/*"),
-            # Without ListBucket a missing object reads as AccessDenied rather than NoSuchKey.
-            _allow("ListJobData", "s3:ListBucket", bucket, condition={"StringLike": {"s3:prefix": ["jobs/*"]}}),
+            _allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{names.bucket_arn}/jobs/*"),
+            _allow(
+                "ListJobData", "s3:ListBucket", names.bucket_arn, condition={"StringLike": {"s3:prefix": ["jobs/*"]}}
+            ),
             _allow(
                 "JobQueues",
-                ["sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"],
+                ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage"],
                 names.arn("sqs", "cloudburst-*"),
             ),
-            _allow("EcsExecForDebugging", ECS_EXEC, "*"),  # these actions take no resource; they carry no job data
-            _allow("JobKeys", "ssm:GetParameter", names.arn("ssm", "parameter/cloudburst/jobs/*")),
-            _allow("EnvironmentBundles", "s3:GetObject", f"{bucket}/envs/*"),  # image='python': what workers install
+            _allow("JobKeys", "ssm:GetParameter", names.parameter_arn("cloudburst/jobs/*")),
+            _allow("EnvironmentBundles", "s3:GetObject", f"{names.bucket_arn}/envs/*"),
+            _allow("EcsExecForDebugging", ECS_EXEC, "*"),
         ],
     }
 
 
+def job_trust(names: Names, client_principals: Sequence[str] = ()) -> Document:
+    """Who may take a job's role: ECS tasks of this account, and (for ``local_workers``) the identity of
+    the client that made it, which hands its local workers short-lived credentials of this role only."""
+    statements: list[Document] = list(service_trust(names, "ecs-tasks.amazonaws.com")["Statement"])
+    if client_principals:
+        statements.append(
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": names.arn("iam", "root", region=False)},
+                "Action": "sts:AssumeRole",
+                "Condition": {"ArnLike": {"aws:PrincipalArn": list(client_principals)}},
+            }
+        )
+    return {"Version": VERSION, "Statement": statements}
+
+
 def _index_logins(names: Names) -> Document:
     """Read the package-index logins parameter (builds, and ECS starting image='python' workers)."""
-    return _allow("IndexLogins", "ssm:GetParameters", names.arn("ssm", "parameter/cloudburst/index/*"))
+    return _allow("IndexLogins", "ssm:GetParameters", names.parameter_arn("cloudburst/index/*"))
 
 
 def execution_policy(names: Names) -> Document:
@@ -158,6 +247,119 @@ def build_policy(names: Names) -> Document:
     }
 
 
+def user_policy(names: Names) -> Document:
+    """What a cloudburst user needs, and no more: set up, run jobs, watch them, clean up, tear down.
+
+    ``cloudburst setup --print-user-policy`` prints it; the emulator runs the client under exactly this
+    policy, so a grant missing here fails the test suite. A user may make roles only under the job-role
+    path and only with the workers' boundary, and may pass cloudburst's roles only to ECS and CodeBuild.
+    """
+    bucket = names.bucket_arn
+    service_role = names.arn("iam", "role/cloudburst-*", region=False)
+    role_admin = [
+        "iam:GetRole",
+        "iam:DeleteRole",
+        "iam:TagRole",
+        "iam:UpdateAssumeRolePolicy",
+        "iam:GetRolePolicy",
+        "iam:PutRolePolicy",
+        "iam:DeleteRolePolicy",
+        "iam:ListRolePolicies",
+        "iam:ListAttachedRolePolicies",
+        "iam:DetachRolePolicy",
+        "iam:ListRoleTags",
+    ]
+    return {
+        "Version": VERSION,
+        "Statement": [
+            _allow(
+                "LookUps",  # these actions take no resource, or read only
+                [
+                    "sts:GetCallerIdentity",
+                    "ecr:GetAuthorizationToken",
+                    "pricing:GetProducts",
+                    "servicequotas:GetServiceQuota",
+                    "servicequotas:GetAWSDefaultServiceQuota",
+                    "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota",
+                    "servicequotas:RequestServiceQuotaIncrease",
+                    "cloudwatch:GetMetricStatistics",
+                    "ec2:DescribeVpcs",
+                    "ec2:DescribeSubnets",
+                    "ec2:DescribeSecurityGroups",
+                    "ecs:ListClusters",
+                    "ecs:RegisterTaskDefinition",
+                    "ecs:DescribeTaskDefinition",
+                    "ecs:TagResource",
+                    "logs:DescribeLogGroups",
+                    "ssm:DescribeParameters",
+                    "s3:ListAllMyBuckets",
+                    "sqs:ListQueues",
+                    "iam:ListRoles",
+                    "codebuild:ListProjects",
+                ],
+                "*",
+            ),
+            _allow("Bucket", "s3:*", [bucket, f"{bucket}/*"]),
+            _allow("Queues", "sqs:*", names.arn("sqs", "cloudburst-*")),
+            _allow("Parameters", "ssm:*", names.parameter_arn("cloudburst/*")),
+            _allow("Cluster", "ecs:*", names.arn("ecs", "cluster/cloudburst")),
+            _allow(
+                "Workers",
+                ["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"],
+                [names.arn("ecs", "task-definition/cloudburst-*"), names.arn("ecs", "task/cloudburst/*")],
+                condition={"ArnEquals": {"ecs:cluster": names.arn("ecs", "cluster/cloudburst")}},
+            ),
+            _allow("Repository", "ecr:*", names.arn("ecr", f"repository/{REPOSITORY}")),
+            _allow(
+                "Logs",
+                "logs:*",
+                [names.arn("logs", f"log-group:{LOG_GROUP}*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
+            ),
+            _allow("Builds", "codebuild:*", names.arn("codebuild", "project/cloudburst-*")),
+            _allow("ServiceRoles", ["iam:CreateRole", *role_admin], service_role),
+            _allow(
+                "MakeJobRoles",
+                ["iam:CreateRole", "iam:PutRolePolicy"],
+                names.job_roles,
+                condition={"StringEquals": {"iam:PermissionsBoundary": names.boundary_arn}},
+            ),
+            _allow("JobRoles", [*role_admin, "sts:AssumeRole"], names.job_roles),
+            _allow(
+                "PassRoles",
+                "iam:PassRole",
+                [service_role, names.job_roles],
+                condition={
+                    "StringEquals": {"iam:PassedToService": ["ecs-tasks.amazonaws.com", "codebuild.amazonaws.com"]}
+                },
+            ),
+            _allow(
+                "Boundary",
+                [
+                    "iam:GetPolicy",
+                    "iam:GetPolicyVersion",
+                    "iam:CreatePolicy",
+                    "iam:CreatePolicyVersion",
+                    "iam:DeletePolicyVersion",
+                    "iam:ListPolicyVersions",
+                    "iam:DeletePolicy",
+                    "iam:TagPolicy",
+                ],
+                names.boundary_arn,
+            ),
+            _allow(
+                "SecurityGroup",
+                [
+                    "ec2:CreateSecurityGroup",
+                    "ec2:DeleteSecurityGroup",
+                    "ec2:RevokeSecurityGroupIngress",
+                    "ec2:CreateTags",
+                ],
+                "*",
+            ),
+        ],
+    }
+
+
 def same_document(found: Any, wanted: Document) -> bool:
     """Do two policy documents say the same? A lone string and a one-element list are the same, and so is
     any order of actions or resources; statements are compared whole, so any extra grant or principal,
@@ -176,7 +378,9 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def _allow(sid: str, actions: str | list[str], resources: str, *, condition: Document | None = None) -> Document:
+def _allow(
+    sid: str, actions: str | list[str], resources: str | list[str], *, condition: Document | None = None
+) -> Document:
     statement: Document = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
     if condition:
         statement["Condition"] = condition

@@ -23,7 +23,7 @@ class FargateSettings:
     subnets: tuple[str, ...] = ()
     security_groups: tuple[str, ...] = ()
     execution_role_arn: str = ""
-    task_role_arn: str = ""
+    worker_boundary_arn: str = ""  # every job role carries it: the most a job's workers may do
     log_group: str = "/cloudburst/workers"
     region: str | None = None
     profile: str | None = None
@@ -64,7 +64,7 @@ class FargateSettings:
     def require_setup(self) -> None:
         missing = [
             name
-            for name in ("bucket", "cluster", "subnets", "security_groups", "execution_role_arn")
+            for name in ("bucket", "cluster", "subnets", "security_groups", "execution_role_arn", "worker_boundary_arn")
             if not getattr(self, name)
         ]
         if missing:

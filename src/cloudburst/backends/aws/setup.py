@@ -22,16 +22,18 @@ from typing import Any
 from ...errors import CloudError
 from ...words import plural
 from .clients import client, error_code, translate
+from .job_roles import delete_job_role
 from .policies import (
     BUILD_LOG_GROUP,
+    JOB_ROLE_PATH,
     LOG_GROUP,
     REPOSITORY,
     Names,
+    boundary_policy,
     build_policy,
     execution_policy,
     same_document,
     service_trust,
-    task_policy,
 )
 
 __all__ = ["Report", "Step", "doctor", "setup", "teardown"]
@@ -145,7 +147,8 @@ class _Context:
         return f"cloudburst-execution-{self.region}"
 
     @property
-    def task_role(self) -> str:
+    def old_task_role(self) -> str:
+        """The one task role all jobs shared before each job had its own: removed by setup and teardown."""
         return f"cloudburst-task-{self.region}"
 
     @property
@@ -437,6 +440,75 @@ def _role(
     report.config[key] = role["Arn"]
 
 
+def _boundary(ctx: _Context, report: Report, fix: bool) -> None:
+    """The permissions boundary every job role carries: the most a job's workers may ever do."""
+    iam = ctx.client("iam")
+    names = ctx.names
+    wanted = boundary_policy(names)
+    label = f"policy {names.boundary_name}"
+    try:
+        policy = iam.get_policy(PolicyArn=names.boundary_arn)["Policy"]
+    except Exception as exc:
+        if error_code(exc) != "NoSuchEntity":
+            with translate("IAM", "GetPolicy", names.boundary_arn):
+                raise
+        if not fix:
+            report.add(Step(label, "problem", "missing", "run `cloudburst setup`"))
+            return
+        with translate("IAM", "CreatePolicy", names.boundary_name):
+            iam.create_policy(
+                PolicyName=names.boundary_name,
+                PolicyDocument=json.dumps(wanted),
+                Description="cloudburst: the most any job's workers may do",
+                Tags=[TAG],
+            )
+        report.add(Step(label, "made"))
+        report.config["worker_boundary_arn"] = names.boundary_arn
+        return
+    version = iam.get_policy_version(PolicyArn=names.boundary_arn, VersionId=policy["DefaultVersionId"])
+    repaired = []
+    if not same_document(_document(version["PolicyVersion"]["Document"]), wanted):
+        repaired.append("permissions")
+        if fix:
+            _new_default_version(iam, names.boundary_arn, wanted)
+    _report(report, label, "found", repaired, fix)
+    report.config["worker_boundary_arn"] = names.boundary_arn
+
+
+def _new_default_version(iam: Any, arn: str, document: dict[str, Any]) -> None:
+    """Make ``document`` the policy's default version, deleting the oldest when IAM's five are taken."""
+    versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
+    if len(versions) >= 5:
+        oldest = min((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])
+        iam.delete_policy_version(PolicyArn=arn, VersionId=oldest["VersionId"])
+    iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
+
+
+def _old_task_role(ctx: _Context, report: Report, fix: bool) -> None:
+    """The role all jobs once shared lets any job's workers reach every job: it goes."""
+    iam = ctx.client("iam")
+    try:
+        iam.get_role(RoleName=ctx.old_task_role)
+    except Exception as exc:
+        if error_code(exc) == "NoSuchEntity":
+            return
+        with translate("IAM", "GetRole", ctx.old_task_role):
+            raise
+    if fix:
+        with translate("IAM", "DeleteRole", ctx.old_task_role):
+            _delete_role(iam, ctx.old_task_role)
+        report.add(Step(f"role {ctx.old_task_role}", "repaired", "removed: each job now has its own role"))
+    else:
+        report.add(
+            Step(
+                f"role {ctx.old_task_role}",
+                "problem",
+                "shared by every job, so one job's workers can reach another's",
+                "run `cloudburst setup` to remove it",
+            )
+        )
+
+
 def _strip_other_grants(iam: Any, name: str, fix: bool) -> list[str]:
     """Managed policies attached to a cloudburst role, and inline policies besides its own: found, and removed."""
     found = []
@@ -522,7 +594,8 @@ def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) 
     _network(ctx, report, fix, subnets)
     names = ctx.names
     _role(ctx, report, fix, ctx.execution_role, execution_policy(names), "execution_role_arn")
-    _role(ctx, report, fix, ctx.task_role, task_policy(names), "task_role_arn")
+    _boundary(ctx, report, fix)
+    _old_task_role(ctx, report, fix)
     _role(ctx, report, fix, ctx.build_role, build_policy(names), "build_role_arn", "codebuild.amazonaws.com")
     _quotas(ctx, report)
 
@@ -550,6 +623,7 @@ def setup(
     values = userconfig.load()
     before = dict(values)
     values.update({k: v for k, v in report.config.items() if not k.startswith("_")})
+    values.pop("task_role_arn", None)  # each job has its own role now
     values["region"] = ctx.region
     if profile:
         values["profile"] = profile
@@ -616,15 +690,16 @@ def teardown(
         "execution_role_arn",
         "task_role_arn",
         "build_role_arn",
+        "worker_boundary_arn",
     ):
         config.pop(key, None)
     userconfig.save(config)
     return report
 
 
-def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]]:
+def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], object]]]:
     """(kind, name, remover) for every resource in this region that carries cloudburst's tag."""
-    out: list[tuple[str, str, Callable[[], None]]] = []
+    out: list[tuple[str, str, Callable[[], object]]] = []
     s3, ecr, ecs, logs, ec2, iam = (ctx.client(s) for s in ("s3", "ecr", "ecs", "logs", "ec2", "iam"))
     for bucket in s3.list_buckets().get("Buckets", []):
         name = bucket["Name"]
@@ -663,10 +738,20 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]
             ("security group", group["GroupId"], functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]))
         )
     for role in iam.list_roles().get("Roles", []):
-        if role["RoleName"] not in (ctx.execution_role, ctx.task_role, ctx.build_role):
+        if role["RoleName"] not in (ctx.execution_role, ctx.old_task_role, ctx.build_role):
             continue
         if TAG in iam.list_role_tags(RoleName=role["RoleName"]).get("Tags", []):
             out.append(("role", role["RoleName"], functools.partial(_delete_role, iam, role["RoleName"])))
+    for page in iam.get_paginator("list_roles").paginate(PathPrefix=JOB_ROLE_PATH):
+        for role in page.get("Roles", []):  # jobs' own roles, left by clients that died
+            out.append(("job role", role["RoleName"], functools.partial(delete_job_role, iam, role["RoleName"])))
+    try:
+        iam.get_policy(PolicyArn=ctx.names.boundary_arn)
+        remove = functools.partial(_delete_policy, iam, ctx.names.boundary_arn)
+        out.append(("policy", ctx.names.boundary_name, remove))
+    except Exception as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
     codebuild, ssm = ctx.client("codebuild"), ctx.client("ssm")
     from .images import BUILD_PROJECT
 
@@ -698,6 +783,13 @@ def _delete_cluster(ecs: Any, cluster: dict[str, Any]) -> None:
     for task in running:
         ecs.stop_task(cluster=cluster["clusterArn"], task=task, reason="cloudburst teardown")
     ecs.delete_cluster(cluster=cluster["clusterArn"])
+
+
+def _delete_policy(iam: Any, arn: str) -> None:
+    for version in iam.list_policy_versions(PolicyArn=arn)["Versions"]:
+        if not version["IsDefaultVersion"]:
+            iam.delete_policy_version(PolicyArn=arn, VersionId=version["VersionId"])
+    iam.delete_policy(PolicyArn=arn)
 
 
 def _delete_role(iam: Any, name: str) -> None:
