@@ -135,7 +135,8 @@ def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest
     before = calls_of(emulator, "ecs.RunTask", "sqs.CreateQueue")
     with pytest.raises(
         cloudburst.NotSetUpError,
-        match=r"not set up: no bucket, cluster, subnets, security_groups, execution_role_arn, worker_boundary_arn configured\. "
+        match=r"not set up: no bucket, cluster, subnets, security_groups, execution_role_arn, worker_boundary_arn "
+        r"configured\. "
         r"Run `cloudburst setup`.*or use backend='local'",
     ):
         cloudburst.map(abs, [1], backend="fargate")

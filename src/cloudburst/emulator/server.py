@@ -188,6 +188,8 @@ class Gateway:
             if rule.run_task_failure:
                 failure = {"arn": "", "reason": rule.run_task_failure}
                 return _json(start_response, 200, {"tasks": [], "failures": [failure]})
+            if not target and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+                return _query_error(start_response, rule.status, rule.code, rule.message)
             return _json(start_response, rule.status, {"__type": rule.code, "message": rule.message})
         if service == "codebuild" and operation == "StartBuild" and self.on_build is not None:
             variables = _read_json(environ).get("environmentVariablesOverride", [])
@@ -242,6 +244,18 @@ def _read_json(environ: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return loaded if isinstance(loaded, dict) else {}
+
+
+def _query_error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
+    """An error as the query protocol (IAM, EC2, STS) answers it: XML."""
+    from xml.sax.saxutils import escape
+
+    data = (
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{escape(code)}</Code>"
+        f"<Message>{escape(message)}</Message></Error><RequestId>emulated</RequestId></ErrorResponse>"
+    ).encode()
+    start_response(f"{status} Error", [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
+    return [data]
 
 
 def _json(start_response: StartResponse, status: int, payload: dict[str, Any]) -> list[bytes]:

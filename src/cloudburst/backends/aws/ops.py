@@ -1,10 +1,11 @@
 """Seeing what runs: jobs found in the account by their tags and names, their logs, and cleanup.
 
-A job leaves three kinds of traces, all named or tagged with its id: SQS queues
+A job leaves these traces, all named or tagged with its id: SQS queues
 ``cloudburst-<id>-{tasks,results,dlq}``, objects under ``s3://bucket/jobs/<id>/`` (with the
-client's heartbeat in ``control/state``), and ECS tasks started by ``cloudburst-<id>``, plus
-the job key's SSM parameter. A job whose client has been silent longer than a threshold, and
-that is not a detached job, is a leftover: ``cleanup`` removes its traces.
+client's heartbeat in ``control/state``), ECS tasks started by ``cloudburst-<id>``, the job
+key's SSM parameter, and the job's own IAM role (``/cloudburst/jobs/cloudburst-job-<id>``).
+A job whose client has been silent longer than a threshold, and that is not a detached job,
+is a leftover: ``cleanup`` removes its traces.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ...errors import PayloadAuthenticationError
 from ...task import open_control
 from .clients import client, error_code
 from .fargate import CONTAINER, LOG_PREFIX
+from .job_roles import delete_job_role, job_roles
 from .pricing import billed_seconds
 
 __all__ = ["JobView", "cleanup", "find_jobs", "log_lines"]
@@ -37,6 +39,7 @@ class JobView:
     waiting: int = 0  # task messages not yet taken
     running: int = 0  # task messages leased by workers
     results: int = 0  # result messages not yet collected
+    role: str = ""  # the job's own IAM role, when it still exists
 
     @property
     def workers(self) -> dict[str, int]:
@@ -79,6 +82,9 @@ def find_jobs(region: str | None, profile: str | None, bucket: str, cluster: str
             view.waiting, view.running = counts
         elif role == "results":
             view.results = counts[0]
+    for role, job_id in job_roles(region, profile).items():
+        if job_id:
+            jobs.setdefault(job_id, JobView(job_id)).role = role
     ecs: Any = client("ecs", region, profile)
     for task in _cluster_tasks(ecs, cluster):
         started_by = str(task.get("startedBy", ""))
@@ -162,13 +168,13 @@ def leftovers(jobs: dict[str, JobView], older_than: float) -> list[JobView]:
             continue
         silent = view.heartbeat_age is None or view.heartbeat_age > older_than or view.stopped
         live_workers = any(t.get("lastStatus") != "STOPPED" for t in view.tasks)
-        if silent and (view.queues or live_workers or view.heartbeat_age is not None):
+        if silent and (view.queues or live_workers or view.role or view.heartbeat_age is not None):
             found.append(view)
     return found
 
 
 def cleanup(view: JobView, region: str | None, profile: str | None, bucket: str, cluster: str) -> list[str]:
-    """Stop a leftover job's workers and delete its queues, data and key. Returns what was removed."""
+    """Stop a leftover job's workers and delete its queues, data, role and key. Returns what was removed."""
     removed: list[str] = []
     ecs: Any = client("ecs", region, profile)
     for task in view.tasks:
@@ -189,6 +195,8 @@ def cleanup(view: JobView, region: str | None, profile: str | None, bucket: str,
             count += len(keys)
     if count:
         removed.append(f"{count} object(s) under s3://{bucket}/jobs/{view.job_id}")
+    if view.role and delete_job_role(client("iam", region, profile), view.role):
+        removed.append(f"role {view.role}")
     ssm: Any = client("ssm", region, profile)
     try:
         for parameter in ssm.get_parameters_by_path(Path=f"/cloudburst/jobs/{view.job_id}").get("Parameters", []):
