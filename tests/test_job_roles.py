@@ -167,3 +167,36 @@ def test_cleanup_removes_the_role_of_a_client_that_died(emulator: Emulator) -> N
     )
     assert f"role {_role_name(job_id)}" in json.loads(cleaned.stdout)[job_id]
     assert not _role_exists(job_id)
+
+
+def test_the_credentials_endpoint_answers_only_its_token_and_refreshes_before_expiry() -> None:
+    import urllib.error
+    import urllib.request
+    from datetime import datetime, timedelta, timezone
+
+    from cloudburst.backends.aws.credentials import CredentialsEndpoint
+
+    fetched: list[int] = []
+
+    def fetch() -> dict[str, Any]:
+        fetched.append(1)
+        soon = datetime.now(timezone.utc) + timedelta(minutes=5 if len(fetched) == 1 else 60)
+        return {"AccessKeyId": f"AKID{len(fetched)}", "SecretAccessKey": "s", "SessionToken": "t", "Expiration": soon}
+
+    endpoint = CredentialsEndpoint(fetch)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(endpoint.url, headers={"Authorization": "guess"}), timeout=5)
+        assert refused.value.code == 401 and not fetched  # no token, nothing fetched or shown
+
+        def ask() -> dict[str, str]:
+            request = urllib.request.Request(endpoint.url, headers={"Authorization": endpoint.token})
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return dict(json.loads(answer.read()))
+
+        assert ask()["AccessKeyId"] == "AKID1"
+        # the first credentials expire within the refresh margin: the next request gets new ones
+        assert ask()["AccessKeyId"] == "AKID2"
+        assert ask()["AccessKeyId"] == "AKID2" and len(fetched) == 2
+    finally:
+        endpoint.close()
