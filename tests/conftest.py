@@ -25,6 +25,20 @@ os.environ["CLOUDBURST_CACHE_DIR"] = str(_PRIVATE / "cache")
 
 BACKENDS = ["local", "fargate"]
 
+LIVE_AWS_PROFILE = "CLOUDBURST_TEST_AWS_PROFILE"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``aws`` need a real account: without one named, they are skipped and say how to run them."""
+    if os.environ.get(LIVE_AWS_PROFILE):
+        return
+    skip = pytest.mark.skip(
+        reason=f"live AWS: set {LIVE_AWS_PROFILE} (and CLOUDBURST_TEST_AWS_REGION) to run; see docs/maintainers.md"
+    )
+    for item in items:
+        if item.get_closest_marker("aws") is not None:
+            item.add_marker(skip)
+
 
 def process_gone(pid: int) -> bool:
     """True when ``pid`` no longer runs (a zombie waiting to be reaped counts as gone)."""

@@ -5,6 +5,7 @@
     cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b]   one-time AWS set-up
     cloudburst doctor [--json]        check the set-up; every problem with its fix
     cloudburst teardown [--yes]       remove what setup made (found by its tag)
+    cloudburst selftest [--max-cost USD]   a tiny job end to end: image, workers, logs, isolation, cost, clean-up
     cloudburst config [--json]        every setting and where it came from
     cloudburst config set KEY VALUE   check and save a setting
     cloudburst quota [--request N] [--spot] [--json]   Fargate vCPU quotas, use, pending increases
@@ -191,6 +192,22 @@ def teardown_command(yes: bool, region: str | None, profile: str | None) -> None
     from .backends.aws.setup import teardown
 
     teardown(region=region, profile=profile, confirm=_confirm(yes), echo=click.echo)
+
+
+@main.command("selftest")
+@click.option("--region", default=None)
+@click.option("--profile", default=None)
+@click.option("--max-cost", type=click.FloatRange(min=0.001), default=0.05, show_default=True, help="USD cap per job")
+def selftest_command(region: str | None, profile: str | None, max_cost: float) -> None:
+    """Run a tiny job end to end and check the image, workers, logs, isolation, cost and clean-up."""
+    from .backends.aws.selftest import selftest
+
+    click.echo(f"{'check':10} {'result':7} {'time':>9} {'cost':>10}")
+    report = selftest(region=region, profile=profile, max_cost=max_cost, echo=click.echo)
+    failed = [c.name for c in report.checks if not c.ok]
+    click.echo(f"selftest: {'FAILED: ' + ', '.join(failed) if failed else 'all checks ok'}; cost {report.cents:.3f} ¢")
+    if failed:
+        sys.exit(1)
 
 
 @main.group("config", invoke_without_command=True)
