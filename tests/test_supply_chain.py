@@ -28,7 +28,7 @@ import pytest
 
 import cloudburst
 from cloudburst import bootstrap, pins, userconfig
-from cloudburst.backends.aws.images import _bundle, ensure_bundle
+from cloudburst.backends.aws.images import ensure_bundle
 from cloudburst.emulator import Emulator, network_env
 from cloudburst.environment import base_image, build_context, dockerfile, snapshot, tag
 
@@ -80,6 +80,8 @@ def test_bundle_digest_is_the_clients_not_the_objects_metadata(emulator: Emulato
 
 def test_the_bundle_is_reproducible(tmp_path: Path) -> None:
     """The client can hash a bundle without trusting S3 only if building it twice gives the same bytes."""
+    from cloudburst.backends.aws.images import _bundle
+
     snap = snapshot(_requirements(tmp_path))
     first = _bundle(snap, "x86_64")
     time.sleep(1.1)  # zip times have two-second steps: a later build must not differ by its file times
