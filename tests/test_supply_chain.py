@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import sys
 import time
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
 import cloudburst
@@ -238,3 +241,70 @@ def test_a_locked_package_with_other_bytes_is_refused_by_the_install(tmp_path: P
         check=False,
     )
     assert result.returncode != 0 and "hash" in result.stderr.lower(), result.stderr
+
+
+# ---------------------------------------------------------------------------- 5: images by digest, tags immutable
+
+
+def test_setup_makes_the_repository_immutable_and_doctor_flags_a_mutable_one(emulator: Emulator) -> None:
+    from cloudburst.backends.aws.setup import doctor, setup
+
+    ecr = boto3.client("ecr")
+    region = userconfig.load()["region"]
+    repository = userconfig.load()["ecr_repository"]
+
+    def mutability() -> str:
+        return str(ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]["imageTagMutability"])
+
+    assert mutability() == "IMMUTABLE"  # as setup made it
+    ecr.put_image_tag_mutability(repositoryName=repository, imageTagMutability="MUTABLE")
+    try:
+        report = doctor(region=region, echo=lambda _: None)
+        flagged = [s for s in report.problems if s.name == f"ECR repository {repository}"]
+        assert flagged and "not tags immutable" in flagged[0].detail and "cloudburst setup" in flagged[0].fix
+        assert mutability() == "MUTABLE"  # doctor changes nothing
+        setup(region=region, echo=lambda _: None)
+        assert mutability() == "IMMUTABLE"
+    finally:
+        ecr.put_image_tag_mutability(repositoryName=repository, imageTagMutability="IMMUTABLE")
+
+
+def test_images_are_recorded_and_run_by_digest_and_a_tag_cannot_be_repushed(emulator: Emulator) -> None:
+    from cloudburst.backends.aws.fargate import ensure_task_definition
+    from cloudburst.backends.aws.images import ensure_image
+    from cloudburst.backends.aws.settings import FargateSettings
+    from cloudburst.environment import Snapshot
+
+    values = userconfig.load()
+    snap = Snapshot(python="3.11", requirements=(f"zzz-unique=={time.time_ns()}",))
+    kwargs: dict[str, Any] = {
+        "region": values["region"],
+        "profile": None,
+        "repository": values["ecr_repository"],
+        "bucket": values["bucket"],
+        "role_arn": values["build_role_arn"],
+        "echo": lambda _: None,
+    }
+    uri = ensure_image(snap, **kwargs)
+    ecr = boto3.client("ecr")
+    found = ecr.describe_images(repositoryName=values["ecr_repository"], imageIds=[{"imageTag": tag(snap)}])
+    digest = found["imageDetails"][0]["imageDigest"]
+    assert uri.endswith(f"/{values['ecr_repository']}@{digest}") and digest.startswith("sha256:")
+    # the cache hit answers the same digest
+    assert ensure_image(snap, **kwargs) == uri
+    # a replacement pushed under the same tag is refused by the immutable repository
+    replacement = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "layers": [{"digest": "sha256:" + "e" * 64}],  # another image
+    }
+    manifest = json.dumps(replacement)
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        ecr.put_image(repositoryName=values["ecr_repository"], imageManifest=manifest, imageTag=tag(snap))
+    # AWS answers ImageTagAlreadyExistsException; moto 5.2 ImageAlreadyExistsException for the same refusal
+    assert refused.value.response["Error"]["Code"] in ("ImageTagAlreadyExistsException", "ImageAlreadyExistsException")
+    assert ensure_image(snap, **kwargs) == uri  # the tag still names the first image
+    # and tasks name the digest, never the tag
+    arn = ensure_task_definition(FargateSettings.resolve({"image": uri}), 1024, 2048)
+    definition = boto3.client("ecs").describe_task_definition(taskDefinition=arn)["taskDefinition"]
+    assert definition["containerDefinitions"][0]["image"] == uri and f":{tag(snap)}" not in uri

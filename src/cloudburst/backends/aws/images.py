@@ -2,8 +2,8 @@
 
 ::
 
-    ensure_image(snapshot)  ─► tag = hash(lock, Python, base, arch, cloudburst)
-        ECR has repo:tag? ─── yes ─► reuse it (one DescribeImages call)
+    ensure_image(snapshot)  ─► tag = hash(lock, Python, base image digest, arch, cloudburst)
+        ECR has repo:tag? ─── yes ─► reuse it by digest, repo@sha256:... (one DescribeImages call)
                           └── no ──► build context ─► a local Docker engine: build and push
                                                    └► else AWS CodeBuild: context to S3, build
                                                       started, its log streamed, image pushed
@@ -204,16 +204,17 @@ def _repository_uri(region: str | None, profile: str | None, repository: str) ->
         return str(ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]["repositoryUri"])
 
 
-def find_image(region: str | None, profile: str | None, repository: str, image_tag: str) -> bool:
-    """Whether ECR holds ``repository:image_tag`` (the cache check: one request)."""
+def find_image(region: str | None, profile: str | None, repository: str, image_tag: str) -> str:
+    """The digest (``sha256:...``) of ``repository:image_tag`` in ECR, "" when it is not there (the cache
+    check: one request)."""
     ecr: Any = client("ecr", region, profile)
     try:
-        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": image_tag}])
-        return True
+        found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": image_tag}])["imageDetails"]
     except Exception as exc:
         if error_code(exc) in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            return False
+            return ""
         raise
+    return str(found[0]["imageDigest"]) if found else ""
 
 
 def docker_engine() -> bool:
@@ -237,11 +238,14 @@ def ensure_image(
     arch: str = "x86_64",
     echo: Callable[[str], None] = print,
 ) -> str:
-    """The image URI for this environment: found in ECR, else built and pushed."""
+    """The image for this environment, by digest (``repo@sha256:...``): found in ECR by its tag, else built
+    and pushed. Tasks run the digest, so an image pushed later under the same tag is never run."""
     image_tag = tag(snap, arch=arch)
-    uri = f"{_repository_uri(region, profile, repository)}:{image_tag}"
-    if find_image(region, profile, repository, image_tag):
-        return uri
+    repository_uri = _repository_uri(region, profile, repository)
+    uri = f"{repository_uri}:{image_tag}"
+    digest = find_image(region, profile, repository, image_tag)
+    if digest:
+        return f"{repository_uri}@{digest}"
     echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
     netrc_text = index_credentials(snap) if snap.private_hosts else ""
     with tempfile.TemporaryDirectory(prefix="build-", dir=scratch.own()) as folder:
@@ -254,8 +258,16 @@ def ensure_image(
         else:
             parameter = store_index_credentials(region, profile, netrc_text)
             _codebuild(context, uri, image_tag, arch, region, profile, bucket, role_arn, echo, parameter)
-    echo(f"cloudburst: worker image ready: {uri}")
-    return uri
+    digest = find_image(region, profile, repository, image_tag)
+    if not digest:
+        raise CloudError(
+            f"the image build reported success, but ECR has no {uri}: run `cloudburst env build` again",
+            service="ECR",
+            operation="DescribeImages",
+            code="ImageNotFoundException",
+        )
+    echo(f"cloudburst: worker image ready: {repository_uri}@{digest} ({image_tag})")
+    return f"{repository_uri}@{digest}"
 
 
 def _docker_build(context: Path, uri: str, arch: str, region: str | None, profile: str | None, secret: Path) -> None:
