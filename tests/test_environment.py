@@ -21,6 +21,7 @@ from cloudburst.environment import (
     strip_credentials,
     tag,
 )
+from cloudburst.pins import BASE_IMAGES
 
 
 def test_snapshot_pins_what_is_installed() -> None:
@@ -44,9 +45,10 @@ def test_same_environment_same_tag_one_change_new_tag() -> None:
 def test_golden_dockerfile() -> None:
     snap = Snapshot(python="3.11", requirements=("numpy==2.1.0",), local=("/home/me/mypkg",))
     assert dockerfile(snap) == (
-        "FROM public.ecr.aws/docker/library/python:3.11-slim-bookworm\n"
+        f"FROM public.ecr.aws/docker/library/python:3.11-slim-bookworm@{BASE_IMAGES['3.11']}\n"
         "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1\n"
-        "RUN pip install --no-cache-dir uv\n"
+        "COPY uv-requirements.txt /cloudburst/uv-requirements.txt\n"
+        "RUN pip install --no-cache-dir --no-deps --require-hashes -r /cloudburst/uv-requirements.txt\n"
         "COPY requirements.txt /cloudburst/requirements.txt\n"
         "COPY wheels/ /cloudburst/wheels/\n"
         "RUN uv pip install --system --no-cache -r /cloudburst/requirements.txt /cloudburst/wheels/*.whl\n"

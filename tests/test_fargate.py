@@ -158,8 +158,9 @@ def test_without_an_image_this_environments_image_is_found_or_built(
         assert ex.submit(abs, -6).result(timeout=60) == 6
         ex.shutdown()
         image = ex._job.backend.settings.image
-        assert image.endswith(f"/cloudburst:{tag(snapshot())}")
-        assert emulator.builds[builds:] in ([image], [])  # built now, or found from an earlier run
+        assert "/cloudburst@sha256:" in image  # run by digest
+        pushed = f"{image.split('@')[0]}:{tag(snapshot())}"
+        assert emulator.builds[builds:] in ([pushed], [])  # built now, or found from an earlier run
         assert "CodeBuild build" in capsys.readouterr().err or builds > 0
         again = cloudburst.Executor(1, backend="fargate")
         again.shutdown()

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -45,10 +46,10 @@ def test_cache_miss_builds_through_codebuild_then_hits(emulator: Emulator) -> No
     lines: list[str] = []
     before = emulator.calls.get("codebuild.StartBuild", 0)
     uri = ensure_image(snap, echo=lines.append, **settings())  # type: ignore[arg-type]
-    assert uri.endswith(f"/cloudburst:{tag(snap)}")
+    assert "/cloudburst@sha256:" in uri  # run by digest
     assert emulator.calls.get("codebuild.StartBuild", 0) == before + 1
-    assert emulator.builds[-1] == uri
-    assert any("CodeBuild build" in line for line in lines) and lines[-1].endswith(uri)
+    assert emulator.builds[-1] == f"{uri.split('@')[0]}:{tag(snap)}"
+    assert any("CodeBuild build" in line for line in lines) and lines[-1].endswith(f"{uri} ({tag(snap)})")
     phases = [line for line in lines if "image build [" in line]
     assert phases and re.search(r"image build \[11/11\] completed \(took \d+:\d\d\)", phases[-1]), phases
 
@@ -77,7 +78,10 @@ def test_one_package_changed_builds_a_new_image(emulator: Emulator) -> None:
     first = ensure_image(base, echo=lambda _: None, **settings())  # type: ignore[arg-type]
     changed = Snapshot(python="3.11", requirements=("pandas==2.2.1", *base.requirements[1:]))
     second = ensure_image(changed, echo=lambda _: None, **settings())  # type: ignore[arg-type]
-    assert first != second and emulator.builds[-2:] == [first, second]
+    assert first != second and emulator.builds[-2:] == [
+        f"{first.split('@')[0]}:{tag(base)}",
+        f"{second.split('@')[0]}:{tag(changed)}",
+    ]
 
 
 def test_env_build_command_saves_the_image(emulator: Emulator, tmp_path: pytest.TempPathFactory) -> None:
@@ -95,7 +99,8 @@ def test_env_build_command_saves_the_image(emulator: Emulator, tmp_path: pytest.
             check=True,
         ).stdout
         assert "CodeBuild build" in out and "image = " in out and "(saved)" in out
-        assert userconfig.load()["image"] == emulator.builds[-1]
+        assert userconfig.load()["image"].split("@")[0] == emulator.builds[-1].rsplit(":", 1)[0]
+        assert "@sha256:" in userconfig.load()["image"]  # saved by digest
         shown = subprocess.run(
             [sys.executable, "-m", "cloudburst.cli", "env", "show", "--requirements", str(reqs), "--json"],
             capture_output=True,
@@ -114,7 +119,7 @@ def test_private_index_logins_reach_the_build_only_as_a_parameter(
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken-for-build@private.example.com/simple")
     snap = snapshot(_requirements_file(tmp_path))
     assert snap.private_hosts == ("private.example.com",)
-    uri = ensure_image(snap, echo=lambda _: None, **settings())  # type: ignore[arg-type]
+    ensure_image(snap, echo=lambda _: None, **settings())  # type: ignore[arg-type]
     variables = emulator.gateway.build_variables[-1]  # type: ignore[union-attr]
     netrc_variable = next(v for v in variables if v["name"] == "CLOUDBURST_NETRC")
     parameter = netrc_variable["value"]
@@ -126,7 +131,7 @@ def test_private_index_logins_reach_the_build_only_as_a_parameter(
     name = parameter.rsplit("/", 1)[1]  # keyed: the name does not let anyone test guesses of the value
     assert name not in hashlib.sha256(stored["Value"].encode()).hexdigest()
     assert store_index_credentials(settings()["region"], None, stored["Value"]) == parameter  # and stable
-    body = boto3.client("s3").get_object(Bucket=settings()["bucket"], Key=f"builds/{uri.rsplit(':', 1)[1]}.zip")
+    body = boto3.client("s3").get_object(Bucket=settings()["bucket"], Key=f"builds/{tag(snap)}.zip")
     context = zipfile.ZipFile(io.BytesIO(body["Body"].read()))
     for name in context.namelist():
         assert b"t0ken" not in context.read(name), name
@@ -147,7 +152,7 @@ def test_image_python_task_definition_names_the_bundle_and_the_logins_parameter(
     arn = ensure_task_definition(fargate, 1024, 2048, bundle=bundle, netrc_parameter=parameter)
     definition = boto3.client("ecs").describe_task_definition(taskDefinition=arn)["taskDefinition"]
     container = definition["containerDefinitions"][0]
-    assert container["image"] == f"public.ecr.aws/docker/library/python:{snap.python}-slim-bookworm"
+    assert container["image"] == base_image(snap.python)  # by digest
     assert container["secrets"] == [{"name": "CLOUDBURST_NETRC", "valueFrom": parameter}]
     assert {"name": "CLOUDBURST_BUNDLE", "value": bundle} in container["environment"]
     assert "t0ken" not in json.dumps(definition, default=str)
@@ -211,9 +216,19 @@ def test_with_a_docker_engine_the_image_is_built_and_pushed_locally(
         f'  login) echo "STDIN $(cat)" >> {record} ;;\n'
         '  build) for a in "$@"; do case "$a" in id=netrc,src=*) '
         f'echo "SECRET $(cat "${{a#id=netrc,src=}}")" >> {record} ;; esac; done ;;\n'
+        f'  push) "{sys.executable}" -c "$PUSH" "$2" ;;\n'  # the image reaches (emulated) ECR
         "esac\n"
     )
     fake.chmod(0o755)
+    monkeypatch.setenv(
+        "PUSH",
+        "import boto3, hashlib, json, sys\n"
+        "repository, tag = sys.argv[1].split('/', 1)[1].rsplit(':', 1)\n"
+        "layer = 'sha256:' + hashlib.sha256(tag.encode()).hexdigest()\n"
+        "mt = 'application/vnd.docker.distribution.manifest.v2+json'\n"
+        "manifest = json.dumps({'schemaVersion': 2, 'mediaType': mt, 'layers': [{'digest': layer}]})\n"
+        "boto3.client('ecr').put_image(repositoryName=repository, imageManifest=manifest, imageTag=tag)\n",
+    )
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://bot:t0ken-docker@private.example.com/simple")
     assert docker_engine()
@@ -225,10 +240,11 @@ def test_with_a_docker_engine_the_image_is_built_and_pushed_locally(
     assert lines[0].startswith("ARGS login --username AWS --password-stdin 123456789012.dkr.ecr.")
     assert lines[1].startswith("STDIN ") and len(lines[1]) > len("STDIN ")  # the ECR token, never an argument
     build = next(line for line in lines if line.startswith("ARGS build"))
-    assert f"--platform linux/arm64 -t {uri} " in build
+    pushed = f"{uri.split('@')[0]}:{tag(snap, arch='arm64')}"
+    assert f"--platform linux/arm64 -t {pushed} " in build
     secret_path = re.search(r"id=netrc,src=(\S+)", build).group(1)  # type: ignore[union-attr]
     context = build.rsplit(" ", 1)[1]
     assert not secret_path.startswith(context)  # the logins are not part of the context
     assert "SECRET machine private.example.com login bot password t0ken-docker" in lines
-    assert "t0ken" not in build and lines[-1] == f"ARGS push {uri}"
+    assert "t0ken" not in build and lines[-1] == f"ARGS push {pushed}"
     assert not Path(secret_path).exists()  # removed with the build folder

@@ -83,7 +83,9 @@ def test_image_python_installs_the_snapshot_as_workers_start(
     stock = [
         d
         for d in definitions
-        if d["containerDefinitions"][0]["image"].endswith(f"python:{snapshot().python}-slim-bookworm")
+        if d["containerDefinitions"][0]["image"].startswith(
+            f"public.ecr.aws/docker/library/python:{snapshot().python}-slim-bookworm@sha256:"
+        )
     ]
     assert stock, "no task definition on the stock Python image"
     container = stock[0]["containerDefinitions"][0]

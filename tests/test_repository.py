@@ -26,7 +26,7 @@ def test_all_lists_every_public_name() -> None:
         "serialize",
     }
     modules |= {"aws", "bootstrap", "cli", "detached", "environment", "task", "userconfig", "wheels", "work", "worker"}
-    modules |= {"words", "remote_exceptions", "memlimit", "scratch", "supervisor"}
+    modules |= {"words", "remote_exceptions", "memlimit", "scratch", "supervisor", "pins"}
     assert set(cloudburst.__all__) == public - modules | {"errors", "__version__"}
 
 

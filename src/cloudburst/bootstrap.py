@@ -4,13 +4,16 @@ With ``image="python"`` a worker starts on the stock Python image, which has
 neither cloudburst nor your packages. ECS runs this file's source as
 ``python -c`` (it uses the standard library only)::
 
-    pip install uv ─► uv pip install boto3 ─► fetch the environment bundle from S3
-        (requirements, local wheels, cloudburst itself) and check its sha256
-        ─► uv pip install -r requirements.txt + the wheels ─► exec python -m cloudburst.worker
+    pip install uv ─► uv pip install boto3 (both pinned by version and sha256, --require-hashes)
+        ─► fetch the environment bundle from S3 (requirements, local wheels, cloudburst itself) and
+        check its sha256 ─► uv pip install -r requirements.txt + the wheels ─► exec python -m cloudburst.worker
 
 ``CLOUDBURST_BUNDLE`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
-part of the task definition, so a bundle that was changed after upload is
-refused. Index logins, when the snapshot needs them, arrive as
+the client's own hash of the bundle it built, part of the task definition it
+registers, so a bundle that was changed after upload is refused (whatever the
+object's metadata says). The uv and boto3 pins (``cloudburst.pins``) are written
+into this source by ``script()``, which is what the task definition runs.
+Index logins, when the snapshot needs them, arrive as
 ``CLOUDBURST_NETRC`` from an encrypted parameter (an ECS secret) and are
 written to a private file for uv; they are never printed.
 """
@@ -26,8 +29,10 @@ import sys
 import time
 import zipfile
 
-#: the uv the fallback installs: new enough for ``--python`` and netrc logins
-UV_REQUIREMENT = "uv>=0.4"
+#: requirements files (``name==version --hash=sha256:...``) for uv and for boto3 with its dependencies:
+#: empty here, filled in from ``cloudburst.pins`` by ``script()``
+UV_PINS = ""
+BOTO3_PINS = ""
 #: the exit code of an environment that cannot be installed (sysexits' EX_CONFIG): the client stops
 #: starting workers at the first one, as every other would fail the same way
 EXIT_ENVIRONMENT = 78
@@ -52,6 +57,34 @@ def _run(what: str, args: list[str], env: dict[str, str]) -> None:
             _say(f"{what} failed; trying once more")
             time.sleep(2)
     raise _InstallFailed(f"{what} failed twice; its output is above")
+
+
+def script() -> str:
+    """This file's source with the pins filled in: what an ``image="python"`` container runs as ``python -c``.
+    (Called by the client, where cloudburst is installed; the container needs the standard library only.)"""
+    from pathlib import Path
+
+    from . import pins
+
+    source = Path(__file__).read_text(encoding="utf-8")
+    for name, text in (
+        ("UV_PINS", pins.requirements_text(pins.UV)),
+        ("BOTO3_PINS", pins.requirements_text(pins.BOTO3)),
+    ):
+        placeholder = f'\n{name} = ""\n'
+        assert placeholder in source, f"bootstrap.py lost its {name} line"
+        source = source.replace(placeholder, f"\n{name} = {text!r}\n", 1)
+    return source
+
+
+def _pinned(root: str, name: str, text: str) -> str:
+    """A requirements file of pins, for ``--require-hashes``."""
+    if not text:
+        raise _InstallFailed(f"this bootstrap has no {name}: run it as cloudburst registers it (bootstrap.script())")
+    path = os.path.join(root, f"{name.lower()}.txt")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
 
 
 def main() -> None:
@@ -79,12 +112,13 @@ def _install_and_run() -> None:
         env["NETRC"] = path
         _say(f"package index logins for {netrc_text.count('machine ')} host(s) passed to uv")
     started = time.monotonic()
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", UV_REQUIREMENT]
-    _run("installing uv", pip, env)
+    # uv and boto3 are pinned by version and hash: an index serving other bytes for them is refused
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    _run("installing uv", [*pip, "--require-hashes", "-r", _pinned(root, "UV_PINS", UV_PINS)], env)
     uv = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", sys.executable]
     if sys.prefix == sys.base_prefix:
         uv.append("--system")
-    _run("installing boto3", [*uv, "boto3"], env)
+    _run("installing boto3", [*uv, "--require-hashes", "-r", _pinned(root, "BOTO3_PINS", BOTO3_PINS)], env)
 
     import boto3  # installed just above
     import botocore.exceptions

@@ -90,14 +90,26 @@ class Snapshot:
     private_hosts: tuple[str, ...] = ()  # index hosts that need credentials (supplied as a netrc secret)
     local_digest: str = ""  # content hash of the local and editable source trees
     requirements_file: str = ""  # the file named, if any (not part of the tag: only its contents count)
+    hashes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (requirement, ("sha256:...", ...)) from the user's lock
+
+    @property
+    def require_hashes(self) -> bool:
+        """Whether every line workers install carries hashes: then uv runs with ``--require-hashes``."""
+        hashed = dict(self.hashes)
+        return bool(hashed) and not self.local and all(r in hashed for r in (*self.requirements, *self.runtime))
 
     def requirements_txt(self) -> str:
-        lines = []
+        """The workers' requirements file: indexes, then the requirements with the lock's hashes (which uv
+        checks wherever they are given), ``--require-hashes`` first when every line has them."""
+        lines = ["--require-hashes"] if self.require_hashes else []
         if self.index_urls:
             first, *rest = self.index_urls
             lines.append(f"--{'extra-' if self.extra_index else ''}index-url {first}")
             lines += [f"--extra-index-url {url}" for url in rest]
-        return "\n".join([*lines, *self.requirements, *self.runtime]) + "\n"
+        hashed = dict(self.hashes)
+        for requirement in (*self.requirements, *self.runtime):
+            lines.append(" ".join([requirement, *(f"--hash={h}" for h in hashed.get(requirement, ()))]))
+        return "\n".join(lines) + "\n"
 
 
 def _direct_url(dist: metadata.Distribution) -> dict[str, object] | None:
@@ -323,6 +335,7 @@ class _FromFile:
     index_urls: list[str] = field(default_factory=list)  # with credentials, as written
     replaces_index: bool = False
     notes: list[str] = field(default_factory=list)
+    hashes: dict[str, list[str]] = field(default_factory=dict)  # requirement: ["sha256:...", ...]
 
 
 def _file_path(url: str) -> str:
@@ -437,11 +450,21 @@ def _from_lock(path: Path, found: _FromFile, arch: str) -> None:
             )
         elif "url" in source:
             found.requirements.append(f"{name} @ {source['url']}")
+            _lock_hashes(package, found)
         else:
             registry = str(source.get("registry", ""))
             if registry.startswith("http") and "pypi.org" not in registry and registry not in found.index_urls:
                 found.index_urls.append(registry)
             found.requirements.append(f"{name}=={version}")
+            _lock_hashes(package, found)
+
+
+def _lock_hashes(package: dict[str, Any], found: _FromFile) -> None:
+    """A uv.lock package's file hashes (its sdist's and wheels'), kept for the requirement just added."""
+    files = [package.get("sdist") or {}, *(package.get("wheels") or [])]
+    hashes = [str(f["hash"]) for f in files if isinstance(f, dict) and f.get("hash")]
+    if hashes:
+        found.hashes[found.requirements[-1]] = hashes
 
 
 def _local_with_extras(target: str, base: Path, found: _FromFile, where: str) -> None:
@@ -517,6 +540,8 @@ def _from_file(
             found.replaces_index = True
         elif option == "--extra-index-url":
             found.index_urls.append(value)
+        elif option == "--require-hashes":
+            pass  # workers check hashes too: with --require-hashes when every line they install has them
         elif option:
             found.notes.append(f"{path.name}: option {option} is not carried over")
         elif line.startswith((".", "/", "~")) or re.match(r"[A-Za-z]:[\\/]", line) or line.startswith("file:"):
@@ -526,9 +551,12 @@ def _from_file(
             url = line.partition(" @ ")[2]
             found.local.append(str((path.parent / _file_path(url.split(";", 1)[0].strip())).resolve()))
         else:
-            requirement = line.split(" --", 1)[0].strip()  # without per-line --hash options
+            requirement = line.split(" --", 1)[0].strip()  # its --hash options are kept apart
             _refuse_logins_in(requirement, path.name)
             found.requirements.append(requirement)
+            hashes = re.findall(r"--hash[=\s]\s*([a-z0-9]+:[0-9a-fA-F]+)", line)
+            if hashes:
+                found.hashes.setdefault(requirement, []).extend(hashes)
     return found
 
 
@@ -541,9 +569,10 @@ def snapshot(requirements: str | Path | None = None, *, arch: str = "x86_64") ->
     notes: list[str] = []
     file_indexes: list[str] = []
     replaces_index = False
+    hashes: dict[str, list[str]] = {}
     if requirements is not None:
         from_file = _from_file(Path(requirements), arch=arch)
-        found, local, notes = from_file.requirements, from_file.local, from_file.notes
+        found, local, notes, hashes = from_file.requirements, from_file.local, from_file.notes, from_file.hashes
         file_indexes, replaces_index = from_file.index_urls, from_file.replaces_index
         kind = Path(requirements).name if Path(requirements).name in ("uv.lock", "pyproject.toml") else "requirements"
         source = f"{kind} ({Path(requirements)})"
@@ -601,6 +630,9 @@ def snapshot(requirements: str | Path | None = None, *, arch: str = "x86_64") ->
     if runtime and requirements is not None:
         notes.append(f"added for the worker loop: {', '.join(runtime)}")
     local_paths = tuple(sorted(set(local)))
+    kept_hashes = tuple((r, tuple(dict.fromkeys(hashes[r]))) for r in sorted(set(kept), key=str.lower) if r in hashes)
+    if kept_hashes:
+        notes.append(_hash_note(kept, dict(kept_hashes), runtime, local_paths))
     return Snapshot(
         python=python,
         requirements=tuple(sorted(set(kept), key=str.lower)),
@@ -614,13 +646,36 @@ def snapshot(requirements: str | Path | None = None, *, arch: str = "x86_64") ->
         private_hosts=private_hosts,
         local_digest=_tree_digest(local_paths) if local_paths else "",
         requirements_file=str(Path(requirements).resolve()) if requirements is not None else "",
+        hashes=kept_hashes,
     )
+
+
+def _hash_note(
+    kept: list[str], hashed: dict[str, tuple[str, ...]], runtime: tuple[str, ...], local: tuple[str, ...]
+) -> str:
+    """Say how the lock's hashes are enforced on workers, and what keeps ``--require-hashes`` off."""
+    missing = [r for r in (*kept, *runtime) if r not in hashed]
+    if not missing and not local:
+        return "hashes from the lock are enforced on workers (--require-hashes)"
+    what = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+    reasons = ([f"no hashes for {what}"] if missing else []) + (["local packages are built here"] if local else [])
+    return f"hashes from the lock are checked on workers where given; --require-hashes is off: {'; '.join(reasons)}"
 
 
 def base_image(python: str) -> str:
     """The official slim image, on a named Debian release: its glibc (2.36) is what the ARM64 check assumes.
-    Built images start from it; ``image="python"`` workers run it as it is."""
-    return f"public.ecr.aws/docker/library/python:{python}-slim-bookworm"
+    Built images start from it; ``image="python"`` workers run it as it is. Named by its digest
+    (``cloudburst.pins``), so a re-pushed tag is never pulled."""
+    from .pins import BASE_IMAGES
+
+    if python not in BASE_IMAGES:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"cloudburst has no pinned digest of the python:{python}-slim-bookworm image workers would start from: "
+            f"use a Python it has one for ({', '.join(BASE_IMAGES)}), or pass image='<uri>' naming your own image"
+        )
+    return f"public.ecr.aws/docker/library/python:{python}-slim-bookworm@{BASE_IMAGES[python]}"
 
 
 def tag(snap: Snapshot, *, arch: str = "x86_64") -> str:
@@ -632,9 +687,16 @@ def tag(snap: Snapshot, *, arch: str = "x86_64") -> str:
         "arch": arch,
         "cloudburst": __version__,
         "dockerfile": dockerfile(snap),
+        "uv": _uv_pins(),
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     return f"py{snap.python}-{arch}-{digest[:16]}"
+
+
+def _uv_pins() -> str:
+    from .pins import UV, requirements_text
+
+    return requirements_text(UV)
 
 
 def needs_git(snap: Snapshot) -> bool:
@@ -654,7 +716,11 @@ def dockerfile(snap: Snapshot) -> str:
         lines.append(
             "RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*"
         )
-    lines += ["RUN pip install --no-cache-dir uv", "COPY requirements.txt /cloudburst/requirements.txt"]
+    lines += [  # uv pinned by version and hash (cloudburst.pins)
+        "COPY uv-requirements.txt /cloudburst/uv-requirements.txt",
+        "RUN pip install --no-cache-dir --no-deps --require-hashes -r /cloudburst/uv-requirements.txt",
+        "COPY requirements.txt /cloudburst/requirements.txt",
+    ]
     wheels = ""
     if snap.local:
         lines.append("COPY wheels/ /cloudburst/wheels/")
@@ -734,6 +800,7 @@ def build_context(snap: Snapshot, folder: Path, *, arch: str = "x86_64") -> Path
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Dockerfile").write_text(dockerfile(snap))
     (folder / "requirements.txt").write_text(snap.requirements_txt())
+    (folder / "uv-requirements.txt").write_text(_uv_pins())
     if snap.local:
         wheels = folder / "wheels"
         wheels.mkdir(exist_ok=True)

@@ -24,6 +24,7 @@ Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -207,11 +208,13 @@ class Emulator:
         repository_path, _, image_tag = image_uri.rpartition(":")
         repository = repository_path.split("/", 1)[1]
         self.builds.append(image_uri)
+        layer = "sha256:" + hashlib.sha256(image_tag.encode()).hexdigest()
         manifest = json.dumps(  # unique per tag, so each build is its own image
             {
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                 "annotations": {"cloudburst.tag": image_tag},
+                "layers": [{"digest": layer}],  # moto derives the image digest from the layers (else at random)
             }
         )
         ecr_backends["123456789012"][self.region].put_image(repository, manifest, image_tag)

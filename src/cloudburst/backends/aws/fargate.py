@@ -192,7 +192,7 @@ def ensure_task_definition(
     if bundle:
         from ... import bootstrap
 
-        command = ["python", "-c", Path(bootstrap.__file__).read_text()]
+        command = ["python", "-c", bootstrap.script()]  # with the uv and boto3 pins written in
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.image,

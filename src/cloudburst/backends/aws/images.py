@@ -2,8 +2,8 @@
 
 ::
 
-    ensure_image(snapshot)  ─► tag = hash(lock, Python, base, arch, cloudburst)
-        ECR has repo:tag? ─── yes ─► reuse it (one DescribeImages call)
+    ensure_image(snapshot)  ─► tag = hash(lock, Python, base image digest, arch, cloudburst)
+        ECR has repo:tag? ─── yes ─► reuse it by digest, repo@sha256:... (one DescribeImages call)
                           └── no ──► build context ─► a local Docker engine: build and push
                                                    └► else AWS CodeBuild: context to S3, build
                                                       started, its log streamed, image pushed
@@ -17,6 +17,7 @@ definition, build log or environment listing.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -123,32 +124,78 @@ def ensure_bundle(
     arch: str = "x86_64",
     echo: Callable[[str], None] = print,
 ) -> str:
-    """The no-build fallback's environment bundle: ``s3://bucket/envs/<tag>.zip#<sha256>``, uploaded once."""
-    import hashlib
+    """The no-build fallback's environment bundle: ``s3://bucket/envs/<tag>.zip#<sha256>``, uploaded once.
 
-    key = f"envs/{tag(snap, arch=arch)}.zip"
+    The digest is this client's own: the sha256 of the bundle it built (remembered in its private cache
+    folder, else built again: the zip is byte-for-byte reproducible). The object's metadata is only
+    compared with it, to skip the upload; an object that does not match (changed by anyone able to write
+    ``envs/``, metadata included) is replaced, and a worker refuses any bundle whose bytes differ."""
+    image_tag = tag(snap, arch=arch)
+    key = f"envs/{image_tag}.zip"
     s3: Any = client("s3", region, profile)
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-        digest = str(head.get("Metadata", {}).get("sha256", ""))
-        if digest:
-            return f"s3://{bucket}/{key}#{digest}"
-    except Exception as exc:
-        if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
-            with translate("S3", "HeadObject", f"s3://{bucket}/{key}"):
-                raise
-    with tempfile.TemporaryDirectory(prefix="bundle-", dir=scratch.own()) as folder:
-        context = build_context(snap, Path(folder) / "context", arch=arch)
-        (context / "Dockerfile").unlink()
-        body = _zip(context, buildspec=False)
-    digest = hashlib.sha256(body).hexdigest()
+    digest, body = _remembered_digest(image_tag), b""
+    if not digest:
+        body = _bundle(snap, arch)
+        digest = hashlib.sha256(body).hexdigest()
+    if _stored_digest(s3, bucket, key) == digest:
+        _remember_digest(image_tag, digest)
+        return f"s3://{bucket}/{key}#{digest}"
+    if not body:
+        body = _bundle(snap, arch)
+        digest = hashlib.sha256(body).hexdigest()
     with translate("S3", "PutObject", f"s3://{bucket}/{key}"):
         s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": digest})
+    _remember_digest(image_tag, digest)
     echo(
         f"cloudburst: environment bundle uploaded ({len(body) / 1e6:.1f} MB, {len(snap.requirements)} packages); "
         "workers on the stock Python image install it as they start"
     )
     return f"s3://{bucket}/{key}#{digest}"
+
+
+def _bundle(snap: Snapshot, arch: str) -> bytes:
+    """The bundle's bytes: the build context without its Dockerfile, zipped reproducibly."""
+    with tempfile.TemporaryDirectory(prefix="bundle-", dir=scratch.own()) as folder:
+        context = build_context(snap, Path(folder) / "context", arch=arch)
+        (context / "Dockerfile").unlink()
+        return _zip(context, buildspec=False)
+
+
+def _stored_digest(s3: Any, bucket: str, key: str) -> str:
+    """What the stored bundle's metadata claims ("" when there is none): compared, never trusted."""
+    try:
+        return str(s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get("sha256", ""))
+    except Exception as exc:
+        if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+            with translate("S3", "HeadObject", f"s3://{bucket}/{key}"):
+                raise
+        return ""
+
+
+def _digest_record(image_tag: str) -> Path:
+    from ...userconfig import cache_dir
+
+    return cache_dir() / "bundle-digests" / image_tag
+
+
+def _remembered_digest(image_tag: str) -> str:
+    """The sha256 this machine computed for the bundle of ``image_tag`` ("" if it never built it)."""
+    try:
+        text = _digest_record(image_tag).read_text().strip()
+    except OSError:
+        return ""
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else ""
+
+
+def _remember_digest(image_tag: str, digest: str) -> None:
+    path = _digest_record(image_tag)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(digest)
+    except OSError:
+        pass  # only a shortcut: the next job builds the bundle again to know its digest
 
 
 def _repository_uri(region: str | None, profile: str | None, repository: str) -> str:
@@ -157,16 +204,17 @@ def _repository_uri(region: str | None, profile: str | None, repository: str) ->
         return str(ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]["repositoryUri"])
 
 
-def find_image(region: str | None, profile: str | None, repository: str, image_tag: str) -> bool:
-    """Whether ECR holds ``repository:image_tag`` (the cache check: one request)."""
+def find_image(region: str | None, profile: str | None, repository: str, image_tag: str) -> str:
+    """The digest (``sha256:...``) of ``repository:image_tag`` in ECR, "" when it is not there (the cache
+    check: one request)."""
     ecr: Any = client("ecr", region, profile)
     try:
-        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": image_tag}])
-        return True
+        found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": image_tag}])["imageDetails"]
     except Exception as exc:
         if error_code(exc) in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            return False
+            return ""
         raise
+    return str(found[0]["imageDigest"]) if found else ""
 
 
 def docker_engine() -> bool:
@@ -190,11 +238,14 @@ def ensure_image(
     arch: str = "x86_64",
     echo: Callable[[str], None] = print,
 ) -> str:
-    """The image URI for this environment: found in ECR, else built and pushed."""
+    """The image for this environment, by digest (``repo@sha256:...``): found in ECR by its tag, else built
+    and pushed. Tasks run the digest, so an image pushed later under the same tag is never run."""
     image_tag = tag(snap, arch=arch)
-    uri = f"{_repository_uri(region, profile, repository)}:{image_tag}"
-    if find_image(region, profile, repository, image_tag):
-        return uri
+    repository_uri = _repository_uri(region, profile, repository)
+    uri = f"{repository_uri}:{image_tag}"
+    digest = find_image(region, profile, repository, image_tag)
+    if digest:
+        return f"{repository_uri}@{digest}"
     echo(f"cloudburst: building the worker image {image_tag} ({len(snap.requirements)} packages, Python {snap.python})")
     netrc_text = index_credentials(snap) if snap.private_hosts else ""
     with tempfile.TemporaryDirectory(prefix="build-", dir=scratch.own()) as folder:
@@ -207,8 +258,16 @@ def ensure_image(
         else:
             parameter = store_index_credentials(region, profile, netrc_text)
             _codebuild(context, uri, image_tag, arch, region, profile, bucket, role_arn, echo, parameter)
-    echo(f"cloudburst: worker image ready: {uri}")
-    return uri
+    digest = find_image(region, profile, repository, image_tag)
+    if not digest:
+        raise CloudError(
+            f"the image build reported success, but ECR has no {uri}: run `cloudburst env build` again",
+            service="ECR",
+            operation="DescribeImages",
+            code="ImageNotFoundException",
+        )
+    echo(f"cloudburst: worker image ready: {repository_uri}@{digest} ({image_tag})")
+    return f"{repository_uri}@{digest}"
 
 
 def _docker_build(context: Path, uri: str, arch: str, region: str | None, profile: str | None, secret: Path) -> None:
@@ -231,13 +290,17 @@ def _docker_build(context: Path, uri: str, arch: str, region: str | None, profil
 
 
 def _zip(context: Path, *, buildspec: bool = True) -> bytes:
+    """The context zipped reproducibly: names sorted, one fixed time and mode, so the same files give the
+    same bytes (and the same sha256) on every build."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(context.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(context).as_posix())
+        files = [(p.relative_to(context).as_posix(), p.read_bytes()) for p in sorted(context.rglob("*")) if p.is_file()]
         if buildspec:
-            archive.writestr("buildspec.yml", BUILDSPEC)
+            files.append(("buildspec.yml", BUILDSPEC.encode()))
+        for name, data in files:
+            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
 
 

@@ -263,11 +263,16 @@ def _repository(ctx: _Context, report: Report, fix: bool) -> None:
         with translate("ECR", "CreateRepository", REPOSITORY):
             repo = ecr.create_repository(
                 repositoryName=REPOSITORY,
+                imageTagMutability="IMMUTABLE",  # a tag, once pushed, always names the same image
                 imageScanningConfiguration={"scanOnPush": True},
                 tags=[TAG],
             )["repository"]
         status = "made"
     repaired = []
+    if repo.get("imageTagMutability") != "IMMUTABLE":  # else anyone able to push can swap an image under its tag
+        repaired.append("tags immutable")
+        if fix:
+            ecr.put_image_tag_mutability(repositoryName=REPOSITORY, imageTagMutability="IMMUTABLE")
     try:
         ecr.get_lifecycle_policy(repositoryName=REPOSITORY)
     except Exception:
