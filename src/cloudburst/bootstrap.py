@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from typing import Any
 
 #: the uv the fallback installs: new enough for ``--python`` and netrc logins
 UV_REQUIREMENT = "uv>=0.4"
@@ -52,6 +53,14 @@ def _run(what: str, args: list[str], env: dict[str, str]) -> None:
             _say(f"{what} failed; trying once more")
             time.sleep(2)
     raise _InstallFailed(f"{what} failed twice; its output is above")
+
+
+def _bucket_owner(bucket: str, boto3: Any) -> str:
+    """The account in cloudburst's bucket name (``cloudburst-<account>-<region>``), else this task's own."""
+    parts = bucket.split("-")
+    if len(parts) > 2 and parts[0] == "cloudburst" and len(parts[1]) == 12 and parts[1].isdigit():
+        return parts[1]
+    return str(boto3.client("sts").get_caller_identity()["Account"])
 
 
 def main() -> None:
@@ -91,7 +100,8 @@ def _install_and_run() -> None:
 
     for attempt in (1, 2):
         try:
-            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+            owner = _bucket_owner(bucket, boto3)  # a bucket re-created by another account is not read
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)["Body"].read()
             break
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")

@@ -19,6 +19,7 @@ from ...errors import PayloadAuthenticationError
 from ...task import open_control
 from .clients import client, error_code
 from .fargate import CONTAINER, LOG_PREFIX
+from .owner import s3_client
 from .pricing import billed_seconds
 
 __all__ = ["JobView", "cleanup", "find_jobs", "log_lines"]
@@ -87,7 +88,7 @@ def find_jobs(region: str | None, profile: str | None, bucket: str, cluster: str
         prefix = started_by.removeprefix("cloudburst-")
         job_id = next((j for j in jobs if j.startswith(prefix)), prefix)
         jobs.setdefault(job_id, JobView(job_id)).tasks.append(task)
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     ssm: Any = client("ssm", region, profile)
     for job_id, view in jobs.items():
         state = _read_state(s3, ssm, bucket, job_id)
@@ -179,7 +180,7 @@ def cleanup(view: JobView, region: str | None, profile: str | None, bucket: str,
     for url in view.queues.values():
         sqs.delete_queue(QueueUrl=url)
         removed.append(f"queue {url.rsplit('/', 1)[-1]}")
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     paginator = s3.get_paginator("list_objects_v2")
     count = 0
     for page in paginator.paginate(Bucket=bucket, Prefix=f"jobs/{view.job_id}"):

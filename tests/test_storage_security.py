@@ -1,0 +1,180 @@
+"""The storage and secrets around a job: the bucket, job keys, secrets, and the files written on this machine.
+
+moto stores bucket policies but does not evaluate their conditions, and it ignores
+``ExpectedBucketOwner``. So the TLS-only policy is checked by reading the document, and S3's
+owner check is played by a botocore ``before-send`` hook in this process (:class:`S3OwnerCheck`):
+an AWS-side stand-in that answers 403, as S3 does, when a request names an owner other than the
+bucket's real one, and that records every S3 request with the owner it named.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.awsrequest
+import pytest
+
+from cloudburst import userconfig
+from cloudburst.backends.aws import clients, ops
+from cloudburst.backends.aws.images import list_bundles, prune_bundles
+from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
+from cloudburst.backends.aws.store import S3Store
+from cloudburst.emulator import Emulator
+from cloudburst.errors import CloudError
+
+ACCOUNT = "123456789012"  # the emulated account
+TLS_ONLY_SID = "CloudburstDenyWithoutTLS"  # the statement setup adds to the bucket policy
+_REGIONS = itertools.cycle(["ap-northeast-1", "eu-north-1", "ap-south-1", "eu-west-3", "us-east-2", "ap-northeast-2"])
+
+
+@pytest.fixture
+def region(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A region no other test touches, and an empty config directory."""
+    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path / "config"))
+    yield next(_REGIONS)
+
+
+def quiet_setup(region: str, **kwargs: Any) -> Report:
+    return setup(region=region, echo=lambda line: None, **kwargs)
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+class S3OwnerCheck:
+    """S3's ExpectedBucketOwner check, for the emulated account: every bucket is owned by ACCOUNT.
+
+    ``requests`` holds ``(operation, bucket named?, owner header)`` for each S3 request sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, request: Any, event_name: str, **_: Any) -> botocore.awsrequest.AWSResponse | None:
+        operation = event_name.rsplit(".", 1)[-1]
+        owner = request.headers.get("x-amz-expected-bucket-owner")
+        owner = owner.decode() if isinstance(owner, bytes) else (owner or "")
+        self.requests.append((operation, owner))
+        if owner and owner != ACCOUNT:
+            body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            return botocore.awsrequest.AWSResponse(request.url, 403, {}, _Body(body))
+        return None
+
+    @classmethod
+    def install(cls, monkeypatch: pytest.MonkeyPatch, regions: list[str | None]) -> S3OwnerCheck:
+        """On fresh sessions of ``clients`` (their clients copy the hook as they are made)."""
+        monkeypatch.setattr(clients, "_sessions", {})
+        monkeypatch.setattr(clients, "_clients", {})
+        check = cls()
+        for name in regions:
+            clients.session(name).events.register("before-send.s3", check)
+        return check
+
+
+# ---------------------------------------------------------------------------- the bucket
+
+
+def test_setup_puts_a_bucket_policy_denying_requests_without_tls(region: str) -> None:
+    # moto keeps the policy but does not evaluate aws:SecureTransport: the document is what is checked.
+    bucket = quiet_setup(region).config["bucket"]
+    policy = json.loads(boto3.client("s3", region_name=region).get_bucket_policy(Bucket=bucket)["Policy"])
+    deny = [s for s in policy["Statement"] if s.get("Sid") == TLS_ONLY_SID]
+    assert deny == [
+        {
+            "Sid": TLS_ONLY_SID,
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }
+    ]
+
+
+def test_doctor_flags_a_bucket_without_the_tls_policy_and_setup_repairs_it_keeping_other_statements(
+    region: str,
+) -> None:
+    bucket = quiet_setup(region).config["bucket"]
+    s3 = boto3.client("s3", region_name=region)
+    theirs = {
+        "Sid": "TheirOwn",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:DeleteBucket",
+        "Resource": f"arn:aws:s3:::{bucket}",
+    }
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [theirs]}))
+
+    lines: list[str] = []
+    report = doctor(region=region, echo=lines.append)
+    problem = next(s for s in report.problems if s.name == f"bucket {bucket}")
+    assert "requests without TLS denied" in problem.detail and "cloudburst setup" in problem.fix
+
+    quiet_setup(region)
+    statements = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert [s["Sid"] for s in statements] == ["TheirOwn", TLS_ONLY_SID]
+    assert not [s for s in doctor(region=region, echo=lines.append).problems if s.name == f"bucket {bucket}"]
+
+
+def test_object_ownership_is_enforced_and_checked(region: str) -> None:
+    bucket = quiet_setup(region).config["bucket"]
+    s3 = boto3.client("s3", region_name=region)
+    rules = s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+    assert rules == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "ObjectWriter"}]})
+    problem = next(s for s in doctor(region=region, echo=lambda line: None).problems if s.name == f"bucket {bucket}")
+    assert "object ownership enforced" in problem.detail
+
+
+def test_every_s3_request_names_the_bucket_owner(region: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    check = S3OwnerCheck.install(monkeypatch, [region])
+    bucket = quiet_setup(region).config["bucket"]
+    doctor(region=region, echo=lambda line: None)
+    store = S3Store(bucket, "jobs/owner-test", region)  # what the client and each worker use
+    store.put("small", b"x")
+    store.put("large", bytes(17 << 20))  # multipart, through s3transfer
+    assert store.exists("small") and not store.exists("missing")
+    assert store.get("small") == b"x"
+    assert store.get_file("large", Path(userconfig.config_path().parent)).stat().st_size == 17 << 20
+    store.delete_prefix("")
+    boto3.client("s3", region_name=region).put_object(Bucket=bucket, Key="envs/old.zip", Body=b"z")
+    assert [o["Key"] for o in list_bundles(region, None, bucket)] == ["envs/old.zip"]
+    assert prune_bundles(region, None, bucket, keep=0) == ["envs/old.zip"]
+    ops.find_jobs(region, None, bucket, "cloudburst")
+    teardown(region=region, echo=lambda line: None)
+
+    operations = {op for op, _ in check.requests}
+    assert {"PutObject", "CreateMultipartUpload", "UploadPart", "GetObject", "HeadObject"} <= operations
+    assert {"DeleteObjects", "ListObjectsV2", "PutBucketPolicy", "DeleteBucket"} <= operations
+    # CreateBucket and ListBuckets take no owner: the one makes the bucket, the other lists only the caller's.
+    unpinned = [(op, owner) for op, owner in check.requests if op not in ("CreateBucket", "ListBuckets")]
+    assert unpinned and all(owner == ACCOUNT for _, owner in unpinned), [o for o in unpinned if o[1] != ACCOUNT]
+
+
+def test_a_bucket_of_cloudburst_s_name_owned_by_another_account_receives_nothing(
+    region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a teardown, someone else creates cloudburst-<your account>-<region>. Here the emulated
+    # account plays the stranger: it owns a bucket named for account 999999999999.
+    S3OwnerCheck.install(monkeypatch, [region])
+    stranger = boto3.client("s3", region_name=region)
+    bucket = f"cloudburst-999999999999-{region}"
+    stranger.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+
+    store = S3Store(bucket, "jobs/victim", region)
+    with pytest.raises(CloudError, match="AccessDenied"):
+        store.put("data", b"secret")
+    with pytest.raises(CloudError, match="AccessDenied"):
+        store.put("big", bytes(17 << 20))
+    with pytest.raises(CloudError, match="AccessDenied"):
+        store.get("data")
+    assert not stranger.list_objects_v2(Bucket=bucket).get("Contents")
