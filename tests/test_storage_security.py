@@ -9,6 +9,7 @@ bucket's real one, and that records every S3 request with the owner it named.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 from collections.abc import Iterator
@@ -178,3 +179,49 @@ def test_a_bucket_of_cloudburst_s_name_owned_by_another_account_receives_nothing
     with pytest.raises(CloudError, match="AccessDenied"):
         store.get("data")
     assert not stranger.list_objects_v2(Bucket=bucket).get("Contents")
+
+
+# ---------------------------------------------------------------------------- job keys
+
+
+def test_a_job_key_is_tagged_with_its_job_and_expires_by_itself(emulator: Emulator) -> None:
+    import datetime
+
+    import cloudburst
+
+    with cloudburst.Executor(backend="fargate", workers=1) as ex:
+        name = ex._job.backend._key_parameter  # type: ignore[attr-defined]
+        ssm = boto3.client("ssm")
+        tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name)["TagList"]
+        assert {"Key": "cloudburst:job", "Value": ex.job_id} in tags
+        found = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [name]}])["Parameters"][0]
+        assert found["Tier"] == "Advanced" and found["Type"] == "SecureString"
+        (policy,) = found["Policies"]
+        expiration = ast.literal_eval(policy["PolicyText"])  # moto shows it as a Python repr; AWS as JSON
+        assert expiration["Type"] == "Expiration"
+        expires = datetime.datetime.strptime(expiration["Attributes"]["Timestamp"], "%Y-%m-%dT%H:%M:%S.000Z")
+        expires = expires.replace(tzinfo=datetime.timezone.utc)
+        days = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 86400
+        assert 6.9 < days <= 7, "a job key lives as long as the job's data (the bucket's 7-day rule)"
+
+
+def test_cleanup_finds_a_lone_job_key_by_its_tag_and_leaves_parameters_that_only_look_like_one(region: str) -> None:
+    # A client killed after deleting its queues and data, before its key: only the key is left.
+    bucket = f"cloudburst-{ACCOUNT}-{region}"
+    boto3.client("s3", region_name=region).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
+    )
+    ssm = boto3.client("ssm", region_name=region)
+    job_id = "f" * 32
+    tags = [{"Key": "cloudburst:job", "Value": job_id}, {"Key": "cloudburst", "Value": "true"}]
+    ssm.put_parameter(Name=f"/cloudburst/jobs/{job_id}/key", Value="00" * 32, Type="SecureString", Tags=tags)
+    # The user's own parameter below the same path, without the job's tag: not cloudburst's to delete.
+    ssm.put_parameter(Name=f"/cloudburst/jobs/{job_id}/notes", Value="mine", Type="String")
+
+    jobs = ops.find_jobs(region, None, bucket, "cloudburst")
+    assert list(jobs[job_id].keys) == [f"/cloudburst/jobs/{job_id}/key"]
+    assert not ops.leftovers(jobs, older_than=3600), "a key younger than the threshold may be a job starting"
+    (view,) = ops.leftovers(jobs, older_than=0)
+    assert ops.cleanup(view, region, None, bucket, "cloudburst") == [f"key /cloudburst/jobs/{job_id}/key"]
+    left = [p["Name"] for p in ssm.describe_parameters()["Parameters"]]
+    assert left == [f"/cloudburst/jobs/{job_id}/notes"]

@@ -88,17 +88,38 @@ class TokenBucket:
             return granted
 
 
+#: a job key expires by itself after this long, whoever runs cleanup or not: as long as the job's data lives
+#: (the bucket's lifecycle rule for jobs/), as a key outliving its data seals nothing anyone reads
+KEY_LIFETIME_DAYS = 7
+
+
 def _store_key(settings: FargateSettings, job_id: str, key_hex: str, tags: Mapping[str, str]) -> str:
-    """Keep the job key in an encrypted SSM parameter; returns its name."""
+    """Keep the job key in an encrypted SSM parameter, tagged with the job; returns its name.
+
+    Advanced tier, for its Expiration policy: the key is deleted by SSM after KEY_LIFETIME_DAYS even when
+    the client dies and nobody runs ``cloudburst cleanup``. It costs $0.05 per parameter-month, charged
+    by the hour: about $0.0001 for a job of an hour."""
+    import datetime
+
     name = f"/cloudburst/jobs/{job_id}/key"
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=KEY_LIFETIME_DAYS)
+    expiration = {
+        "Type": "Expiration",
+        "Version": "1.0",
+        "Attributes": {"Timestamp": expires.strftime("%Y-%m-%dT%H:%M:%S.000Z")},
+    }
+    extra = {"KeyId": settings.kms_key} if settings.kms_key else {}  # else SSM's AWS-managed key, aws/ssm
     ssm: Any = client("ssm", settings.region, settings.profile)
     with translate("SSM", "PutParameter", name):
         ssm.put_parameter(
             Name=name,
             Value=key_hex,
             Type="SecureString",
+            Tier="Advanced",
+            Policies=json.dumps([expiration]),
             Description="cloudburst job key (deleted with the job)",
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+            **extra,
         )
     return name
 

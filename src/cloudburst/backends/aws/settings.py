@@ -43,6 +43,7 @@ class FargateSettings:
     debug: bool = False
     cost_alert_threshold: float = 0.0
     tags: Mapping[str, str] = field(default_factory=dict)
+    kms_key: str = ""  # a customer-managed KMS key for job keys (setup --kms-key); "" is SSM's aws/ssm
 
     @classmethod
     def resolve(cls, options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> FargateSettings:

@@ -722,12 +722,11 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], None]]
         if {"key": "cloudburst", "value": "true"} in project.get("tags", []):
             remove = functools.partial(codebuild.delete_project, name=project["name"])
             out.append(("CodeBuild project", project["name"], remove))
-    under = [{"Key": "Path", "Option": "Recursive", "Values": ["/cloudburst"]}]
-    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=under):
+    tagged_parameters = [{"Key": "tag:cloudburst", "Values": ["true"]}]  # job keys and index logins, by tag
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=tagged_parameters):
         for parameter in page.get("Parameters", []):
             name = parameter["Name"]
-            if TAG in ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", []):
-                out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
+            out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
     return out
 
 
