@@ -225,3 +225,32 @@ def test_cleanup_finds_a_lone_job_key_by_its_tag_and_leaves_parameters_that_only
     assert ops.cleanup(view, region, None, bucket, "cloudburst") == [f"key /cloudburst/jobs/{job_id}/key"]
     left = [p["Name"] for p in ssm.describe_parameters()["Parameters"]]
     assert left == [f"/cloudburst/jobs/{job_id}/notes"]
+
+
+# ---------------------------------------------------------------------------- index logins
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "PIP_EXTRA_INDEX_URL=http://bot:t0ken@private.example.com/simple",  # login in the URL
+        "UV_INDEX_URL=http://private.example.com/simple",  # login in ~/.netrc
+    ],
+)
+def test_an_index_that_needs_a_login_must_be_https(
+    setting: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cloudburst.environment import index_credentials
+    from cloudburst.errors import ConfigurationError
+
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "no-pip.conf"))
+    (tmp_path / "netrc").write_text("machine private.example.com login bot password t0ken\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    name, _, value = setting.partition("=")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=r"needs a login.*use https://private\.example\.com/simple"):
+        index_credentials()
+    monkeypatch.setenv(name, value.replace("http://", "https://"))
+    assert "machine private.example.com login bot password t0ken" in index_credentials()
