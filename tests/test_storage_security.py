@@ -254,3 +254,50 @@ def test_an_index_that_needs_a_login_must_be_https(
         index_credentials()
     monkeypatch.setenv(name, value.replace("http://", "https://"))
     assert "machine private.example.com login bot password t0ken" in index_credentials()
+
+
+# ---------------------------------------------------------------------------- secrets=
+
+
+def _read_env(name: str) -> str:
+    import os
+
+    return os.environ.get(name, "<unset>")
+
+
+def test_secrets_reach_fargate_and_local_workers_and_no_runtask_override(emulator: Emulator) -> None:
+    import cloudburst
+
+    ssm = boto3.client("ssm")
+    path = "/myapp/test-secrets/token"
+    ssm.put_parameter(Name=path, Value="s3cret-value", Type="SecureString", Overwrite=True)
+    with cloudburst.Executor(backend="fargate", workers=1, secrets={"API_TOKEN": f"ssm:{path}"}) as ex:
+        assert ex.submit(_read_env, "API_TOKEN").result(timeout=120) == "s3cret-value"
+        launcher: Any = ex._job.resources.launcher
+        tasks = boto3.client("ecs").describe_tasks(cluster=launcher.settings.cluster, tasks=sorted(launcher.task_ids()))
+        assert tasks["tasks"] and "s3cret-value" not in json.dumps(tasks["tasks"], default=str)
+        definition = boto3.client("ecs").describe_task_definition(taskDefinition=launcher.task_definition)
+        container = definition["taskDefinition"]["containerDefinitions"][0]
+        assert {"name": "API_TOKEN", "valueFrom": path} in container["secrets"]
+        assert "s3cret-value" not in json.dumps(container)
+    with cloudburst.Executor(backend="fargate", workers=1, local_workers=1, secrets={"API_TOKEN": f"ssm:{path}"}) as ex:
+        answers = {f.result(timeout=120) for f in [ex.submit(_read_env, "API_TOKEN") for _ in range(4)]}
+        assert answers == {"s3cret-value"}
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ({"1BAD": "ssm:/a"}, "not a variable name"),
+        ({"AWS_SECRET_ACCESS_KEY": "ssm:/a"}, "not a variable name"),
+        ({"TOKEN": "/a/b"}, "as 'ssm:/path/to/parameter'"),
+        ({"TOKEN": "ssm:relative"}, "as 'ssm:/path/to/parameter'"),
+        ("TOKEN=ssm:/a", "must map variable names"),
+    ],
+)
+def test_secrets_are_checked_before_anything_starts(secrets: object, message: str) -> None:
+    from cloudburst.backends.aws.settings import FargateSettings
+    from cloudburst.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=message):
+        FargateSettings.resolve({"secrets": secrets}, environ={})

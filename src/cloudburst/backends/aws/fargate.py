@@ -124,6 +124,30 @@ def _store_key(settings: FargateSettings, job_id: str, key_hex: str, tags: Mappi
     return name
 
 
+def read_secrets(settings: FargateSettings) -> dict[str, str]:
+    """The values of ``secrets=``, read from SSM (decrypted) by this client: for workers on this machine."""
+    if not settings.secrets:
+        return {}
+    names = {v.removeprefix("ssm:"): k for k, v in settings.secrets.items()}
+    ssm: Any = client("ssm", settings.region, settings.profile)
+    found: dict[str, str] = {}
+    for start in range(0, len(names), 10):  # GetParameters takes ten names at most
+        batch = sorted(names)[start : start + 10]
+        with translate("SSM", "GetParameters", ", ".join(batch)):
+            response = ssm.get_parameters(Names=batch, WithDecryption=True)
+        found.update({p["Name"]: p["Value"] for p in response.get("Parameters", [])})
+        missing = response.get("InvalidParameters") or []
+        if missing:
+            raise CloudError(
+                f"secrets: the SSM parameter(s) {', '.join(missing)} do not exist (or this identity may not read "
+                "them): create them with `aws ssm put-parameter --type SecureString`, or fix the path",
+                service="SSM",
+                operation="GetParameters",
+                code="ParameterNotFound",
+            )
+    return {names[path]: value for path, value in found.items()}
+
+
 def _delete_key(region: str | None, profile: str | None, name: str) -> None:
     if not name:
         return
@@ -229,8 +253,11 @@ def ensure_task_definition(
     }
     if bundle:
         container["environment"] = [{"name": "CLOUDBURST_BUNDLE", "value": bundle}]
-    if netrc_parameter:
-        container["secrets"] = [{"name": "CLOUDBURST_NETRC", "valueFrom": netrc_parameter}]
+    secrets = [{"name": "CLOUDBURST_NETRC", "valueFrom": netrc_parameter}] if netrc_parameter else []
+    # The user's secrets= too: ECS reads them as the task starts, so they are in no RunTask override.
+    secrets += [{"name": k, "valueFrom": v.removeprefix("ssm:")} for k, v in sorted(settings.secrets.items())]
+    if secrets:
+        container["secrets"] = secrets
     spec: dict[str, Any] = {
         "requiresCompatibilities": ["FARGATE"],
         "networkMode": "awsvpc",
@@ -698,6 +725,7 @@ class FargateBackend(Backend):
             local_env = {
                 **os.environ,
                 **environment,
+                **read_secrets(s),  # what ECS gives a Fargate worker, read here for the workers of this machine
                 "CLOUDBURST_JOB_KEY": worker_env["CLOUDBURST_JOB_KEY"],
                 "CLOUDBURST_WORKER_SLOTS": "1",
                 "CLOUDBURST_SUPERVISOR": "",  # a local worker: the kernel ends it with this process
