@@ -301,3 +301,38 @@ def test_secrets_are_checked_before_anything_starts(secrets: object, message: st
 
     with pytest.raises(ConfigurationError, match=message):
         FargateSettings.resolve({"secrets": secrets}, environ={})
+
+
+# ---------------------------------------------------------------------------- files on this machine
+
+
+def _say(x: int) -> int:
+    print(f"a line for the worker's log {x}")
+    return x
+
+
+def test_what_clients_workers_and_supervisors_write_is_in_private_folders(emulator: Emulator) -> None:
+    import os
+    import stat
+    import tempfile
+
+    import cloudburst
+    from cloudburst import scratch
+
+    # A Fargate worker with cpu=2 runs a supervisor of two processes (their logs are files); plus a local worker.
+    with cloudburst.Executor(backend="fargate", workers=1, cpu=2, local_workers=1) as ex:
+        assert sorted(ex.map(_say, range(8), timeout=180)) == list(range(8))
+        temp = Path(tempfile.gettempdir())
+        ours = [p for p in temp.iterdir() if p.name.startswith("cloudburst")]
+        assert ours
+        for path in ours:
+            info = os.lstat(path)
+            if info.st_uid != os.geteuid():
+                continue  # another user's run on a shared machine
+            assert stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o077, f"{path} is open to others"
+        logs = list(scratch.root().rglob("*.log"))
+        assert logs, "the supervisor's and the local worker's logs are below the scratch root"
+        for log in logs:
+            for folder in log.relative_to(scratch.root()).parents:
+                mode = os.lstat(scratch.root() / folder).st_mode
+                assert not mode & 0o077, f"{scratch.root() / folder} is open to others"
