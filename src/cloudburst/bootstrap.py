@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from typing import Any
 
 #: requirements files (``name==version --hash=sha256:...``) for uv and for boto3 with its dependencies:
 #: empty here, filled in from ``cloudburst.pins`` by ``script()``
@@ -87,6 +88,14 @@ def _pinned(root: str, name: str, text: str) -> str:
     return path
 
 
+def _bucket_owner(bucket: str, boto3: Any) -> str:
+    """The account in cloudburst's bucket name (``cloudburst-<account>-<region>``), else this task's own."""
+    parts = bucket.split("-")
+    if len(parts) > 2 and parts[0] == "cloudburst" and len(parts[1]) == 12 and parts[1].isdigit():
+        return parts[1]
+    return str(boto3.client("sts").get_caller_identity()["Account"])
+
+
 def main() -> None:
     try:
         _install_and_run()
@@ -125,7 +134,8 @@ def _install_and_run() -> None:
 
     for attempt in (1, 2):
         try:
-            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+            owner = _bucket_owner(bucket, boto3)  # a bucket re-created by another account is not read
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)["Body"].read()
             break
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")

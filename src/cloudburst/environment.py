@@ -225,8 +225,30 @@ def _indexes(
     hosts = [_host(u) for u in primary + extra]
     for host, login in _netrc_entries([h for h in hosts if h not in credentials], environ).items():
         credentials[host] = login
+    _require_https(primary + extra, credentials)
     urls = tuple(dict.fromkeys(strip_credentials(u) for u in primary[:1] + extra))
     return urls, not primary, tuple(sorted(credentials)), credentials, notes
+
+
+def _require_https(urls: list[str], credentials: dict[str, tuple[str, str]]) -> None:
+    """An index that needs a login is reached over https only: over http:// the login would cross the network
+    in clear, from every worker. A loopback host is the one exception: nothing crosses a network."""
+    import ipaddress
+
+    from .errors import ConfigurationError
+
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if parts.scheme == "http" and host in credentials and not loopback:
+            raise ConfigurationError(
+                f"the package index {strip_credentials(url)} needs a login, and http:// would send it unencrypted "
+                f"from every worker: use https://{parts.netloc.rpartition('@')[2]}{parts.path}"
+            )
 
 
 def _netrc_line(host: str, user: str, secret: str) -> str:

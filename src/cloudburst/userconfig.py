@@ -154,6 +154,7 @@ KEYS: dict[str, Key] = {
         Key("log_group", "aws", _text, "/cloudburst/workers", "CloudWatch log group of the workers"),
         Key("build_role_arn", "aws", _text, "", "role CodeBuild uses to build worker images"),
         Key("ecr_repository", "aws", _text, "cloudburst", "ECR repository for worker images"),
+        Key("kms_key", "aws", _text, "", "KMS key (ARN) for job keys and the bucket; empty: AWS-managed keys"),
         Key(
             "image",
             "aws",

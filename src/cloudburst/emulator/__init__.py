@@ -41,6 +41,7 @@ from .. import userconfig
 from ..errors import ConfigurationError
 from ..words import plural
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
+from .s3policy import count_loopback_as_tls
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
 __all__ = ["EmulatedTask", "Emulator", "FaultRule", "network_env"]
@@ -96,6 +97,7 @@ class Emulator:
         from werkzeug.serving import make_server
 
         self._reset_moto()
+        count_loopback_as_tls()  # the bucket's TLS-only policy (moto ignores its condition)
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
         self.gateway.on_build = self._pushed
         self._server = make_server("127.0.0.1", 0, self.gateway, threaded=True, request_handler=quiet_handler())

@@ -91,19 +91,64 @@ class TokenBucket:
             return granted
 
 
+#: a job key expires by itself after this long, whoever runs cleanup or not: as long as the job's data lives
+#: (the bucket's lifecycle rule for jobs/), as a key outliving its data seals nothing anyone reads
+KEY_LIFETIME_DAYS = 7
+
+
 def _store_key(settings: FargateSettings, job_id: str, key_hex: str, tags: Mapping[str, str]) -> str:
-    """Keep the job key in an encrypted SSM parameter; returns its name."""
+    """Keep the job key in an encrypted SSM parameter, tagged with the job; returns its name.
+
+    Advanced tier, for its Expiration policy: the key is deleted by SSM after KEY_LIFETIME_DAYS even when
+    the client dies and nobody runs ``cloudburst cleanup``. It costs $0.05 per parameter-month, charged
+    by the hour: about $0.0001 for a job of an hour."""
+    import datetime
+
     name = f"/cloudburst/jobs/{job_id}/key"
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=KEY_LIFETIME_DAYS)
+    expiration = {
+        "Type": "Expiration",
+        "Version": "1.0",
+        "Attributes": {"Timestamp": expires.strftime("%Y-%m-%dT%H:%M:%S.000Z")},
+    }
+    extra = {"KeyId": settings.kms_key} if settings.kms_key else {}  # else SSM's AWS-managed key, aws/ssm
     ssm: Any = client("ssm", settings.region, settings.profile)
     with translate("SSM", "PutParameter", name):
         ssm.put_parameter(
             Name=name,
             Value=key_hex,
             Type="SecureString",
+            Tier="Advanced",
+            Policies=json.dumps([expiration]),
             Description="cloudburst job key (deleted with the job)",
             Tags=[{"Key": k, "Value": v} for k, v in tags.items()],
+            **extra,
         )
     return name
+
+
+def read_secrets(settings: FargateSettings) -> dict[str, str]:
+    """The values of ``secrets=``, read from SSM (decrypted) by this client: for workers on this machine."""
+    if not settings.secrets:
+        return {}
+    names = {v.removeprefix("ssm:"): k for k, v in settings.secrets.items()}
+    ssm: Any = client("ssm", settings.region, settings.profile)
+    found: dict[str, str] = {}
+    for start in range(0, len(names), 10):  # GetParameters takes ten names at most
+        batch = sorted(names)[start : start + 10]
+        with translate("SSM", "GetParameters", ", ".join(batch)):
+            response = ssm.get_parameters(Names=batch, WithDecryption=True)
+        found.update({p["Name"]: p["Value"] for p in response.get("Parameters", [])})
+        missing = response.get("InvalidParameters") or []
+        if missing:
+            raise CloudError(
+                f"secrets: the SSM parameter(s) {', '.join(missing)} do not exist (or this identity may not read "
+                "them): create them with `aws ssm put-parameter --type SecureString`, or fix the path",
+                service="SSM",
+                operation="GetParameters",
+                code="ParameterNotFound",
+            )
+    return {names[path]: value for path, value in found.items()}
 
 
 def _delete_key(region: str | None, profile: str | None, name: str) -> None:
@@ -211,8 +256,11 @@ def ensure_task_definition(
     }
     if bundle:
         container["environment"] = [{"name": "CLOUDBURST_BUNDLE", "value": bundle}]
-    if netrc_parameter:
-        container["secrets"] = [{"name": "CLOUDBURST_NETRC", "valueFrom": netrc_parameter}]
+    secrets = [{"name": "CLOUDBURST_NETRC", "valueFrom": netrc_parameter}] if netrc_parameter else []
+    # The user's secrets= too: ECS reads them as the task starts, so they are in no RunTask override.
+    secrets += [{"name": k, "valueFrom": v.removeprefix("ssm:")} for k, v in sorted(settings.secrets.items())]
+    if secrets:
+        container["secrets"] = secrets
     spec: dict[str, Any] = {
         "requiresCompatibilities": ["FARGATE"],
         "networkMode": "awsvpc",
@@ -734,6 +782,7 @@ class FargateBackend(Backend):
                 **{k: v for k, v in os.environ.items() if k not in AWS_IDENTITY_VARIABLES},
                 **environment,
                 **self._credentials.environment(),  # the job's role, as its Fargate workers have it
+                **read_secrets(s),  # what ECS gives a Fargate worker, read here for the workers of this machine
                 "CLOUDBURST_JOB_KEY": worker_env["CLOUDBURST_JOB_KEY"],
                 "CLOUDBURST_WORKER_SLOTS": "1",
                 "CLOUDBURST_SUPERVISOR": "",  # a local worker: the kernel ends it with this process

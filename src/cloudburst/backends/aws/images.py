@@ -33,6 +33,7 @@ from ... import scratch
 from ...environment import Snapshot, build_context, index_credentials, tag
 from ...errors import CloudError
 from .clients import client, error_code, translate
+from .owner import s3_client
 
 __all__ = [
     "BUILDSPEC",
@@ -132,7 +133,7 @@ def ensure_bundle(
     ``envs/``, metadata included) is replaced, and a worker refuses any bundle whose bytes differ."""
     image_tag = tag(snap, arch=arch)
     key = f"envs/{image_tag}.zip"
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     digest, body = _remembered_digest(image_tag), b""
     if not digest:
         body = _bundle(snap, arch)
@@ -316,7 +317,7 @@ def _codebuild(
     echo: Callable[[str], None],
     netrc_parameter: str = "",
 ) -> None:
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     key = f"builds/{image_tag}.zip"
     with translate("S3", "PutObject", f"s3://{bucket}/{key}"):
         s3.put_object(Bucket=bucket, Key=key, Body=_zip(context))
@@ -447,7 +448,7 @@ def prune_images(region: str | None, profile: str | None, repository: str, keep:
 
 def list_bundles(region: str | None, profile: str | None, bucket: str) -> list[dict[str, Any]]:
     """The no-build fallback's environment bundles in ``s3://bucket/envs/``, newest first."""
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     found: list[dict[str, Any]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="envs/"):
         found += page.get("Contents", [])
@@ -457,7 +458,7 @@ def list_bundles(region: str | None, profile: str | None, bucket: str) -> list[d
 def prune_bundles(region: str | None, profile: str | None, bucket: str, keep: int) -> list[str]:
     """Delete all but the ``keep`` newest environment bundles; returns the deleted keys."""
     doomed = [o["Key"] for o in list_bundles(region, profile, bucket)[keep:]]
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     for start in range(0, len(doomed), 1000):
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in doomed[start : start + 1000]]})
     return doomed

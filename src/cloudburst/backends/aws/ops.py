@@ -2,10 +2,13 @@
 
 A job leaves these traces, all named or tagged with its id: SQS queues
 ``cloudburst-<id>-{tasks,results,dlq}``, objects under ``s3://bucket/jobs/<id>/`` (with the
-client's heartbeat in ``control/state``), ECS tasks started by ``cloudburst-<id>``, the job
-key's SSM parameter, and the job's own IAM role (``/cloudburst/jobs/cloudburst-job-<id>``).
-A job whose client has been silent longer than a threshold, and that is not a detached job,
-is a leftover: ``cleanup`` removes its traces.
+client's heartbeat in ``control/state``), ECS tasks started by ``cloudburst-<id>``, the job's
+own IAM role (``/cloudburst/jobs/cloudburst-job-<id>``), and the job key's SSM parameter, found by
+its tag ``cloudburst:job=<id>`` (never by its name, which anyone may give a parameter). A job whose
+client has been silent longer than a threshold, and that is not a detached job, is a leftover:
+``cleanup`` removes its traces. A key left alone (its job's other traces gone) is a leftover once it
+is older than the threshold; keys also expire by themselves (an SSM Expiration policy) when nobody
+runs ``cleanup``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 from ...errors import PayloadAuthenticationError
 from ...task import open_control
 from .clients import client, error_code
-from .fargate import CONTAINER, LOG_PREFIX
+from .fargate import CONTAINER, JOB_TAG, LOG_PREFIX
 from .job_roles import delete_job_role, job_roles
+from .owner import s3_client
 from .pricing import billed_seconds
 
 __all__ = ["JobView", "cleanup", "find_jobs", "log_lines"]
@@ -40,6 +44,7 @@ class JobView:
     running: int = 0  # task messages leased by workers
     results: int = 0  # result messages not yet collected
     role: str = ""  # the job's own IAM role, when it still exists
+    keys: dict[str, float] = field(default_factory=dict)  # job key parameter -> its age in seconds
 
     @property
     def workers(self) -> dict[str, int]:
@@ -93,10 +98,13 @@ def find_jobs(region: str | None, profile: str | None, bucket: str, cluster: str
         prefix = started_by.removeprefix("cloudburst-")
         job_id = next((j for j in jobs if j.startswith(prefix)), prefix)
         jobs.setdefault(job_id, JobView(job_id)).tasks.append(task)
-    s3: Any = client("s3", region, profile)
     ssm: Any = client("ssm", region, profile)
+    for name, job_id, age in _job_keys(ssm):
+        known = next((j for j in jobs if job_id.startswith(j)), job_id)  # queue names may carry a prefix of it
+        jobs.setdefault(known, JobView(known)).keys[name] = age
+    s3: Any = s3_client(bucket, region, profile)
     for job_id, view in jobs.items():
-        state = _read_state(s3, ssm, bucket, job_id)
+        state = _read_state(s3, ssm, bucket, job_id, next(iter(view.keys), ""))
         if state is not None:
             view.heartbeat_age = max(0.0, time.time() - float(state.get("heartbeat", 0)))  # type: ignore[arg-type]
             view.stopped = bool(state.get("stopped"))
@@ -104,12 +112,14 @@ def find_jobs(region: str | None, profile: str | None, bucket: str, cluster: str
     return jobs
 
 
-def _read_state(s3: Any, ssm: Any, bucket: str, job_id: str) -> dict[str, object] | None:
-    """A job's control record, checked against its key; None when missing or when its seal fails
-    (a forged record is ignored, and said so)."""
+def _read_state(s3: Any, ssm: Any, bucket: str, job_id: str, key_name: str) -> dict[str, object] | None:
+    """A job's control record, checked against its key (the parameter tagged with the job); None when either
+    is missing or when its seal fails (a forged record is ignored, and said so)."""
+    if not key_name:
+        return None
     try:
         data = s3.get_object(Bucket=bucket, Key=f"jobs/{job_id}/control/state")["Body"].read()
-        key = ssm.get_parameter(Name=f"/cloudburst/jobs/{job_id}/key", WithDecryption=True)["Parameter"]["Value"]
+        key = ssm.get_parameter(Name=key_name, WithDecryption=True)["Parameter"]["Value"]
     except Exception:
         return None
     try:
@@ -117,6 +127,22 @@ def _read_state(s3: Any, ssm: Any, bucket: str, job_id: str) -> dict[str, object
     except (PayloadAuthenticationError, ValueError) as exc:
         print(f"cloudburst: job {job_id[:12]}: ignored its control record: {exc}", file=sys.stderr)
         return None
+
+
+def _job_keys(ssm: Any) -> Iterator[tuple[str, str, float]]:
+    """``(parameter, job id, age in seconds)`` of every job key, found by cloudburst's tag and then its job tag."""
+    tagged = [{"Key": "tag:cloudburst", "Values": ["true"]}]
+    try:
+        for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=tagged):
+            for parameter in page.get("Parameters", []):
+                tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=parameter["Name"])["TagList"]
+                job_id = next((t["Value"] for t in tags if t["Key"] == JOB_TAG), "")
+                if job_id:
+                    modified = parameter.get("LastModifiedDate")
+                    age = time.time() - modified.timestamp() if modified is not None else 0.0
+                    yield parameter["Name"], job_id, max(0.0, age)
+    except Exception as exc:
+        print(f"cloudburst: could not list job keys: {exc}", file=sys.stderr)
 
 
 def _queue_tags(sqs: Any, url: str) -> dict[str, str]:
@@ -170,6 +196,8 @@ def leftovers(jobs: dict[str, JobView], older_than: float) -> list[JobView]:
         live_workers = any(t.get("lastStatus") != "STOPPED" for t in view.tasks)
         if silent and (view.queues or live_workers or view.role or view.heartbeat_age is not None):
             found.append(view)
+        elif not view.queues and not view.tasks and view.keys and min(view.keys.values()) > older_than:
+            found.append(view)  # only its key is left (a client killed after deleting the rest)
     return found
 
 
@@ -185,7 +213,7 @@ def cleanup(view: JobView, region: str | None, profile: str | None, bucket: str,
     for url in view.queues.values():
         sqs.delete_queue(QueueUrl=url)
         removed.append(f"queue {url.rsplit('/', 1)[-1]}")
-    s3: Any = client("s3", region, profile)
+    s3: Any = s3_client(bucket, region, profile)
     paginator = s3.get_paginator("list_objects_v2")
     count = 0
     for page in paginator.paginate(Bucket=bucket, Prefix=f"jobs/{view.job_id}"):
@@ -197,14 +225,23 @@ def cleanup(view: JobView, region: str | None, profile: str | None, bucket: str,
         removed.append(f"{count} object(s) under s3://{bucket}/jobs/{view.job_id}")
     if view.role and delete_job_role(client("iam", region, profile), view.role):
         removed.append(f"role {view.role}")
-    ssm: Any = client("ssm", region, profile)
-    try:
-        for parameter in ssm.get_parameters_by_path(Path=f"/cloudburst/jobs/{view.job_id}").get("Parameters", []):
-            ssm.delete_parameter(Name=parameter["Name"])
-            removed.append(f"key {parameter['Name']}")
-    except Exception as exc:
-        if error_code(exc) != "ParameterNotFound":
-            raise
+    return removed + _delete_keys(client("ssm", region, profile), view)
+
+
+def _delete_keys(ssm: Any, view: JobView) -> list[str]:
+    """Delete the job's keys: those found with the job, and any other parameter tagged with its id."""
+    names = set(view.keys)
+    by_tag = [{"Key": f"tag:{JOB_TAG}", "Values": [view.job_id]}]
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=by_tag):
+        names.update(p["Name"] for p in page.get("Parameters", []))
+    removed = []
+    for name in sorted(names):
+        try:
+            ssm.delete_parameter(Name=name)
+            removed.append(f"key {name}")
+        except Exception as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
     return removed
 
 

@@ -198,8 +198,13 @@ def _index_logins(names: Names) -> Document:
     return _allow("IndexLogins", "ssm:GetParameters", names.parameter_arn("cloudburst/index/*"))
 
 
+def _secrets(names: Names) -> Document:
+    """Read the secrets jobs name with ``secrets=`` (ECS resolves them as a worker starts): one path only."""
+    return _allow("Secrets", "ssm:GetParameters", names.parameter_arn("cloudburst/secrets/*"))
+
+
 def execution_policy(names: Names) -> Document:
-    """What ECS needs to start a worker: pull our image, write its logs."""
+    """What ECS needs to start a worker: pull our image, write its logs, read its index logins and secrets."""
     return {
         "Version": VERSION,
         "Statement": [
@@ -213,6 +218,7 @@ def execution_policy(names: Names) -> Document:
                 "Logs", ["logs:CreateLogStream", "logs:PutLogEvents"], names.arn("logs", f"log-group:{LOG_GROUP}:*")
             ),
             _index_logins(names),
+            _secrets(names),
         ],
     }
 

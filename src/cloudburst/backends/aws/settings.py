@@ -7,6 +7,7 @@ provides (bucket, cluster, network, roles) is reported together when missing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -43,6 +44,8 @@ class FargateSettings:
     debug: bool = False
     cost_alert_threshold: float = 0.0
     tags: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict)  # {"NAME": "ssm:/path"}: ECS secrets, not overrides
+    kms_key: str = ""  # a customer-managed KMS key for job keys (setup --kms-key); "" is SSM's aws/ssm
 
     @classmethod
     def resolve(cls, options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> FargateSettings:
@@ -107,6 +110,8 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = {str(k): str(v) for k, v in value.items()}
         elif name == "requirements":
             out[name] = _requirements_file(value)
+        elif name == "secrets":
+            out[name] = _secrets(value)
         elif name in ("region", "profile"):
             out[name] = None if value is None else str(value)
         elif name == "image" and value is None:
@@ -134,3 +139,43 @@ def _requirements_file(value: object) -> str:
             f"requirements={str(value)!r} is not a requirements*.txt, uv.lock or pyproject.toml file"
         )
     return str(path.resolve())
+
+
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_PATH = re.compile(r"^ssm:(/[A-Za-z0-9_.\-]+)+$")
+
+
+#: where secrets live: the execution role (which ECS uses to read them) may read this path only
+SECRETS_PATH = "/cloudburst/secrets/"
+
+
+def _secrets(value: object) -> dict[str, str]:
+    """``{"NAME": "ssm:/path"}``, checked: names a process environment can hold, parameters by absolute path."""
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            "secrets must map variable names to SSM parameters, e.g. secrets={'TOKEN': 'ssm:/app/token'}"
+        )
+    out = {}
+    for name, where in value.items():
+        if (
+            not isinstance(name, str)
+            or not _SECRET_NAME.match(name)
+            or name.upper().startswith(("CLOUDBURST_", "AWS_"))
+        ):
+            raise ConfigurationError(
+                f"secrets: {name!r} is not a variable name workers can be given: use letters, digits and _, "
+                "not starting with a digit, CLOUDBURST_ or AWS_"
+            )
+        if not isinstance(where, str) or not _SECRET_PATH.match(where):
+            raise ConfigurationError(
+                f"secrets: {name}={where!r} must name an SSM parameter by its full path, as 'ssm:/path/to/parameter'"
+            )
+        if not where.startswith(f"ssm:{SECRETS_PATH}"):
+            # ECS reads secrets with the execution role, which may read this path and no other
+            raise ConfigurationError(
+                f"secrets: {name}={where!r} is outside {SECRETS_PATH}, the only path workers may read secrets from; "
+                f"store it there (aws ssm put-parameter --type SecureString --name {SECRETS_PATH}... ) and name "
+                f"'ssm:{SECRETS_PATH}...'"
+            )
+        out[name] = where
+    return out

@@ -23,6 +23,7 @@ from ...errors import CloudError
 from ...words import plural
 from .clients import client, error_code, translate
 from .job_roles import delete_job_role
+from .owner import pin, s3_client
 from .policies import (
     BUILD_LOG_GROUP,
     JOB_ROLE_PATH,
@@ -40,6 +41,7 @@ __all__ = ["Report", "Step", "doctor", "setup", "teardown"]
 
 TAG = {"Key": "cloudburst", "Value": "true"}
 SECURITY_GROUP = "cloudburst-workers"
+TLS_ONLY_SID = "CloudburstDenyWithoutTLS"
 CLUSTER = "cloudburst"
 LOG_RETENTION_DAYS = 30
 ON_DEMAND_QUOTA = "L-3032A538"
@@ -160,12 +162,20 @@ class _Context:
 
 
 def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
-    s3 = ctx.client("s3")
     name = ctx.bucket
+    s3 = s3_client(name, ctx.region, ctx.profile, owner=ctx.account)
     try:
         s3.head_bucket(Bucket=name)
         status = "found"
     except Exception as exc:
+        if error_code(exc) in ("403", "AccessDenied"):
+            raise CloudError(
+                f"the bucket {name} exists but this account ({ctx.account}) does not own it, or may not read it: "
+                "cloudburst stores nothing there. Check your AWS credentials (`aws sts get-caller-identity`).",
+                service="S3",
+                operation="HeadBucket",
+                code=error_code(exc),
+            ) from exc
         if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
             with translate("S3", "HeadBucket", name):
                 raise
@@ -209,7 +219,7 @@ def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
         repaired.append("lifecycle: job data and build contexts expire after 7 days, bundles after 30, uploads after 1")
         if fix:
             s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
-    repaired += _bucket_guards(s3, name, fix)
+    repaired += _bucket_guards(s3, name, fix, ctx.partition)
     try:
         tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
     except Exception:
@@ -222,8 +232,9 @@ def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
     report.config["bucket"] = name
 
 
-def _bucket_guards(s3: Any, name: str, fix: bool) -> list[str]:
-    """Objects are always the bucket owner's: ACLs are off, so no writer can keep an object to itself."""
+def _bucket_guards(s3: Any, name: str, fix: bool, partition: str = "aws") -> list[str]:
+    """Objects are always the bucket owner's: ACLs are off, so no writer can keep an object to itself.
+    And the bucket refuses requests that do not come over TLS."""
     repaired = []
     try:
         rules = s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"]
@@ -235,7 +246,42 @@ def _bucket_guards(s3: Any, name: str, fix: bool) -> list[str]:
             s3.put_bucket_ownership_controls(
                 Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
             )
-    return repaired
+    return repaired + _tls_only(s3, name, fix, partition)
+
+
+def tls_only_statement(bucket: str, partition: str = "aws") -> dict[str, Any]:
+    """The bucket policy statement that denies every request not made over TLS (AWS's recommended form)."""
+    arn = f"arn:{partition}:s3:::{bucket}"
+    return {
+        "Sid": TLS_ONLY_SID,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [arn, f"{arn}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+
+
+def _tls_only(s3: Any, name: str, fix: bool, partition: str) -> list[str]:
+    """The TLS-only statement in the bucket policy; other statements a user added are kept."""
+    try:
+        policy = _document(s3.get_bucket_policy(Bucket=name)["Policy"])
+    except Exception as exc:
+        if error_code(exc) not in ("NoSuchBucketPolicy", "404", "NoSuchBucket"):
+            with translate("S3", "GetBucketPolicy", name):
+                raise
+        policy = {"Version": "2012-10-17", "Statement": []}
+    statements = policy.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else list(statements)
+    wanted = tls_only_statement(name, partition)
+    if any(same_document(s, wanted) for s in statements):
+        return []
+    if fix:
+        others = [s for s in statements if s.get("Sid") != TLS_ONLY_SID]
+        document = {"Version": "2012-10-17", "Statement": [*others, wanted]}
+        with translate("S3", "PutBucketPolicy", name):
+            s3.put_bucket_policy(Bucket=name, Policy=json.dumps(document))
+    return ["requests without TLS denied (bucket policy)"]
 
 
 def _report(report: Report, name: str, status: str, repaired: list[str], fix: bool) -> None:
@@ -705,11 +751,13 @@ def teardown(
 def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], object]]]:
     """(kind, name, remover) for every resource in this region that carries cloudburst's tag."""
     out: list[tuple[str, str, Callable[[], object]]] = []
-    s3, ecr, ecs, logs, ec2, iam = (ctx.client(s) for s in ("s3", "ecr", "ecs", "logs", "ec2", "iam"))
+    ecr, ecs, logs, ec2, iam = (ctx.client(s) for s in ("ecr", "ecs", "logs", "ec2", "iam"))
+    s3 = s3_client(ctx.bucket, ctx.region, ctx.profile, owner=ctx.account)
     for bucket in s3.list_buckets().get("Buckets", []):
         name = bucket["Name"]
         if not name.endswith(f"-{ctx.region}"):
             continue  # S3 lists every region's buckets: only this region's are torn down
+        pin(name, ctx.account)  # ListBuckets lists only this account's; each later request says so
         try:
             tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
         except Exception:
@@ -764,12 +812,11 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], object
         if {"key": "cloudburst", "value": "true"} in project.get("tags", []):
             remove = functools.partial(codebuild.delete_project, name=project["name"])
             out.append(("CodeBuild project", project["name"], remove))
-    under = [{"Key": "Path", "Option": "Recursive", "Values": ["/cloudburst"]}]
-    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=under):
+    tagged_parameters = [{"Key": "tag:cloudburst", "Values": ["true"]}]  # job keys and index logins, by tag
+    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=tagged_parameters):
         for parameter in page.get("Parameters", []):
             name = parameter["Name"]
-            if TAG in ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", []):
-                out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
+            out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
     return out
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import boto3.s3.transfer
 
-from .clients import client, error_code, translate
+from .clients import error_code, translate
+from .owner import s3_client
 
 __all__ = ["S3Store"]
 
@@ -29,7 +30,7 @@ class S3Store:
     def __init__(self, bucket: str, prefix: str, region: str | None = None, profile: str | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.rstrip("/") + "/"
-        self._s3: Any = client("s3", region, profile)
+        self._s3: Any = s3_client(bucket, region, profile)  # every request names the bucket's owner
 
     def _key(self, key: str) -> str:
         return self.prefix + key
