@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,8 +27,6 @@ import pytest
 
 import cloudburst
 from cloudburst.backends.local import LocalBackend
-from cloudburst.serialize import seal
-from cloudburst.task import RESULT, ResultMessage
 
 from .conftest import process_gone, wait_until, worker_pids
 
@@ -303,47 +300,6 @@ def test_lease_expiry_redelivers_and_first_result_wins() -> None:
         ex.terminate()
 
 
-def tamper_with_waiting_task(ex: cloudburst.Executor) -> None:
-    """Flip a byte of the one task waiting in the queue, as someone with access to the queue could."""
-    tasks = ex._job.resources.tasks
-    if hasattr(tasks, "pending"):  # the local queue
-        assert wait_until(lambda: len(tasks.pending()) == 1, timeout=10)
-        body = bytearray(tasks.pending()[0])
-        body[-5] ^= 0xFF
-        tasks.replace_pending(0, bytes(body))
-        return
-    import base64
-
-    import boto3
-
-    sqs = boto3.client("sqs")
-    url = tasks.url
-    messages: list[dict[str, Any]] = []
-    assert wait_until(
-        lambda: (
-            bool(messages.extend(sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", [])))
-            or bool(messages)
-        ),
-        timeout=15,
-    )
-    body = bytearray(base64.b64decode(messages[0]["Body"]))
-    body[-5] ^= 0xFF
-    sqs.send_message(QueueUrl=url, MessageBody=base64.b64encode(bytes(body)).decode())
-    sqs.delete_message(QueueUrl=url, ReceiptHandle=messages[0]["ReceiptHandle"])
-
-
-def test_tampered_task_is_refused_unread_and_sent_again(make_executor: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    ex = make_executor(1)
-    blocker = ex.submit(slow_square, 2)
-    assert wait_until(blocker.running, timeout=30)
-    victim = ex.submit(abs, -3)
-    tamper_with_waiting_task(ex)
-    assert victim.result(timeout=30) == 3  # the damaged copy was refused unread; a fresh one ran
-    assert re.search(r"refused the task's message.*HMAC.*; sending task \d+ again", capsys.readouterr().err)
-    assert blocker.result(timeout=30) == 4
-    assert ex.submit(abs, -4).result(timeout=30) == 4
-
-
 def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
     """Someone who can write to the queue sends junk naming a task in flight: the task still succeeds."""
     from cloudburst.task import encode
@@ -353,57 +309,14 @@ def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
     assert wait_until(blocker.running, timeout=30)
     blocker_id = max(ex._job._tasks)
     # Junk sealed with some other key, naming the next tasks, queued ahead of them.
-    forged = [encode(os.urandom(32), b"T", blocker_id + n, "not the job's key") for n in (1, 1, 2, 2, 3, 3)]
+    tag = ex._job.tag
+    forged = [encode(os.urandom(32), b"T", blocker_id + n, "not the job's key", job=tag) for n in (1, 1, 2, 2, 3, 3)]
     ex._job.resources.tasks.send_batch(forged)
     victim = ex.submit(abs, -5)
     assert wait_until(lambda: len(ex._job._tasks) == 2, timeout=10)
     assert blocker_id < max(ex._job._tasks) <= blocker_id + 3  # the forgeries name it
     assert victim.result(timeout=30) == 5
     assert blocker.result(timeout=30) == 4
-
-
-def test_a_task_refused_again_and_again_fails() -> None:
-    """Every copy of one task damaged on its way: after three resends, its items fail; the job goes on."""
-    ex = cloudburst.Executor(1)
-    try:
-        assert ex.submit(abs, -1).result(timeout=30) == 1  # the workers are up
-        queue = ex._job.resources.tasks
-        send = queue.send_batch
-
-        def damaging(bodies: Any) -> None:  # every message sent from now on, as an attacker on the queue would
-            send([body[:-5] + bytes([body[-5] ^ 0xFF]) + body[-4:] for body in bodies])
-
-        queue.send_batch = damaging  # type: ignore[method-assign]
-        victim = ex.submit(abs, -3)
-        with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"refused the task's message.*HMAC"):
-            victim.result(timeout=30)
-        queue.send_batch = send  # type: ignore[method-assign]
-        assert ex.submit(abs, -4).result(timeout=30) == 4
-    finally:
-        ex.shutdown()
-
-
-def test_forged_results_cannot_decide_a_task(make_executor: Any) -> None:
-    """A forged result is never unpickled; the task it names is sent again, and the real result counts.
-    Named by forgeries again and again, the task fails rather than running without end."""
-    import pickle
-    import struct
-
-    ex = make_executor(1)
-    future = ex.submit(slow_square, 5)
-    assert wait_until(future.running, timeout=30)
-    task_id = max(ex._job._tasks)
-    body = struct.pack("<Q", task_id) + pickle.dumps(ResultMessage(task_id, "w1", 1))
-    forged = seal(b"not the job key" * 2, RESULT, body)
-    ex._job.resources.results.send_batch([forged])
-    assert future.result(timeout=30) == 25
-    again = ex.submit(slow_square, 6)
-    assert wait_until(again.running, timeout=30)
-    task_id = max(ex._job._tasks)
-    body = struct.pack("<Q", task_id) + pickle.dumps(ResultMessage(task_id, "w1", 1))
-    ex._job.resources.results.send_batch([seal(b"not the job key" * 2, RESULT, body)] * 4)
-    with pytest.raises(cloudburst.PayloadAuthenticationError, match=r"result message.*HMAC"):
-        again.result(timeout=30)
 
 
 # ---------------------------------------------------------------------------- lifecycle

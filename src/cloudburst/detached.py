@@ -25,7 +25,7 @@ from typing import Any
 from .backends import get_backend
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
 from .job import rebuild_exception
-from .serialize import Unpacker
+from .serialize import Unpacker, job_tag
 from .task import RESULT, ResultMessage, decode, read_dead_letters
 from .words import plural
 
@@ -135,7 +135,7 @@ class DetachedJob:
                 return finished
             for message in messages:
                 try:
-                    kind, body = decode(self._key, message.body)
+                    kind, body = decode(self._key, message.body, job=job_tag(self.job_id))
                 except PayloadAuthenticationError:
                     continue  # not sealed with this job's key: dropped unread
                 # A result that asks for its chunk to be split carries the failure that made it ask:
@@ -154,7 +154,7 @@ class DetachedJob:
         """Tasks the queue gave up on (every worker that took them vanished): their items fail."""
         if queue is None:
             return 0
-        letters = read_dead_letters(self._key, queue)
+        letters = read_dead_letters(self._key, queue, job=job_tag(self.job_id))
         after = int(self.record.get("dead_letter_after", 0))
         done, dead = self.done_tasks(), 0
         for letter in letters:
@@ -183,7 +183,7 @@ class DetachedJob:
         failed: dict[int, BaseException] = {}
         self._connect()
         for path in self._result_files():
-            _, result = decode(self._key, path.read_bytes())
+            _, result = decode(self._key, path.read_bytes(), job=job_tag(self.job_id))
             assert isinstance(result, ResultMessage)
             positions = self._positions.get(result.task_id, [])
             where = f"task {result.task_id} on worker {result.worker_id}"

@@ -11,6 +11,7 @@ traceback attached). Everything below is about the machinery::
      │    ├── PicklingError                    ... could not be pickled (function, argument, result)
      │    └── UnpicklingError                  ... could not be unpickled on the other side
      ├── PayloadAuthenticationError           a message failed its HMAC check and was not unpickled
+     │    └── ForgedMessagesError              messages on a queue kept failing their check: the job was stopped
      ├── WorkerDiedError                      the worker running the task died, more than `retries` times
      ├── TaskExitError                        the task called sys.exit() / raised SystemExit
      ├── RemoteError                          the task raised an exception that could not be sent back
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "CostLimitExceeded",
     "ExecutorShutdownError",
+    "ForgedMessagesError",
     "NotSetUpError",
     "PayloadAuthenticationError",
     "PicklingError",
@@ -72,6 +74,22 @@ class UnpicklingError(SerializationError):
 
 class PayloadAuthenticationError(CloudburstError):
     """A task or result message failed its authenticity check and was discarded unread."""
+
+
+class ForgedMessagesError(PayloadAuthenticationError):
+    """Messages on one of the job's queues kept failing their authenticity check (forged, replayed from
+    another job, tampered with): the job was stopped, its workers too; finished results are kept.
+
+    ``queue`` names the queue ("tasks" or "results"), ``count`` how many such messages arrived.
+    """
+
+    def __init__(self, message: str, *, queue: str = "", count: int = 0) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.count = count
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ForgedMessagesError, (str(self),), {"queue": self.queue, "count": self.count})
 
 
 class WorkerDiedError(CloudburstError):

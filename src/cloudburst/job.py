@@ -43,14 +43,16 @@ from .errors import (
     CloudError,
     CostLimitExceeded,
     ExecutorShutdownError,
+    ForgedMessagesError,
     PayloadAuthenticationError,
     PicklingError,
     UnpicklingError,
     WorkerDiedError,
 )
 from .output import replay
-from .serialize import BlobRef, Packed, Packer, Unpacker, describe
+from .serialize import BlobRef, Packed, Packer, Unpacker, describe, job_tag
 from .task import (
+    CLIENT_MEMORY,
     DIED,
     REJECTED,
     RESULT,
@@ -58,13 +60,14 @@ from .task import (
     WAKE,
     Columns,
     Notice,
+    RecentIds,
     ResultMessage,
     TaskMessage,
-    decode,
     encode,
-    peek_task_id,
+    open_message,
     read_dead_letters,
     seal_control,
+    sealed_task_id,
 )
 from .work import MapRun, SubmitItem, Task, rebuild_exception, span
 
@@ -72,7 +75,9 @@ __all__ = ["Job", "MapRun", "rebuild_exception"]
 
 log = logging.getLogger("cloudburst")
 _MAX_STARTUP_FAILURES = 3
-_MAX_REJECTIONS = 3  # a task named by unauthenticated messages is sent again up to 3 times, then fails
+#: Messages on one queue that fail their check before the job stops with ForgedMessagesError. None arrive
+#: in a healthy job (the queues are the job's own); a few may be stray, twenty are someone at work.
+MAX_FORGED_MESSAGES = 20
 _MAX_SUPERSEDED = 10_000  # split tasks remembered for blame; their old messages are long gone by then
 _MAX_OUTAGE_ROUNDS = 8  # about two minutes of backing off before a cloud outage fails the job
 _TRANSIENT_CODES = frozenset(
@@ -107,6 +112,7 @@ class Job:
         self.options = options
         self.id = uuid.uuid4().hex
         self.key = secrets.token_bytes(32)
+        self.tag = job_tag(self.id)  # sealed into every message: one copied from another job is refused
         self.backend = get_backend(options.backend)(options)
         idle, client_timeout = self.backend.idle_timeout, self.backend.client_timeout
         worker_env = {
@@ -143,6 +149,9 @@ class Job:
         self._worked: set[str] = set()  # workers (and their machines) that have run a task
         self._broken: BaseException | None = None  # why this job can no longer run work (BrokenProcessPool's role)
         self._exits: dict[str, WorkerExit] = {}
+        self._seen = RecentIds(CLIENT_MEMORY)  # message ids handled from the results queue (task.py: contract)
+        self._deaths_reported: set[str] = set()  # workers whose death notice was handled: one per worker
+        self._forged = {"tasks": 0, "results": 0}  # messages that failed their check, per queue
         self._poll_lock = threading.Lock()
         self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
         self.on_items_done: Callable[[int], None] | None = None
@@ -366,7 +375,7 @@ class Job:
         )
         with self._cond:
             self.stats["tasks"] += 1
-        return encode(self.key, b"T", task.task_id, message)
+        return encode(self.key, b"T", task.task_id, message, job=self.tag)
 
     def _pack_calls(self, calls: Any, task: Task | None = None) -> Packed:
         if isinstance(calls, Columns):
@@ -446,51 +455,72 @@ class Job:
                 raise
 
     def _handle(self, body: bytes) -> None:
+        """Route one message from the results queue: each message id once; one that fails its check
+        is counted against the queue and never read."""
         try:
-            kind, message = decode(self.key, body)
+            opened = open_message(self.key, body, job=self.tag)
         except PayloadAuthenticationError as exc:
-            self._send_again(peek_task_id(body), PayloadAuthenticationError(f"a result {exc}"))
+            self._on_forged("results", f"a {exc}")
             return
+        if not self._seen.add(opened.message_id):
+            log.debug("cloudburst: dropped a copy of a message handled already (a duplicate delivery or a replay)")
+            return
+        kind, message = opened.kind, opened.message
         if kind == RESULT and isinstance(message, ResultMessage):
             self._on_result(message)
         elif kind == STARTED and isinstance(message, Notice):
             self._on_started(message)
         elif kind == DIED and isinstance(message, WorkerExit):
-            self._on_worker_exit(message)
+            self._on_died(message)
         elif kind == REJECTED and isinstance(message, Notice):
-            self._on_rejected(message)
+            self._on_forged("tasks", f"worker {message.worker_id} refused a message: {message.detail}")
+        elif kind != WAKE:
+            self._on_forged("results", f"a sealed message of kind {kind!r} does not belong on the results queue")
 
-    def _on_rejected(self, notice: Notice) -> None:
-        """A worker refused a task message that failed its seal check, without reading it."""
-        task_id = notice.task_ids[0] if notice.task_ids else None
-        self._send_again(
-            task_id,
-            PayloadAuthenticationError(f"worker {notice.worker_id} refused the task's message: {notice.detail}"),
-        )
-
-    def _send_again(self, task_id: int | None, error: PayloadAuthenticationError) -> None:
-        """A message that failed its seal check named this task. The id is unauthenticated (anyone who can
-        write to a queue can write one), so the task is sent again, freshly sealed, rather than failed: a
-        forged or damaged message costs a resend (and the first result wins). A task named this way more
-        than ``_MAX_REJECTIONS`` times fails with ``error``."""
+    def _on_died(self, exit_: WorkerExit) -> None:
+        """A supervisor's notice that one of its worker processes died; a worker dies once, so a copy of
+        the notice (replayed, or from beyond the id memory) changes nothing."""
         with self._cond:
-            task = self._tasks.get(task_id) if task_id is not None else None
-            if task is not None:
-                task.rejections += 1
-        if task is None:
-            log.warning("cloudburst: %s (it names no task in flight)", error)
+            if exit_.worker_id in self._deaths_reported:
+                return
+            self._deaths_reported.add(exit_.worker_id)
+        self._on_worker_exit(exit_)
+
+    def _on_forged(self, queue: str, detail: str) -> None:
+        """A message on ``queue`` failed its check. It names no task (its word cannot be trusted), so no
+        task is failed or sent again for it; past ``MAX_FORGED_MESSAGES`` on one queue the job stops."""
+        with self._cond:
+            self._forged[queue] += 1
+            count = self._forged[queue]
+        if count > MAX_FORGED_MESSAGES:
+            log.debug("cloudburst: %s", detail)
             return
-        if task.rejections > _MAX_REJECTIONS:
-            self._fail_task(task.task_id, error)
+        _say(
+            f"a message on the job's {queue} queue failed its check and was dropped unread ({detail}); "
+            f"{count} so far, the job stops at {MAX_FORGED_MESSAGES}"
+        )
+        if count < MAX_FORGED_MESSAGES:
             return
-        print(f"cloudburst: {error}; sending task {task.task_id} again", file=sys.stderr)
-        body = self._seal(task, self._calls_of(task))
-        if body is None:
-            return
+        named = getattr(self.resources.tasks if queue == "tasks" else self.resources.results, "url", None)
+        error = ForgedMessagesError(
+            f"{count} messages on this job's {queue} queue{f' ({named})' if named else ''} failed their authenticity "
+            "check (forged, tampered with, copied from another job, or from another cloudburst version); they were "
+            "dropped unread, but something that can write to the queue keeps sending them, so the job was stopped: "
+            "its workers were stopped and the remaining work cancelled; finished results are kept. Find out what "
+            "can write to that queue (the job's own workers run your code and its dependencies), then run the work "
+            "again in a new Executor.",
+            queue=queue,
+            count=count,
+        )
+        # Not from this thread: it may be the local queue's, which a stopping worker's last send waits on.
+        threading.Thread(target=self._stop_workers, name="cloudburst-stopper", daemon=True).start()
+        self._break(error)
+
+    def _stop_workers(self) -> None:
         try:
-            self._send_bodies([body])
-        except Exception as exc:  # the queue stayed unreachable: this task fails, the job goes on
-            self._fail_task(task.task_id, exc)
+            self.resources.launcher.stop()
+        except Exception as exc:
+            log.warning("cloudburst: could not stop the workers: %s", exc)
 
     @staticmethod
     def _calls_of(task: Task) -> Any:
@@ -500,7 +530,8 @@ class Job:
 
     def _on_leased(self, worker_id: str, messages: Sequence[Message]) -> None:
         """The task queue gave tasks to a worker: what an S notice would say, before the worker runs them."""
-        task_ids = tuple(-1 if (t := peek_task_id(m.body)) is None else t for m in messages)
+        # Checked here: a forged message names no task (the worker will refuse it, and say so).
+        task_ids = tuple(-1 if (t := sealed_task_id(self.key, m.body, job=self.tag)) is None else t for m in messages)
         attempts = tuple(m.receive_count for m in messages)
         self._on_started(Notice(task_ids, worker_id, attempts, receipts=tuple(m.receipt for m in messages)))
 
@@ -511,6 +542,8 @@ class Job:
             receipts = notice.receipts or ("",) * len(notice.task_ids)
             for task_id, attempt, receipt in zip(notice.task_ids, notice.attempts, receipts, strict=True):
                 task = self._tasks.get(task_id)
+                if task is not None and attempt <= task.attempt:
+                    continue  # a notice older than one handled (a replay, or it came late): not news
                 if task is not None:
                     task.workers.append(worker)
                     task.attempt = attempt
@@ -698,7 +731,7 @@ class Job:
 
     def _write_control(self, *, stopped: bool) -> None:
         state: dict[str, object] = {"heartbeat": time.time(), "stopped": stopped}
-        self.resources.store.put("control/state", seal_control(self.key, "state", state))
+        self.resources.store.put("control/state", seal_control(self.key, "state", state, job=self.tag))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -718,7 +751,7 @@ class Job:
             return
         self._next_dead_letter_check = time.monotonic() + 15.0
         handled = []
-        for letter in read_dead_letters(self.key, queue):
+        for letter in read_dead_letters(self.key, queue, job=self.tag):
             task_id, deliveries = letter.task.task_id, letter.deliveries
             with self._cond:
                 task = self._tasks.get(task_id)
@@ -828,7 +861,7 @@ class Job:
         for task in victims:
             if task.task_id in self._superseded:  # before its message can be delivered again
                 name = f"cancelled/{task.task_id}"
-                self.resources.store.put(f"control/{name}", seal_control(self.key, name, {}))
+                self.resources.store.put(f"control/{name}", seal_control(self.key, name, {}, job=self.tag))
         if receipts:
             try:
                 self.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
@@ -966,7 +999,7 @@ class Job:
         collector = self._collector
         if collector is not None and collector is not current:
             try:  # ends the collector's long poll now; it sees _stopping and returns
-                self.resources.results.send_batch([encode(self.key, WAKE, 0, None)])
+                self.resources.results.send_batch([encode(self.key, WAKE, 0, None, job=self.tag)])
             except Exception as exc:
                 log.debug("cloudburst: could not wake the collector: %s", exc)
         for thread in self._threads:

@@ -33,6 +33,7 @@ from . import memlimit, scratch
 from .backends import get_backend
 from .backends.base import WorkerExit
 from .backends.local import describe_exit
+from .serialize import job_tag
 from .task import DIED, encode
 from .worker import OOM_EXIT_CODE, REASON_PREFIX, Worker, worker_id
 
@@ -58,6 +59,7 @@ class Supervisor:
         self.side = backend.connect_worker(env)
         self.key_hex = str(self.side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"])
         self.key = bytes.fromhex(self.key_hex)
+        self.job = job_tag(env["CLOUDBURST_JOB_ID"])
         self.me = str(self.side.extra.get("worker_id") or worker_id(env))
         self.folder = scratch.own(reaper=False)
         self.children: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -157,7 +159,9 @@ class Supervisor:
             code, reason = OOM_EXIT_CODE, "OutOfMemoryError: killed by the kernel at the container's memory limit"
         self.oom_kills = kills
         try:
-            self.side.results.send_batch([encode(self.key, DIED, 0, WorkerExit(self.name(k), code, reason, tail))])
+            self.side.results.send_batch(
+                [encode(self.key, DIED, 0, WorkerExit(self.name(k), code, reason, tail), job=self.job)]
+            )
         except Exception as exc:
             print(f"cloudburst-worker: could not report a dead worker process: {exc}", file=sys.stderr)
         now = time.monotonic()

@@ -1,8 +1,8 @@
 """What travels through the queues: tasks out, results and notices back.
 
-Every message is ``seal(kind, header + pickle)``: the header is the task id as
-8 plain bytes, so a message that fails its seal can still be *reported* against
-its task without unpickling a byte of it.
+Every message is ``seal(kind, header + pickle)`` (see ``serialize.seal``): sealed for its job, under a
+unique message id, with the task id as an 8-byte header that the client reads from a lease report
+after checking the seal, without unpickling.
 
 =====  ==============  ===========================================
 kind   queue           meaning
@@ -10,13 +10,31 @@ kind   queue           meaning
 ``T``  tasks           a chunk of calls of one function
 ``R``  results         the outcome of every call in a task
 ``S``  results         a worker started tasks (for crash attribution)
-``X``  results         a worker refused a task it could not authenticate
+``X``  results         a worker refused a message on the tasks queue that failed its check (names no task)
 ``D``  results         a worker process died inside a running machine (a WorkerExit)
 ``W``  results         nothing: the client wakes its own collector's long poll when it closes
 ``C``  store           a control record (``control/<name>``): the client's heartbeat and stop flag, a
                        cancel marker; JSON, sealed and bound to its name, so that a forged or moved
                        record is ignored
 =====  ==============  ===========================================
+
+Replays and redeliveries (the contract)
+---------------------------------------
+A queue may deliver a message again: its lease ran out (its worker died or stalled), or the queue
+delivered a duplicate. Someone able to write to a queue may also send a copy of a sealed message
+(a *replay*). Both carry the same message id, and are told apart by what the reader has done:
+
+* A worker runs a task message unless it has *finished* that message id itself (result sent). So a
+  redelivery after a worker died runs (that worker finished nothing), and a copy of a message this
+  worker finished is acknowledged and dropped: its result is already on its way. A worker remembers
+  its last ``WORKER_MEMORY`` finished ids; a copy that escapes that memory, or is taken by another
+  worker, may run again, but its result names a task the client has finished, so it is dropped there.
+* The client handles each message id on the results queue once (its last ``CLIENT_MEMORY`` ids),
+  and beyond that memory relies on state: a result for a finished task is dropped, a started notice
+  is taken only when its delivery count is newer than the task's, a death notice once per worker.
+* A message that fails its check (forged, tampered with, sealed for another job, another wire format)
+  is never unpickled and names no task: it is counted against its queue (a worker reports one on the
+  tasks queue with an ``X`` notice), and the job stops with ``ForgedMessagesError`` when they keep coming.
 """
 
 from __future__ import annotations
@@ -24,30 +42,37 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import PayloadAuthenticationError
-from .serialize import MAGIC, BlobRef, Packed, pickled_as_call, seal, unseal
+from .serialize import BlobRef, Packed, pickled_as_call, seal, unseal
 
 if TYPE_CHECKING:
     from .backends.base import Queue
 
 __all__ = [
+    "CLIENT_MEMORY",
+    "WORKER_MEMORY",
     "Columns",
     "DeadLetter",
     "ItemError",
     "Notice",
+    "Opened",
     "OutputEvent",
+    "RecentIds",
     "ResultMessage",
     "TaskMessage",
     "decode",
     "encode",
     "open_control",
-    "peek_task_id",
+    "open_message",
     "read_dead_letters",
     "seal_control",
+    "sealed_task_id",
 ]
 
 TASK = b"T"
@@ -58,6 +83,11 @@ DIED = b"D"
 CONTROL = b"C"
 WAKE = b"W"
 _HEADER = struct.Struct("<Q")
+#: Message ids a worker remembers having finished (~0.5 MB). Safe to bound: a copy that escapes it runs
+#: again at worst, and the client drops its result (its task is finished), so nothing counts twice.
+WORKER_MEMORY = 4096
+#: Message ids the client remembers having handled (~4 MB). Beyond it, state decides (see the contract).
+CLIENT_MEMORY = 1 << 15
 
 
 class Columns:
@@ -149,33 +179,85 @@ class Notice:
     receipts: tuple[str, ...] = ()
 
 
-def encode(key: bytes, kind: bytes, task_id: int, message: object) -> bytes:
+def encode(key: bytes, kind: bytes, task_id: int, message: object, *, job: bytes) -> bytes:
+    """Seal ``message`` for job tag ``job`` under a fresh message id."""
     body = _HEADER.pack(task_id) + pickle.dumps(message, protocol=5)
-    return seal(key, kind, body)
+    return seal(key, kind, body, job=job)
 
 
-def decode(key: bytes, data: bytes) -> tuple[bytes, object]:
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """An authenticated, unpickled message and its unique id."""
+
+    kind: bytes
+    message_id: bytes
+    message: object
+
+
+def open_message(key: bytes, data: bytes, *, job: bytes) -> Opened:
     """Authenticate, then unpickle. Raises PayloadAuthenticationError before any unpickling."""
-    kind, body = unseal(key, data)
+    sealed = unseal(key, data, job=job)
     # The body was sealed by a holder of the job key: only our own message
     # classes and builtins are inside; user objects are nested as Packed bytes.
-    return kind, pickle.loads(body[_HEADER.size :])
+    return Opened(sealed.kind, sealed.message_id, pickle.loads(sealed.body[_HEADER.size :]))
 
 
-def seal_control(key: bytes, name: str, record: dict[str, object]) -> bytes:
+def decode(key: bytes, data: bytes, *, job: bytes) -> tuple[bytes, object]:
+    """``(kind, message)`` of a sealed message; see :func:`open_message`."""
+    opened = open_message(key, data, job=job)
+    return opened.kind, opened.message
+
+
+def sealed_task_id(key: bytes, data: bytes, *, job: bytes) -> int | None:
+    """The task id of a sealed task message, or None when it fails its check (nothing is unpickled)."""
+    try:
+        sealed = unseal(key, data, job=job)
+    except PayloadAuthenticationError:
+        return None
+    if sealed.kind != TASK or len(sealed.body) < _HEADER.size:
+        return None
+    value: int = _HEADER.unpack_from(sealed.body)[0]
+    return value
+
+
+def seal_control(key: bytes, name: str, record: dict[str, object], *, job: bytes) -> bytes:
     """The bytes of control record ``control/<name>``: sealed with the job key, and naming itself so
     that it cannot be copied to another record's place."""
-    return seal(key, CONTROL, json.dumps({**record, "name": name}).encode())
+    return seal(key, CONTROL, json.dumps({**record, "name": name}).encode(), job=job)
 
 
-def open_control(key: bytes, name: str, data: bytes) -> dict[str, object]:
+def open_control(key: bytes, name: str, data: bytes, *, job: bytes | None = None) -> dict[str, object]:
     """Read control record ``control/<name>``; raises PayloadAuthenticationError for a forged, altered
-    or misplaced one, which the reader must then ignore."""
-    kind, body = unseal(key, data)
-    record = json.loads(body) if kind == CONTROL else None
+    or misplaced one, which the reader must then ignore. ``job`` None: only for a reader that found the
+    key by the job's own name."""
+    sealed = unseal(key, data, job=job)
+    record = json.loads(bytes(sealed.body)) if sealed.kind == CONTROL else None
     if not isinstance(record, dict) or record.get("name") != name:
         raise PayloadAuthenticationError(f"control record {name!r} is sealed as another record; it was ignored")
     return record
+
+
+class RecentIds:
+    """The last ``cap`` message ids handled, to drop a replayed or duplicated copy; thread-safe."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._ids: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, message_id: object) -> bool:
+        with self._lock:
+            return message_id in self._ids
+
+    def add(self, message_id: bytes) -> bool:
+        """Remember ``message_id``; False when it was remembered already."""
+        with self._lock:
+            if message_id in self._ids:
+                return False
+            self._ids[message_id] = None
+            if len(self._ids) > self._cap:
+                self._ids.popitem(last=False)
+            return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,14 +269,14 @@ class DeadLetter:
     receipt: str
 
 
-def read_dead_letters(key: bytes, queue: Queue) -> list[DeadLetter]:
+def read_dead_letters(key: bytes, queue: Queue, *, job: bytes) -> list[DeadLetter]:
     """Task messages a queue gave up on. Messages that fail their seal are deleted unread; the caller
     deletes (acks) the others once it has dealt with them, and may leave one for a later look."""
     messages = queue.receive(10, wait=0)
     found, junk = [], []
     for message in messages:
         try:
-            kind, task = decode(key, message.body)
+            kind, task = decode(key, message.body, job=job)
         except PayloadAuthenticationError:
             junk.append(message.receipt)
             continue
@@ -205,12 +287,3 @@ def read_dead_letters(key: bytes, queue: Queue) -> list[DeadLetter]:
     if junk:
         queue.ack(junk)
     return found
-
-
-def peek_task_id(data: bytes) -> int | None:
-    """The (unauthenticated) task id of a message, for reports and crash attribution only."""
-    start = len(MAGIC) + 1 + 32
-    if len(data) < start + _HEADER.size:
-        return None
-    value: int = _HEADER.unpack_from(data, start)[0]
-    return value

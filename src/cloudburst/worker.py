@@ -5,7 +5,8 @@
     connect (backend.connect_worker from the environment)
     loop:
         receive tasks (lease) ── none ─► idle too long? ─► retire
-        authenticate each ── bad seal ─► refuse (X notice), delete, never unpickle
+        authenticate each ── bad seal, other job, other format ─► refuse (X notice), delete, never unpickle
+        finished that message id already? ─► a copy (replay or duplicate): delete, not run again
         announce (S notice: which tasks this worker holds, for crash attribution;
                   not sent when the backend's task queue reports leases itself)
         for each task:
@@ -56,20 +57,21 @@ from .errors import (
     WorkerDiedError,
 )
 from .output import Capture
-from .serialize import Packer, Unpacker, describe
+from .serialize import Packer, Unpacker, describe, job_tag
 from .task import (
     REJECTED,
     RESULT,
     STARTED,
     TASK,
+    WORKER_MEMORY,
     ItemError,
     Notice,
+    RecentIds,
     ResultMessage,
     TaskMessage,
-    decode,
     encode,
     open_control,
-    peek_task_id,
+    open_message,
 )
 from .work import span
 
@@ -106,6 +108,8 @@ class Worker:
         self.announce_tasks = announce
         self.key = bytes.fromhex(str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"]))
         self.worker_id = str(side.extra.get("worker_id") or worker_id(env))
+        self.job = job_tag(env["CLOUDBURST_JOB_ID"])
+        self._finished = RecentIds(WORKER_MEMORY)  # task message ids whose result this worker sent (task.py)
         self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
         idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
         self.idle_timeout = float(idle) if idle else None
@@ -142,8 +146,8 @@ class Worker:
             self._last_work = time.monotonic()
             tasks = self.authenticate(messages)
             self.announce(tasks)
-            for message, task in tasks:
-                self.run_task(message, task)
+            for message, task, message_id in tasks:
+                self.run_task(message, task, message_id)
             self._last_work = time.monotonic()
         return 0
 
@@ -203,7 +207,7 @@ class Worker:
         Raises FileNotFoundError when there is none."""
         data = self.side.store.get(f"control/{name}")
         try:
-            return open_control(self.key, name, data)
+            return open_control(self.key, name, data, job=self.job)
         except (PayloadAuthenticationError, ValueError) as exc:
             print(f"cloudburst-worker: ignored control record {name!r}: {exc}", file=sys.__stderr__)
             return None
@@ -215,38 +219,53 @@ class Worker:
         except FileNotFoundError:
             return False
 
-    def authenticate(self, messages: list[Message]) -> list[tuple[Message, TaskMessage]]:
+    def authenticate(self, messages: list[Message]) -> list[tuple[Message, TaskMessage, bytes]]:
+        """The task messages that pass their check, with their message ids; the others are refused."""
         good = []
         for message in messages:
             try:
-                kind, task = decode(self.key, message.body)
-                if kind != TASK or not isinstance(task, TaskMessage):
+                opened = open_message(self.key, message.body, job=self.job)
+                if opened.kind != TASK or not isinstance(opened.message, TaskMessage):
                     raise PayloadAuthenticationError("message on the task queue is not a task")
             except PayloadAuthenticationError as exc:
                 self.refuse(message, str(exc))
                 continue
-            good.append((message, task))
+            good.append((message, opened.message, opened.message_id))
         return good
 
     def refuse(self, message: Message, why: str) -> None:
-        task_id = peek_task_id(message.body)
-        notice = Notice((task_id if task_id is not None else -1,), self.worker_id, detail=why)
-        self.side.results.send_batch([encode(self.key, REJECTED, task_id or 0, notice)])
+        """Delete a message that failed its check, and tell the client, which counts them per queue. The
+        notice names no task: the message's own word on which task it is cannot be trusted."""
+        notice = Notice((), self.worker_id, detail=why)
+        self.side.results.send_batch([encode(self.key, REJECTED, 0, notice, job=self.job)])
         self.side.tasks.ack([message.receipt])
 
-    def announce(self, tasks: list[tuple[Message, TaskMessage]]) -> None:
+    def announce(self, tasks: list[tuple[Message, TaskMessage, bytes]]) -> None:
         if not tasks or not self.announce_tasks:
             return
         notice = Notice(
-            tuple(t.task_id for _, t in tasks),
+            tuple(t.task_id for _, t, _ in tasks),
             self.worker_id,
-            tuple(m.receive_count for m, _ in tasks),
-            receipts=tuple(m.receipt for m, _ in tasks),
+            tuple(m.receive_count for m, _, _ in tasks),
+            receipts=tuple(m.receipt for m, _, _ in tasks),
         )
-        self.side.results.send_batch([encode(self.key, STARTED, 0, notice)])
+        self.side.results.send_batch([encode(self.key, STARTED, 0, notice, job=self.job)])
 
-    def run_task(self, message: Message, task: TaskMessage) -> None:
+    def run_task(self, message: Message, task: TaskMessage, message_id: bytes) -> None:
+        """Run a task and send its result, unless this worker has finished this very message already."""
+        if message_id in self._finished:
+            # A copy of a message whose result this worker sent: a replay, or a redelivery after the
+            # acknowledgement was lost. Either way its result is on its way; running it again would only
+            # repeat its side effects. (A redelivery after a worker *died* reaches a worker that never
+            # finished it, and runs.)
+            print(
+                f"cloudburst-worker: dropped a copy of task {task.task_id}'s message, finished here already",
+                file=sys.__stderr__,
+            )
+            self.side.tasks.ack([message.receipt])
+            return
         if message.receive_count > 1 and self.cancelled(task.task_id):
+            self._finished.add(message_id)
             self.side.tasks.ack([message.receipt])  # the client split it after a crash; its parts run instead
             return
         if message.receive_count > task.max_attempts:
@@ -256,7 +275,9 @@ class Worker:
                 attempts=message.receive_count - 1,
             )
             self.send(
-                ResultMessage(task.task_id, self.worker_id, message.receive_count, failure=item_error(died, 0)), message
+                ResultMessage(task.task_id, self.worker_id, message.receive_count, failure=item_error(died, 0)),
+                message,
+                message_id,
             )
             return
         with self._held_lock:
@@ -266,10 +287,12 @@ class Worker:
         finally:
             with self._held_lock:
                 self._held.pop(message.receipt, None)
-        self.send(result, message)
+        self.send(result, message, message_id)
 
-    def send(self, result: ResultMessage, message: Message) -> None:
-        self.side.results.send_batch([encode(self.key, RESULT, result.task_id, result)])
+    def send(self, result: ResultMessage, message: Message, message_id: bytes) -> None:
+        """Send a task's result, remember its message as finished, then delete it from the queue."""
+        self.side.results.send_batch([encode(self.key, RESULT, result.task_id, result, job=self.job)])
+        self._finished.add(message_id)  # before the ack: if that is lost, the copy that comes back is dropped
         self.side.tasks.ack([message.receipt])
 
     # ------------------------------------------------------------------ one task
