@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import PayloadAuthenticationError
+from ...serialize import job_tag
 from ...task import open_control
 from .clients import client, error_code
 from .fargate import CONTAINER, JOB_TAG, LOG_PREFIX
@@ -123,7 +124,7 @@ def _read_state(s3: Any, ssm: Any, bucket: str, job_id: str, key_name: str) -> d
     except Exception:
         return None
     try:
-        return open_control(bytes.fromhex(key), "state", data)
+        return open_control(bytes.fromhex(key), "state", data, job=job_tag(job_id))  # the key was found by tag
     except (PayloadAuthenticationError, ValueError) as exc:
         print(f"cloudburst: job {job_id[:12]}: ignored its control record: {exc}", file=sys.stderr)
         return None
