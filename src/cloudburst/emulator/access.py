@@ -49,8 +49,14 @@ _saved_count: float | None = None
 
 #: signing names that are not the IAM service prefix
 _SERVICE_PREFIX = {"monitoring": "cloudwatch"}
-#: moto's names for S3 requests that IAM calls otherwise
-_S3_ACTIONS = {"HeadBucket": "ListBucket", "ListBucketVersions": "ListBucketVersions"}
+#: requests whose IAM action has another name: S3's as moto names them, and SQS's batches, which IAM
+#: authorizes as their one-message action
+_ACTIONS = {
+    "s3:HeadBucket": "s3:ListBucket",
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
 
 
 @dataclass(frozen=True)
@@ -147,13 +153,14 @@ def _check(self: Any, iam_request_cls: type, resource: str) -> None:
     request.check_signature()
     service, _, action = request._action.partition(":")
     service = _SERVICE_PREFIX.get(service, service)
+    service, _, action = _ACTIONS.get(f"{service}:{action}", f"{service}:{action}").partition(":")
     if service == "sts" and action == "GetCallerIdentity":
         return  # allowed to everyone, as in AWS
     caller = caller_of(request._access_key)
     if caller is None:
         request._raise_access_denied()  # a session of a role deleted since
     assert caller is not None
-    for check in checks(self, service, _S3_ACTIONS.get(action, action) if service == "s3" else action, resource):
+    for check in checks(self, service, action, resource):
         if not caller.may(check):
             request._raise_access_denied()
         if check.action == "sts:AssumeRole" and not _trusted(caller, check.resource):

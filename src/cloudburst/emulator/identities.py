@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import timezone
 
 from ..backends.aws.credentials import Credentials
 from ..backends.aws.policies import Names, user_policy
@@ -66,5 +67,6 @@ def assume(role_arn: str, *, service: str, source_arn: str, region: str, session
         "AccessKeyId": made.access_key_id,
         "SecretAccessKey": made.secret_access_key,
         "SessionToken": made.session_token,
-        "Expiration": made.expiration,
+        # moto's time carries no zone; STS's does, and botocore compares it with an aware time
+        "Expiration": made.expiration.replace(tzinfo=timezone.utc),
     }
