@@ -69,11 +69,15 @@ def users_environment(home: Path) -> dict[str, str]:
 
 _EMULATORS: list[Emulator] = []
 
+#: regions the suite sets up in besides us-east-1 (test_isolation, test_setup): the emulated user holds
+#: user_policy() for each, as a user who runs cloudburst in several regions would
+SUITE_REGIONS = ("sa-east-1", "eu-west-1", "eu-west-2", "eu-central-1", "us-west-2", "ap-southeast-2", "ca-central-1")
+
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
     """Emulated AWS for the whole session: moto on loopback and an ECS agent running real workers."""
-    with Emulator(verbose=False) as emu:
+    with Emulator(verbose=False, user_regions=SUITE_REGIONS) as emu:
         _EMULATORS.append(emu)
         yield emu
         _EMULATORS.remove(emu)

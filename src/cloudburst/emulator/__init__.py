@@ -41,7 +41,7 @@ from ..errors import ConfigurationError
 from ..words import plural
 from . import access
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
-from .identities import ACCOUNT, assume, make_user
+from .identities import ACCOUNT, assume, make_admin, make_user
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
 __all__ = ["EmulatedTask", "Emulator", "FaultRule", "network_env"]
@@ -78,6 +78,7 @@ class Emulator:
         #: the regions whose user_policy() the emulated user holds (the region's own always)
         self.user_regions = tuple(dict.fromkeys([region, *user_regions]))
         self.credentials: dict[str, str] = {}  # the emulated user's per-run access key
+        self._admin: dict[str, str] = {}
         self.cold_start = cold_start
         self.poll_interval = poll_interval
         self.provision_resources = provision
@@ -103,6 +104,7 @@ class Emulator:
 
         self._reset_moto()
         self.credentials = make_user(self.user_regions)
+        self._admin = make_admin()
         access.install()
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
         self.gateway.on_build = self._build
@@ -165,6 +167,13 @@ class Emulator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def admin(self, service: str, region: str | None = None) -> Any:
+        """A client for another identity of the emulated account, allowed everything (not the cloudburst
+        user): for playing someone else, or inspecting what the user may not."""
+        import boto3
+
+        return boto3.client(service, region_name=region or self.region, endpoint_url=self.url, **self._admin)
 
     @property
     def folder(self) -> Path:

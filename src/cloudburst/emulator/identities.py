@@ -18,10 +18,11 @@ from ..backends.aws.credentials import Credentials
 from ..backends.aws.policies import Names, user_policy
 from . import access, policy
 
-__all__ = ["ACCOUNT", "USER_NAME", "RoleNotTrusted", "assume", "make_user"]
+__all__ = ["ACCOUNT", "USER_NAME", "RoleNotTrusted", "assume", "make_admin", "make_user"]
 
 ACCOUNT = "123456789012"  # moto's account, the one the emulated user's key belongs to
 USER_NAME = "cloudburst-user"
+ADMIN_NAME = "emulated-administrator"
 
 
 class RoleNotTrusted(Exception):
@@ -40,6 +41,19 @@ def make_user(regions: Sequence[str]) -> dict[str, str]:
         backend.put_user_policy(USER_NAME, f"cloudburst-{region}", document)
     key = backend.create_access_key(USER_NAME)
     return {"AWS_ACCESS_KEY_ID": key.access_key_id, "AWS_SECRET_ACCESS_KEY": key.secret_access_key}
+
+
+def make_admin() -> dict[str, str]:
+    """Another identity in the account, allowed everything: for tests that play someone other than the
+    cloudburst user (another team's cluster, an inspection of every task definition)."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[ACCOUNT]["aws"]
+    backend.create_user("us-east-1", ADMIN_NAME)
+    everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    backend.put_user_policy(ADMIN_NAME, "everything", json.dumps(everything))
+    key = backend.create_access_key(ADMIN_NAME)
+    return {"aws_access_key_id": key.access_key_id, "aws_secret_access_key": key.secret_access_key}
 
 
 def assume(role_arn: str, *, service: str, source_arn: str, region: str, session: str) -> Credentials:
