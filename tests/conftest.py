@@ -83,11 +83,20 @@ def users_environment(home: Path) -> dict[str, str]:
 
 _EMULATORS: list[Emulator] = []
 
+#: regions the suite sets up in besides us-east-1 (each file of set-up tests has regions of its own): the
+#: emulated user holds user_policy() for each, as a user who runs cloudburst in several regions would
+SUITE_REGIONS = (
+    *("sa-east-1", "eu-west-1", "eu-west-2", "eu-central-1", "us-west-2", "ap-southeast-2", "ca-central-1"),
+    *("ap-northeast-1", "ap-northeast-2", "ap-south-1", "eu-north-1", "eu-west-3", "us-east-2"),  # storage
+    *("us-west-1", "ap-southeast-1", "eu-south-1", "af-south-1", "ap-east-1", "me-south-1", "eu-central-2"),  # kms
+    *("ap-south-2", "ap-southeast-3", "eu-south-2", "il-central-1", "me-central-1", "ap-northeast-3", "ap-southeast-4"),
+)
+
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
     """Emulated AWS for the whole session: moto on loopback and an ECS agent running real workers."""
-    with Emulator(verbose=False) as emu:
+    with Emulator(verbose=False, user_regions=SUITE_REGIONS) as emu:
         _EMULATORS.append(emu)
         yield emu
         _EMULATORS.remove(emu)

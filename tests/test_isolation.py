@@ -72,9 +72,9 @@ def test_a_correct_role_is_left_alone(set_up: str) -> None:
     assert not _doctor().problems
 
 
-def test_grants_added_to_a_role_are_flagged_and_removed(set_up: str) -> None:
+def test_grants_added_to_a_role_are_flagged_and_removed(set_up: str, emulator: Emulator) -> None:
     role = f"cloudburst-execution-{set_up}"
-    iam = _iam()
+    iam = emulator.admin("iam", set_up)  # someone widens the role: the user may not
     admin = iam.create_policy(
         PolicyName="everything",
         PolicyDocument=json.dumps(

@@ -83,10 +83,8 @@ def test_vcpus_in_use_elsewhere_in_the_account_count(
     """Another cluster's Spot tasks show in the account's usage metric, not in the cloudburst cluster."""
     import datetime
 
-    import boto3
-
     quota.values[QuotaStub.SPOT] = 8
-    boto3.client("cloudwatch").put_metric_data(
+    emulator.admin("cloudwatch").put_metric_data(  # another team's usage, not the cloudburst user's
         Namespace="AWS/Usage",
         MetricData=[
             {

@@ -77,7 +77,7 @@ def test_image_python_installs_the_snapshot_as_workers_start(
     assert again == (10, str(python.parent.parent))
     assert "bundle uploaded" not in second_run  # found by its tag: one HeadObject
     assert found["ETag"] == uploaded["ETag"] and found["LastModified"] == uploaded["LastModified"]  # not uploaded again
-    ecs = boto3.client("ecs")
+    ecs = emulator.admin("ecs")  # every task definition: more than the user may list
     families = ecs.list_task_definitions()["taskDefinitionArns"]
     definitions = [ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"] for arn in families]
     stock = [
@@ -164,7 +164,7 @@ def test_a_private_index_login_reaches_the_install_and_nothing_else(
     expected = "Basic " + base64.b64encode(f"bot:s3cret-{os.getpid()}".encode()).decode()
     assert expected in seen  # uv sent the login to the private index
     assert (netrc_seen, secret_seen) == (None, False)  # and user code does not see it
-    ecs = boto3.client("ecs")
+    ecs = emulator.admin("ecs")  # every task definition: more than the user may list
     for arn in ecs.list_task_definitions()["taskDefinitionArns"]:
         text = json.dumps(ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], default=str)
         assert f"s3cret-{os.getpid()}" not in text

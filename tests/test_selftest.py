@@ -45,13 +45,9 @@ def test_selftest_runs_every_check_under_the_emulator(tmp_path: Path) -> None:
     lines = checks_of(done.stdout)
     assert list(lines) == CHECKS, done.stdout + done.stderr
     for name in CHECKS:
-        if name != "isolation":
-            assert lines[name]["result"] == "ok", done.stdout + done.stderr
-    assert "job 2's worker" in lines["isolation"]["detail"]
-    # enable once per-job roles land (every emulated worker shares one role, and moto does not enforce IAM yet):
-    # assert lines["isolation"]["result"] == "ok" and "AccessDenied" in lines["isolation"]["detail"]
-    # assert done.returncode == 0
-    assert done.returncode == (0 if lines["isolation"]["result"] == "ok" else 1)
+        assert lines[name]["result"] == "ok", done.stdout + done.stderr
+    assert "job 2's worker" in lines["isolation"]["detail"] and "AccessDenied" in lines["isolation"]["detail"]
+    assert done.returncode == 0
     assert float(lines["workers"]["cents"]) > 0 and float(lines["isolation"]["cents"]) > 0
     cost = float(lines["cost"]["cents"])
     assert cost == pytest.approx(float(lines["workers"]["cents"]) + float(lines["isolation"]["cents"]), abs=0.01)

@@ -131,7 +131,7 @@ def test_setup_reuses_what_is_already_there(region: str) -> None:
     assert status[f"role cloudburst-execution-{region}"] == "made"
 
 
-def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
+def test_setup_repairs_what_was_deleted_or_changed(region: str, emulator: Emulator) -> None:
     quiet(region)
     saved = userconfig.load()
     s3 = boto3.client("s3", region_name=region)
@@ -139,7 +139,7 @@ def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
     boto3.client("logs", region_name=region).delete_log_group(logGroupName="/cloudburst/workers")
     iam = boto3.client("iam", region_name=region)
     iam.delete_role_policy(RoleName=f"cloudburst-execution-{region}", PolicyName="cloudburst")
-    ec2 = boto3.client("ec2", region_name=region)
+    ec2 = emulator.admin("ec2", region)  # someone opens the group: the user may not
     ec2.authorize_security_group_ingress(
         GroupId=saved["security_groups"][0], IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0"
     )
@@ -160,11 +160,11 @@ def test_setup_repairs_what_was_deleted_or_changed(region: str) -> None:
     assert not doctor(region=region, echo=lambda _: None).problems
 
 
-def test_teardown_removes_only_what_setup_made(region: str) -> None:
+def test_teardown_removes_only_what_setup_made(region: str, emulator: Emulator) -> None:
     quiet(region)
-    s3 = boto3.client("s3", region_name=region)
+    s3 = emulator.admin("s3", region)  # someone else's resources: made by another identity
     s3.create_bucket(Bucket=f"someone-elses-{region}", CreateBucketConfiguration={"LocationConstraint": region})
-    iam = boto3.client("iam", region_name=region)
+    iam = emulator.admin("iam", region)
     iam.create_role(RoleName=f"cloudburst-lookalike-{region}", AssumeRolePolicyDocument="{}")
     iam.create_role(RoleName="cloudburst-job-crashed", Path="/cloudburst/jobs/", AssumeRolePolicyDocument="{}")
     nothing = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
@@ -174,7 +174,7 @@ def test_teardown_removes_only_what_setup_made(region: str) -> None:
     ec2 = boto3.client("ec2", region_name=region)
     vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
     foreign_group = ec2.create_security_group(GroupName="theirs", Description="not ours", VpcId=vpc)["GroupId"]
-    boto3.client("logs", region_name=region).create_log_group(logGroupName="/cloudburst/not-tagged")
+    emulator.admin("logs", region).create_log_group(logGroupName="/cloudburst/not-tagged")
     saved = userconfig.load()
     s3.put_object(Bucket=saved["bucket"], Key="jobs/x/blob", Body=b"data")
     from cloudburst.backends.aws.images import store_index_credentials

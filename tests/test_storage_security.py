@@ -162,12 +162,12 @@ def test_every_s3_request_names_the_bucket_owner(region: str, monkeypatch: pytes
 
 
 def test_a_bucket_of_cloudburst_s_name_owned_by_another_account_receives_nothing(
-    region: str, monkeypatch: pytest.MonkeyPatch
+    region: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # After a teardown, someone else creates cloudburst-<your account>-<region>. Here the emulated
-    # account plays the stranger: it owns a bucket named for account 999999999999.
+    # After a teardown, someone else creates cloudburst-<your account>-<region>. Here another identity of
+    # the emulated account plays the stranger: it owns a bucket named for account 999999999999.
     S3OwnerCheck.install(monkeypatch, [region])
-    stranger = boto3.client("s3", region_name=region)
+    stranger = emulator.admin("s3", region)
     bucket = f"cloudburst-999999999999-{region}"
     stranger.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
 

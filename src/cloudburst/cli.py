@@ -160,12 +160,32 @@ def _confirm(yes: bool) -> Any:
 @click.option("--region", default=None, help="AWS region (default: boto3's own resolution)")
 @click.option("--profile", default=None, help="AWS profile (default: boto3's own resolution)")
 @click.option("--subnets", default=None, help="comma-separated subnets (default: the default VPC's)")
-def setup_command(yes: bool, region: str | None, profile: str | None, subnets: str | None) -> None:
+@click.option(
+    "--print-user-policy", is_flag=True, help="print the IAM policy a cloudburst user needs here, change nothing"
+)
+def setup_command(
+    yes: bool, region: str | None, profile: str | None, subnets: str | None, print_user_policy: bool
+) -> None:
     """Create or repair what the fargate backend needs, once per account and region."""
     from .backends.aws.setup import setup
 
+    if print_user_policy:
+        _print_user_policy(region, profile)
+        return
     chosen = [s.strip() for s in subnets.split(",") if s.strip()] if subnets else None
     setup(region=region, profile=profile, subnets=chosen, confirm=_confirm(yes), echo=click.echo)
+
+
+def _print_user_policy(region: str | None, profile: str | None) -> None:
+    """The user policy for the account of the current credentials and the resolved region, as JSON."""
+    from .backends.aws.clients import client, translate
+    from .backends.aws.policies import Names, user_policy
+
+    sts: Any = client("sts", region, profile)
+    with translate("STS", "GetCallerIdentity"):
+        arn = str(sts.get_caller_identity()["Arn"])
+    names = Names(arn.split(":")[4], region or sts.meta.region_name, arn.split(":")[1])
+    click.echo(json.dumps(user_policy(names), indent=2))
 
 
 @main.command("doctor")

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,7 +40,9 @@ from typing import Any
 from .. import userconfig
 from ..errors import ConfigurationError
 from ..words import plural
+from . import access
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
+from .identities import ACCOUNT, assume, make_admin, make_user
 from .s3policy import count_loopback_as_tls
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
@@ -71,9 +73,14 @@ class Emulator:
         poll_interval: float = 0.2,
         provision: bool = True,
         verbose: bool = True,
+        user_regions: Sequence[str] = (),
     ) -> None:
         _require_moto()
         self.region = region
+        #: the regions whose user_policy() the emulated user holds (the region's own always)
+        self.user_regions = tuple(dict.fromkeys([region, *user_regions]))
+        self.credentials: dict[str, str] = {}  # the emulated user's per-run access key
+        self._admin: dict[str, str] = {}
         self.cold_start = cold_start
         self.poll_interval = poll_interval
         self.provision_resources = provision
@@ -89,6 +96,7 @@ class Emulator:
         self._work_dir = Path(tempfile.mkdtemp(prefix="cloudburst-emulator-"))
         self.gateway: Gateway | None = None
         self.builds: list[str] = []  # image URIs emulated CodeBuild builds pushed
+        self.build_failures: list[str] = []  # what stopped a build: a role it could not take, AccessDenied
         self.agent: EcsAgent | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -98,8 +106,12 @@ class Emulator:
 
         self._reset_moto()
         count_loopback_as_tls()  # the bucket's TLS-only policy (moto ignores its condition)
+        self.credentials = make_user(self.user_regions)
+        self._admin = make_admin()
+        access.install()
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
-        self.gateway.on_build = self._pushed
+        self.gateway.on_build = self._build
+        self.gateway.client_key = self.credentials["AWS_ACCESS_KEY_ID"]
         self._server = make_server("127.0.0.1", 0, self.gateway, threaded=True, request_handler=quiet_handler())
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="cloudburst-emulator", daemon=True)
@@ -107,8 +119,8 @@ class Emulator:
         self._set_env(
             {
                 "AWS_ENDPOINT_URL": self.url,
-                "AWS_ACCESS_KEY_ID": "emulated",
-                "AWS_SECRET_ACCESS_KEY": "emulated",
+                # The emulated user's own key, made for this run: moto accepts no other (access.py).
+                **self.credentials,
                 "AWS_SESSION_TOKEN": None,
                 "AWS_PROFILE": None,
                 "AWS_DEFAULT_REGION": self.region,
@@ -123,7 +135,9 @@ class Emulator:
             }
         )
         worker_env = default_worker_env(self.url)
-        self.agent = EcsAgent(worker_env, self._work_dir, cold_start=self.cold_start)
+        self.agent = EcsAgent(
+            worker_env, self._work_dir, cold_start=self.cold_start, registered=self.gateway.registered
+        )
         self.agent.start()
         if self.provision_resources:
             self.provision()
@@ -139,6 +153,7 @@ class Emulator:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        access.uninstall()
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -155,6 +170,13 @@ class Emulator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def admin(self, service: str, region: str | None = None) -> Any:
+        """A client for another identity of the emulated account, allowed everything (not the cloudburst
+        user): for playing someone else, or inspecting what the user may not."""
+        import boto3
+
+        return boto3.client(service, region_name=region or self.region, endpoint_url=self.url, **self._admin)
 
     @property
     def folder(self) -> Path:
@@ -203,12 +225,16 @@ class Emulator:
         }
         return self.resources
 
-    def _pushed(self, image_uri: str) -> None:
-        """An emulated CodeBuild build 'pushes' its image: a manifest for that tag appears in moto's ECR."""
-        from moto.ecr.models import ecr_backends
+    def _build(self, request: dict[str, Any], image_uri: str) -> None:
+        """An emulated CodeBuild build, acting with its project's service role (taken as CodeBuild takes it):
+        it reads its build context and 'pushes' its image (PutImage of a manifest for that tag)."""
+        import boto3
+        from moto.codebuild.models import codebuild_backends
 
         repository_path, _, image_tag = image_uri.rpartition(":")
         repository = repository_path.split("/", 1)[1]
+        region = repository_path.split(".")[3]  # <account>.dkr.ecr.<region>.amazonaws.com/<repository>
+        project = str(request.get("projectName", ""))
         self.builds.append(image_uri)
         layer = "sha256:" + hashlib.sha256(image_tag.encode()).hexdigest()
         manifest = json.dumps(  # unique per tag, so each build is its own image
@@ -219,7 +245,29 @@ class Emulator:
                 "layers": [{"digest": layer}],  # moto derives the image digest from the layers (else at random)
             }
         )
-        ecr_backends["123456789012"][self.region].put_image(repository, manifest, image_tag)
+        try:
+            found = codebuild_backends[ACCOUNT][region].codebuild_projects[project].project_metadata
+            source = str(request.get("sourceLocationOverride") or found["source"]["location"])
+            credentials = assume(
+                found["serviceRole"],
+                service="codebuild.amazonaws.com",
+                source_arn=f"arn:aws:codebuild:{region}:{ACCOUNT}:project/{project}",
+                region=region,
+                session=f"build-{image_tag[:40]}",
+            )
+            session = boto3.Session(
+                aws_access_key_id=credentials["AccessKeyId"],
+                aws_secret_access_key=credentials["SecretAccessKey"],
+                aws_session_token=credentials["SessionToken"],
+                region_name=region,
+            )
+            bucket, _, key = source.partition("/")
+            session.client("s3", endpoint_url=self.url).get_object(Bucket=bucket, Key=key)
+            ecr = session.client("ecr", endpoint_url=self.url)
+            ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag=image_tag)
+        except Exception as exc:  # the build fails; the client finds no image
+            self.build_failures.append(f"{image_uri}: {exc}")
+            print(f"cloudburst emulator: the image build for {image_uri} failed: {exc}", file=sys.stderr)
 
     # ------------------------------------------------------------------ fault hooks and inspection
     @property

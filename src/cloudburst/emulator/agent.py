@@ -6,8 +6,9 @@ server), the agent:
 * keeps it PROVISIONING/PENDING for ``cold_start`` seconds (Fargate pulls the
   image for every task), then runs the container's command (``python`` is the
   agent's interpreter: the "image") with the container's environment, its
-  secrets resolved from SSM, its overrides, the task's memory limit, and the
-  emulator's endpoint and test credentials;
+  secrets resolved from SSM, its overrides, the task's memory limit, the
+  emulator's endpoint, and its task role's credentials (served as ECS serves them);
+* runs only tasks whose task definition the emulator's own client registered;
 * copies the process's output into CloudWatch Logs (``cloudburst/worker/<task id>``);
 * on StopTask, sends SIGTERM and, after the stop timeout, SIGKILL;
 * reports the task STOPPED with the process's exit code, ``stopCode`` and
@@ -28,10 +29,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from ..backends.aws.credentials import AWS_IDENTITY_VARIABLES, Credentials, CredentialsEndpoint
+from .identities import RoleNotTrusted, assume
+
 __all__ = ["EcsAgent", "EmulatedTask", "network_env"]
 
 OOM_MARK = "OutOfMemoryError"
 SPOT_REASON = "Your Spot Task was interrupted."
+ECS_TASKS = "ecs-tasks.amazonaws.com"
 
 
 class _FailedToStart(Exception):
@@ -75,8 +80,11 @@ class EcsAgent:
         cold_start: float = 0.0,
         interval: float = 0.05,
         stop_timeout: float = 2.0,
+        registered: set[str] | None = None,
     ) -> None:
         self.env_for_workers = dict(env_for_workers)
+        #: task definitions the emulator's own client registered; None: any (a test's own agent)
+        self.registered = registered
         self.work_dir = work_dir
         self.cold_start = cold_start
         self.interval = interval
@@ -108,6 +116,9 @@ class EcsAgent:
             t.proc.wait()
         with self.lock:
             for t in self.tasks.values():
+                endpoint = t.extra.pop("credentials", None)
+                if endpoint is not None:
+                    endpoint.close()
                 self._flush_logs(t)
                 if t.log_file is not None:
                     t.log_file.close()
@@ -204,9 +215,14 @@ class EcsAgent:
 
     def _launch(self, t: EmulatedTask, backend: Any) -> None:
         task = t.task
+        if self.registered is not None and task.task_definition_arn not in self.registered:
+            raise _FailedToStart(
+                f"CannotStartTask: task definition {task.task_definition_arn} was not registered by this "
+                "emulator's client; the emulated agent runs no other"
+            )
         definition = backend.describe_task_definition(task.task_definition_arn)
         container = definition.container_definitions[0]
-        env = dict(self.env_for_workers)
+        env = {k: v for k, v in self.env_for_workers.items() if k not in AWS_IDENTITY_VARIABLES}
         for entry in container.get("environment") or []:
             env[entry["name"]] = entry["value"]
         for override in (task.overrides or {}).get("containerOverrides", []):
@@ -215,6 +231,7 @@ class EcsAgent:
         for entry in container.get("secrets") or []:  # ECS resolves these from SSM as the task starts
             env[entry["name"]] = self._parameter(t, entry["valueFrom"])
         env.update(self.extra_env)
+        env.update(self._task_credentials(t, definition))
         env["CLOUDBURST_WORKER_ID"] = t.task_id
         env["CLOUDBURST_ROOT"] = str(self.work_dir / f"{t.task_id}-root")  # the container's /cloudburst
         env["AWS_DEFAULT_REGION"] = t.region
@@ -244,6 +261,26 @@ class EcsAgent:
         for hook in self.on_start:
             hook(t)
 
+    def _task_credentials(self, t: EmulatedTask, definition: Any) -> dict[str, str]:
+        """The task role's credentials, served as ECS serves them (a credentials endpoint the container
+        reaches through ``AWS_CONTAINER_CREDENTIALS_FULL_URI``); no task role, no credentials."""
+        role_arn = (t.task.overrides or {}).get("taskRoleArn") or getattr(definition, "task_role_arn", None)
+        if not role_arn:
+            return {}
+        arn = str(role_arn)
+        session = t.task_id
+
+        def fetch() -> Credentials:
+            return assume(arn, service=ECS_TASKS, source_arn=t.task.cluster_arn, region=t.region, session=session)
+
+        try:
+            fetch()  # ECS does not start a task whose role it cannot take
+        except RoleNotTrusted as exc:
+            raise _FailedToStart(f"ResourceInitializationError: {exc}") from exc
+        endpoint = CredentialsEndpoint(fetch)
+        t.extra["credentials"] = endpoint
+        return endpoint.environment()
+
     def _parameter(self, t: EmulatedTask, name: str) -> str:
         from moto.ssm.models import ssm_backends
 
@@ -258,6 +295,9 @@ class EcsAgent:
 
     def _finish(self, t: EmulatedTask, code: int | None, *, stop_code: str) -> None:
         task = t.task
+        endpoint = t.extra.pop("credentials", None)
+        if endpoint is not None:
+            endpoint.close()  # a stopped task's credentials are no longer served
         self._flush_logs(t)
         if t.log_file is not None:
             t.log_file.close()
@@ -354,14 +394,8 @@ def default_worker_env(endpoint: str) -> dict[str, str]:
     """What an emulated container's environment starts from: no host secrets, the emulator's endpoint."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update(
-        {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "emulated",
-            "AWS_SECRET_ACCESS_KEY": "emulated",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    # No credentials here: each task gets its own role's (EcsAgent._task_credentials), or none.
+    env.update({"AWS_ENDPOINT_URL": endpoint, "PYTHONUNBUFFERED": "1"})
     return env
 
 

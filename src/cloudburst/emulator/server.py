@@ -167,10 +167,13 @@ class Gateway:
     faults: list[FaultRule] = field(default_factory=list)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: called with the image URI of every CodeBuild build started (moto's builds run nothing)
-    on_build: Callable[[str], None] | None = None
+    #: called with the StartBuild request and image URI of every build started (moto's builds run nothing)
+    on_build: Callable[[dict[str, Any], str], None] | None = None
     #: the environment variables each StartBuild asked for, as sent
     build_variables: list[list[dict[str, str]]] = field(default_factory=list)
+    #: the access key of the emulator's own client, and the task definitions it registered
+    client_key: str = ""
+    registered: set[str] = field(default_factory=set)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         service = _service_of(environ)
@@ -191,18 +194,62 @@ class Gateway:
             if not target and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
                 return _query_error(start_response, rule.status, rule.code, rule.message)
             return _json(start_response, rule.status, {"__type": rule.code, "message": rule.message})
-        if service == "codebuild" and operation == "StartBuild" and self.on_build is not None:
-            variables = _read_json(environ).get("environmentVariablesOverride", [])
-            self.build_variables.append(variables)
-            image = next((v["value"] for v in variables if v.get("name") == "IMAGE_URI"), "")
-            if image:
-                self.on_build(image)  # what the build's `docker push` would have done
+        if service == "codebuild" and operation == "StartBuild":
+            return self._start_build(environ, start_response)
+        if service == "ecs" and operation == "RegisterTaskDefinition":
+            return self._register(environ, start_response)
         if service in ("servicequotas", "pricing"):
             body = _read_json(environ)
             stub = self.quotas if service == "servicequotas" else self.pricing
             status, payload = stub.handle(operation, body)
             return _json(start_response, status, payload)
         return self.moto_app(environ, start_response)
+
+    def _answered(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> tuple[list[bytes], dict[str, Any] | None]:
+        """moto's answer, passed on; and its JSON body when it succeeded."""
+        status: list[str] = []
+
+        def remember(code: str, headers: Any, *rest: Any) -> Any:
+            status.append(code)
+            return start_response(code, headers, *rest)
+
+        body = list(self.moto_app(environ, remember))
+        if not status or not status[0].startswith("200"):
+            return body, None
+        try:
+            loaded = json.loads(b"".join(body) or b"{}")
+        except ValueError:
+            return body, None
+        return body, loaded if isinstance(loaded, dict) else None
+
+    def _register(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        """RegisterTaskDefinition: remembered when the emulator's own client made it (the agent runs no other)."""
+        body, answer = self._answered(environ, start_response)
+        if answer is not None and _access_key_of(environ) == self.client_key:
+            with self.lock:
+                self.registered.add(str(answer["taskDefinition"]["taskDefinitionArn"]))
+        return body
+
+    def _start_build(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        """StartBuild: once moto has accepted it, the build 'runs' (on_build)."""
+        request = _read_json(environ)
+        variables = request.get("environmentVariablesOverride", [])
+        body, answer = self._answered(environ, start_response)
+        if answer is None:
+            return body
+        self.build_variables.append(variables)
+        image = next((v["value"] for v in variables if v.get("name") == "IMAGE_URI"), "")
+        if image and self.on_build is not None:
+            self.on_build(request, image)  # what the build's `docker push` does
+        return body
+
+
+def _access_key_of(environ: dict[str, Any]) -> str:
+    """The access key id a SigV4-signed request names."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    return str(auth.partition("Credential=")[2].partition("/")[0])
 
 
 def _service_of(environ: dict[str, Any]) -> str:

@@ -283,6 +283,7 @@ def user_policy(names: Names) -> Document:
                 [
                     "sts:GetCallerIdentity",
                     "ecr:GetAuthorizationToken",
+                    "ecr:DescribeRepositories",  # teardown lists every repository to find its tagged one
                     "pricing:GetProducts",
                     "servicequotas:GetServiceQuota",
                     "servicequotas:GetAWSDefaultServiceQuota",
@@ -320,6 +321,11 @@ def user_policy(names: Names) -> Document:
                 "Logs",
                 "logs:*",
                 [names.arn("logs", f"log-group:{LOG_GROUP}*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
+            ),
+            _allow(
+                "FindTaggedLogGroups",  # teardown reads the tags of every log group under cloudburst's prefixes
+                ["logs:ListTagsForResource", "logs:ListTagsLogGroup"],
+                [names.arn("logs", "log-group:/cloudburst*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
             ),
             _allow("Builds", "codebuild:*", names.arn("codebuild", "project/cloudburst-*")),
             _allow("ServiceRoles", ["iam:CreateRole", *role_admin], service_role),
