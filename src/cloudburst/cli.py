@@ -2,7 +2,7 @@
 
 ::
 
-    cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b]   one-time AWS set-up
+    cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b] [--kms-key K]   one-time AWS set-up
     cloudburst doctor [--json]        check the set-up; every problem with its fix
     cloudburst teardown [--yes]       remove what setup made (found by its tag)
     cloudburst selftest [--max-cost USD]   a tiny job end to end: image, workers, logs, isolation, cost, clean-up
@@ -160,12 +160,18 @@ def _confirm(yes: bool) -> Any:
 @click.option("--region", default=None, help="AWS region (default: boto3's own resolution)")
 @click.option("--profile", default=None, help="AWS profile (default: boto3's own resolution)")
 @click.option("--subnets", default=None, help="comma-separated subnets (default: the default VPC's)")
-def setup_command(yes: bool, region: str | None, profile: str | None, subnets: str | None) -> None:
+@click.option(
+    "--kms-key",
+    default=None,
+    help="KMS key for job keys and the bucket: 'create' (a new customer-managed key), a key id, ARN or alias/... "
+    "(yours), or 'default' (AWS-managed keys). Without it: the configured key, if any",
+)
+def setup_command(yes: bool, region: str | None, profile: str | None, subnets: str | None, kms_key: str | None) -> None:
     """Create or repair what the fargate backend needs, once per account and region."""
     from .backends.aws.setup import setup
 
     chosen = [s.strip() for s in subnets.split(",") if s.strip()] if subnets else None
-    setup(region=region, profile=profile, subnets=chosen, confirm=_confirm(yes), echo=click.echo)
+    setup(region=region, profile=profile, subnets=chosen, kms_key=kms_key, confirm=_confirm(yes), echo=click.echo)
 
 
 @main.command("doctor")

@@ -124,6 +124,7 @@ def worker_policy(
     key_parameter: str,
     bundle_key: str = "",
     debug: bool = False,
+    kms_key: str = "",
 ) -> Document:
     """One job's workers: what the worker loop uses of that job, and nothing of any other job.
 
@@ -131,7 +132,8 @@ def worker_policy(
     (the client deletes the job's data). Queues: take, extend and delete on its task queue; send on its
     result queue. Its key parameter. The environment bundle it installs (``image='python'``). ECS
     Exec's channels only for ``debug=True`` jobs. A worker's output reaches CloudWatch through the
-    container's log driver, under the execution role: no log grant here.
+    container's log driver, under the execution role: no log grant here. With a customer-managed
+    ``kms_key``: decrypt (its key, objects) and make data keys (objects it writes), through SSM and S3 only.
     """
     prefix = f"jobs/{job_id}/"
     statements: list[Document] = [
@@ -152,12 +154,25 @@ def worker_policy(
         statements.append(_allow("EnvironmentBundle", "s3:GetObject", f"{names.bucket_arn}/{bundle_key}"))
     if debug:
         statements.append(_allow("EcsExecForDebugging", ECS_EXEC, "*"))  # these actions take no resource
+    if kms_key:
+        statements.append(_key_use(names, kms_key, ["kms:Decrypt", "kms:GenerateDataKey"], ["ssm", "s3"]))
     return {"Version": VERSION, "Statement": statements}
 
 
-def boundary_policy(names: Names) -> Document:
+def _key_use(names: Names, kms_key: str, actions: list[str], services: list[str]) -> Document:
+    """Use of the configured customer-managed key, only as SSM or S3 use it on the caller's behalf: so it
+    opens nothing the caller's SSM and S3 grants do not. (The AWS-managed aws/ssm key and SSE-S3 need no
+    grant: their key policies allow the account's principals through those services.)"""
+    suffix = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
+    via = [f"{service}.{names.region}.{suffix}" for service in services]
+    return _allow("KmsKey", actions, kms_key, condition={"StringEquals": {"kms:ViaService": via}})
+
+
+def boundary_policy(names: Names, kms_key: str = "") -> Document:
     """The most any job role may ever do, whatever its own policy says: cloudburst's job resources in
-    this region, environment bundles read-only, ECS Exec's channels."""
+    this region, environment bundles read-only, ECS Exec's channels; and the configured KMS key as job
+    roles use it."""
+    key = [_key_use(names, kms_key, ["kms:Decrypt", "kms:GenerateDataKey"], ["ssm", "s3"])] if kms_key else []
     return {
         "Version": VERSION,
         "Statement": [
@@ -173,6 +188,7 @@ def boundary_policy(names: Names) -> Document:
             _allow("JobKeys", "ssm:GetParameter", names.parameter_arn("cloudburst/jobs/*")),
             _allow("EnvironmentBundles", "s3:GetObject", f"{names.bucket_arn}/envs/*"),
             _allow("EcsExecForDebugging", ECS_EXEC, "*"),
+            *key,
         ],
     }
 
@@ -223,8 +239,10 @@ def execution_policy(names: Names) -> Document:
     }
 
 
-def build_policy(names: Names) -> Document:
-    """CodeBuild's permissions when it builds a worker image: read the context, push the image, log."""
+def build_policy(names: Names, kms_key: str = "") -> Document:
+    """CodeBuild's permissions when it builds a worker image: read the context (decrypting it with the
+    configured KMS key, if any), push the image, log."""
+    key = [_key_use(names, kms_key, ["kms:Decrypt"], ["s3"])] if kms_key else []
     return {
         "Version": VERSION,
         "Statement": [
@@ -249,6 +267,7 @@ def build_policy(names: Names) -> Document:
                 names.arn("logs", f"log-group:{BUILD_LOG_GROUP}:*"),
             ),
             _index_logins(names),
+            *key,
         ],
     }
 
@@ -352,6 +371,25 @@ def user_policy(names: Names) -> Document:
                 ],
                 names.boundary_arn,
             ),
+            # The key `setup --kms-key create` made, known by its alias (a key you bring needs these granted to you).
+            # Making keys (kms:CreateKey, TagResource, CreateAlias) is left out: it reaches every key of the account.
+            _allow(
+                "KmsKey",
+                [
+                    "kms:DescribeKey",
+                    "kms:Encrypt",
+                    "kms:Decrypt",
+                    "kms:GenerateDataKey",
+                    "kms:GetKeyRotationStatus",
+                    "kms:EnableKeyRotation",
+                    "kms:ListResourceTags",
+                    "kms:DeleteAlias",
+                    "kms:ScheduleKeyDeletion",
+                ],
+                names.arn("kms", "key/*"),
+                condition={"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/cloudburst-{names.region}"}},
+            ),
+            _allow("KmsKeyAlias", "kms:DeleteAlias", names.arn("kms", f"alias/cloudburst-{names.region}")),
             _allow(
                 "SecurityGroup",
                 [
