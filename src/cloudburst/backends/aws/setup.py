@@ -204,7 +204,7 @@ def _kms_key(ctx: _Context, report: Report, fix: bool, make: bool) -> None:
         report.config["kms_key"] = ctx.kms_key
         return
     if not ctx.kms_key:
-        report.add(Step("KMS key", "info", "AWS-managed: aws/ssm for job keys, SSE-S3 for the bucket"))
+        report.add(Step("KMS key", "ok", "AWS-managed: aws/ssm for job keys, SSE-S3 for the bucket"))
         return
     label = f"KMS key {ctx.kms_key}"
     problem = unusable(describe_key(kms, ctx.kms_key))
