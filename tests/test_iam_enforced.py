@@ -9,8 +9,12 @@ the bucket policy, and the trust policies' aws:SourceAccount / aws:SourceArn con
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -18,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import cloudburst
-from cloudburst.backends.aws.policies import Names, boundary_policy, user_policy
+from cloudburst.backends.aws.policies import Names, boundary_policy, setup_policy, user_policy
 from cloudburst.cli import main
 from cloudburst.emulator import Emulator
 from cloudburst.emulator.identities import ACCOUNT, USER_NAME
@@ -62,10 +66,62 @@ def test_the_client_is_a_user_holding_exactly_the_user_policy(emulator: Emulator
     user = iam_backends[ACCOUNT]["aws"].get_user(USER_NAME)
     assert not user.managed_policies
     held = {name: json.loads(document) for name, document in user.policies.items()}
-    assert held == {f"cloudburst-{r}": user_policy(Names(ACCOUNT, r)) for r in emulator.user_regions}
-    printed = CliRunner().invoke(main, ["setup", "--print-user-policy", "--region", emulator.region])
-    assert printed.exit_code == 0, printed.output
-    assert json.loads(printed.output) == held[f"cloudburst-{emulator.region}"]
+    wanted = {f"cloudburst-{r}": user_policy(Names(ACCOUNT, r)) for r in emulator.user_regions}
+    wanted.update({f"cloudburst-setup-{r}": setup_policy(Names(ACCOUNT, r)) for r in emulator.user_regions})
+    assert held == wanted
+    for flag, name in (("--print-user-policy", "cloudburst"), ("--print-setup-policy", "cloudburst-setup")):
+        printed = CliRunner().invoke(main, ["setup", flag, "--region", emulator.region])
+        assert printed.exit_code == 0, printed.output
+        assert json.loads(printed.output) == held[f"{name}-{emulator.region}"]
+
+
+RUNNER = """
+import json, subprocess, sys
+import cloudburst
+assert cloudburst.map(abs, [-1, -2, -3], backend="fargate", workers=1) == [1, 2, 3]
+job = cloudburst.submit_job(abs, [-4], backend="fargate", workers=1)
+assert cloudburst.attach(job).results(timeout=120) == [4]
+for command in (["status", "--json"], ["doctor"], ["cleanup", "--yes", "--json"]):
+    done = subprocess.run([sys.executable, "-m", "cloudburst.cli", *command], capture_output=True, text=True)
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+print("ran")
+"""
+
+
+def test_the_user_policy_alone_runs_jobs_and_widens_nothing(emulator: Emulator, tmp_path: Path) -> None:
+    """Someone who did not set cloudburst up, holding only the user policy: jobs, detached jobs, status,
+    doctor and cleanup work; changing a service role, the boundary, or making a role outside the job path
+    (each a way to give workers more than the boundary allows) is denied."""
+    runner = emulator.runner()
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    done = subprocess.run(
+        [sys.executable, str(script)], env={**os.environ, **runner}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "ran" in done.stdout, done.stdout + done.stderr[-3000:]
+
+    iam = boto3.client(
+        "iam", aws_access_key_id=runner["AWS_ACCESS_KEY_ID"], aws_secret_access_key=runner["AWS_SECRET_ACCESS_KEY"]
+    )
+    names = Names(ACCOUNT, emulator.region)
+    everything = json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    )
+    execution = f"cloudburst-execution-{emulator.region}"
+    attempts = {
+        "widen the execution role": lambda: iam.put_role_policy(
+            RoleName=execution, PolicyName="more", PolicyDocument=everything
+        ),
+        "widen the boundary": lambda: iam.create_policy_version(
+            PolicyArn=names.boundary_arn, PolicyDocument=everything, SetAsDefault=True
+        ),
+        "make a service-looking role": lambda: iam.create_role(
+            RoleName=f"cloudburst-evil-{emulator.region}", AssumeRolePolicyDocument="{}"
+        ),
+        "drop a job role's boundary": lambda: iam.delete_role_permissions_boundary(RoleName="cloudburst-job-x"),
+    }
+    allowed = [what for what, attempt in attempts.items() if _code(attempt) not in DENIED]
+    assert not allowed, allowed
 
 
 def test_a_grant_outside_the_user_policy_is_denied(emulator: Emulator) -> None:

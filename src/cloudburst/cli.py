@@ -2,7 +2,7 @@
 
 ::
 
-    cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b]   one-time AWS set-up
+    cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b] [--kms-key K]   one-time AWS set-up
     cloudburst doctor [--json]        check the set-up; every problem with its fix
     cloudburst teardown [--yes]       remove what setup made (found by its tag)
     cloudburst selftest [--max-cost USD]   a tiny job end to end: image, workers, logs, isolation, cost, clean-up
@@ -161,31 +161,48 @@ def _confirm(yes: bool) -> Any:
 @click.option("--profile", default=None, help="AWS profile (default: boto3's own resolution)")
 @click.option("--subnets", default=None, help="comma-separated subnets (default: the default VPC's)")
 @click.option(
+    "--kms-key",
+    default=None,
+    help="KMS key for job keys and the bucket: 'create' (a new customer-managed key), a key id, ARN or alias/... "
+    "(yours), or 'default' (AWS-managed keys). Without it: the configured key, if any",
+)
+@click.option(
     "--print-user-policy", is_flag=True, help="print the IAM policy a cloudburst user needs here, change nothing"
 )
+@click.option(
+    "--print-setup-policy",
+    is_flag=True,
+    help="print the IAM policy that setup and teardown need besides the user policy, change nothing",
+)
 def setup_command(
-    yes: bool, region: str | None, profile: str | None, subnets: str | None, print_user_policy: bool
+    yes: bool,
+    region: str | None,
+    profile: str | None,
+    subnets: str | None,
+    kms_key: str | None,
+    print_user_policy: bool,
+    print_setup_policy: bool,
 ) -> None:
     """Create or repair what the fargate backend needs, once per account and region."""
     from .backends.aws.setup import setup
 
-    if print_user_policy:
-        _print_user_policy(region, profile)
+    if print_user_policy or print_setup_policy:
+        _print_policy(region, profile, "user" if print_user_policy else "setup")
         return
     chosen = [s.strip() for s in subnets.split(",") if s.strip()] if subnets else None
-    setup(region=region, profile=profile, subnets=chosen, confirm=_confirm(yes), echo=click.echo)
+    setup(region=region, profile=profile, subnets=chosen, kms_key=kms_key, confirm=_confirm(yes), echo=click.echo)
 
 
-def _print_user_policy(region: str | None, profile: str | None) -> None:
-    """The user policy for the account of the current credentials and the resolved region, as JSON."""
+def _print_policy(region: str | None, profile: str | None, which: str) -> None:
+    """The user or setup policy for the account of the current credentials and the resolved region, as JSON."""
     from .backends.aws.clients import client, translate
-    from .backends.aws.policies import Names, user_policy
+    from .backends.aws.policies import Names, setup_policy, user_policy
 
     sts: Any = client("sts", region, profile)
     with translate("STS", "GetCallerIdentity"):
         arn = str(sts.get_caller_identity()["Arn"])
     names = Names(arn.split(":")[4], region or sts.meta.region_name, arn.split(":")[1])
-    click.echo(json.dumps(user_policy(names), indent=2))
+    click.echo(json.dumps((user_policy if which == "user" else setup_policy)(names), indent=2))
 
 
 @main.command("doctor")

@@ -111,7 +111,7 @@ class Emulator:
         access.install()
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
         self.gateway.on_build = self._build
-        self.gateway.client_key = self.credentials["AWS_ACCESS_KEY_ID"]
+        self.gateway.client_keys.add(self.credentials["AWS_ACCESS_KEY_ID"])
         self._server = make_server("127.0.0.1", 0, self.gateway, threaded=True, request_handler=quiet_handler())
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="cloudburst-emulator", daemon=True)
@@ -170,6 +170,16 @@ class Emulator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def runner(self) -> dict[str, str]:
+        """Credentials (environment variables) of another client of this emulator: a user holding the user
+        policy alone, who runs cloudburst but did not set it up."""
+        from .identities import make_runner
+
+        assert self.gateway is not None
+        credentials = make_runner(self.region)
+        self.gateway.client_keys.add(credentials["AWS_ACCESS_KEY_ID"])
+        return credentials
 
     def admin(self, service: str, region: str | None = None) -> Any:
         """A client for another identity of the emulated account, allowed everything (not the cloudburst

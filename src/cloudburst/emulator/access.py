@@ -363,6 +363,28 @@ def _codebuild(arn: _Arns, action: str, params: Mapping[str, Any], name: str) ->
             yield Check(name, arn("codebuild", f"project/{project}"), {})
 
 
+def _kms(arn: _Arns, action: str, params: Mapping[str, Any], name: str) -> Iterator[Check]:
+    """A key named any way (id, ARN, alias, alias ARN) is checked as its key ARN, with the aliases that
+    point at it as ``kms:ResourceAliases``; an alias operation is checked on the alias and its key."""
+    from moto.kms.models import kms_backends
+
+    backend = kms_backends[arn.account][arn.region]
+    named = str(params.get("KeyId") or params.get("TargetKeyId") or "")
+    alias = str(params.get("AliasName") or "")
+    if alias:
+        yield Check(name, arn("kms", alias), {})
+        named = named or alias
+    if not named:
+        yield Check(name, "*", {})
+        return
+    try:
+        key_id = backend.any_id_to_key_id(named)
+        key = backend.keys[key_id]
+    except Exception:  # no such key: KMS answers NotFound, which moto does after this (no check)
+        return
+    yield Check(name, arn("kms", f"key/{key_id}"), {"kms:resourcealiases": sorted(key.aliases)})
+
+
 def _sts(arn: _Arns, action: str, params: Mapping[str, Any], name: str) -> Iterator[Check]:
     yield Check(name, str(params.get("RoleArn") or "*"), {})
 
@@ -376,6 +398,7 @@ _RESOURCES = {
     "ecr": _ecr,
     "codebuild": _codebuild,
     "sts": _sts,
+    "kms": _kms,
 }
 
 

@@ -3,7 +3,9 @@
 ::
 
     make_user(regions)   the emulated user, made in moto's backend (not through the enforced API):
-                         user_policy() for each region, and an access key made for this run only
+                         user_policy() and setup_policy() for each region (it sets up, runs jobs and
+                         tears down), and an access key made for this run only
+    make_runner(region)  a user holding user_policy() alone: what running cloudburst needs
     assume(role, ...)    a role taken as ECS (a task's role) or CodeBuild (a build's) takes it: only
                          when its trust policy lets that service in for this account and resource
 """
@@ -15,10 +17,10 @@ from collections.abc import Sequence
 from datetime import timezone
 
 from ..backends.aws.credentials import Credentials
-from ..backends.aws.policies import Names, user_policy
+from ..backends.aws.policies import Names, setup_policy, user_policy
 from . import access, policy
 
-__all__ = ["ACCOUNT", "USER_NAME", "RoleNotTrusted", "assume", "make_admin", "make_user"]
+__all__ = ["ACCOUNT", "USER_NAME", "RoleNotTrusted", "assume", "make_admin", "make_runner", "make_user"]
 
 ACCOUNT = "123456789012"  # moto's account, the one the emulated user's key belongs to
 USER_NAME = "cloudburst-user"
@@ -30,16 +32,29 @@ class RoleNotTrusted(Exception):
 
 
 def make_user(regions: Sequence[str]) -> dict[str, str]:
-    """Make the emulated user, holding exactly ``user_policy()`` for each of ``regions``; returns its
-    access key as environment variables. The key is random, made for this run."""
+    """Make the emulated user, holding exactly ``user_policy()`` and ``setup_policy()`` for each of
+    ``regions``; returns its access key as environment variables. The key is random, made for this run."""
     from moto.iam.models import iam_backends
 
     backend = iam_backends[ACCOUNT]["aws"]
     backend.create_user(regions[0], USER_NAME)
     for region in regions:
-        document = json.dumps(user_policy(Names(ACCOUNT, region)))
-        backend.put_user_policy(USER_NAME, f"cloudburst-{region}", document)
+        names = Names(ACCOUNT, region)
+        backend.put_user_policy(USER_NAME, f"cloudburst-{region}", json.dumps(user_policy(names)))
+        backend.put_user_policy(USER_NAME, f"cloudburst-setup-{region}", json.dumps(setup_policy(names)))
     key = backend.create_access_key(USER_NAME)
+    return {"AWS_ACCESS_KEY_ID": key.access_key_id, "AWS_SECRET_ACCESS_KEY": key.secret_access_key}
+
+
+def make_runner(region: str, name: str = "cloudburst-runner") -> dict[str, str]:
+    """A user holding ``user_policy()`` alone, for ``region``: someone who runs cloudburst but did not
+    set it up. Returns its access key as environment variables."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[ACCOUNT]["aws"]
+    backend.create_user(region, name)
+    backend.put_user_policy(name, f"cloudburst-{region}", json.dumps(user_policy(Names(ACCOUNT, region))))
+    key = backend.create_access_key(name)
     return {"AWS_ACCESS_KEY_ID": key.access_key_id, "AWS_SECRET_ACCESS_KEY": key.secret_access_key}
 
 

@@ -9,8 +9,9 @@ a trust policy. This one follows IAM's rules for what cloudburst's documents use
   does not apply (it denies nothing);
 * conditions ``String[Not]Equals``, ``String[Not]Like``, ``Arn[Not]Equals``, ``Arn[Not]Like``, ``Bool``,
   ``Null``, each also ``...IfExists``; a key missing from the request fails a positive operator and
-  passes a negated one, as in IAM. Any other operator (``ForAnyValue:``, numeric, date, IP) fails the
-  statement: the emulator denies rather than guess;
+  passes a negated one, as in IAM; with ``ForAnyValue:``/``ForAllValues:`` for multi-valued keys
+  (``kms:ResourceAliases``). Any other operator (numeric, date, IP) fails the statement: the emulator
+  denies rather than guess;
 * ``Principal`` in trust policies: ``*``, ``{"AWS": ...}`` (an account, its ``root``, a user, a role:
   a role's sessions are that role) and ``{"Service": ...}``.
 
@@ -72,6 +73,10 @@ def _matches(patterns: Iterable[str], value: str, *, fold: bool = False) -> bool
 
 def _condition_holds(operator: str, key: str, wanted: Any, context: Context) -> bool:
     name = operator.lower()
+    if name.startswith("forallvalues:"):  # every value the request brings matches (none: holds)
+        values = context.get(key.lower()) or []
+        return all(_condition_holds(name.split(":", 1)[1], key, wanted, {key.lower(): [v]}) for v in values)
+    name = name.removeprefix("foranyvalue:")  # some value matches: how a single-valued key is tested too
     if_exists = name.endswith("ifexists")
     name = name.removesuffix("ifexists")
     present = context.get(key.lower())

@@ -171,8 +171,8 @@ class Gateway:
     on_build: Callable[[dict[str, Any], str], None] | None = None
     #: the environment variables each StartBuild asked for, as sent
     build_variables: list[list[dict[str, str]]] = field(default_factory=list)
-    #: the access key of the emulator's own client, and the task definitions it registered
-    client_key: str = ""
+    #: the access keys of the emulator's own clients, and the task definitions they registered
+    client_keys: set[str] = field(default_factory=set)
     registered: set[str] = field(default_factory=set)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -227,7 +227,7 @@ class Gateway:
     def _register(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         """RegisterTaskDefinition: remembered when the emulator's own client made it (the agent runs no other)."""
         body, answer = self._answered(environ, start_response)
-        if answer is not None and _access_key_of(environ) == self.client_key:
+        if answer is not None and _access_key_of(environ) in self.client_keys:
             with self.lock:
                 self.registered.add(str(answer["taskDefinition"]["taskDefinitionArn"]))
         return body

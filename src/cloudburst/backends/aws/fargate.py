@@ -736,6 +736,7 @@ class FargateBackend(Backend):
             key_parameter=self._key_parameter,
             bundle_key=self.bundle.removeprefix(f"s3://{s.bucket}/").split("#", 1)[0] if self.bundle else "",
             debug=s.debug,
+            kms_key=s.kms_key,
         )
         principals: list[str] = []
         if s.local_workers:  # the client hands its local workers this role's credentials

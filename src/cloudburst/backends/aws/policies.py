@@ -10,7 +10,8 @@
                             (path /cloudburst/jobs/; made     its environment bundle; ECS Exec only when
                             and deleted with the job)         debug=True. Nothing of any other job.
     CodeBuild               cloudburst-build-<region>         read build contexts, push the worker image
-    the user                (their own identity)              user_policy(): set up, run, watch, clean up
+    the user                (their own identity)              user_policy(): run, watch, clean up
+    an administrator        (their own identity)              setup_policy(): set up, repair, tear down
 
 A job's role lives under the path ``/cloudburst/jobs/`` and carries the permissions boundary
 ``cloudburst-worker-boundary-<region>`` (a managed policy ``setup`` makes): whatever a job role's own
@@ -42,6 +43,7 @@ __all__ = [
     "job_trust",
     "same_document",
     "service_trust",
+    "setup_policy",
     "user_policy",
     "worker_policy",
 ]
@@ -124,6 +126,7 @@ def worker_policy(
     key_parameter: str,
     bundle_key: str = "",
     debug: bool = False,
+    kms_key: str = "",
 ) -> Document:
     """One job's workers: what the worker loop uses of that job, and nothing of any other job.
 
@@ -131,7 +134,8 @@ def worker_policy(
     (the client deletes the job's data). Queues: take, extend and delete on its task queue; send on its
     result queue. Its key parameter. The environment bundle it installs (``image='python'``). ECS
     Exec's channels only for ``debug=True`` jobs. A worker's output reaches CloudWatch through the
-    container's log driver, under the execution role: no log grant here.
+    container's log driver, under the execution role: no log grant here. With a customer-managed
+    ``kms_key``: decrypt (its key, objects) and make data keys (objects it writes), through SSM and S3 only.
     """
     prefix = f"jobs/{job_id}/"
     statements: list[Document] = [
@@ -152,12 +156,25 @@ def worker_policy(
         statements.append(_allow("EnvironmentBundle", "s3:GetObject", f"{names.bucket_arn}/{bundle_key}"))
     if debug:
         statements.append(_allow("EcsExecForDebugging", ECS_EXEC, "*"))  # these actions take no resource
+    if kms_key:
+        statements.append(_key_use(names, kms_key, ["kms:Decrypt", "kms:GenerateDataKey"], ["ssm", "s3"]))
     return {"Version": VERSION, "Statement": statements}
 
 
-def boundary_policy(names: Names) -> Document:
+def _key_use(names: Names, kms_key: str, actions: list[str], services: list[str]) -> Document:
+    """Use of the configured customer-managed key, only as SSM or S3 use it on the caller's behalf: so it
+    opens nothing the caller's SSM and S3 grants do not. (The AWS-managed aws/ssm key and SSE-S3 need no
+    grant: their key policies allow the account's principals through those services.)"""
+    suffix = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
+    via = [f"{service}.{names.region}.{suffix}" for service in services]
+    return _allow("KmsKey", actions, kms_key, condition={"StringEquals": {"kms:ViaService": via}})
+
+
+def boundary_policy(names: Names, kms_key: str = "") -> Document:
     """The most any job role may ever do, whatever its own policy says: cloudburst's job resources in
-    this region, environment bundles read-only, ECS Exec's channels."""
+    this region, environment bundles read-only, ECS Exec's channels; and the configured KMS key as job
+    roles use it."""
+    key = [_key_use(names, kms_key, ["kms:Decrypt", "kms:GenerateDataKey"], ["ssm", "s3"])] if kms_key else []
     return {
         "Version": VERSION,
         "Statement": [
@@ -173,6 +190,7 @@ def boundary_policy(names: Names) -> Document:
             _allow("JobKeys", "ssm:GetParameter", names.parameter_arn("cloudburst/jobs/*")),
             _allow("EnvironmentBundles", "s3:GetObject", f"{names.bucket_arn}/envs/*"),
             _allow("EcsExecForDebugging", ECS_EXEC, "*"),
+            *key,
         ],
     }
 
@@ -223,8 +241,10 @@ def execution_policy(names: Names) -> Document:
     }
 
 
-def build_policy(names: Names) -> Document:
-    """CodeBuild's permissions when it builds a worker image: read the context, push the image, log."""
+def build_policy(names: Names, kms_key: str = "") -> Document:
+    """CodeBuild's permissions when it builds a worker image: read the context (decrypting it with the
+    configured KMS key, if any), push the image, log."""
+    key = [_key_use(names, kms_key, ["kms:Decrypt"], ["s3"])] if kms_key else []
     return {
         "Version": VERSION,
         "Statement": [
@@ -249,41 +269,60 @@ def build_policy(names: Names) -> Document:
                 names.arn("logs", f"log-group:{BUILD_LOG_GROUP}:*"),
             ),
             _index_logins(names),
+            *key,
         ],
     }
 
 
-def user_policy(names: Names) -> Document:
-    """What a cloudburst user needs, and no more: set up, run jobs, watch them, clean up, tear down.
+_ROLE_READS = [
+    "iam:GetRole",
+    "iam:GetRolePolicy",
+    "iam:ListRolePolicies",
+    "iam:ListAttachedRolePolicies",
+    "iam:ListRoleTags",
+]
+_ROLE_WRITES = [
+    "iam:CreateRole",
+    "iam:DeleteRole",
+    "iam:TagRole",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:PutRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:DetachRolePolicy",
+]
+#: the key ``setup --kms-key create`` made, known by its alias
+_KMS_ALIAS = "alias/cloudburst-{region}"
 
-    ``cloudburst setup --print-user-policy`` prints it; the emulator runs the client under exactly this
-    policy, so a grant missing here fails the test suite. A user may make roles only under the job-role
-    path and only with the workers' boundary, and may pass cloudburst's roles only to ECS and CodeBuild.
+
+def _service_roles(names: Names) -> list[str]:
+    kinds = ("execution", "build", "task")  # "task": the role all jobs shared before each had its own
+    return [names.arn("iam", f"role/cloudburst-{kind}-{names.region}", region=False) for kind in kinds]
+
+
+def _our_key(names: Names) -> Document:
+    return {"ForAnyValue:StringEquals": {"kms:ResourceAliases": _KMS_ALIAS.format(region=names.region)}}
+
+
+def user_policy(names: Names) -> Document:
+    """What a cloudburst user needs to run jobs, watch them and clean up after them, and no more.
+
+    ``cloudburst setup --print-user-policy`` prints it; the emulator runs a client under exactly this
+    policy, so a grant missing here fails the test suite. It makes and deletes job roles only under the
+    job-role path and only with the workers' boundary, and passes cloudburst's roles only to ECS and
+    CodeBuild; it cannot change the service roles or the boundary (that is :func:`setup_policy`), so
+    nothing in it lets its holder reach more than it already may.
     """
     bucket = names.bucket_arn
-    service_role = names.arn("iam", "role/cloudburst-*", region=False)
-    role_admin = [
-        "iam:GetRole",
-        "iam:DeleteRole",
-        "iam:TagRole",
-        "iam:UpdateAssumeRolePolicy",
-        "iam:GetRolePolicy",
-        "iam:PutRolePolicy",
-        "iam:DeleteRolePolicy",
-        "iam:ListRolePolicies",
-        "iam:ListAttachedRolePolicies",
-        "iam:DetachRolePolicy",
-        "iam:ListRoleTags",
-    ]
+    execution, build, _ = _service_roles(names)
     return {
         "Version": VERSION,
         "Statement": [
             _allow(
-                "LookUps",  # these actions take no resource, or read only
+                "LookUps",  # these actions take no resource, or only read
                 [
                     "sts:GetCallerIdentity",
                     "ecr:GetAuthorizationToken",
-                    "ecr:DescribeRepositories",  # teardown lists every repository to find its tagged one
+                    "ecr:DescribeRepositories",
                     "pricing:GetProducts",
                     "servicequotas:GetServiceQuota",
                     "servicequotas:GetAWSDefaultServiceQuota",
@@ -306,44 +345,127 @@ def user_policy(names: Names) -> Document:
                 ],
                 "*",
             ),
-            _allow("Bucket", "s3:*", [bucket, f"{bucket}/*"]),
+            _allow(
+                "JobData",  # job data, build contexts and bundles; the bucket's settings are only read
+                ["s3:Get*", "s3:List*", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                [bucket, f"{bucket}/*"],
+            ),
             _allow("Queues", "sqs:*", names.arn("sqs", "cloudburst-*")),
             _allow("Parameters", "ssm:*", names.parameter_arn("cloudburst/*")),
-            _allow("Cluster", "ecs:*", names.arn("ecs", "cluster/cloudburst")),
+            _allow("Cluster", ["ecs:DescribeClusters", "ecs:ListTasks"], names.arn("ecs", "cluster/cloudburst")),
             _allow(
                 "Workers",
                 ["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"],
                 [names.arn("ecs", "task-definition/cloudburst-*"), names.arn("ecs", "task/cloudburst/*")],
                 condition={"ArnEquals": {"ecs:cluster": names.arn("ecs", "cluster/cloudburst")}},
             ),
-            _allow("Repository", "ecr:*", names.arn("ecr", f"repository/{REPOSITORY}")),
             _allow(
-                "Logs",
-                "logs:*",
-                [names.arn("logs", f"log-group:{LOG_GROUP}*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
+                "WorkerImages",  # find, push (a local Docker build) and prune images; the repository's settings stay
+                [
+                    "ecr:DescribeImages",
+                    "ecr:ListImages",
+                    "ecr:BatchGetImage",
+                    "ecr:BatchCheckLayerAvailability",
+                    "ecr:GetDownloadUrlForLayer",
+                    "ecr:InitiateLayerUpload",
+                    "ecr:UploadLayerPart",
+                    "ecr:CompleteLayerUpload",
+                    "ecr:PutImage",
+                    "ecr:BatchDeleteImage",
+                    "ecr:ListTagsForResource",
+                    "ecr:GetLifecyclePolicy",
+                ],
+                names.arn("ecr", f"repository/{REPOSITORY}"),
             ),
             _allow(
-                "FindTaggedLogGroups",  # teardown reads the tags of every log group under cloudburst's prefixes
-                ["logs:ListTagsForResource", "logs:ListTagsLogGroup"],
+                "ReadLogs",
+                [
+                    "logs:GetLogEvents",
+                    "logs:FilterLogEvents",
+                    "logs:DescribeLogStreams",
+                    "logs:ListTagsForResource",
+                    "logs:ListTagsLogGroup",
+                ],
                 [names.arn("logs", "log-group:/cloudburst*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
             ),
             _allow("Builds", "codebuild:*", names.arn("codebuild", "project/cloudburst-*")),
-            _allow("ServiceRoles", ["iam:CreateRole", *role_admin], service_role),
             _allow(
                 "MakeJobRoles",
                 ["iam:CreateRole", "iam:PutRolePolicy"],
                 names.job_roles,
                 condition={"StringEquals": {"iam:PermissionsBoundary": names.boundary_arn}},
             ),
-            _allow("JobRoles", [*role_admin, "sts:AssumeRole"], names.job_roles),
             _allow(
-                "PassRoles",
-                "iam:PassRole",
-                [service_role, names.job_roles],
-                condition={
-                    "StringEquals": {"iam:PassedToService": ["ecs-tasks.amazonaws.com", "codebuild.amazonaws.com"]}
-                },
+                "JobRoles",
+                [*_ROLE_READS, "iam:DeleteRole", "iam:DeleteRolePolicy", "iam:TagRole", "sts:AssumeRole"],
+                # A role that no longer exists has no path to match: its name alone, so that asking for a
+                # job role already deleted says NoSuchEntity rather than AccessDenied.
+                [names.job_roles, names.arn("iam", f"role/{JOB_ROLE_PREFIX}*", region=False)],
             ),
+            _allow(
+                "PassRolesToEcs",
+                "iam:PassRole",
+                [execution, names.job_roles],
+                condition={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
+            ),
+            _allow(
+                "PassRoleToCodeBuild",
+                "iam:PassRole",
+                build,
+                condition={"StringEquals": {"iam:PassedToService": "codebuild.amazonaws.com"}},
+            ),
+            _allow("ReadServiceRoles", _ROLE_READS, _service_roles(names)),
+            _allow(
+                "ReadBoundary", ["iam:GetPolicy", "iam:GetPolicyVersion", "iam:ListPolicyVersions"], names.boundary_arn
+            ),
+            _allow(
+                "UseKmsKey",  # setup's key, if any (a key you bring needs these granted to you)
+                [
+                    "kms:DescribeKey",
+                    "kms:Encrypt",
+                    "kms:Decrypt",
+                    "kms:GenerateDataKey",
+                    "kms:GetKeyRotationStatus",
+                    "kms:ListResourceTags",
+                ],
+                names.arn("kms", "key/*"),
+                condition=_our_key(names),
+            ),
+        ],
+    }
+
+
+def setup_policy(names: Names) -> Document:
+    """What ``setup`` and ``teardown`` need besides :func:`user_policy`: making, repairing and removing
+    the bucket, repository, cluster, log groups, security group, service roles, the workers' boundary
+    and setup's KMS key.
+
+    ``cloudburst setup --print-setup-policy`` prints it. Whoever holds it decides what cloudburst's roles
+    may do, so it is an administrator's: hold it while running ``setup`` or ``teardown``, not day to day.
+    """
+    bucket = names.bucket_arn
+    return {
+        "Version": VERSION,
+        "Statement": [
+            _allow("Bucket", "s3:*", [bucket, f"{bucket}/*"]),
+            _allow("Cluster", ["ecs:*"], names.arn("ecs", "cluster/cloudburst")),
+            _allow("Repository", "ecr:*", names.arn("ecr", f"repository/{REPOSITORY}")),
+            _allow(
+                "LogGroups",
+                "logs:*",
+                [names.arn("logs", f"log-group:{LOG_GROUP}*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
+            ),
+            _allow(
+                "SecurityGroup",
+                [
+                    "ec2:CreateSecurityGroup",
+                    "ec2:DeleteSecurityGroup",
+                    "ec2:RevokeSecurityGroupIngress",
+                    "ec2:CreateTags",
+                ],
+                "*",
+            ),
+            _allow("ServiceRoles", [*_ROLE_READS, *_ROLE_WRITES], _service_roles(names)),
             _allow(
                 "Boundary",
                 [
@@ -358,15 +480,18 @@ def user_policy(names: Names) -> Document:
                 ],
                 names.boundary_arn,
             ),
+            # Making a key and tagging it on creation cannot be narrowed to one key: AWS grants it on all.
+            _allow("MakeKmsKey", ["kms:CreateKey", "kms:TagResource", "kms:CreateAlias"], "*"),
             _allow(
-                "SecurityGroup",
-                [
-                    "ec2:CreateSecurityGroup",
-                    "ec2:DeleteSecurityGroup",
-                    "ec2:RevokeSecurityGroupIngress",
-                    "ec2:CreateTags",
-                ],
-                "*",
+                "KmsKey",
+                ["kms:EnableKeyRotation", "kms:ScheduleKeyDeletion", "kms:DeleteAlias", "kms:DescribeKey"],
+                names.arn("kms", "key/*"),
+                condition=_our_key(names),
+            ),
+            _allow(
+                "KmsAlias",
+                ["kms:CreateAlias", "kms:DeleteAlias"],
+                names.arn("kms", _KMS_ALIAS.format(region=names.region)),
             ),
         ],
     }

@@ -2,7 +2,7 @@
 
 ::
 
-    setup     credentials (STS) ─► bucket ─► ECR repository ─► cluster ─► log group ─► network
+    setup     credentials (STS) ─► KMS key (--kms-key) ─► bucket ─► ECR repository ─► cluster ─► log group ─► network
               ─► roles (execution, task: least privilege) ─► quotas ─► save config.toml
     doctor    the same steps, looking only: every problem with a one-line fix
     teardown  what setup made, found by its tag cloudburst=true, after confirmation
@@ -23,6 +23,22 @@ from ...errors import CloudError
 from ...words import plural
 from .clients import client, error_code, translate
 from .job_roles import delete_job_role
+from .kms import (
+    DELETION_WINDOW_DAYS,
+    bucket_encryption,
+    create_key,
+    describe_encryption,
+    describe_key,
+    encryption_matches,
+    find_alias,
+    how_to_fix,
+    is_ours,
+    key_alias,
+    resolve_key,
+    retire_key,
+    rotation_on,
+    unusable,
+)
 from .owner import pin, s3_client
 from .policies import (
     BUILD_LOG_GROUP,
@@ -131,6 +147,7 @@ class _Context:
         self.account: str = identity["Account"]
         self.identity: str = identity["Arn"]
         self.partition: str = self.identity.split(":")[1]
+        self.kms_key = ""  # the customer-managed key's ARN; "" for AWS-managed keys (aws/ssm, SSE-S3)
 
     def client(self, service: str) -> Any:
         return client(service, self.region, self.profile)
@@ -159,6 +176,51 @@ class _Context:
 
 
 # ---------------------------------------------------------------------------- the steps, each look-or-make
+
+
+def _chosen_key(ctx: _Context, choice: str | None, configured: str) -> tuple[str, bool]:
+    """The key setup is to use (its ARN; "" for AWS-managed keys) and whether to make it, from ``--kms-key``
+    (None: keep the configured one). A key that is missing or not enabled is refused here, before any change."""
+    kms = ctx.client("kms")
+    if choice is None:
+        if not configured or configured.split(":")[3:4] != [ctx.region]:
+            return "", False  # no key configured for this region (keys are regional)
+        return resolve_key(kms, configured), False
+    if choice == "default":
+        return "", False
+    if choice == "create":
+        found = find_alias(kms, ctx.region)  # made by an earlier `--kms-key create`: used again
+        return (resolve_key(kms, key_alias(ctx.region)), False) if found is not None else ("", True)
+    return resolve_key(kms, choice), False
+
+
+def _kms_key(ctx: _Context, report: Report, fix: bool, make: bool) -> None:
+    """The customer-managed key of job keys and the bucket, if one is chosen: usable, and rotating when setup
+    made it (a key the user brought is only checked). Without one, AWS-managed keys: nothing to make."""
+    kms = ctx.client("kms")
+    if make and fix:
+        ctx.kms_key = create_key(kms, ctx.region, ctx.account, ctx.partition)
+        report.add(Step(f"KMS key {key_alias(ctx.region)}", "made", f"{ctx.kms_key}: symmetric, yearly rotation on"))
+        report.config["kms_key"] = ctx.kms_key
+        return
+    if not ctx.kms_key:
+        report.add(Step("KMS key", "ok", "AWS-managed: aws/ssm for job keys, SSE-S3 for the bucket"))
+        return
+    label = f"KMS key {ctx.kms_key}"
+    problem = unusable(describe_key(kms, ctx.kms_key))
+    if problem:
+        report.add(Step(label, "problem", problem, how_to_fix(ctx.kms_key, problem)))
+        return
+    report.config["kms_key"] = ctx.kms_key
+    if not is_ours(kms, ctx.kms_key):
+        report.add(Step(label, "found", "yours (not made by setup): used as it is"))
+    elif rotation_on(kms, ctx.kms_key):
+        report.add(Step(label, "found", f"{key_alias(ctx.region)}, yearly rotation on"))
+    else:
+        if fix:
+            with translate("KMS", "EnableKeyRotation", ctx.kms_key):
+                kms.enable_key_rotation(KeyId=ctx.kms_key)
+        _report(report, label, "found", ["yearly rotation on"], fix)
 
 
 def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
@@ -202,14 +264,11 @@ def _bucket(ctx: _Context, report: Report, fix: bool) -> None:
         rules = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]["Rules"]
     except Exception:
         rules = []
-    if not rules:
-        repaired.append("encryption on")
+    if not encryption_matches(rules, ctx.kms_key):
+        repaired.append(f"encryption {describe_encryption(ctx.kms_key)}")
         if fix:
             s3.put_bucket_encryption(
-                Bucket=name,
-                ServerSideEncryptionConfiguration={
-                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-                },
+                Bucket=name, ServerSideEncryptionConfiguration={"Rules": [bucket_encryption(ctx.kms_key)]}
             )
     try:
         ids = {r.get("ID") for r in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]}
@@ -495,7 +554,7 @@ def _boundary(ctx: _Context, report: Report, fix: bool) -> None:
     """The permissions boundary every job role carries: the most a job's workers may ever do."""
     iam = ctx.client("iam")
     names = ctx.names
-    wanted = boundary_policy(names)
+    wanted = boundary_policy(names, ctx.kms_key)
     label = f"policy {names.boundary_name}"
     try:
         policy = iam.get_policy(PolicyArn=names.boundary_arn)["Policy"]
@@ -637,7 +696,8 @@ def _build_tools(ctx: _Context, report: Report) -> None:
 # ---------------------------------------------------------------------------- the three commands
 
 
-def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) -> None:
+def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None, make_key: bool = False) -> None:
+    _kms_key(ctx, report, fix, make_key)
     _bucket(ctx, report, fix)
     _repository(ctx, report, fix)
     _cluster(ctx, report, fix)
@@ -647,7 +707,8 @@ def _steps(ctx: _Context, report: Report, fix: bool, subnets: list[str] | None) 
     _role(ctx, report, fix, ctx.execution_role, execution_policy(names), "execution_role_arn")
     _boundary(ctx, report, fix)
     _old_task_role(ctx, report, fix)
-    _role(ctx, report, fix, ctx.build_role, build_policy(names), "build_role_arn", "codebuild.amazonaws.com")
+    build = build_policy(names, ctx.kms_key)
+    _role(ctx, report, fix, ctx.build_role, build, "build_role_arn", "codebuild.amazonaws.com")
     _quotas(ctx, report)
 
 
@@ -656,25 +717,32 @@ def setup(
     region: str | None = None,
     profile: str | None = None,
     subnets: list[str] | None = None,
+    kms_key: str | None = None,
     confirm: Callable[[str], bool] | None = None,
     echo: Callable[[str], None] = print,
 ) -> Report:
-    """Create or repair everything the fargate backend needs, then save it in the user's config."""
+    """Create or repair everything the fargate backend needs, then save it in the user's config.
+
+    ``kms_key``: ``"create"`` (a customer-managed key of setup's own), a key id, ARN or ``alias/...`` (yours),
+    ``"default"`` (AWS-managed keys), or None to keep what is configured."""
     from ... import userconfig
 
     ctx = _Context(region, profile)
     echo(f"cloudburst setup: AWS account {ctx.account} ({ctx.identity}), region {ctx.region}")
+    values = userconfig.load()
+    ctx.kms_key, make_key = _chosen_key(ctx, kms_key, str(values.get("kms_key") or ""))
     if confirm is not None and not confirm(
-        f"Create or repair cloudburst's bucket, ECR repository, ECS cluster, roles, log group and security group "
-        f"in {ctx.region}?"
+        f"Create or repair cloudburst's bucket, ECR repository, ECS cluster, roles, log group and security group"
+        f"{', and a KMS key,' if make_key else ''} in {ctx.region}?"
     ):
         raise CloudError("setup cancelled; nothing was changed", service="cloudburst", operation="setup")
     report = Report(echo=echo)
-    _steps(ctx, report, True, subnets)
-    values = userconfig.load()
+    _steps(ctx, report, True, subnets, make_key)
     before = dict(values)
     values.update({k: v for k, v in report.config.items() if not k.startswith("_")})
     values.pop("task_role_arn", None)  # each job has its own role now
+    if not ctx.kms_key:
+        values.pop("kms_key", None)  # AWS-managed keys
     values["region"] = ctx.region
     if profile:
         values["profile"] = profile
@@ -701,6 +769,8 @@ def doctor(*, region: str | None = None, profile: str | None = None, echo: Calla
         )
         return report
     report.add(Step("credentials", "ok", f"{ctx.identity} in {ctx.region}"))
+    configured = str(config.get("kms_key") or "")
+    ctx.kms_key = configured if configured.split(":")[3:4] == [ctx.region] else ""
     if not config.get("bucket"):
         report.add(Step("configuration", "problem", "no saved set-up", "run `cloudburst setup`"))
     _steps(ctx, report, False, config.get("subnets") or None)
@@ -723,6 +793,9 @@ def teardown(
     ctx = _Context(region or config.get("region"), profile or config.get("profile"))
     found = _tagged_resources(ctx)
     report = Report(echo=echo)
+    theirs = _keys(ctx, str(config.get("kms_key") or ""), found)
+    for arn in theirs:
+        report.add(Step(f"KMS key {arn}", "kept", "yours (not made by setup): left alone"))
     if not found:
         echo(f"Nothing of cloudburst's found in {ctx.region}.")
         return report
@@ -742,6 +815,7 @@ def teardown(
         "task_role_arn",
         "build_role_arn",
         "worker_boundary_arn",
+        "kms_key",
     ):
         config.pop(key, None)
     userconfig.save(config)
@@ -818,6 +892,28 @@ def _tagged_resources(ctx: _Context) -> list[tuple[str, str, Callable[[], object
             name = parameter["Name"]
             out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
     return out
+
+
+def _keys(ctx: _Context, configured: str, found: list[tuple[str, str, Callable[[], object]]]) -> list[str]:
+    """Add setup's KMS key (by its alias, or the configured one) to ``found``, last, so that everything
+    encrypted with it goes first; its deletion is scheduled after the shortest wait KMS allows. Returns
+    the keys left alone: the configured key when the user brought it."""
+    kms = ctx.client("kms")
+    candidates = [configured] if configured.split(":")[3:4] == [ctx.region] else []
+    alias = find_alias(kms, ctx.region)
+    if alias is not None:
+        candidates.append(str(alias["Arn"]))
+    theirs = []
+    for arn in dict.fromkeys(candidates):
+        metadata = describe_key(kms, arn)
+        if metadata is None or metadata.get("KeyState") == "PendingDeletion":
+            continue
+        if not is_ours(kms, arn):
+            theirs.append(arn)
+            continue
+        remove = functools.partial(retire_key, kms, arn, ctx.region)
+        found.append(("KMS key", f"{arn} (deleted after {DELETION_WINDOW_DAYS} days, the shortest wait)", remove))
+    return theirs
 
 
 def _delete_bucket(s3: Any, name: str) -> None:
