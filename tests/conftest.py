@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,31 @@ def users_environment(home: Path) -> dict[str, str]:
 
 _EMULATORS: list[Emulator] = []
 
-#: regions the suite sets up in besides us-east-1 (each file of set-up tests has regions of its own): the
-#: emulated user holds user_policy() for each, as a user who runs cloudburst in several regions would
-SUITE_REGIONS = (
-    *("sa-east-1", "eu-west-1", "eu-west-2", "eu-central-1", "us-west-2", "ap-southeast-2", "ca-central-1"),
-    *("ap-northeast-1", "ap-northeast-2", "ap-south-1", "eu-north-1", "eu-west-3", "us-east-2"),  # storage
-    *("us-west-1", "ap-southeast-1", "eu-south-1", "af-south-1", "ap-east-1", "me-south-1", "eu-central-2"),  # kms
+#: regions of their own for the files of set-up tests (each test takes a fresh one: no set-up of another
+#: test is in its way); the emulated user holds the user and setup policies for each, as a user who runs
+#: cloudburst in several regions would
+SETUP_REGIONS = ("eu-west-1", "eu-west-2", "eu-central-1", "us-west-2", "ap-southeast-2", "ca-central-1")
+STORAGE_REGIONS = ("ap-northeast-1", "eu-north-1", "ap-south-1", "eu-west-3", "us-east-2", "ap-northeast-2")
+KMS_REGIONS = (
+    *("us-west-1", "ap-southeast-1", "eu-south-1", "af-south-1", "ap-east-1", "me-south-1", "eu-central-2"),
     *("ap-south-2", "ap-southeast-3", "eu-south-2", "il-central-1", "me-central-1", "ap-northeast-3", "ap-southeast-4"),
 )
+SUITE_REGIONS = ("sa-east-1", *SETUP_REGIONS, *STORAGE_REGIONS, *KMS_REGIONS)  # sa-east-1: test_isolation
+
+
+def fresh_region_fixture(names: Sequence[str], *, reuse: bool = False) -> Any:
+    """A ``region`` fixture for a file of set-up tests: a region from ``names`` not yet handed out (or,
+    with ``reuse``, the next in turn), with an empty config directory."""
+    left = itertools.cycle(names) if reuse else iter(names)
+
+    @pytest.fixture
+    def region(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+        name = next(left, None)
+        assert name is not None, "out of fresh regions: add more to this file's list in conftest.py"
+        monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path / "config"))
+        return name
+
+    return region
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,9 @@ does not check KMS permissions when SSM or S3 use a key: the grants are checked 
 from __future__ import annotations
 
 import datetime
-import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -23,40 +21,13 @@ from cloudburst import userconfig
 from cloudburst.backends.aws.policies import Names, boundary_policy, build_policy, worker_policy
 from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
 from cloudburst.cli import main
-from cloudburst.emulator import EMULATED_IMAGE, Emulator
+from cloudburst.emulator import EMULATED_IMAGE
 from cloudburst.errors import CloudError
 
+from .conftest import KMS_REGIONS, fresh_region_fixture
+
 ACCOUNT = "123456789012"  # the emulated account
-# Regions no other test sets up in: each test here takes a fresh one.
-_REGIONS = itertools.cycle(
-    [
-        "us-west-1",
-        "ap-southeast-1",
-        "eu-south-1",
-        "af-south-1",
-        "ap-east-1",
-        "me-south-1",
-        "eu-central-2",
-        "ap-south-2",
-        "ap-southeast-3",
-        "eu-south-2",
-        "il-central-1",
-        "me-central-1",
-        "ap-northeast-3",
-        "ap-southeast-4",
-    ]
-)
-_used: set[str] = set()
-
-
-@pytest.fixture
-def region(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A region no other test has touched, and an empty config directory."""
-    name = next(_REGIONS)
-    assert name not in _used, "out of fresh regions: add more to _REGIONS"
-    _used.add(name)
-    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path / "config"))
-    yield name
+region = fresh_region_fixture(KMS_REGIONS)
 
 
 def quiet(region: str, **kwargs: Any) -> Report:

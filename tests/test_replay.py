@@ -28,6 +28,7 @@ from cloudburst.serialize import MAGIC, job_tag, seal, unseal
 from cloudburst.task import DIED, RESULT, STARTED, TASK, Notice, ResultMessage, encode
 
 from .conftest import wait_until
+from .test_hardening_core import die_once
 
 
 def nap(x: int, seconds: float = 0.0) -> int:
@@ -120,15 +121,6 @@ def test_a_replayed_task_message_is_not_run_again(make_executor: Any, tmp_path: 
     assert ex.submit(nap, 8).result(timeout=60) == 8
     assert runs(log) == ["7"], "the replayed task ran again"
     assert ex._job.stats["tasks"] == 3
-
-
-def die_once(x: int, marker: str) -> int:
-    """Kills its worker the first time it runs; returns x after that."""
-    flag = Path(marker)
-    if not flag.exists():
-        flag.write_text("died")
-        os._exit(3)
-    return x
 
 
 def test_a_redelivery_after_a_worker_died_still_runs(make_executor: Any, tmp_path: Path) -> None:

@@ -6,11 +6,9 @@ directory), so it cannot disturb the us-east-1 set-up the other tests run on.
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +21,9 @@ from cloudburst.backends.aws import clients
 from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
 from cloudburst.emulator import Emulator
 
-_REGIONS = itertools.cycle(["eu-west-1", "eu-west-2", "eu-central-1", "us-west-2", "ap-southeast-2", "ca-central-1"])
-_used: set[str] = set()
+from .conftest import SETUP_REGIONS, fresh_region_fixture
 
-
-@pytest.fixture
-def region(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A region no other test of this session has touched, and an empty config directory."""
-    name = next(_REGIONS)
-    assert name not in _used, "out of fresh regions: add more to _REGIONS"
-    _used.add(name)
-    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path / "config"))
-    yield name
+region = fresh_region_fixture(SETUP_REGIONS)
 
 
 def quiet(region: str, **kwargs: Any) -> Report:

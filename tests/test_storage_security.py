@@ -10,7 +10,6 @@ bucket's real one, and that records every S3 request with the owner it named.
 from __future__ import annotations
 
 import ast
-import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +27,11 @@ from cloudburst.backends.aws.store import S3Store
 from cloudburst.emulator import Emulator
 from cloudburst.errors import CloudError
 
+from .conftest import STORAGE_REGIONS, fresh_region_fixture
+
 ACCOUNT = "123456789012"  # the emulated account
 TLS_ONLY_SID = "CloudburstDenyWithoutTLS"  # the statement setup adds to the bucket policy
-_REGIONS = itertools.cycle(["ap-northeast-1", "eu-north-1", "ap-south-1", "eu-west-3", "us-east-2", "ap-northeast-2"])
-
-
-@pytest.fixture
-def region(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A region no other test touches, and an empty config directory."""
-    monkeypatch.setenv("CLOUDBURST_CONFIG_DIR", str(tmp_path / "config"))
-    yield next(_REGIONS)
+region = fresh_region_fixture(STORAGE_REGIONS, reuse=True)
 
 
 def quiet_setup(region: str, **kwargs: Any) -> Report:
