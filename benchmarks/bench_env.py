@@ -36,7 +36,7 @@ from bench_fargate import row, table, timed
 from cloudburst import userconfig
 from cloudburst.backends.aws.images import ensure_image
 from cloudburst.emulator import Emulator, network_env
-from cloudburst.environment import Snapshot
+from cloudburst.environment.snapshot import Snapshot
 
 WORKER_PACKAGES = ["cloudpickle", "tblib", "tqdm", "zstandard", "boto3", "platformdirs", "click", "tomli-w"]
 
@@ -113,7 +113,9 @@ def main() -> None:
     print(f"[1] cold snapshot of this environment ({packages} distributions), fresh processes, best of 3")
     ours_snapshot = timed(
         "cloudburst snapshot + tag",
-        lambda: best_of(3, [sys.executable, "-c", "from cloudburst.environment import snapshot, tag; tag(snapshot())"]),
+        lambda: best_of(
+            3, [sys.executable, "-c", "from cloudburst.environment.snapshot import snapshot, tag; tag(snapshot())"]
+        ),
     )
     pip_freeze = timed("pip freeze", lambda: best_of(3, [sys.executable, "-m", "pip", "freeze"]))
     beside = Path(sys.executable).parent / "uv"  # installed with the bench extra

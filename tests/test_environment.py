@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import cloudburst
-from cloudburst.environment import (
+from cloudburst.environment.pins import BASE_IMAGES
+from cloudburst.environment.snapshot import (
     Snapshot,
     build_context,
     dockerfile,
@@ -21,7 +22,6 @@ from cloudburst.environment import (
     strip_credentials,
     tag,
 )
-from cloudburst.pins import BASE_IMAGES
 
 
 def test_snapshot_pins_what_is_installed() -> None:

@@ -302,7 +302,7 @@ def test_lease_expiry_redelivers_and_first_result_wins() -> None:
 
 def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
     """Someone who can write to the queue sends junk naming a task in flight: the task still succeeds."""
-    from cloudburst.task import encode
+    from cloudburst.protocol.task import encode
 
     ex = make_executor(1)
     blocker = ex.submit(slow_square, 2)

@@ -18,8 +18,8 @@ import pytest
 
 import cloudburst
 from cloudburst.backends.base import WorkerExit
-from cloudburst.task import STARTED, TASK, Columns, Notice, TaskMessage, encode
-from cloudburst.work import MapRun
+from cloudburst.core.work import MapRun
+from cloudburst.protocol.task import STARTED, TASK, Columns, Notice, TaskMessage, encode
 
 from .conftest import process_gone, wait_until, worker_pids
 

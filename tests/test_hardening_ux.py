@@ -16,10 +16,10 @@ import pytest
 
 import cloudburst
 from cloudburst import userconfig
-from cloudburst.config import parse_memory
+from cloudburst.config.options import parse_memory
+from cloudburst.core.words import plural
 from cloudburst.detached import jobs_dir
 from cloudburst.emulator import Emulator
-from cloudburst.words import plural
 
 from .conftest import _PRIVATE
 
@@ -111,7 +111,7 @@ for name in ("ipykernel", "ipykernel.zmqshell"):  # loaded in every Jupyter kern
     sys.modules[name] = types.ModuleType(name)
 sys.modules["ipywidgets"] = None  # not installed
 
-from cloudburst.progress import Progress, wanted
+from cloudburst.core.progress import Progress, wanted
 
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")

@@ -26,7 +26,7 @@ from cloudburst.backends.aws.images import (
     store_index_credentials,
 )
 from cloudburst.emulator import Emulator
-from cloudburst.environment import Snapshot, base_image, index_credentials, snapshot, tag
+from cloudburst.environment.snapshot import Snapshot, base_image, index_credentials, snapshot, tag
 
 
 def settings() -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_cache_miss_builds_through_codebuild_then_hits(emulator: Emulator) -> No
     s3 = boto3.client("s3")
     body = s3.get_object(Bucket=settings()["bucket"], Key=f"builds/{tag(snap)}.zip")["Body"].read()
     names = set(zipfile.ZipFile(io.BytesIO(body)).namelist())
-    assert {"Dockerfile", "requirements.txt", "buildspec.yml", "cloudburst/worker.py"} <= names
+    assert {"Dockerfile", "requirements.txt", "buildspec.yml", "cloudburst/worker/loop.py"} <= names
     project = boto3.client("codebuild").batch_get_projects(names=[BUILD_PROJECT])["projects"][0]
     assert project["serviceRole"] == settings()["role_arn"]
 
@@ -162,7 +162,9 @@ def test_image_python_task_definition_names_the_bundle_and_the_logins_parameter(
     body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == digest
     archive = zipfile.ZipFile(io.BytesIO(body))
-    assert {"requirements.txt", "cloudburst/worker.py", "cloudburst/bootstrap.py"} <= set(archive.namelist())
+    assert {"requirements.txt", "cloudburst/worker/loop.py", "cloudburst/worker/bootstrap.py"} <= set(
+        archive.namelist()
+    )
     assert all(b"t0ken" not in archive.read(n) for n in archive.namelist())
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import cloudburst
-from cloudburst.serialize import Packer, Unpacker
+from cloudburst.protocol.serialize import Packer, Unpacker
 
 from .conftest import wait_until
 

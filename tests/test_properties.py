@@ -28,8 +28,8 @@ from hypothesis.extra import pandas as hpd
 
 import cloudburst
 from cloudburst.backends.local import LocalStore
+from cloudburst.protocol.serialize import BUFFER_MIN_BYTES, Packed, Packer, Unpacker
 from cloudburst.seeds import python_seed
-from cloudburst.serialize import BUFFER_MIN_BYTES, Packed, Packer, Unpacker
 
 SERIALIZATION = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

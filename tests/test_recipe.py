@@ -16,7 +16,7 @@ import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator, network_env
-from cloudburst.environment import build_context, snapshot, tag
+from cloudburst.environment.snapshot import build_context, snapshot, tag
 
 from .conftest import WORKER_PACKAGES, assert_nothing_left_in_aws
 

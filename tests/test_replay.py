@@ -1,6 +1,6 @@
 """Messages cannot be replayed, and forged ones count against their queue, never against a task.
 
-The contract is written down in ``cloudburst.task`` ("Replays and redeliveries"). ``FORGERIES`` at the end is
+The contract is written down in ``cloudburst.protocol.task`` ("Replays and redeliveries"). ``FORGERIES`` at the end is
 the failure table of what a message that fails its check does to a job.
 """
 
@@ -24,8 +24,8 @@ import pytest
 
 import cloudburst
 from cloudburst.backends.base import WorkerExit
-from cloudburst.serialize import MAGIC, job_tag, seal, unseal
-from cloudburst.task import DIED, RESULT, STARTED, TASK, Notice, ResultMessage, encode
+from cloudburst.protocol.serialize import MAGIC, job_tag, seal, unseal
+from cloudburst.protocol.task import DIED, RESULT, STARTED, TASK, Notice, ResultMessage, encode
 
 from .conftest import wait_until
 from .test_hardening_core import die_once

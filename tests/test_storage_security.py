@@ -234,7 +234,7 @@ def test_cleanup_finds_a_lone_job_key_by_its_tag_and_leaves_parameters_that_only
 def test_an_index_that_needs_a_login_must_be_https(
     setting: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from cloudburst.environment import index_credentials
+    from cloudburst.environment.snapshot import index_credentials
     from cloudburst.errors import ConfigurationError
 
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX"):

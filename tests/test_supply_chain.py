@@ -33,7 +33,7 @@ import cloudburst
 from cloudburst import bootstrap, pins, userconfig
 from cloudburst.backends.aws.images import ensure_bundle
 from cloudburst.emulator import Emulator, network_env
-from cloudburst.environment import base_image, build_context, dockerfile, snapshot, tag
+from cloudburst.environment.snapshot import base_image, build_context, dockerfile, snapshot, tag
 
 
 def _settings() -> dict[str, str]:
@@ -273,7 +273,7 @@ def test_images_are_recorded_and_run_by_digest_and_a_tag_cannot_be_repushed(emul
     from cloudburst.backends.aws.fargate import ensure_task_definition
     from cloudburst.backends.aws.images import ensure_image
     from cloudburst.backends.aws.settings import FargateSettings
-    from cloudburst.environment import Snapshot
+    from cloudburst.environment.snapshot import Snapshot
 
     values = userconfig.load()
     snap = Snapshot(python="3.11", requirements=(f"zzz-unique=={time.time_ns()}",))

@@ -14,8 +14,8 @@ import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator
-from cloudburst.environment import snapshot
-from cloudburst.wheels import missing_arm64_wheels
+from cloudburst.environment.snapshot import snapshot
+from cloudburst.environment.wheels import missing_arm64_wheels
 
 # A package index: name -> file names, as PyPI lists them.
 FILES = {

@@ -29,8 +29,8 @@ from typing import Any
 import click
 
 from . import __version__
+from .core.words import plural
 from .detached import DetachedJob, attach, jobs
-from .words import plural
 
 __all__ = ["main"]
 
@@ -254,7 +254,7 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
     """Show every setting, its value and where it came from."""
     if ctx.invoked_subcommand is not None:
         return
-    from . import userconfig
+    from .config import userconfig
 
     values = userconfig.resolve()
     if as_json:
@@ -271,7 +271,7 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
     """Check a setting and save it."""
-    from . import userconfig
+    from .config import userconfig
 
     saved = userconfig.set_value(key, value)
     click.echo(f"{key} = {saved} (saved in {userconfig.config_path()})")
@@ -281,7 +281,7 @@ def config_set(key: str, value: str) -> None:
 @click.argument("key")
 def config_unset(key: str) -> None:
     """Remove a setting from the file (its default applies again)."""
-    from . import userconfig
+    from .config import userconfig
 
     userconfig.unset_value(key)
     click.echo(f"{key} removed from {userconfig.config_path()}")
@@ -293,8 +293,8 @@ def config_unset(key: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
     """Show the Fargate vCPU quotas, what the cluster uses, and pending increase requests."""
-    from . import userconfig
     from .backends.aws.quota import pending_requests, read_quota, request_increase
+    from .config import userconfig
 
     region, profile = userconfig.lookup("region").value, userconfig.lookup("profile").value
     cluster = userconfig.lookup("cluster").value or "cloudburst"
@@ -325,7 +325,7 @@ def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
 
 
 def _account() -> tuple[Any, Any, str, str]:
-    from . import userconfig
+    from .config import userconfig
 
     values = userconfig.resolve()
     bucket, cluster = values["bucket"].value, values["cluster"].value
@@ -335,10 +335,10 @@ def _account() -> tuple[Any, Any, str, str]:
 
 
 def _hourly() -> float:
-    from . import userconfig
     from .backends.aws.pricing import prices
     from .backends.aws.sizes import task_size
-    from .config import parse_memory
+    from .config import userconfig
+    from .config.options import parse_memory
 
     cpu = float(userconfig.lookup("cpu").value)
     memory = userconfig.lookup("memory")
@@ -384,8 +384,8 @@ def logs_command(job_id: str, task: int | None, worker: str | None, follow: bool
     """Print the CloudWatch logs of a job's workers."""
     import time
 
-    from . import userconfig
     from .backends.aws.ops import find_jobs, log_lines
+    from .config import userconfig
 
     region, profile, bucket, cluster = _account()
     group = userconfig.lookup("log_group").value
@@ -452,13 +452,13 @@ def env_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
     """What the image would hold, its tag and its Dockerfile (with --arch arm64: which packages lack wheels)."""
-    from .environment import dockerfile, snapshot, tag
+    from .environment.snapshot import dockerfile, snapshot, tag
 
     snap = snapshot(requirements, arch=arch)
     missing: list[str] = []
     notes = list(snap.notes)
     if arch == "arm64":
-        from .wheels import missing_arm64_wheels
+        from .environment.wheels import missing_arm64_wheels
 
         missing, wheel_notes = missing_arm64_wheels(snap)
         notes += wheel_notes
@@ -505,15 +505,15 @@ def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
 )
 def env_build(requirements: str | None, arch: str, stock_python: bool) -> None:
     """Find or build this environment's image, and make it the workers' image."""
-    from . import userconfig
     from .backends.aws.images import ensure_bundle, ensure_image
-    from .environment import snapshot
+    from .config import userconfig
+    from .environment.snapshot import snapshot
 
     region, profile, bucket, _ = _account()
     config = userconfig.load()
     snap = snapshot(requirements, arch=arch)
     if arch == "arm64":
-        from .wheels import require_arm64_wheels
+        from .environment.wheels import require_arm64_wheels
 
         require_arm64_wheels(snap)
     if requirements:
@@ -543,8 +543,8 @@ def env_build(requirements: str | None, arch: str, stock_python: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def env_list(as_json: bool) -> None:
     """Worker images in the ECR repository and environment bundles in S3, newest first."""
-    from . import userconfig
     from .backends.aws.images import list_bundles, list_images
+    from .config import userconfig
 
     region, profile, bucket, _ = _account()
     images = list_images(region, profile, str(userconfig.lookup("ecr_repository").value))
@@ -565,8 +565,8 @@ def env_list(as_json: bool) -> None:
 @click.option("--keep", type=int, default=5, help="how many of the newest images (and bundles) to keep")
 def env_prune(keep: int) -> None:
     """Delete old worker images from ECR and old environment bundles from S3."""
-    from . import userconfig
     from .backends.aws.images import prune_bundles, prune_images
+    from .config import userconfig
 
     region, profile, bucket, _ = _account()
     gone = prune_images(region, profile, str(userconfig.lookup("ecr_repository").value), keep)

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
+from .core.job import rebuild_exception
+from .core.words import plural
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
-from .job import rebuild_exception
-from .serialize import Unpacker, job_tag
-from .task import RESULT, ResultMessage, decode, read_dead_letters
-from .words import plural
+from .protocol.serialize import Unpacker, job_tag
+from .protocol.task import RESULT, ResultMessage, decode, read_dead_letters
 
 __all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
 

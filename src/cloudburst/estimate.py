@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import parse_memory
-from .words import plural
+from .config.options import parse_memory
+from .core.words import plural
 
 __all__ = ["Estimate", "estimate"]
 

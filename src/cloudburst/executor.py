@@ -12,11 +12,11 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from .backends import get_backend
-from .config import ExecutorOptions, check_known
+from .config.options import ExecutorOptions, check_known
+from .core.job import Job, MapRun
+from .core.progress import Progress, wanted
 from .errors import ConfigurationError, CostLimitExceeded
-from .job import Job, MapRun
-from .progress import Progress, wanted
-from .task import Columns
+from .protocol.task import Columns
 
 __all__ = ["Executor", "map"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..config import ExecutorOptions
+    from ..config.options import ExecutorOptions
 
 __all__ = [
     "Backend",
@@ -101,7 +101,7 @@ class LeaseReporting(Protocol):
     def watch_leases(self, callback: Callable[[str, Sequence[Message]], None]) -> None: ...
 
 
-#: what a worker writes to its output once it has connected to its job (``cloudburst.worker.main``)
+#: what a worker writes to its output once it has connected to its job (``cloudburst.worker.loop.main``)
 READY_LINE = ": started for job "
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import IO, Any, ClassVar
 
-from .. import memlimit, scratch
+from ..core import scratch
+from ..worker import memlimit
 from .base import Backend, JobResources, Store, WorkerExit, WorkerSide
 from .localqueue import MemoryQueue, QueueServer, connect
 

@@ -37,9 +37,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .. import userconfig
+from ..config import userconfig
+from ..core.words import plural
 from ..errors import ConfigurationError
-from ..words import plural
 from . import access
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .identities import ACCOUNT, assume, make_admin, make_user

@@ -34,10 +34,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ... import scratch
-from ...config import ExecutorOptions
+from ...config.options import ExecutorOptions
+from ...core import scratch
+from ...core.words import plural
 from ...errors import CloudError
-from ...words import plural
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
@@ -167,9 +167,9 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
     No image: this environment's image, found in ECR by its tag or built. ``image="python"``: the stock
     Python image, with the environment bundle (uploaded once) installed by each worker as it starts.
     """
-    from ...environment import base_image, index_credentials, snapshot
+    from ...config.userconfig import load
+    from ...environment.snapshot import base_image, index_credentials, snapshot
     from ...errors import NotSetUpError
-    from ...userconfig import load
     from .images import ensure_bundle, ensure_image, store_index_credentials
 
     def echo(line: str) -> None:
@@ -177,7 +177,7 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
 
     snap = snapshot(settings.requirements or None, arch=settings.arch)
     if settings.arch == "arm64":
-        from ...wheels import require_arm64_wheels
+        from ...environment.wheels import require_arm64_wheels
 
         require_arm64_wheels(snap)
     if settings.image == "python":
@@ -235,7 +235,7 @@ def ensure_task_definition(
     secret, resolved by ECS when the task starts."""
     command = ["python", "-m", "cloudburst.worker"]
     if bundle:
-        from ... import bootstrap
+        from ...worker import bootstrap
 
         command = ["python", "-c", bootstrap.script()]  # with the uv and boto3 pins written in
     container: dict[str, Any] = {
@@ -582,7 +582,7 @@ class FargateBackend(Backend):
 
     def _fit_quota(self, workers: int, cpu: float) -> int:
         """Fit the workers to the free vCPU quota, before anything launches; say so when it bites."""
-        from ...userconfig import lookup
+        from ...config.userconfig import lookup
 
         s = self.settings
         quota = read_quota(s.region, s.profile, s.cluster, spot=s.spot)
@@ -604,7 +604,7 @@ class FargateBackend(Backend):
 
     @classmethod
     def defaults(cls) -> dict[str, object]:
-        from ...userconfig import lookup
+        from ...config.userconfig import lookup
 
         found: dict[str, object] = {"workers": lookup("workers").value}
         for name in ("cpu", "memory", "idle_timeout"):

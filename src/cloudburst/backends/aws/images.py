@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ... import scratch
-from ...environment import Snapshot, build_context, index_credentials, tag
+from ...core import scratch
+from ...environment.snapshot import Snapshot, build_context, index_credentials, tag
 from ...errors import CloudError
 from .clients import client, error_code, translate
 from .owner import s3_client
@@ -102,7 +102,7 @@ def _naming_key() -> bytes:
     """A random key of this machine's (made once, readable by its user only) for naming secrets."""
     import secrets
 
-    from ...userconfig import cache_dir
+    from ...config.userconfig import cache_dir
 
     path = cache_dir() / "naming-key"
     try:
@@ -174,7 +174,7 @@ def _stored_digest(s3: Any, bucket: str, key: str) -> str:
 
 
 def _digest_record(image_tag: str) -> Path:
-    from ...userconfig import cache_dir
+    from ...config.userconfig import cache_dir
 
     return cache_dir() / "bundle-digests" / image_tag
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import PayloadAuthenticationError
-from ...serialize import job_tag
-from ...task import open_control
+from ...protocol.serialize import job_tag
+from ...protocol.task import open_control
 from .clients import client, error_code
 from .fargate import CONTAINER, JOB_TAG, LOG_PREFIX
 from .job_roles import delete_job_role, job_roles

@@ -64,7 +64,7 @@ class Prices:
 
 
 def _cache_file(region: str) -> Path:
-    from ...userconfig import cache_dir
+    from ...config.userconfig import cache_dir
 
     return cache_dir() / f"fargate-prices-{region}.json"
 

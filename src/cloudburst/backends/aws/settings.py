@@ -50,7 +50,7 @@ class FargateSettings:
     @classmethod
     def resolve(cls, options: Mapping[str, object], environ: Mapping[str, str] | None = None) -> FargateSettings:
         """Call options, then ``CLOUDBURST_*`` variables, then the user's config file, then defaults."""
-        from ...userconfig import load
+        from ...config.userconfig import load
 
         environ = os.environ if environ is None else environ
         file_values = load()
@@ -82,7 +82,7 @@ OPTION_NAMES = frozenset(f.name for f in fields(FargateSettings))
 
 
 def _checked(values: dict[str, Any]) -> dict[str, Any]:
-    from ...userconfig import as_arch, as_flag, as_ids, number
+    from ...config.userconfig import as_arch, as_flag, as_ids, number
 
     out: dict[str, Any] = {}
     for name, value in values.items():

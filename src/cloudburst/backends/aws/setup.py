@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...core.words import plural
 from ...errors import CloudError
-from ...words import plural
 from .clients import client, error_code, translate
 from .job_roles import delete_job_role
 from .kms import (
@@ -725,7 +725,7 @@ def setup(
 
     ``kms_key``: ``"create"`` (a customer-managed key of setup's own), a key id, ARN or ``alias/...`` (yours),
     ``"default"`` (AWS-managed keys), or None to keep what is configured."""
-    from ... import userconfig
+    from ...config import userconfig
 
     ctx = _Context(region, profile)
     echo(f"cloudburst setup: AWS account {ctx.account} ({ctx.identity}), region {ctx.region}")
@@ -757,7 +757,7 @@ def setup(
 
 def doctor(*, region: str | None = None, profile: str | None = None, echo: Callable[[str], None] = print) -> Report:
     """Look at every resource, without changing anything; each problem comes with its fix."""
-    from ... import userconfig
+    from ...config import userconfig
 
     report = Report(echo=echo)
     config = userconfig.load()
@@ -787,7 +787,7 @@ def teardown(
     echo: Callable[[str], None] = print,
 ) -> Report:
     """Remove what setup made, found by its tag ``cloudburst=true``; nothing else is touched."""
-    from ... import userconfig
+    from ...config import userconfig
 
     config = userconfig.load()
     ctx = _Context(region or config.get("region"), profile or config.get("profile"))

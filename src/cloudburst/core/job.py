@@ -33,12 +33,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from . import scratch
-from .backends import get_backend
-from .backends.base import LeaseReporting, Message, Subscribable, WorkerExit
-from .bootstrap import EXIT_ENVIRONMENT
-from .config import ExecutorOptions
-from .errors import (
+from ..backends import get_backend
+from ..backends.base import LeaseReporting, Message, Subscribable, WorkerExit
+from ..config.options import ExecutorOptions
+from ..errors import (
     BrokenExecutorError,
     CloudError,
     CostLimitExceeded,
@@ -49,9 +47,9 @@ from .errors import (
     UnpicklingError,
     WorkerDiedError,
 )
-from .output import replay
-from .serialize import BlobRef, Packed, Packer, Unpacker, describe, job_tag
-from .task import (
+from ..protocol.output import replay
+from ..protocol.serialize import BlobRef, Packed, Packer, Unpacker, describe, job_tag
+from ..protocol.task import (
     CLIENT_MEMORY,
     DIED,
     REJECTED,
@@ -69,6 +67,8 @@ from .task import (
     seal_control,
     sealed_task_id,
 )
+from ..worker.bootstrap import EXIT_ENVIRONMENT
+from . import scratch
 from .work import MapRun, SubmitItem, Task, rebuild_exception, span
 
 __all__ = ["Job", "MapRun", "rebuild_exception"]

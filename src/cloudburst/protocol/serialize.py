@@ -42,8 +42,8 @@ from typing import Any, ClassVar, TypeVar
 
 import cloudpickle
 
-from .backends.base import Store
-from .errors import PayloadAuthenticationError, PicklingError, UnpicklingError
+from ..backends.base import Store
+from ..errors import PayloadAuthenticationError, PicklingError, UnpicklingError
 
 __all__ = [
     "BlobRef",

@@ -14,9 +14,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RemoteError
-from .serialize import BlobRef
-from .task import Columns, ItemError
+from ..errors import RemoteError
+from ..protocol.serialize import BlobRef
+from ..protocol.task import Columns, ItemError
 
 __all__ = ["MapRun", "SubmitItem", "Task", "rebuild_exception", "span"]
 
@@ -121,7 +121,7 @@ class Task:
 
 def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
     """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
-    from .remote_exceptions import restore_exception
+    from ..protocol.remote_exceptions import restore_exception
 
     try:
         exc = restore_exception(error.pickled, error.type_name, error.message, error.traceback)

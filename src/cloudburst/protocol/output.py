@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import cloudpickle
 
-from .progress import above_progress
+from ..core.progress import above_progress
 
 __all__ = ["Capture", "replay"]
 

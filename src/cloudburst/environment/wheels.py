@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
-from .environment import Snapshot, _canonical, index_logins
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from .snapshot import Snapshot, _canonical, index_logins
 
 __all__ = ["PYPI", "arm64_platforms", "missing_arm64_wheels", "require_arm64_wheels"]
 
@@ -62,7 +62,7 @@ def _pure_here(name: str, version: str) -> bool:
 
 
 def _cache_file() -> Path:
-    from .userconfig import cache_dir
+    from ..config.userconfig import cache_dir
 
     return cache_dir() / "arm64-wheels.json"
 

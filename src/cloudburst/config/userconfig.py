@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import parse_memory
-from .errors import ConfigurationError, UnknownParameterError
+from ..errors import ConfigurationError, UnknownParameterError
+from .options import parse_memory
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,7 +95,7 @@ def number(low: float, high: float, *, whole: bool = False) -> Callable[[str, ob
 
 def fargate_cpu(name: str, value: object) -> float:
     """A Fargate worker size in vCPUs (0.25, 0.5, 1, 2, 4, 8 or 16)."""
-    from .backends.aws.sizes import VALID_SIZES  # no boto3: the table of sizes only
+    from ..backends.aws.sizes import VALID_SIZES
 
     valid = [units / 1024 for units in VALID_SIZES]
     try:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import ConfigurationError, UnknownParameterError
+from ..errors import ConfigurationError, UnknownParameterError
 
 __all__ = [
     "ExecutorOptions",

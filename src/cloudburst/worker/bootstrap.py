@@ -11,7 +11,7 @@ neither cloudburst nor your packages. ECS runs this file's source as
 ``CLOUDBURST_BUNDLE`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
 the client's own hash of the bundle it built, part of the task definition it
 registers, so a bundle that was changed after upload is refused (whatever the
-object's metadata says). The uv and boto3 pins (``cloudburst.pins``) are written
+object's metadata says). The uv and boto3 pins (``cloudburst.environment.pins``) are written
 into this source by ``script()``, which is what the task definition runs.
 Index logins, when the snapshot needs them, arrive as
 ``CLOUDBURST_NETRC`` from an encrypted parameter (an ECS secret) and are
@@ -31,7 +31,7 @@ import zipfile
 from typing import Any
 
 #: requirements files (``name==version --hash=sha256:...``) for uv and for boto3 with its dependencies:
-#: empty here, filled in from ``cloudburst.pins`` by ``script()``
+#: empty here, filled in from ``cloudburst.environment.pins`` by ``script()``
 UV_PINS = ""
 BOTO3_PINS = ""
 #: the exit code of an environment that cannot be installed (sysexits' EX_CONFIG): the client stops
@@ -65,7 +65,7 @@ def script() -> str:
     (Called by the client, where cloudburst is installed; the container needs the standard library only.)"""
     from pathlib import Path
 
-    from . import pins
+    from ..environment import pins
 
     source = Path(__file__).read_text(encoding="utf-8")
     for name, text in (

@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 __all__ = [
     "PLATFORM_ONLY",
@@ -235,7 +235,7 @@ def _require_https(urls: list[str], credentials: dict[str, tuple[str, str]]) -> 
     in clear, from every worker. A loopback host is the one exception: nothing crosses a network."""
     import ipaddress
 
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     for url in urls:
         parts = urllib.parse.urlsplit(url)
@@ -252,7 +252,7 @@ def _require_https(urls: list[str], credentials: dict[str, tuple[str, str]]) -> 
 
 
 def _netrc_line(host: str, user: str, secret: str) -> str:
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     for value in (user, secret):
         if any(c.isspace() or c in "\"'#" for c in value):
@@ -371,7 +371,7 @@ def _file_path(url: str) -> str:
 
 def _refuse_logins_in(requirement: str, where: str) -> None:
     """A login inside a requirement's URL would be copied into the image: refuse it, saying what to do."""
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     for url in re.findall(r"[a-z+]+://\S+", requirement):
         parts = urllib.parse.urlsplit(url.removeprefix("git+"))
@@ -548,7 +548,7 @@ def _from_file(
             if include in seen:
                 continue
             if not include.is_file():
-                from .errors import ConfigurationError
+                from ..errors import ConfigurationError
 
                 raise ConfigurationError(f"{path} includes {value} (-r), which does not exist: fix the path")
             _from_file(include, found, seen | {path}, arch=arch)
@@ -687,11 +687,11 @@ def _hash_note(
 def base_image(python: str) -> str:
     """The official slim image, on a named Debian release: its glibc (2.36) is what the ARM64 check assumes.
     Built images start from it; ``image="python"`` workers run it as it is. Named by its digest
-    (``cloudburst.pins``), so a re-pushed tag is never pulled."""
+    (``cloudburst.environment.pins``), so a re-pushed tag is never pulled."""
     from .pins import BASE_IMAGES
 
     if python not in BASE_IMAGES:
-        from .errors import ConfigurationError
+        from ..errors import ConfigurationError
 
         raise ConfigurationError(
             f"cloudburst has no pinned digest of the python:{python}-slim-bookworm image workers would start from: "
@@ -738,7 +738,7 @@ def dockerfile(snap: Snapshot) -> str:
         lines.append(
             "RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*"
         )
-    lines += [  # uv pinned by version and hash (cloudburst.pins)
+    lines += [  # uv pinned by version and hash (cloudburst.environment.pins)
         "COPY uv-requirements.txt /cloudburst/uv-requirements.txt",
         "RUN pip install --no-cache-dir --no-deps --require-hashes -r /cloudburst/uv-requirements.txt",
         "COPY requirements.txt /cloudburst/requirements.txt",
@@ -763,7 +763,7 @@ def build_wheel(path: str, out: Path, *, arch: str = "x86_64") -> None:
     import shutil
     import subprocess
 
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     before = set(out.glob("*.whl"))
     if Path(path).is_file() and path.endswith(".whl"):
@@ -800,7 +800,7 @@ def _check_platform(path: str, wheels: set[Path], arch: str) -> None:
     """Refuse a local wheel with compiled code for another platform than the workers' (Linux, ``arch``)."""
     from packaging.utils import parse_wheel_filename
 
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     machine = "aarch64" if arch == "arm64" else "x86_64"
     for wheel in wheels:

@@ -29,13 +29,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import memlimit, scratch
-from .backends import get_backend
-from .backends.base import WorkerExit
-from .backends.local import describe_exit
-from .serialize import job_tag
-from .task import DIED, encode
-from .worker import OOM_EXIT_CODE, REASON_PREFIX, Worker, worker_id
+from ..backends import get_backend
+from ..backends.base import WorkerExit
+from ..backends.local import describe_exit
+from ..core import scratch
+from ..protocol.serialize import job_tag
+from ..protocol.task import DIED, encode
+from . import memlimit
+from .loop import OOM_EXIT_CODE, REASON_PREFIX, Worker, worker_id
 
 __all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
 

@@ -48,11 +48,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .errors import PayloadAuthenticationError
+from ..errors import PayloadAuthenticationError
 from .serialize import BlobRef, Packed, pickled_as_call, seal, unseal
 
 if TYPE_CHECKING:
-    from .backends.base import Queue
+    from ..backends.base import Queue
 
 __all__ = [
     "CLIENT_MEMORY",

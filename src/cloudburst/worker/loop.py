@@ -45,10 +45,12 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from . import memlimit, scratch, seeds
-from .backends import get_backend
-from .backends.base import Message, WorkerSide
-from .errors import (
+from .. import seeds
+from ..backends import get_backend
+from ..backends.base import Message, WorkerSide
+from ..core import scratch
+from ..core.work import span
+from ..errors import (
     CloudError,
     PayloadAuthenticationError,
     PicklingError,
@@ -56,9 +58,9 @@ from .errors import (
     UnpicklingError,
     WorkerDiedError,
 )
-from .output import Capture
-from .serialize import Packer, Unpacker, describe, job_tag
-from .task import (
+from ..protocol.output import Capture
+from ..protocol.serialize import Packer, Unpacker, describe, job_tag
+from ..protocol.task import (
     REJECTED,
     RESULT,
     STARTED,
@@ -73,7 +75,7 @@ from .task import (
     open_control,
     open_message,
 )
-from .work import span
+from . import memlimit
 
 __all__ = ["Worker", "item_error", "main"]
 
@@ -83,8 +85,8 @@ OOM_EXIT_CODE = 137
 
 def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
     """Describe an exception for the trip back: pickled so that it loads as its own type when it can be
-    (see :mod:`cloudburst.remote_exceptions`), and always its type's name, message and traceback as text."""
-    from .remote_exceptions import pickle_exception
+    (see :mod:`cloudburst.protocol.remote_exceptions`), and always its type's name, message and traceback as text."""
+    from ..protocol.remote_exceptions import pickle_exception
 
     tb = exc.__traceback__
     for _ in range(skip_frames):

@@ -1,0 +1,1 @@
+"""Settings: the options a user passes, checked, and the user's persisted configuration."""

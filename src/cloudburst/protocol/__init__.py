@@ -1,0 +1,1 @@
+"""What client and workers say to each other: messages, sealing, serialization, captured output."""
