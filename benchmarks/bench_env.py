@@ -33,8 +33,8 @@ from pathlib import Path
 
 import cloudburst as cb
 from bench_fargate import row, table, timed
-from cloudburst import userconfig
 from cloudburst.backends.aws.images import ensure_image
+from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator, network_env
 from cloudburst.environment.snapshot import Snapshot
 

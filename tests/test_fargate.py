@@ -146,7 +146,7 @@ def test_missing_setup_says_to_run_setup(emulator: Emulator, monkeypatch: pytest
 def test_without_an_image_this_environments_image_is_found_or_built(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloudburst import userconfig
+    from cloudburst.config import userconfig
     from cloudburst.environment.snapshot import snapshot, tag
 
     monkeypatch.setenv("CLOUDBURST_IMAGE", "")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import cloudburst
-from cloudburst import userconfig
+from cloudburst.config import userconfig
 from cloudburst.config.options import parse_memory
 from cloudburst.core.words import plural
 from cloudburst.detached import jobs_dir

@@ -15,7 +15,6 @@ from pathlib import Path
 import boto3
 import pytest
 
-from cloudburst import userconfig
 from cloudburst.backends.aws.images import (
     BUILD_PROJECT,
     docker_engine,
@@ -25,6 +24,7 @@ from cloudburst.backends.aws.images import (
     list_images,
     store_index_credentials,
 )
+from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator
 from cloudburst.environment.snapshot import Snapshot, base_image, index_credentials, snapshot, tag
 

@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 import cloudburst
-from cloudburst import userconfig
 from cloudburst.backends.aws.policies import Names, boundary_policy, build_policy, worker_policy
 from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
 from cloudburst.cli import main
+from cloudburst.config import userconfig
 from cloudburst.emulator import EMULATED_IMAGE
 from cloudburst.errors import CloudError
 

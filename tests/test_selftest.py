@@ -130,7 +130,7 @@ def test_clean_up_check_names_each_leftover(emulator: Emulator) -> None:
 
 
 def test_image_digest_comes_from_the_reference_ecs_or_ecr(emulator: Emulator) -> None:
-    from cloudburst import userconfig
+    from cloudburst.config import userconfig
 
     digest = "sha256:" + "a" * 64
     assert st.image_digest(f"example.com/app@{digest}", {}, emulator.region, None) == digest

@@ -16,9 +16,9 @@ import boto3
 import pytest
 
 import cloudburst
-from cloudburst import userconfig
 from cloudburst.backends.aws import clients
 from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
+from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator
 
 from .conftest import SETUP_REGIONS, fresh_region_fixture

@@ -19,11 +19,11 @@ import boto3
 import botocore.awsrequest
 import pytest
 
-from cloudburst import userconfig
 from cloudburst.backends.aws import clients, ops
 from cloudburst.backends.aws.images import list_bundles, prune_bundles
 from cloudburst.backends.aws.setup import Report, doctor, setup, teardown
 from cloudburst.backends.aws.store import S3Store
+from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator
 from cloudburst.errors import CloudError
 
@@ -312,7 +312,7 @@ def test_what_clients_workers_and_supervisors_write_is_in_private_folders(emulat
     import tempfile
 
     import cloudburst
-    from cloudburst import scratch
+    from cloudburst.core import scratch
 
     # A Fargate worker with cpu=2 runs a supervisor of two processes (their logs are files); plus a local worker.
     with cloudburst.Executor(backend="fargate", workers=1, cpu=2, local_workers=1) as ex:

@@ -25,8 +25,8 @@ GONE = 120.0  # seconds: SQS lists a deleted queue for up to 60 s
 @pytest.fixture(scope="session")
 def live_aws() -> Iterator[dict[str, Any]]:
     """The account named by CLOUDBURST_TEST_AWS_PROFILE, set up for the session and torn down after it."""
-    from cloudburst import userconfig
     from cloudburst.backends.aws.setup import setup, teardown
+    from cloudburst.config import userconfig
 
     profile = os.environ.get(LIVE_AWS_PROFILE)
     if not profile:
