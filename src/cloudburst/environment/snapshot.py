@@ -828,6 +828,6 @@ def build_context(snap: Snapshot, folder: Path, *, arch: str = "x86_64") -> Path
         wheels.mkdir(exist_ok=True)
         for path in snap.local:
             build_wheel(path, wheels, arch=arch)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # cloudburst itself, this module's package's parent
     shutil.copytree(package, folder / "cloudburst", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return folder
