@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -16,6 +15,7 @@ from .config.options import ExecutorOptions, check_known
 from .core.job import Job, MapRun
 from .core.progress import Progress, wanted
 from .errors import ConfigurationError, CostLimitExceeded
+from .log import say
 from .protocol.task import Columns
 
 __all__ = ["Executor", "map"]
@@ -164,10 +164,9 @@ class Executor(_StdExecutor):
 
         record = self._job.detach()
         save_record(record)
-        print(
-            f"cloudburst: job {self.job_id} runs detached ({record['items']:,} items); collect its results with "
-            f"cloudburst.attach({self.job_id!r}).results() — `cloudburst jobs` lists detached jobs",
-            file=sys.stderr,
+        say(
+            f"job {self.job_id} runs detached ({record['items']:,} items); collect its results with "
+            f"cloudburst.attach({self.job_id!r}).results() — `cloudburst jobs` lists detached jobs"
         )
         self._close()
 

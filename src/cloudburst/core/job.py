@@ -23,7 +23,6 @@ import itertools
 import logging
 import math
 import secrets
-import sys
 import threading
 import time
 import uuid
@@ -47,6 +46,7 @@ from ..errors import (
     UnpicklingError,
     WorkerDiedError,
 )
+from ..log import say
 from ..protocol.output import replay
 from ..protocol.serialize import BlobRef, Packed, Packer, Unpacker, describe, job_tag
 from ..protocol.task import (
@@ -495,7 +495,7 @@ class Job:
         if count > MAX_FORGED_MESSAGES:
             log.debug("cloudburst: %s", detail)
             return
-        _say(
+        say(
             f"a message on the job's {queue} queue failed its check and was dropped unread ({detail}); "
             f"{count} so far, the job stops at {MAX_FORGED_MESSAGES}"
         )
@@ -710,7 +710,7 @@ class Job:
         cost = self.backend.cost(self.resources)
         if alert and cost >= alert and not self._alerted:
             self._alerted = True
-            print(f"cloudburst: this job has cost ${cost:.2f}, past cost_alert_threshold=${alert:g}", file=sys.stderr)
+            say(f"cloudburst: this job has cost ${cost:.2f}, past cost_alert_threshold=${alert:g}")
         # What is running now bills at least another minute: stop before that would pass the limit.
         projected = cost + self.backend.hourly_cost(self.resources.launcher.running()) / 60
         if limit and projected >= limit and not self._over_budget:
@@ -722,7 +722,7 @@ class Job:
                 cost=cost,
                 limit=limit,
             )
-            _say(str(exc))
+            say(str(exc))
             self._break(exc)
 
     def cost(self) -> float:
@@ -807,9 +807,9 @@ class Job:
         if exit_.exit_code == 0 and not victims:
             return  # retired cleanly (idle, or the job ended): not a crash
         if victims:
-            _say(f"worker {dead} died ({exit_.reason}) while running item(s) {_spans(victims)}; {self._fate(victims)}")
+            say(f"worker {dead} died ({exit_.reason}) while running item(s) {_spans(victims)}; {self._fate(victims)}")
         elif replaced and startup_failures < _MAX_STARTUP_FAILURES:
-            _say(f"worker {dead} stopped ({exit_.reason}); starting another in its place")
+            say(f"worker {dead} stopped ({exit_.reason}); starting another in its place")
         if startup_failures >= _MAX_STARTUP_FAILURES:
             tail = "\n".join(exit_.log_tail.strip().splitlines()[-10:])
             if exit_.exit_code == EXIT_ENVIRONMENT:
@@ -1067,11 +1067,6 @@ def _machine_and_worker(worker_id: str) -> set[str]:
 
 def _spans(tasks: Sequence[Task]) -> str:
     return ", ".join(span(t.labels) for t in tasks)
-
-
-def _say(message: str) -> None:
-    """What cloudburst tells the user about its own work."""
-    print(f"cloudburst: {message}", file=sys.stderr)
 
 
 def _indices(indices: Sequence[int]) -> list[int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import logging
 import os
 import shutil
 import stat
@@ -68,7 +69,7 @@ def root() -> Path:
         pass
     info = os.lstat(base)
     if not (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077):
-        print(f"cloudburst: {base} is not a private folder of this user; not using it", file=sys.stderr)
+        logging.getLogger("cloudburst").warning(f"{base} is not a private folder of this user; not using it")
         base = Path(tempfile.mkdtemp(prefix=f"cloudburst-{os.geteuid()}-"))
     _root.append(base)
     return base
@@ -194,7 +195,7 @@ def _start_reaper(folder: Path) -> None:
             start_new_session=True,
         )
     except OSError as exc:
-        print(f"cloudburst: no cleanup process for {folder} ({exc}); a later run removes it", file=sys.stderr)
+        logging.getLogger("cloudburst").warning(f"no cleanup process for {folder} ({exc}); a later run removes it")
         return
     _reapers.append(proc)  # its stdin, the pipe's writing end, stays open until this process ends
 

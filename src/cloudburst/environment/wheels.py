@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import ConfigurationError
+from ..log import say
 from .snapshot import Snapshot, _canonical, index_logins
 
 __all__ = ["PYPI", "arm64_platforms", "missing_arm64_wheels", "require_arm64_wheels"]
@@ -163,7 +163,7 @@ def require_arm64_wheels(snap: Snapshot) -> None:
     """Refuse ``arch='arm64'`` before anything is built or launched when a package has no ARM64 wheel."""
     missing, notes = missing_arm64_wheels(snap)
     for note in notes:
-        print(f"cloudburst: {note}", file=sys.stderr)
+        say(f"cloudburst: {note}")
     if missing:
         shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
         raise ConfigurationError(

@@ -38,6 +38,7 @@ from ...config.options import ExecutorOptions
 from ...core import scratch
 from ...core.words import plural
 from ...errors import CloudError
+from ...log import say, warn
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
@@ -158,7 +159,7 @@ def _delete_key(region: str | None, profile: str | None, name: str) -> None:
         client("ssm", region, profile).delete_parameter(Name=name)
     except Exception as exc:
         if error_code(exc) != "ParameterNotFound":
-            print(f"cloudburst: could not delete the job key parameter {name}: {exc}", file=sys.stderr)
+            warn(f"cloudburst: could not delete the job key parameter {name}: {exc}")
 
 
 def _environment(settings: FargateSettings) -> tuple[str, str, str]:
@@ -173,7 +174,7 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
     from .images import ensure_bundle, ensure_image, store_index_credentials
 
     def echo(line: str) -> None:
-        print(line, file=sys.stderr)
+        say(line)
 
     snap = snapshot(settings.requirements or None, arch=settings.arch)
     if settings.arch == "arm64":
@@ -381,7 +382,7 @@ class FargateLauncher:
     # ------------------------------------------------------------------ contract
     def start(self, count: int) -> list[str]:
         if self.announce is not None and count > 0:
-            print(self.announce(count), file=sys.stderr)
+            say(self.announce(count))
             self.announce = None
         started: list[str] = []
         while count > 0 and time.monotonic() >= self._not_before and not self._closed:
@@ -409,7 +410,7 @@ class FargateLauncher:
                 self._ecs.stop_task(cluster=self.settings.cluster, task=task_id, reason="cloudburst: the job ended")
             except Exception as exc:  # already gone, or the cluster is: nothing left to stop
                 if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
-                    print(f"cloudburst: could not stop worker {task_id}: {exc}", file=sys.stderr)
+                    warn(f"cloudburst: could not stop worker {task_id}: {exc}")
         if self.local is not None and (worker_ids is None or any(w.startswith("local-") for w in worker_ids)):
             self.local.stop(None if worker_ids is None else [w for w in worker_ids if w.startswith("local-")])
 
@@ -456,7 +457,7 @@ class FargateLauncher:
             for page in pages:
                 found.update(str(arn).rsplit("/", 1)[-1] for arn in page.get("taskArns", []))
         except Exception as exc:
-            print(f"cloudburst: could not list the job's workers: {exc}", file=sys.stderr)
+            warn(f"cloudburst: could not list the job's workers: {exc}")
         return found
 
     def stopped_ids(self) -> set[str]:
@@ -526,7 +527,7 @@ class FargateLauncher:
         self._not_before = time.monotonic() + delay
         line = f"cloudburst: {problem}; trying again in {delay:.0f} s"
         self.notices.append(line)
-        print(line, file=sys.stderr)
+        say(line)
 
     def _log_tail(self, task_id: str, lines: int = 30) -> str:
         try:
@@ -590,7 +591,7 @@ class FargateBackend(Backend):
             return workers  # Service Quotas not readable: launches that hit the limit back off
         fits, line = fit_workers(quota, workers, self.cpu_units / 1024, on_short=str(lookup("on_quota_short").value))
         if line:
-            print(line, file=sys.stderr)
+            say(line)
             wanted = math.ceil((quota.in_use + workers * self.cpu_units / 1024) * 1.2)  # 20% headroom
             ask = bool(lookup("auto_quota_request").value) or (
                 sys.stdin.isatty()
@@ -599,7 +600,7 @@ class FargateBackend(Backend):
             )
             if ask and not pending_requests(s.region, s.profile):
                 request_increase(s.region, s.profile, spot=s.spot, value=wanted)
-                print(f"cloudburst: asked AWS to raise the {quota.name} quota to {wanted} vCPUs", file=sys.stderr)
+                say(f"cloudburst: asked AWS to raise the {quota.name} quota to {wanted} vCPUs")
         return fits
 
     @classmethod
@@ -853,7 +854,7 @@ class FargateBackend(Backend):
             for task_id in live
         ]
         lines.append(f"They stop after idle_timeout ({self.idle_timeout:g} s); `cloudburst cleanup` removes the job.")
-        print("\n".join(lines), file=sys.stderr)
+        say("\n".join(lines))
 
     @classmethod
     def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:

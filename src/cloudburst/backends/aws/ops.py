@@ -13,13 +13,13 @@ runs ``cleanup``.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import PayloadAuthenticationError
+from ...log import warn
 from ...protocol.serialize import job_tag
 from ...protocol.task import open_control
 from .clients import client, error_code
@@ -126,7 +126,7 @@ def _read_state(s3: Any, ssm: Any, bucket: str, job_id: str, key_name: str) -> d
     try:
         return open_control(bytes.fromhex(key), "state", data, job=job_tag(job_id))  # the key was found by tag
     except (PayloadAuthenticationError, ValueError) as exc:
-        print(f"cloudburst: job {job_id[:12]}: ignored its control record: {exc}", file=sys.stderr)
+        warn(f"cloudburst: job {job_id[:12]}: ignored its control record: {exc}")
         return None
 
 
@@ -143,7 +143,7 @@ def _job_keys(ssm: Any) -> Iterator[tuple[str, str, float]]:
                     age = time.time() - modified.timestamp() if modified is not None else 0.0
                     yield parameter["Name"], job_id, max(0.0, age)
     except Exception as exc:
-        print(f"cloudburst: could not list job keys: {exc}", file=sys.stderr)
+        warn(f"cloudburst: could not list job keys: {exc}")
 
 
 def _queue_tags(sqs: Any, url: str) -> dict[str, str]:
