@@ -41,7 +41,7 @@ def fail_on(x: int, bad: int) -> int:
 def talk(x: int) -> int:
     print(f"hello from {x}")
     print(f"to stderr {x}", file=sys.stderr)
-    logging.getLogger("cloudburst.tests").warning("log record %d", x)
+    logging.getLogger("a_users_module").warning("log record %d", x)
     warnings.warn(f"careful with {x}", RuntimeWarning, stacklevel=1)
     return x
 
@@ -320,14 +320,14 @@ def test_large_results(executor: cloudburst.Executor) -> None:
 def test_output_logging_and_warnings_are_relayed(
     executor: cloudburst.Executor, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="cloudburst.tests")
+    caplog.set_level(logging.WARNING, logger="a_users_module")
     with pytest.warns(RuntimeWarning, match=r"\[item 1\] careful with 1"):
         assert list(executor.map(talk, [0, 1])) == [0, 1]
     captured = capsys.readouterr()
     assert "[item 0] hello from 0" in captured.out
     assert "[item 1] hello from 1" in captured.out
     assert "[item 1] to stderr 1" in captured.err
-    messages = [r.getMessage() for r in caplog.records if r.name == "cloudburst.tests"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "a_users_module"]
     assert "[item 0] log record 0" in messages and "[item 1] log record 1" in messages
 
 

@@ -8,7 +8,8 @@
 
 By default one handler writes each message as a line, ``cloudburst: ...``, to whatever ``sys.stderr``
 is when it is written (a notebook's, a test's capture), as cloudburst always has. The logger does not
-pass messages on to the root logger, so a program that configures logging sees no line twice;
+pass messages on to the root logger, so a program that configures logging sees no line twice (the
+``cloudburst`` logger and those below it are cloudburst's own: a task's loggers have other names);
 replace the handler (``logger.handlers[:] = [...]``) to send them elsewhere. Progress bars and the
 output of tasks, relayed from workers, do not go through it.
 
