@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clients import client, error_code
+from .policies import job_role_name
 
 __all__ = ["Check", "Report", "image_digest", "say_hello", "selftest", "try_read_key"]
 
@@ -318,7 +319,7 @@ def _leftovers(run: _Run, job_id: str) -> list[str]:
     if s3.list_objects_v2(Bucket=run.bucket, Prefix=f"jobs/{job_id}/", MaxKeys=1).get("KeyCount"):
         left.append(f"s3://{run.bucket}/jobs/{job_id}/")
     try:
-        client("iam", run.region, run.profile).get_role(RoleName=f"cloudburst-job-{job_id}")
+        client("iam", run.region, run.profile).get_role(RoleName=job_role_name(job_id))
         left.append("job role")
     except Exception as exc:
         if error_code(exc) != "NoSuchEntity":
