@@ -29,6 +29,7 @@ __all__ = [
 # name -> ("module:attribute", install hint)
 _REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("cloudburst.backends.local:LocalBackend", ""),
+    "inline": ("cloudburst.backends.inline:InlineBackend", ""),
     "fargate": (
         "cloudburst.backends.aws.fargate:FargateBackend",
         "install the AWS extra: pip install 'cloudburst[aws]'",

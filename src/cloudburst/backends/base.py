@@ -13,6 +13,37 @@ A queue that lives in the client's process may offer more: ``Subscribable``
 A ``Backend`` builds them for one job on the client side (``open_job``) and
 again inside a worker (``connect_worker``) from the environment the launcher
 gave it. The core never asks which backend it is talking to.
+
+The contract (each rule is repeated where it applies; ``cloudburst.testing.BackendContract``
+checks them; ``docs/backends.md`` shows how to write a backend):
+
+* **Errors.** ``Store.get`` and ``Store.get_file`` raise ``FileNotFoundError`` for a missing key: the
+  worker reads "no control record" and "no cancel marker" that way. Any other failure raises; the core
+  waits out and retries only what ``Backend.is_transient(exc)`` calls transient (throttling, a 5xx, a
+  dropped connection), and fails the work for anything else. Inside a worker, a queue whose job was
+  deleted raises ``EOFError``/``ConnectionError`` (or a ``CloudError`` whose code says the queue or
+  bucket does not exist): the worker takes that as "the job ended" and exits 0.
+* **Leases, at least once.** ``receive`` leases each message for ``Backend.lease_seconds``; a message
+  not acknowledged before its lease ends is delivered again, its ``receive_count`` one higher. Workers
+  extend the leases of running tasks every ``lease_seconds / 3``. ``extend(receipts, 0)`` releases a
+  lease now: the core does it for the tasks of a worker that died, so they run again at once. ``ack``
+  and ``extend`` ignore receipts that are unknown, acknowledged or expired (both are idempotent).
+  Duplicates are allowed (the core drops copies by message id); losing a message is not.
+* **Worker ids.** ``Launcher.start`` returns ids unique within the job and never reused, without a
+  ``.``; the worker learns its own from ``CLOUDBURST_WORKER_ID`` (or ``WorkerSide.extra["worker_id"]``)
+  and it must equal the launcher's, since the core matches task reports to exits by it. A worker with
+  several slots (``tasks_per_worker > 1``) runs a supervisor whose child workers are ``<id>.<k>``; the
+  core treats ``<id>`` as their machine: the launcher reports the machine's exit, the supervisor
+  reports each child's death on the results queue, and a machine's exit blames its children's tasks.
+* **Why a worker stopped.** ``Launcher.poll`` reports each stopped worker once, as a ``WorkerExit``:
+  ``exit_code`` (0: it retired, idle or because the job ended: not a death; negative: killed by that
+  signal; 137: out of memory; 78: its environment could not be installed), a one-line ``reason`` (the
+  last ``EXIT_REASON_PREFIX`` line of the worker's output when there is one, see ``reason_in_log``),
+  the tail of its output (``log_tail``; it holds ``READY_LINE`` once the worker connected: a worker
+  without it that exits non-zero is a start-up failure, and three in a row stop the job) and
+  ``interrupted`` (stopped from outside: not the worker's fault).
+* **Capacity.** ``workers`` workers at most run at once, each running ``tasks_per_worker`` tasks;
+  ``slots`` is their product. The core keeps about ``2 * slots`` tasks queued and cuts chunks from it.
 """
 
 from __future__ import annotations
@@ -37,24 +68,42 @@ __all__ = [
     "Subscribable",
     "WorkerExit",
     "WorkerSide",
+    "reason_in_log",
 ]
 
 
 @runtime_checkable
 class Store(Protocol):
-    """Blobs by key. Keys are ``/``-separated paths below the job's prefix."""
+    """Blobs by key. Keys are ``/``-separated paths below the job's prefix.
 
-    def put(self, key: str, data: bytes | memoryview) -> None: ...
+    The core writes content-addressed blobs (arguments, functions, big results) and sealed control
+    records (``control/state``, ``control/cancelled/<task id>``) that it overwrites while workers read
+    them. Every method may be called from several threads at once.
+    """
 
-    def get(self, key: str) -> bytes: ...
-
-    def get_file(self, key: str, cache_dir: Path) -> Path:
-        """A local file holding the blob (downloaded into ``cache_dir`` if need be)."""
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store ``data`` under ``key``, replacing what was there. Atomic: a reader sees the old blob or
+        the whole new one, never part of it."""
         ...
 
-    def exists(self, key: str) -> bool: ...
+    def get(self, key: str) -> bytes:
+        """The blob under ``key``. Raises ``FileNotFoundError`` when there is none (not a backend error)."""
+        ...
 
-    def delete_prefix(self, prefix: str) -> None: ...
+    def get_file(self, key: str, cache_dir: Path) -> Path:
+        """A local file holding the blob (downloaded into ``cache_dir`` if need be). The caller only reads
+        it. Raises ``FileNotFoundError`` when there is no such blob."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether a blob is stored under ``key`` (the core skips uploading what exists). Never raises
+        for a missing key."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every blob whose key starts with ``prefix`` (``""``: all of the job's). Deleting what is
+        not there is not an error."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +117,37 @@ class Message:
 
 @runtime_checkable
 class Queue(Protocol):
-    """At-least-once delivery with leases: an unacknowledged message comes back when its lease ends."""
+    """At-least-once delivery with leases: an unacknowledged message comes back when its lease ends.
 
-    def send_batch(self, bodies: Sequence[bytes]) -> None: ...
+    Bodies are opaque bytes (sealed by the core) and must arrive byte for byte. Order is roughly
+    first in, first out; nothing depends on it. One queue object is shared by several threads (the
+    client's dispatcher and collector; a worker's loop and its lease keeper).
+    """
 
-    def receive(self, max_messages: int, wait: float) -> list[Message]: ...
+    def send_batch(self, bodies: Sequence[bytes]) -> None:
+        """Queue every body (any number; the queue splits them into batches it can carry). Each is at
+        most ``Backend.max_message_bytes``. Raises when a body could not be queued."""
+        ...
 
-    def ack(self, receipts: Sequence[str]) -> None: ...
+    def receive(self, max_messages: int, wait: float) -> list[Message]:
+        """Lease up to ``max_messages`` waiting messages, waiting up to ``wait`` seconds for the first
+        (``[]`` when none came). Each is leased for ``Backend.lease_seconds``; ``receive_count`` is 1 on
+        the first delivery and one more on each redelivery."""
+        ...
 
-    def extend(self, receipts: Sequence[str], seconds: float) -> None: ...
+    def ack(self, receipts: Sequence[str]) -> None:
+        """Delete the messages for good. Idempotent: unknown, expired or acknowledged receipts are
+        ignored, and so is an empty list."""
+        ...
 
-    def purge(self) -> None: ...
+    def extend(self, receipts: Sequence[str], seconds: float) -> None:
+        """End these leases ``seconds`` from now. ``seconds=0`` releases them: the messages are delivered
+        again at once. Receipts no longer leased are ignored."""
+        ...
+
+    def purge(self) -> None:
+        """Drop every message waiting for delivery (leased ones may be kept)."""
+        ...
 
 
 @runtime_checkable
@@ -103,11 +172,25 @@ class LeaseReporting(Protocol):
 
 #: what a worker writes to its output once it has connected to its job (``cloudburst.worker.loop.main``)
 READY_LINE = ": started for job "
+#: a worker's last line before it exits on purpose says why: ``cloudburst-worker: exit reason: idle for 60 s``
+EXIT_REASON_PREFIX = "cloudburst-worker: exit reason: "
+
+
+def reason_in_log(log_tail: str) -> str | None:
+    """The reason a worker gave for exiting (its last ``EXIT_REASON_PREFIX`` line), or None when it gave
+    none (then a launcher describes the exit code, e.g. "killed by SIGKILL")."""
+    for line in reversed(log_tail.splitlines()):
+        if line.startswith(EXIT_REASON_PREFIX):
+            return line[len(EXIT_REASON_PREFIX) :]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerExit:
-    """A worker that stopped. ``exit_code`` follows subprocess: negative means killed by that signal."""
+    """A worker that stopped. ``exit_code`` follows subprocess: negative means killed by that signal, 0
+    that it retired on its own (idle, or the job ended), None that nobody knows. ``reason`` is one line
+    for people; ``log_tail`` the end of its output (about 2,000 characters), holding ``READY_LINE`` if the
+    worker had connected to its job."""
 
     worker_id: str
     exit_code: int | None
@@ -125,17 +208,32 @@ class WorkerExit:
 
 @runtime_checkable
 class Launcher(Protocol):
-    """Starts and stops workers and reports the ones that stopped."""
+    """Starts and stops workers and reports the ones that stopped.
 
-    def start(self, count: int) -> list[str]: ...
+    Each worker runs ``python -m cloudburst.worker`` (or the loop in another form) with the environment
+    ``open_job`` was given, plus ``CLOUDBURST_BACKEND`` (``Backend.import_path()``), its
+    ``CLOUDBURST_WORKER_ID`` and whatever ``connect_worker`` reads.
+    """
 
-    def stop(self, worker_ids: Sequence[str] | None = None) -> None: ...
-
-    def poll(self) -> list[WorkerExit]:
-        """Workers that stopped since the last call."""
+    def start(self, count: int) -> list[str]:
+        """Start ``count`` workers (or fewer, when a quota says no) and return their ids: unique within
+        the job, never reused, without a ``.`` (``parent.k`` names a child of a multi-slot worker)."""
         ...
 
-    def running(self) -> int: ...
+    def stop(self, worker_ids: Sequence[str] | None = None) -> None:
+        """Stop these workers (None: all of them; the job is ending). Stopping a stopped worker is not an
+        error. Stopped workers are still reported by ``poll``."""
+        ...
+
+    def poll(self) -> list[WorkerExit]:
+        """Workers that stopped since the last call, each reported exactly once. Called about every
+        0.2 s by the client: cheap, or rate-limited inside."""
+        ...
+
+    def running(self) -> int:
+        """Workers started and not yet reported stopped (starting ones included: the core starts
+        ``wanted - running()`` more)."""
+        ...
 
 
 @dataclass
@@ -155,7 +253,8 @@ class JobResources:
 
 @dataclass
 class WorkerSide:
-    """What a worker uses; built from its environment by ``Backend.connect_worker``."""
+    """What a worker uses; built from its environment by ``Backend.connect_worker``. ``parent_pid``: the
+    worker exits when that process is gone (None: it does not look)."""
 
     store: Store
     tasks: Queue
@@ -165,7 +264,13 @@ class WorkerSide:
 
 
 class Backend(abc.ABC):
-    """A named bundle of Store + Queue + Launcher."""
+    """A named bundle of Store + Queue + Launcher.
+
+    Registered by name with ``cloudburst.backends.register`` (or the ``cloudburst.backends`` entry
+    point); a worker loads it again by ``import_path()``. One instance serves one job in the client.
+    Errors its store, queues and launcher raise are retried by the core only when ``is_transient``
+    says they are worth waiting out.
+    """
 
     name: ClassVar[str]
     #: backend-specific parameters accepted by Executor(...)
@@ -191,16 +296,32 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
-        """Create the job's store prefix, queues and launcher."""
+        """Create the job's store prefix, queues and launcher; start no worker (the core does).
+
+        ``worker_env`` holds the ``CLOUDBURST_*`` variables the worker loop reads (job id and key,
+        lease, idle and client timeouts, control period) and the user's ``env``: every worker gets it,
+        with ``CLOUDBURST_BACKEND``, ``CLOUDBURST_WORKER_ID`` and what ``connect_worker`` needs. The key
+        is secret: it reaches workers by a private channel (their environment; a secret store). Optional
+        variables a worker honours: ``CLOUDBURST_PARENT_PID`` (it exits when that process ends; on Linux
+        the kernel kills it when the *thread* that started it ends), ``CLOUDBURST_SYS_PATH`` (a JSON list
+        of import paths), ``CLOUDBURST_MEMORY_LIMIT_MIB``, ``CLOUDBURST_WORKER_SLOTS``. On failure, undo
+        what was made and raise."""
 
     @abc.abstractmethod
     def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
-        """Stop the job's workers and delete what it made (unless ``keep``)."""
+        """Stop the job's workers (all of them, not only the running ones) and delete its queues and
+        stored data, unless ``keep``: then the data and queues stay for a later look (``cloudburst.attach``,
+        debugging) and only the client's own resources are released. Either way, wake anything blocked
+        in ``receive`` on the job's queues. Called once, possibly right after ``open_job`` (when the core
+        could not write its first control record), and from any thread."""
 
     @classmethod
     @abc.abstractmethod
     def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
-        """Inside a worker: rebuild store and queues from the launcher's environment."""
+        """Inside a worker: rebuild store and queues from the launcher's environment alone (no state
+        from the client's process). ``extra`` may carry ``worker_id`` and ``job_key`` when the
+        environment does not (e.g. read from the platform's metadata or a secret store), and
+        ``dead_letters`` (a Queue)."""
 
     @classmethod
     def import_path(cls) -> str:
@@ -209,17 +330,20 @@ class Backend(abc.ABC):
 
     @property
     def workers(self) -> int:
-        """How many workers may run at once (fewer than asked when a quota is short)."""
+        """How many workers may run at once (fewer than asked when a quota is short). The core never asks
+        the launcher for more."""
         return self.options.workers
 
     @property
     def slots(self) -> int:
-        """How many tasks run at once when every worker is up."""
+        """How many tasks run at once when every worker is up; the core sizes chunks and queues about
+        ``2 * slots`` tasks ahead from it."""
         return self.workers * self.tasks_per_worker
 
     @property
     def tasks_per_worker(self) -> int:
-        """How many tasks one worker runs at a time."""
+        """How many tasks one worker runs at a time. Above 1, each worker is a supervisor of that many
+        child workers named ``<worker id>.<k>`` (its launcher sets ``CLOUDBURST_WORKER_SLOTS``)."""
         return 1
 
     @property
