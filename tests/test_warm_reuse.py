@@ -9,7 +9,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +36,6 @@ def nap(x: int, seconds: float) -> int:
 
 def cloudburst_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("cloudburst")}
-
-
-@pytest.fixture(autouse=True)
-def no_idle_executor() -> Iterator[None]:
-    """Each test starts and ends without an idle executor."""
-    warm.shutdown()
-    yield
-    warm.shutdown()
 
 
 def idle_pids() -> set[int]:
@@ -204,5 +195,5 @@ def test_an_edited_module_starts_new_workers(tmp_path: Path, monkeypatch: pytest
 
 
 def test_bad_keep_warm_is_refused() -> None:
-    with pytest.raises(cloudburst.ConfigurationError, match=r"keep_warm=-1 must be a number of seconds"):
+    with pytest.raises(cloudburst.ConfigurationError, match=r"keep_warm=-1 must be a finite number of seconds"):
         cloudburst.map(abs, [1], keep_warm=-1)

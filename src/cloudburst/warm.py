@@ -24,6 +24,7 @@ workers.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import sys
 import threading
@@ -165,9 +166,9 @@ def check_keep_warm(keep_warm: object) -> float:
     """``keep_warm`` as seconds; None means :data:`KEEP_WARM_SECONDS`."""
     if keep_warm is None:
         return KEEP_WARM_SECONDS
-    if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not keep_warm >= 0:
+    if isinstance(keep_warm, bool) or not isinstance(keep_warm, (int, float)) or not 0 <= keep_warm < math.inf:
         raise ConfigurationError(
-            f"keep_warm={keep_warm!r} must be a number of seconds ≥ 0 (how long idle workers are kept for the "
+            f"keep_warm={keep_warm!r} must be a finite number of seconds ≥ 0 (how long idle workers are kept for the "
             f"next map; 0 stops them when the map returns), or None for {KEEP_WARM_SECONDS:g}"
         )
     return float(keep_warm)
