@@ -41,6 +41,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def no_warm_workers_after_the_test() -> Iterator[None]:
+    """cloudburst.map keeps its workers warm for the next call, but not from one test into the next."""
+    yield
+    cloudburst.warm.shutdown()
+
+
 def process_gone(pid: int) -> bool:
     """True when ``pid`` no longer runs (a zombie waiting to be reaped counts as gone)."""
     try:

@@ -10,11 +10,12 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from . import warm
 from .backends import get_backend
 from .config.options import ExecutorOptions, check_known
 from .core.job import Job, MapRun
 from .core.progress import Progress, wanted
-from .errors import ConfigurationError, CostLimitExceeded
+from .errors import ConfigurationError
 from .log import say
 from .protocol.task import Columns
 
@@ -256,6 +257,7 @@ def map(
     errors: Literal["raise", "return", "skip"] = "raise",
     progress: bool | Literal["auto"] = "auto",
     chunksize: int | None = None,
+    keep_warm: float | None = None,
     **resources: Any,
 ) -> list[Any]:
     """Run ``fn`` over the items and return the results as a list, in input order.
@@ -263,36 +265,22 @@ def map(
     ``errors="raise"`` stops at the first failure and raises it; ``"return"`` puts
     each failed item's exception in its place; ``"skip"`` leaves failed items out.
     ``resources`` are passed to :class:`Executor` (``cpu``, ``memory``, ``retries``...).
+    The workers are kept ``keep_warm`` seconds (default 300; 0: stopped on return) for the
+    next call with the same settings (see :mod:`cloudburst.warm`).
     """
     if errors not in _ERROR_MODES:
         raise ConfigurationError(f"errors={errors!r} must be one of 'raise', 'return' or 'skip'")
-    with Executor(workers, backend=backend, seed=seed, progress=progress, **resources) as executor:
-        run = executor.start_map(fn, *iterables, chunksize=chunksize)
-        _wait(run, stop_on_error=errors == "raise")
-        if errors == "raise" and run.errors:
-            first = min(run.errors)
-            exc = run.errors[first]
-            if isinstance(exc, CostLimitExceeded):
-                exc.results = run.finished_values()
-            if hasattr(exc, "add_note"):
-                exc.add_note(
-                    f"cloudburst.map: item {first} failed; {run.done - len(run.errors)} of {len(run)} items had "
-                    "finished. Pass errors='return' to keep every result and exception."
-                )
-            executor.shutdown(wait=False, cancel_futures=True)
-            raise exc
-        if errors == "return":
-            return [run.errors.get(i, value) for i, value in enumerate(run.values)]
-        if errors == "skip":
-            return [value for i, value in enumerate(run.values) if i not in run.errors]
-        return run.values
-
-
-def _wait(run: MapRun, *, stop_on_error: bool) -> None:
-    with run.cond:
-        while run.done < len(run) and not run.cancelled and not (stop_on_error and run.errors):
-            run.cond.wait(0.5)
-        if run.cancelled and run.done < len(run):
-            from concurrent.futures import CancelledError
-
-            raise CancelledError("map was cancelled before it finished")
+    if progress not in (True, False, "auto"):
+        raise ConfigurationError(f"progress={progress!r} must be True, False or 'auto'")
+    idle_seconds = warm.check_keep_warm(keep_warm)
+    settings = {"workers": workers, "backend": backend, "seed": seed, **resources}
+    return warm.run_map(
+        lambda: Executor(workers, backend=backend, seed=seed, progress=False, **resources),
+        warm.make_key(settings),
+        fn,
+        iterables,
+        errors=errors,
+        progress=progress,
+        chunksize=chunksize,
+        keep_warm=idle_seconds,
+    )
