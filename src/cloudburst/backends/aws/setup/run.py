@@ -78,7 +78,7 @@ def doctor(*, region: str | None = None, profile: str | None = None, echo: Calla
     report = Report(echo=echo)
     config = userconfig.load()
     try:
-        ctx = Context(region or config.get("region"), profile or config.get("profile"))
+        ctx = Context(region or userconfig.lookup("region").value, profile or userconfig.lookup("profile").value)
     except CloudError as exc:
         report.add(
             Step("credentials", "problem", str(exc), "configure AWS credentials (aws configure / aws sso login)")

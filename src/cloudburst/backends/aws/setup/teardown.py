@@ -19,6 +19,9 @@ from .roles import delete_role
 
 __all__ = ["teardown"]
 
+#: what teardown found: (kind, name, remover)
+Found = tuple[str, str, Callable[[], object]]
+
 
 def teardown(
     *,
@@ -29,7 +32,7 @@ def teardown(
 ) -> Report:
     """Remove what setup made, found by its tag ``cloudburst=true``; nothing else is touched."""
     config = userconfig.load()
-    ctx = Context(region or config.get("region"), profile or config.get("profile"))
+    ctx = Context(region or userconfig.lookup("region").value, profile or userconfig.lookup("profile").value)
     found = _tagged_resources(ctx)
     report = Report(echo=echo)
     theirs = _keys(ctx, str(config.get("kms_key") or ""), found)
@@ -61,10 +64,15 @@ def teardown(
     return report
 
 
-def _tagged_resources(ctx: Context) -> list[tuple[str, str, Callable[[], object]]]:
+def _tagged_resources(ctx: Context) -> list[Found]:
     """(kind, name, remover) for every resource in this region that carries cloudburst's tag."""
-    out: list[tuple[str, str, Callable[[], object]]] = []
-    ecr, ecs, logs, ec2, iam = (ctx.client(s) for s in ("ecr", "ecs", "logs", "ec2", "iam"))
+    return _tagged_storage(ctx) + _tagged_compute(ctx) + _tagged_access(ctx)
+
+
+def _tagged_storage(ctx: Context) -> list[Found]:
+    """The bucket and the image repository."""
+    out: list[Found] = []
+    ecr = ctx.client("ecr")
     s3 = s3_client(ctx.bucket, ctx.region, ctx.profile, owner=ctx.account)
     for bucket in s3.list_buckets().get("Buckets", []):
         name = bucket["Name"]
@@ -82,6 +90,13 @@ def _tagged_resources(ctx: Context) -> list[tuple[str, str, Callable[[], object]
         if TAG in tags:
             remove = functools.partial(ecr.delete_repository, repositoryName=repo["repositoryName"], force=True)
             out.append(("ECR repository", repo["repositoryName"], remove))
+    return out
+
+
+def _tagged_compute(ctx: Context) -> list[Found]:
+    """The cluster, the log groups, the security group and the image build project."""
+    out: list[Found] = []
+    ecs, logs, ec2, codebuild = (ctx.client(s) for s in ("ecs", "logs", "ec2", "codebuild"))
     clusters = ecs.list_clusters().get("clusterArns", [])
     if clusters:
         for cluster in ecs.describe_clusters(clusters=clusters, include=["TAGS"]).get("clusters", []):
@@ -103,6 +118,17 @@ def _tagged_resources(ctx: Context) -> list[tuple[str, str, Callable[[], object]
         out.append(
             ("security group", group["GroupId"], functools.partial(ec2.delete_security_group, GroupId=group["GroupId"]))
         )
+    for project in codebuild.batch_get_projects(names=[BUILD_PROJECT]).get("projects", []):
+        if {"key": "cloudburst", "value": "true"} in project.get("tags", []):
+            remove = functools.partial(codebuild.delete_project, name=project["name"])
+            out.append(("CodeBuild project", project["name"], remove))
+    return out
+
+
+def _tagged_access(ctx: Context) -> list[Found]:
+    """The roles, the boundary policy and the parameters (job keys, index logins)."""
+    out: list[Found] = []
+    iam, ssm = ctx.client("iam"), ctx.client("ssm")
     for role in iam.list_roles().get("Roles", []):
         if role["RoleName"] not in (ctx.execution_role, ctx.old_task_role, ctx.build_role):
             continue
@@ -118,11 +144,6 @@ def _tagged_resources(ctx: Context) -> list[tuple[str, str, Callable[[], object]
     except Exception as exc:
         if error_code(exc) != "NoSuchEntity":
             raise
-    codebuild, ssm = ctx.client("codebuild"), ctx.client("ssm")
-    for project in codebuild.batch_get_projects(names=[BUILD_PROJECT]).get("projects", []):
-        if {"key": "cloudburst", "value": "true"} in project.get("tags", []):
-            remove = functools.partial(codebuild.delete_project, name=project["name"])
-            out.append(("CodeBuild project", project["name"], remove))
     tagged_parameters = [{"Key": "tag:cloudburst", "Values": ["true"]}]  # job keys and index logins, by tag
     for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=tagged_parameters):
         for parameter in page.get("Parameters", []):
@@ -131,7 +152,7 @@ def _tagged_resources(ctx: Context) -> list[tuple[str, str, Callable[[], object]
     return out
 
 
-def _keys(ctx: Context, configured: str, found: list[tuple[str, str, Callable[[], object]]]) -> list[str]:
+def _keys(ctx: Context, configured: str, found: list[Found]) -> list[str]:
     """Add setup's KMS key (by its alias, or the configured one) to ``found``, last, so that everything
     encrypted with it goes first; its deletion is scheduled after the shortest wait KMS allows. Returns
     the keys left alone: the configured key when the user brought it."""
