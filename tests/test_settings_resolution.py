@@ -150,7 +150,8 @@ def test_env_and_file_give_config_and_the_backend_the_same_value(
     assert reported()[name] == (env_value, f"env CLOUDBURST_{name.upper()}")
     if name not in UNUSED:
         assert used(name) == env_value
-    if name not in UNUSED and name not in DEFAULTS:  # a call beats both (the core keys' calls are the Executor's)
+    assert userconfig.lookup(name, {name: file_raw}) == userconfig.Value(name, file_value, "call")  # a call beats both
+    if name not in UNUSED and name not in DEFAULTS:  # (the core keys' calls are the Executor's own arguments)
         assert used(name, {name: file_raw}) == file_value
     monkeypatch.delenv(f"CLOUDBURST_{name.upper()}")
     userconfig.unset_value(name)
