@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ...backends import get_backend
 from ...config import userconfig
 from ...config.options import parse_memory
 from ...core.words import plural
@@ -195,13 +196,11 @@ def _account() -> tuple[Any, Any, str, str]:
 
 
 def _hourly() -> float:
-    from .pricing import prices
-    from .sizes import task_size
-
+    """USD per hour of one worker of the configured size (what `cloudburst status` bills jobs at)."""
     cpu = float(userconfig.lookup("cpu").value)
     memory = userconfig.lookup("memory")
-    units, mib = task_size(cpu, parse_memory(memory.value) if memory.source != "default" else None)
-    return prices(userconfig.lookup("region").value or "us-east-1").hourly(units, mib)
+    mib = parse_memory(memory.value) if memory.source != "default" else None  # unset memory follows cpu
+    return get_backend("fargate").worker_price(cpu, mib, region=userconfig.lookup("region").value).hourly
 
 
 @click.command("status")
