@@ -105,6 +105,11 @@ def _optional_text(name: str, value: object) -> str:
     return value.strip()
 
 
+def _disk_gib(name: str, value: object) -> int:
+    """GiB of disk Fargate gives a task: 20 to 200, whole GiB (a fraction is dropped)."""
+    return int(number(20, 200)(name, value))
+
+
 def _mapping(value: object) -> Mapping[Any, Any] | None:
     """A mapping as given, or from a JSON object (how an environment variable or `config set` carries one)."""
     if isinstance(value, str) and value.lstrip().startswith("{"):
@@ -217,7 +222,7 @@ KEYS = (
     Key("cpu", "defaults", fargate_cpu, 1, "vCPUs per worker"),
     Key("spot", "defaults", as_flag, False, "use Fargate Spot (up to 70% cheaper, can be interrupted)"),
     Key("arch", "defaults", as_arch, "x86_64", "x86_64 or arm64 (about 20% cheaper)"),
-    Key("ephemeral_storage", "defaults", number(20, 200, whole=True), 20, "GiB of disk per worker"),
+    Key("ephemeral_storage", "defaults", _disk_gib, 20, "GiB of disk per worker"),
     Key("client_timeout", "defaults", number(10, 86_400), 180.0, "seconds without the client before workers stop"),
     Key("local_workers", "defaults", number(0, 1024, whole=True), 0, "workers on this machine too"),
     Key("detached", "defaults", as_flag, False, "the job goes on after the client leaves (cloudburst.attach)"),
