@@ -1,21 +1,17 @@
-"""The ``cloudburst`` command.
+"""The ``cloudburst`` command: the root group and the core's commands; each backend adds its own.
 
 ::
 
-    cloudburst setup [--yes] [--region R] [--profile P] [--subnets a,b] [--kms-key K]   one-time AWS set-up
-    cloudburst doctor [--json]        check the set-up; every problem with its fix
-    cloudburst teardown [--yes]       remove what setup made (found by its tag)
-    cloudburst selftest [--max-cost USD]   a tiny job end to end: image, workers, logs, isolation, cost, clean-up
-    cloudburst config [--json]        every setting and where it came from
+    cloudburst config [--json]        every setting (the core's and every backend's) and where it came from
     cloudburst config set KEY VALUE   check and save a setting
-    cloudburst quota [--request N] [--spot] [--json]   Fargate vCPU quotas, use, pending increases
-    cloudburst status [--json]        jobs in the account: workers by state, tasks waiting/running, cost
-    cloudburst logs JOB [--task N] [--worker ID] [--follow] [--tail N]   the workers' CloudWatch logs
-    cloudburst cleanup [--yes] [--older-than S] [--json]   remove what dead clients left behind
-    cloudburst env show|build|list|prune   the worker image of this environment
+    cloudburst config unset KEY       remove a setting from the file
     cloudburst jobs [--json]          detached jobs recorded on this machine, with their progress
     cloudburst results JOB [--json]   wait for a detached job and print its results
     cloudburst version
+
+The commands of a backend come from the module its registration names (``cli``, see
+``cloudburst.backends``); the AWS backend's are ``setup``, ``doctor``, ``teardown``, ``selftest``,
+``quota``, ``status``, ``logs``, ``cleanup`` and ``env`` (``backends/aws/commands.py``).
 """
 
 from __future__ import annotations
@@ -23,14 +19,14 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__
-from .core.words import plural
+from . import __version__, backends
+from .config import userconfig
 from .detached import DetachedJob, attach, jobs
+from .errors import CloudburstError
 
 __all__ = ["main"]
 
@@ -41,37 +37,30 @@ def _one_line(message: str) -> str:
     return " ".join(first.split())
 
 
-_BOTOCORE_FIXES = {
-    "NoRegionError": "no AWS region is set: run `cloudburst setup --region REGION` (or set AWS_DEFAULT_REGION)",
-    "NoCredentialsError": "no AWS credentials found: configure them (`aws configure`, AWS_PROFILE, or the "
-    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables)",
-    "PartialCredentialsError": "{exc}: the AWS credentials are incomplete; configure them again (`aws configure`)",
-    "ProfileNotFound": "{exc}: name a profile of ~/.aws/config with --profile or `cloudburst config set profile NAME`",
-    "TokenRetrievalError": "{exc}: your AWS SSO session has ended; log in again with `aws sso login`",
-    "SSOTokenLoadError": "{exc}: log in with `aws sso login`",
-    "UnauthorizedSSOTokenError": "{exc}: log in again with `aws sso login`",
-    "CredentialRetrievalError": "{exc}: check the credential source named in your AWS profile",
-    "EndpointConnectionError": "{exc}: check the network connection (and AWS_ENDPOINT_URL, if set)",
-}
-
-
 def _explain(exc: BaseException) -> str | None:
-    """One line naming the problem and its fix, for cloudburst's errors and botocore's; None for anything else."""
-    from .errors import CloudburstError
-
+    """One line naming the problem and its fix, for cloudburst's errors and a backend's; None for anything else."""
     if isinstance(exc, CloudburstError):
         return _one_line(str(exc))
-    botocore = sys.modules.get("botocore.exceptions")  # loaded only if boto3 was used, so only then raised
-    if botocore is None or not isinstance(exc, (botocore.BotoCoreError, botocore.ClientError)):
-        return None
-    for kind in type(exc).__mro__:
-        if kind.__name__ in _BOTOCORE_FIXES:
-            return _one_line(_BOTOCORE_FIXES[kind.__name__].format(exc=exc))
-    return _one_line(f"AWS: {exc}")
+    for extension in backends.cli_extensions():
+        explained: str | None = extension.explain(exc)
+        if explained is not None:
+            return _one_line(explained)
+    return None
 
 
 class _Commands(click.Group):
-    """The command group; an error of cloudburst's or botocore's ends any command with one line and exit 1."""
+    """The root group: the core's commands and every registered backend's; an error of cloudburst's or of a
+    backend's kind ends any command with one line and exit 1."""
+
+    def _backend_commands(self) -> dict[str, click.Command]:
+        """The commands the registered backends add (asked each time: a backend may be registered later)."""
+        return {c.name or "": c for extension in backends.cli_extensions() for c in extension.COMMANDS}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._backend_commands()))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._backend_commands().get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -147,106 +136,6 @@ def results_command(job_id: str, timeout: float | None, as_json: bool) -> None:
             click.echo(f"{index}\t{value}")
 
 
-def _confirm(yes: bool) -> Any:
-    if yes:
-        return None
-    if not sys.stdin.isatty():
-        raise click.UsageError("not a terminal: pass --yes to confirm")
-    return lambda question: click.confirm(question, default=True)
-
-
-@main.command("setup")
-@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
-@click.option("--region", default=None, help="AWS region (default: boto3's own resolution)")
-@click.option("--profile", default=None, help="AWS profile (default: boto3's own resolution)")
-@click.option("--subnets", default=None, help="comma-separated subnets (default: the default VPC's)")
-@click.option(
-    "--kms-key",
-    default=None,
-    help="KMS key for job keys and the bucket: 'create' (a new customer-managed key), a key id, ARN or alias/... "
-    "(yours), or 'default' (AWS-managed keys). Without it: the configured key, if any",
-)
-@click.option(
-    "--print-user-policy", is_flag=True, help="print the IAM policy a cloudburst user needs here, change nothing"
-)
-@click.option(
-    "--print-setup-policy",
-    is_flag=True,
-    help="print the IAM policy that setup and teardown need besides the user policy, change nothing",
-)
-def setup_command(
-    yes: bool,
-    region: str | None,
-    profile: str | None,
-    subnets: str | None,
-    kms_key: str | None,
-    print_user_policy: bool,
-    print_setup_policy: bool,
-) -> None:
-    """Create or repair what the fargate backend needs, once per account and region."""
-    from .backends.aws.setup import setup
-
-    if print_user_policy or print_setup_policy:
-        _print_policy(region, profile, "user" if print_user_policy else "setup")
-        return
-    chosen = [s.strip() for s in subnets.split(",") if s.strip()] if subnets else None
-    setup(region=region, profile=profile, subnets=chosen, kms_key=kms_key, confirm=_confirm(yes), echo=click.echo)
-
-
-def _print_policy(region: str | None, profile: str | None, which: str) -> None:
-    """The user or setup policy for the account of the current credentials and the resolved region, as JSON."""
-    from .backends.aws.clients import client, translate
-    from .backends.aws.policies import Names, setup_policy, user_policy
-
-    sts: Any = client("sts", region, profile)
-    with translate("STS", "GetCallerIdentity"):
-        arn = str(sts.get_caller_identity()["Arn"])
-    names = Names(arn.split(":")[4], region or sts.meta.region_name, arn.split(":")[1])
-    click.echo(json.dumps((user_policy if which == "user" else setup_policy)(names), indent=2))
-
-
-@main.command("doctor")
-@click.option("--region", default=None)
-@click.option("--profile", default=None)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def doctor_command(region: str | None, profile: str | None, as_json: bool) -> None:
-    """Check credentials, every resource, roles, network, quotas and image build tools."""
-    from .backends.aws.setup import doctor
-
-    report = doctor(region=region, profile=profile, echo=(lambda _: None) if as_json else click.echo)
-    if as_json:
-        click.echo(json.dumps([vars(step) for step in report.steps], indent=1))
-    if report.problems:
-        sys.exit(1)
-
-
-@main.command("teardown")
-@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
-@click.option("--region", default=None)
-@click.option("--profile", default=None)
-def teardown_command(yes: bool, region: str | None, profile: str | None) -> None:
-    """Remove everything setup made (found by its tag cloudburst=true), and nothing else."""
-    from .backends.aws.setup import teardown
-
-    teardown(region=region, profile=profile, confirm=_confirm(yes), echo=click.echo)
-
-
-@main.command("selftest")
-@click.option("--region", default=None)
-@click.option("--profile", default=None)
-@click.option("--max-cost", type=click.FloatRange(min=0.001), default=0.05, show_default=True, help="USD cap per job")
-def selftest_command(region: str | None, profile: str | None, max_cost: float) -> None:
-    """Run a tiny job end to end and check the image, workers, logs, isolation, cost and clean-up."""
-    from .backends.aws.selftest import selftest
-
-    click.echo(f"{'check':10} {'result':7} {'time':>9} {'cost':>10}")
-    report = selftest(region=region, profile=profile, max_cost=max_cost, echo=click.echo)
-    failed = [c.name for c in report.checks if not c.ok]
-    click.echo(f"selftest: {'FAILED: ' + ', '.join(failed) if failed else 'all checks ok'}; cost {report.cents:.3f} ¢")
-    if failed:
-        sys.exit(1)
-
-
 @main.group("config", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
@@ -254,8 +143,6 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
     """Show every setting, its value and where it came from."""
     if ctx.invoked_subcommand is not None:
         return
-    from .config import userconfig
-
     values = userconfig.resolve()
     if as_json:
         click.echo(json.dumps({v.name: {"value": v.value, "source": v.source} for v in values.values()}, indent=1))
@@ -271,8 +158,6 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
     """Check a setting and save it."""
-    from .config import userconfig
-
     saved = userconfig.set_value(key, value)
     click.echo(f"{key} = {saved} (saved in {userconfig.config_path()})")
 
@@ -281,298 +166,8 @@ def config_set(key: str, value: str) -> None:
 @click.argument("key")
 def config_unset(key: str) -> None:
     """Remove a setting from the file (its default applies again)."""
-    from .config import userconfig
-
     userconfig.unset_value(key)
     click.echo(f"{key} removed from {userconfig.config_path()}")
-
-
-@main.command("quota")
-@click.option("--request", "request", type=float, default=None, help="ask AWS to raise the quota to this many vCPUs")
-@click.option("--spot", is_flag=True, help="the Fargate Spot quota rather than On-Demand")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def quota_command(request: float | None, spot: bool, as_json: bool) -> None:
-    """Show the Fargate vCPU quotas, what the cluster uses, and pending increase requests."""
-    from .backends.aws.quota import pending_requests, read_quota, request_increase
-    from .config import userconfig
-
-    region, profile = userconfig.lookup("region").value, userconfig.lookup("profile").value
-    cluster = userconfig.lookup("cluster").value or "cloudburst"
-    if request is not None:
-        made = request_increase(region, profile, spot=spot, value=request)
-        code, ident, status = made.get("QuotaCode"), made.get("Id"), made.get("Status")
-        click.echo(f"asked AWS for {plural(request, 'vCPU')} ({code}): request {ident}, {status}")
-    quotas = [read_quota(region, profile, cluster, spot=kind) for kind in (False, True)]
-    pending = pending_requests(region, profile)
-    rows: list[dict[str, Any]] = [
-        {"quota": q.name, "code": q.code, "vcpus": q.value, "in_use": q.in_use, "counted": q.counted, "free": q.free}
-        for q in quotas
-        if q is not None
-    ]
-    if as_json:
-        click.echo(json.dumps({"quotas": rows, "pending_requests": pending}, indent=1, default=str))
-        return
-    if not rows:
-        click.echo("the Fargate quotas could not be read (servicequotas:GetServiceQuota)")
-    for r in rows:
-        click.echo(
-            f"{r['quota']:18} {plural(r['vcpus'], 'vCPU'):>14}   {r['in_use']:>6,g} in use ({r['counted']})   "
-            f"{r['free']:>8,g} free"
-        )
-    for p in pending:
-        wanted, status = p.get("DesiredValue"), p.get("Status")
-        click.echo(f"pending: {p.get('QuotaCode')} → {plural(float(wanted or 0), 'vCPU')} ({status}, {p.get('Id')})")
-
-
-def _account() -> tuple[Any, Any, str, str]:
-    from .config import userconfig
-
-    values = userconfig.resolve()
-    bucket, cluster = values["bucket"].value, values["cluster"].value
-    if not bucket or not cluster:
-        raise click.ClickException("cloudburst is not set up here: run `cloudburst setup`")
-    return values["region"].value, values["profile"].value, bucket, cluster
-
-
-def _hourly() -> float:
-    from .backends.aws.pricing import prices
-    from .backends.aws.sizes import task_size
-    from .config import userconfig
-    from .config.options import parse_memory
-
-    cpu = float(userconfig.lookup("cpu").value)
-    memory = userconfig.lookup("memory")
-    units, mib = task_size(cpu, parse_memory(memory.value) if memory.source != "default" else None)
-    return prices(userconfig.lookup("region").value or "us-east-1").hourly(units, mib)
-
-
-@main.command("status")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status_command(as_json: bool) -> None:
-    """Running and recent jobs: workers by state, tasks waiting and running, cost so far."""
-    from .backends.aws.ops import find_jobs
-
-    region, profile, bucket, cluster = _account()
-    jobs = find_jobs(region, profile, bucket, cluster)
-    hourly = _hourly()
-    rows = [view.as_dict(hourly) for view in jobs.values()]
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    if not rows:
-        click.echo("no jobs in this account and region")
-    for r in rows:
-        workers = ", ".join(f"{n} {state.lower()}" for state, n in sorted(r["workers"].items())) or "no workers"
-        age = r["heartbeat_age_seconds"]
-        client_state = (
-            "detached" if r["detached"] else ("client silent" if age is None or age > 300 else "client alive")
-        )
-        click.echo(
-            f"{r['job_id'][:20]:22}{workers:30} {plural(r['tasks_waiting'], 'task')} waiting, "
-            f"{r['tasks_running']} running; {plural(r['results_waiting'], 'result')} waiting; ${r['cost_usd']:.4f}; "
-            f"{client_state}"
-        )
-
-
-@main.command("logs")
-@click.argument("job_id")
-@click.option("--task", "task", type=int, default=None, help="only lines about this task")
-@click.option("--worker", "worker", default=None, help="only this worker (ECS task id or its prefix)")
-@click.option("--follow", "-f", is_flag=True, help="keep printing new lines")
-@click.option("--tail", type=int, default=None, help="only the last N lines")
-def logs_command(job_id: str, task: int | None, worker: str | None, follow: bool, tail: int | None) -> None:
-    """Print the CloudWatch logs of a job's workers."""
-    import time
-
-    from .backends.aws.ops import find_jobs, log_lines
-    from .config import userconfig
-
-    region, profile, bucket, cluster = _account()
-    group = userconfig.lookup("log_group").value
-    jobs = find_jobs(region, profile, bucket, cluster)
-    matches = [v for j, v in jobs.items() if j.startswith(job_id) or job_id.startswith(j)]
-    if not matches:
-        raise click.ClickException(f"no job {job_id!r} here; `cloudburst status` lists them")
-    ids = [str(t["taskArn"]).rsplit("/", 1)[-1] for t in matches[0].tasks]
-    ids = [i for i in ids if worker is None or i.startswith(worker)]
-    since: int | None = None
-    while True:
-        lines = log_lines(region, profile, group, ids, tail=tail, since=since)
-        for stamp, worker_id, line in lines:
-            if task is None or f"task {task}," in line or f"task {task} " in line:
-                click.echo(f"[{worker_id[:12]}] {line}")
-            since = stamp + 1
-        if not follow:
-            return
-        tail = None
-        time.sleep(2)
-
-
-@main.command("cleanup")
-@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
-@click.option("--older-than", type=float, default=3600, help="seconds of client silence that make a leftover")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def cleanup_command(yes: bool, older_than: float, as_json: bool) -> None:
-    """Find workers, queues, data and keys left by dead clients, and remove them."""
-    from .backends.aws.ops import cleanup, find_jobs, leftovers
-
-    region, profile, bucket, cluster = _account()
-    found = leftovers(find_jobs(region, profile, bucket, cluster), older_than)
-    if not found:
-        click.echo(json.dumps([]) if as_json else "nothing left behind")
-        return
-    if not as_json:
-        for view in found:
-            queues, workers = plural(len(view.queues), "queue"), plural(len(view.tasks), "worker")
-            click.echo(f"leftover job {view.job_id[:20]}: {queues}, {workers}")
-    ask = _confirm(yes)
-    if ask is not None and not ask(f"Remove {plural(len(found), 'leftover job')}?"):
-        raise click.ClickException("nothing removed")
-    report = {view.job_id: cleanup(view, region, profile, bucket, cluster) for view in found}
-    if as_json:
-        click.echo(json.dumps(report, indent=1))
-    else:
-        for job, removed in report.items():
-            click.echo(f"removed for {job[:20]}: {', '.join(removed) or 'nothing'}")
-
-
-_REQUIREMENTS_HELP = "requirements*.txt, uv.lock or pyproject.toml (default: what is installed here)"
-
-
-@main.group("env")
-def env_group() -> None:
-    """The worker image: this environment's packages, built once, found again by its tag."""
-
-
-@env_group.command("show")
-@click.option(
-    "--requirements", type=click.Path(exists=True), default=None, help="requirements*.txt, uv.lock or pyproject.toml"
-)
-@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def env_show(requirements: str | None, arch: str, as_json: bool) -> None:
-    """What the image would hold, its tag and its Dockerfile (with --arch arm64: which packages lack wheels)."""
-    from .environment.snapshot import dockerfile, snapshot, tag
-
-    snap = snapshot(requirements, arch=arch)
-    missing: list[str] = []
-    notes = list(snap.notes)
-    if arch == "arm64":
-        from .environment.wheels import missing_arm64_wheels
-
-        missing, wheel_notes = missing_arm64_wheels(snap)
-        notes += wheel_notes
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "tag": tag(snap, arch=arch),
-                    "python": snap.python,
-                    "source": snap.source,
-                    "requirements": snap.requirements,
-                    "runtime": snap.runtime,
-                    "local": snap.local,
-                    "left_out": snap.left_out,
-                    "index_urls": snap.index_urls,
-                    "private_hosts": snap.private_hosts,
-                    "notes": notes,
-                    **({"missing_arm64_wheels": missing} if arch == "arm64" else {}),
-                },
-                indent=1,
-            )
-        )
-        return
-    click.echo(
-        f"tag {tag(snap, arch=arch)}: Python {snap.python}, {plural(len(snap.requirements), 'package')} from "
-        f"{snap.source}"
-    )
-    for note in notes:
-        click.echo(f"  note: {note}")
-    if arch == "arm64":
-        click.echo(f"  ARM64 wheels missing for: {', '.join(missing)}" if missing else "  ARM64 wheels: all found")
-    click.echo(dockerfile(snap), nl=False)
-
-
-@env_group.command("build")
-@click.option(
-    "--requirements", type=click.Path(exists=True), default=None, help="requirements*.txt, uv.lock or pyproject.toml"
-)
-@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64")
-@click.option(
-    "--stock-python",
-    is_flag=True,
-    help="no image build: upload the environment for workers on the stock Python image to install as they start",
-)
-def env_build(requirements: str | None, arch: str, stock_python: bool) -> None:
-    """Find or build this environment's image, and make it the workers' image."""
-    from .backends.aws.images import ensure_bundle, ensure_image
-    from .config import userconfig
-    from .environment.snapshot import snapshot
-
-    region, profile, bucket, _ = _account()
-    config = userconfig.load()
-    snap = snapshot(requirements, arch=arch)
-    if arch == "arm64":
-        from .environment.wheels import require_arm64_wheels
-
-        require_arm64_wheels(snap)
-    if requirements:
-        userconfig.set_value("requirements", str(Path(requirements).resolve()))
-        click.echo(f"requirements = {Path(requirements).resolve()} (saved)")
-    if stock_python:
-        bundle = ensure_bundle(snap, region=region, profile=profile, bucket=bucket, arch=arch, echo=click.echo)
-        userconfig.set_value("image", "python")
-        click.echo(f"environment bundle {bundle.split('#')[0]}")
-        click.echo("image = python (saved: workers on stock Python install the bundle as they start)")
-        return
-    uri = ensure_image(
-        snap,
-        region=region,
-        profile=profile,
-        repository=str(config.get("ecr_repository", "cloudburst")),
-        bucket=bucket,
-        role_arn=str(config.get("build_role_arn", "")),
-        arch=arch,
-        echo=click.echo,
-    )
-    userconfig.set_value("image", uri)
-    click.echo(f"image = {uri} (saved)")
-
-
-@env_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def env_list(as_json: bool) -> None:
-    """Worker images in the ECR repository and environment bundles in S3, newest first."""
-    from .backends.aws.images import list_bundles, list_images
-    from .config import userconfig
-
-    region, profile, bucket, _ = _account()
-    images = list_images(region, profile, str(userconfig.lookup("ecr_repository").value))
-    bundles = list_bundles(region, profile, bucket)
-    if as_json:
-        click.echo(json.dumps({"images": images, "bundles": bundles}, indent=1, default=str))
-        return
-    for image in images:
-        size = image.get("imageSizeInBytes", 0) / 1e6
-        tags = ",".join(image.get("imageTags", [])) or "<untagged>"
-        click.echo(f"image  {tags:50} {size:8.1f} MB  {image.get('imagePushedAt', '')}")
-    for bundle in bundles:
-        name = bundle["Key"].removeprefix("envs/").removesuffix(".zip")
-        click.echo(f"bundle {name:50} {bundle.get('Size', 0) / 1e6:8.1f} MB  {bundle.get('LastModified', '')}")
-
-
-@env_group.command("prune")
-@click.option("--keep", type=int, default=5, help="how many of the newest images (and bundles) to keep")
-def env_prune(keep: int) -> None:
-    """Delete old worker images from ECR and old environment bundles from S3."""
-    from .backends.aws.images import prune_bundles, prune_images
-    from .config import userconfig
-
-    region, profile, bucket, _ = _account()
-    gone = prune_images(region, profile, str(userconfig.lookup("ecr_repository").value), keep)
-    click.echo(f"deleted {plural(len(gone), 'image')}" + (f": {', '.join(gone)}" if gone else ""))
-    bundles = prune_bundles(region, profile, bucket, keep)
-    click.echo(f"deleted {plural(len(bundles), 'bundle')}" + (f": {', '.join(bundles)}" if bundles else ""))
 
 
 @main.command("version")

@@ -1,8 +1,9 @@
-"""``cloudburst.estimate``: time a small sample here, predict a Fargate run's duration and cost.
+"""``cloudburst.estimate``: time a small sample here, predict a cloud run's duration and cost.
 
 The sample runs in this process, one item after another. The prediction assumes every worker
-slot (``workers × cpu``) runs items back to back, and that each worker is billed Fargate's way:
-per second from its image pull, with a one-minute minimum, a cold start (``cold_start``) included.
+slot (``workers × cpu``) runs items back to back, and that each worker is billed by the backend's
+price (``Backend.worker_price``: per hour, with its minimum billed time), a cold start
+(``cold_start``) included. The backend is ``fargate`` unless another is named.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .backends import get_backend
 from .config.options import parse_memory
 from .core.words import plural
 
@@ -55,15 +57,14 @@ def estimate(
     sample: int = 10,
     cold_start: float = 60.0,
     region: str | None = None,
+    backend: str = "fargate",
 ) -> Estimate:
-    """Predict the duration and cost of ``map(fn, items)`` on Fargate from ``sample`` items timed here."""
-    from .backends.aws.pricing import prices
-    from .backends.aws.sizes import task_size
-
+    """Predict the duration and cost of ``map(fn, items)`` on ``backend`` from ``sample`` items timed here."""
     values = list(items)
     if not values:
         raise ValueError("estimate() needs at least one item")
-    cpu_units, memory_mib = task_size(cpu, None if memory is None else parse_memory(memory))
+    memory_mib = None if memory is None else parse_memory(memory)
+    price = get_backend(backend).worker_price(cpu, memory_mib, region=region, arch=arch, spot=spot)
     taken = values[: max(1, min(sample, len(values)))]
     started = time.perf_counter()
     for item in taken:
@@ -73,9 +74,8 @@ def estimate(
     used = min(workers, math.ceil(len(values) / per_worker))
     slots = used * per_worker
     running = math.ceil(len(values) / slots) * per_item
-    billed = max(60.0, cold_start + running)
-    table = prices(region or "us-east-1")
-    hourly = table.hourly(cpu_units, memory_mib, arch=arch, spot=spot)
+    billed = max(price.minimum_seconds, cold_start + running)
+    hourly = price.hourly
     return Estimate(
         items=len(values),
         sampled=len(taken),
@@ -87,5 +87,5 @@ def estimate(
         seconds=cold_start + running,
         billed_seconds_per_worker=billed,
         cost=used * billed * hourly / 3600,
-        prices_source=table.source,
+        prices_source=price.source,
     )

@@ -67,6 +67,7 @@ __all__ = [
     "Store",
     "Subscribable",
     "WorkerExit",
+    "WorkerPrice",
     "WorkerSide",
     "reason_in_log",
 ]
@@ -263,6 +264,15 @@ class WorkerSide:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class WorkerPrice:
+    """What one worker costs: USD per hour, where the price came from, the least time billed for a worker."""
+
+    hourly: float
+    source: str
+    minimum_seconds: float = 0.0
+
+
 class Backend(abc.ABC):
     """A named bundle of Store + Queue + Launcher.
 
@@ -363,6 +373,14 @@ class Backend(abc.ABC):
     def hourly_cost(self, workers: int) -> float:
         """USD per hour of ``workers`` running workers."""
         return 0.0
+
+    @classmethod
+    def worker_price(
+        cls, cpu: float, memory_mib: int | None, *, region: str | None = None, arch: str = "x86_64", spot: bool = False
+    ) -> WorkerPrice:
+        """The price of one worker of ``cpu`` vCPUs and ``memory_mib`` MiB (None: the backend's default), before a
+        job starts (``cloudburst.estimate``); raises ConfigurationError for a size the backend does not offer."""
+        return WorkerPrice(0.0, "nothing is billed")
 
     @property
     def cost_limits(self) -> tuple[float, float]:

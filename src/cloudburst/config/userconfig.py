@@ -1,15 +1,16 @@
-"""The user's persisted configuration: ``config.toml`` in the user's config directory.
+"""Every setting of cloudburst, and the one function that resolves it: :func:`lookup`.
 
 Precedence, highest first: arguments of the call, ``CLOUDBURST_<KEY>`` environment
-variables, the file, the defaults below. ``cloudburst config`` shows every value and
-where it came from; ``cloudburst config set KEY VALUE`` checks a value and saves it.
+variables, ``config.toml`` in the user's config directory, the key's default. Every value,
+wherever it comes from, is parsed and checked by its :class:`Key`. The core registers its own
+keys below; each backend registers its keys through the backend registry
+(:func:`cloudburst.backends.settings_keys`), so ``cloudburst config`` shows what runs.
+``cloudburst config set KEY VALUE`` checks a value and saves it.
 
 ::
 
-    [aws]        region, profile, bucket, cluster, subnets, ...   written by `cloudburst setup`
-    [defaults]   workers, cpu, memory, spot, idle_timeout, ...    for cloud runs
-    [cost]       max_cost_per_job, cost_alert_threshold
-    [quota]      auto_quota_request, on_quota_short
+    [defaults]   workers, cpu, memory, idle_timeout         the core's, for cloud runs
+    [aws] ...    the sections a backend's keys name          e.g. written by `cloudburst setup`
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import difflib
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .. import backends
 from ..errors import ConfigurationError, UnknownParameterError
 from .options import parse_memory
 
@@ -32,36 +34,41 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
-    "KEYS",
     "Key",
     "Value",
+    "all_keys",
     "as_arch",
     "as_flag",
     "as_ids",
     "cache_dir",
+    "choice",
     "config_path",
-    "fargate_cpu",
     "load",
     "lookup",
     "number",
+    "optional_text",
     "resolve",
     "save",
     "set_value",
+    "text",
     "unset_value",
 ]
 
 
-def _text(name: str, value: object) -> str:
+def text(name: str, value: object) -> str:
+    """A non-empty string, stripped."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(f"{name} must be a non-empty string")
     return value.strip()
 
 
-def _optional_text(name: str, value: object) -> str | None:
-    return None if value in (None, "") else _text(name, value)
+def optional_text(name: str, value: object) -> str | None:
+    """A string, or None for none."""
+    return None if value in (None, "") else text(name, value)
 
 
 def as_ids(name: str, value: object) -> list[str]:
+    """A list of ids, from a list or a comma-separated string."""
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",") if v.strip()]
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -72,6 +79,7 @@ def as_ids(name: str, value: object) -> list[str]:
 
 
 def as_flag(name: str, value: object) -> bool:
+    """True or false, also from the words an environment variable holds (yes/no, on/off, 1/0)."""
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
@@ -80,6 +88,8 @@ def as_flag(name: str, value: object) -> bool:
 
 
 def number(low: float, high: float, *, whole: bool = False) -> Callable[[str, object], float | int]:
+    """A check for a number from ``low`` to ``high`` (a whole one with ``whole``), also given as a string."""
+
     def check(name: str, value: object) -> float | int:
         try:
             number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
@@ -93,34 +103,22 @@ def number(low: float, high: float, *, whole: bool = False) -> Callable[[str, ob
     return check
 
 
-def fargate_cpu(name: str, value: object) -> float:
-    """A Fargate worker size in vCPUs (0.25, 0.5, 1, 2, 4, 8 or 16)."""
-    from ..backends.aws.sizes import VALID_SIZES
-
-    valid = [units / 1024 for units in VALID_SIZES]
-    try:
-        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
-    except ValueError:
-        number = math.nan
-    if number not in valid:
-        listed = ", ".join(f"{v:g}" for v in valid)
-        raise ConfigurationError(f"{name}={value!r} is not a Fargate worker size; use one of {listed} (vCPUs)")
-    return number
-
-
 def _memory(name: str, value: object) -> str:
     parse_memory(value, name=name)
     return str(value)
 
 
 def as_arch(name: str, value: object) -> str:
+    """A CPU architecture: x86_64 or arm64 (amd64 and aarch64 are their other names)."""
     arch = str(value).lower().replace("amd64", "x86_64").replace("aarch64", "arm64")
     if arch not in ("x86_64", "arm64"):
         raise ConfigurationError(f"{name}={value!r} must be 'x86_64' or 'arm64'")
     return arch
 
 
-def _choice(*choices: str) -> Callable[[str, object], str]:
+def choice(*choices: str) -> Callable[[str, object], str]:
+    """A check for one of ``choices``."""
+
     def check(name: str, value: object) -> str:
         if value not in choices:
             raise ConfigurationError(f"{name}={value!r} must be one of {', '.join(choices)}")
@@ -131,58 +129,37 @@ def _choice(*choices: str) -> Callable[[str, object], str]:
 
 @dataclass(frozen=True)
 class Key:
+    """One setting: its name, the file section it is saved in, its check (parse and validate), default, help."""
+
     name: str
     section: str
     check: Callable[[str, object], Any]
     default: Any
     help: str
 
+    def narrowed(self, other: Key) -> Key:
+        """This core key with a backend's narrower check run first (its message names what that backend offers)."""
+        outer, inner = self.check, other.check
+        return replace(self, check=lambda name, value: outer(name, inner(name, value)))
 
-KEYS: dict[str, Key] = {
-    k.name: k
-    for k in [
-        Key("region", "aws", _optional_text, None, "AWS region (default: boto3's own resolution)"),
-        Key("profile", "aws", _optional_text, None, "AWS profile (default: boto3's own resolution)"),
-        Key("bucket", "aws", _text, "", "S3 bucket for job data (private, encrypted, expires after 7 days)"),
-        Key("cluster", "aws", _text, "", "ECS cluster with the FARGATE and FARGATE_SPOT capacity providers"),
-        Key("subnets", "aws", as_ids, [], "subnets the workers run in"),
-        Key("security_groups", "aws", as_ids, [], "security groups of the workers (egress only)"),
-        Key("assign_public_ip", "aws", as_flag, True, "give workers a public IP (needed without a NAT gateway)"),
-        Key("execution_role_arn", "aws", _text, "", "role ECS uses to pull the image and write logs"),
-        Key("worker_boundary_arn", "aws", _text, "", "permissions boundary of every job's own role (made by setup)"),
-        Key("task_role_arn", "aws", _text, "", "no longer used: each job has its own role (setup removes it)"),
-        Key("log_group", "aws", _text, "/cloudburst/workers", "CloudWatch log group of the workers"),
-        Key("build_role_arn", "aws", _text, "", "role CodeBuild uses to build worker images"),
-        Key("ecr_repository", "aws", _text, "cloudburst", "ECR repository for worker images"),
-        Key("kms_key", "aws", _text, "", "KMS key (ARN) for job keys and the bucket; empty: AWS-managed keys"),
-        Key(
-            "image",
-            "aws",
-            _text,
-            "",
-            "worker image (default: built from your environment; 'python': stock Python, packages installed at start)",
-        ),
-        Key("requirements", "aws", _text, "", "requirements*.txt, uv.lock or pyproject.toml (default: installed)"),
-        Key("workers", "defaults", number(1, 100_000, whole=True), 10, "workers of a cloud run"),
-        Key("cpu", "defaults", fargate_cpu, 1, "vCPUs per worker"),
-        Key("memory", "defaults", _memory, "2GB", "memory per worker"),
-        Key("spot", "defaults", as_flag, False, "use Fargate Spot (up to 70% cheaper, can be interrupted)"),
-        Key("arch", "defaults", as_arch, "x86_64", "x86_64 or arm64 (about 20% cheaper)"),
-        Key("idle_timeout", "defaults", number(1, 86_400), 120, "seconds before an idle worker stops"),
-        Key("client_timeout", "defaults", number(10, 86_400), 180, "seconds without the client before workers stop"),
-        Key("local_workers", "defaults", number(0, 1024, whole=True), 0, "workers on this machine too"),
-        Key("max_cost_per_job", "cost", number(0, 1e9), 0, "hard limit in USD per job (0: none)"),
-        Key("cost_alert_threshold", "cost", number(0, 1e9), 0, "warn once when a job's cost passes this (0: none)"),
-        Key("auto_quota_request", "quota", as_flag, False, "ask AWS for a larger vCPU quota without asking you"),
-        Key(
-            "on_quota_short",
-            "quota",
-            _choice("fit", "fail"),
-            "fit",
-            "fit: run with the workers the quota allows; fail: refuse",
-        ),
-    ]
-}
+
+#: the core's own keys; a backend registers the rest (or narrows these) through the backend registry
+_CORE_KEYS = (
+    Key("workers", "defaults", number(1, 100_000, whole=True), 10, "workers of a cloud run"),
+    Key("cpu", "defaults", number(0.001, 1024), 1, "vCPUs per worker"),
+    Key("memory", "defaults", _memory, "2GB", "memory per worker"),
+    Key("idle_timeout", "defaults", number(1, 86_400), 120, "seconds before an idle worker stops"),
+)
+
+
+def all_keys() -> dict[str, Key]:
+    """Every setting: the core's, then each registered backend's (which may narrow a core key's check)."""
+    found = {key.name: key for key in _CORE_KEYS}
+    for key in backends.settings_keys():
+        if not isinstance(key, Key):
+            raise ConfigurationError(f"a backend registered {key!r} as a setting; settings are userconfig.Key")
+        found[key.name] = found[key.name].narrowed(key) if key.name in found else key
+    return found
 
 
 def config_path() -> Path:
@@ -207,11 +184,12 @@ def cache_dir() -> Path:
 
 def _key(name: str, where: str = "") -> Key:
     """The setting ``name``; an unknown name is refused with the closest known one and the full list."""
-    key = KEYS.get(name)
+    known = all_keys()
+    key = known.get(name)
     if key is None:
-        close = difflib.get_close_matches(name, KEYS, n=1)
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownParameterError(f"{where}unknown setting {name!r}{hint}; known: {', '.join(sorted(KEYS))}")
+        raise UnknownParameterError(f"{where}unknown setting {name!r}{hint}; known: {', '.join(sorted(known))}")
     return key
 
 
@@ -288,18 +266,29 @@ def unset_value(name: str, path: Path | None = None) -> None:
 
 @dataclass(frozen=True)
 class Value:
+    """A setting's effective value and where it came from."""
+
     name: str
     value: Any
     source: str  # "call", "env CLOUDBURST_X", "file PATH" or "default"
 
 
-def lookup(name: str, call: Mapping[str, Any] | None = None, file_values: Mapping[str, Any] | None = None) -> Value:
-    """One setting and where it came from."""
-    key = KEYS[name]
-    if call and call.get(name) is not None:
-        return Value(name, key.check(name, call[name]), "call")
+def lookup(
+    name: str,
+    call: Mapping[str, Any] | None = None,
+    file_values: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Value:
+    """The one resolution of a setting: the call, else ``CLOUDBURST_<KEY>``, else the file, else the default.
+
+    A call that names a key with ``None`` asks for its default. Every value is checked by the key.
+    """
+    key = _key(name)
+    if call is not None and name in call:
+        given = call[name]
+        return Value(name, key.default if given is None else key.check(name, given), "call")
     env_name = f"CLOUDBURST_{name.upper()}"
-    raw = os.environ.get(env_name)
+    raw = (os.environ if environ is None else environ).get(env_name)
     if raw not in (None, ""):
         try:
             return Value(name, key.check(name, raw), f"env {env_name}")
@@ -311,7 +300,11 @@ def lookup(name: str, call: Mapping[str, Any] | None = None, file_values: Mappin
     return Value(name, key.default, "default")
 
 
-def resolve(call: Mapping[str, Any] | None = None) -> dict[str, Value]:
-    """Every setting with its source."""
+def resolve(
+    call: Mapping[str, Any] | None = None,
+    names: Iterable[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Value]:
+    """The settings ``names`` (default: every setting) with their sources, through :func:`lookup`."""
     file_values = load()
-    return {name: lookup(name, call, file_values) for name in KEYS}
+    return {name: lookup(name, call, file_values, environ) for name in (all_keys() if names is None else names)}

@@ -39,7 +39,7 @@ from ...core import scratch
 from ...core.words import plural
 from ...errors import CloudError
 from ...log import say, warn
-from ..base import Backend, JobResources, WorkerExit, WorkerSide
+from ..base import Backend, JobResources, WorkerExit, WorkerPrice, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
 from .credentials import AWS_IDENTITY_VARIABLES, CredentialsEndpoint
@@ -168,7 +168,6 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
     No image: this environment's image, found in ECR by its tag or built. ``image="python"``: the stock
     Python image, with the environment bundle (uploaded once) installed by each worker as it starts.
     """
-    from ...config.userconfig import load
     from ...environment.snapshot import base_image, index_credentials, snapshot
     from ...errors import NotSetUpError
     from .images import ensure_bundle, ensure_image, store_index_credentials
@@ -192,8 +191,7 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
         )
         logins = index_credentials(snap) if snap.private_hosts else ""
         return base_image(snap.python), bundle, store_index_credentials(settings.region, settings.profile, logins)
-    config = load()
-    if not config.get("build_role_arn"):
+    if not settings.build_role_arn:
         raise NotSetUpError(
             "backend='fargate' has no worker image, and no role to build one: run `cloudburst setup` (it adds "
             "the image build role), pass image='<uri>' naming an image with cloudburst and your packages, or "
@@ -203,9 +201,9 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
         snap,
         region=settings.region,
         profile=settings.profile,
-        repository=str(config.get("ecr_repository", "cloudburst")),
+        repository=settings.ecr_repository,
         bucket=settings.bucket,
-        role_arn=str(config["build_role_arn"]),
+        role_arn=settings.build_role_arn,
         arch=settings.arch,
         echo=echo,
     )
@@ -583,17 +581,15 @@ class FargateBackend(Backend):
 
     def _fit_quota(self, workers: int, cpu: float) -> int:
         """Fit the workers to the free vCPU quota, before anything launches; say so when it bites."""
-        from ...config.userconfig import lookup
-
         s = self.settings
         quota = read_quota(s.region, s.profile, s.cluster, spot=s.spot)
         if quota is None:
             return workers  # Service Quotas not readable: launches that hit the limit back off
-        fits, line = fit_workers(quota, workers, self.cpu_units / 1024, on_short=str(lookup("on_quota_short").value))
+        fits, line = fit_workers(quota, workers, self.cpu_units / 1024, on_short=s.on_quota_short)
         if line:
             say(line)
             wanted = math.ceil((quota.in_use + workers * self.cpu_units / 1024) * 1.2)  # 20% headroom
-            ask = bool(lookup("auto_quota_request").value) or (
+            ask = s.auto_quota_request or (
                 sys.stdin.isatty()
                 and input(f"Ask AWS to raise the {quota.name} quota to {wanted} vCPUs? [y/N] ").strip().lower()
                 in ("y", "yes")
@@ -602,6 +598,15 @@ class FargateBackend(Backend):
                 request_increase(s.region, s.profile, spot=s.spot, value=wanted)
                 say(f"cloudburst: asked AWS to raise the {quota.name} quota to {wanted} vCPUs")
         return fits
+
+    @classmethod
+    def worker_price(
+        cls, cpu: float, memory_mib: int | None, *, region: str | None = None, arch: str = "x86_64", spot: bool = False
+    ) -> WorkerPrice:
+        """Fargate's price of one task of this size, billed per second with a one-minute minimum."""
+        cpu_units, mib = task_size(cpu, memory_mib)
+        table = prices(region or "us-east-1")
+        return WorkerPrice(table.hourly(cpu_units, mib, arch=arch, spot=spot), table.source, minimum_seconds=60.0)
 
     @classmethod
     def defaults(cls) -> dict[str, object]:
