@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
-from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from . import detached
 from .backends import get_backend
 from .config.options import ExecutorOptions, check_known
-from .core.job import Job, MapRun
 from .core.progress import Progress, wanted
+from .core.session import Job
+from .core.work import MapRun
 from .errors import ConfigurationError, CostLimitExceeded
-from .log import say
 from .protocol.task import Columns
 
-__all__ = ["Executor", "map"]
+__all__ = ["Executor", "map", "submit_job"]
 
 T = TypeVar("T")
 
@@ -86,7 +88,7 @@ class Executor(_StdExecutor):
             backend_options=backend_options,
         )
         self.options = options
-        self._job = Job(options)
+        self._job = Job(options, detached.policy_for)
         job = self._job  # not self: the finalizer below holds the progress bar, which must not hold us
         bills = job.backend.hourly_cost(1) > 0
         self._progress = Progress(
@@ -144,8 +146,9 @@ class Executor(_StdExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures`` cancel what has not started. Idempotent."""
         self._job.stop_accepting()
-        if self._job.backend.detached and not cancel_futures and not self._shutdown:
-            self._detach()
+        if detached.runs_detached(self._job) and not cancel_futures and not self._shutdown:
+            detached.leave(self._job)
+            self._close()
             return
         if cancel_futures:
             self._job.cancel_pending()
@@ -155,20 +158,7 @@ class Executor(_StdExecutor):
         elif not self._job.busy():
             self._close()
         else:
-            import threading
-
             threading.Thread(target=self._close_when_idle, name="cloudburst-closer", daemon=True).start()
-
-    def _detach(self) -> None:
-        from .detached import save_record
-
-        record = self._job.detach()
-        save_record(record)
-        say(
-            f"job {self.job_id} runs detached ({record['items']:,} items); collect its results with "
-            f"cloudburst.attach({self.job_id!r}).results() — `cloudburst jobs` lists detached jobs"
-        )
-        self._close()
 
     def _close_when_idle(self) -> None:
         self._job.wait_idle()
@@ -221,8 +211,6 @@ def _iterate(run: MapRun, end: float | None) -> Iterator[Any]:
                         raise TimeoutError(f"map: {len(run) - position} result(s) not ready within the timeout")
                     run.cond.wait(remaining if remaining is not None else 0.5)
                 if run.cancelled and run.ready_upto <= position:
-                    from concurrent.futures import CancelledError
-
                     raise CancelledError(f"map: item {run.base_index + position} was cancelled")
                 upto = run.ready_upto
             for pos in range(position, upto):
@@ -288,11 +276,22 @@ def map(
         return run.values
 
 
+def submit_job(fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | None = None, **options: Any) -> str:
+    """Queue ``fn`` over the items on a cloud backend and return the job id, without waiting.
+
+    ``options`` are those of :class:`cloudburst.Executor` (``backend`` defaults to ``"fargate"``); the job
+    runs detached (see :mod:`cloudburst.detached`): collect its results with :func:`cloudburst.attach`.
+    """
+    options.setdefault("backend", "fargate")
+    options["detached"] = True
+    with Executor(**options) as executor:
+        executor.start_map(fn, *iterables, chunksize=chunksize)
+    return executor.job_id
+
+
 def _wait(run: MapRun, *, stop_on_error: bool) -> None:
     with run.cond:
         while run.done < len(run) and not run.cancelled and not (stop_on_error and run.errors):
             run.cond.wait(0.5)
         if run.cancelled and run.done < len(run):
-            from concurrent.futures import CancelledError
-
             raise CancelledError("map was cancelled before it finished")

@@ -264,6 +264,13 @@ class Backend(abc.ABC):
         """Stop a detached job's workers and delete its queues and data."""
         raise NotImplementedError(f"backend {cls.name!r} cannot run detached jobs")
 
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` from this backend's store, queues or launcher is worth waiting out (throttling, a
+        dropped connection, a brief outage) rather than failing the job. The client and the workers back off
+        and try again on these; anything else fails at once. Default: ``ConnectionError`` and ``TimeoutError``."""
+        return isinstance(exc, (ConnectionError, TimeoutError))
+
     @property
     def client_timeout(self) -> float | None:
         """Seconds without the client's heartbeat after which workers stop (None: they do not look)."""

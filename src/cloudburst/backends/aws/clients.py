@@ -76,6 +76,33 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+#: AWS error codes of a throttled or briefly failing service: worth backing off and trying again. A
+#: CloudError without a code (a dropped connection, a timeout inside botocore) counts too.
+TRANSIENT_CODES = frozenset(
+    {
+        "",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "ServerException",
+        "RequestTimeout",
+        "500",
+        "503",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A translated AWS error worth waiting out: throttling, a 5xx, a dropped connection."""
+    if isinstance(exc, CloudError):
+        return exc.code in TRANSIENT_CODES
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
 @contextmanager
 def translate(service: str, operation: str, what: str = "") -> Iterator[None]:
     """Turn botocore errors into :class:`CloudError` with a message that names the fix."""
