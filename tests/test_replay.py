@@ -160,7 +160,7 @@ def test_a_replayed_started_notice_does_not_blame_a_running_task(tmp_path: Path)
         job = ex._job
         run = ex.map(count_run, [1, 2], [str(log)] * 2, [1.5] * 2, chunksize=2)
         assert wait_until(lambda: len(runs(log)) == 1, timeout=60)  # the chunk runs, delivered once
-        job._on_worker_exit(WorkerExit("ghost", 137, "killed"))  # a worker that took it earlier and died
+        job.watch.on_exit(WorkerExit("ghost", 137, "killed"))  # a worker that took it earlier and died
         send_result_queue(ex, [encode(job.key, STARTED, 0, Notice((1,), "ghost", (1,)), job=job.tag)])
         assert list(run) == [1, 2]
         assert sorted(runs(log)) == ["1", "2"], "the chunk was run again"

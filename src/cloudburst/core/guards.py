@@ -28,7 +28,7 @@ class Guards:
         self.job = job
         self._heartbeat_period = min(30.0, (job.backend.client_timeout or 120.0) / 4)
         self._next_heartbeat = 0.0
-        self._next_dead_letter_check = time.monotonic() + DEAD_LETTER_PERIOD
+        self.next_dead_letter_check = time.monotonic() + DEAD_LETTER_PERIOD
         self._next_cost_check = 0.0
         self._alerted = False
         self._over_budget = False
@@ -69,9 +69,9 @@ class Guards:
         """
         job = self.job
         queue = job.resources.dead_letters
-        if queue is None or time.monotonic() < self._next_dead_letter_check:
+        if queue is None or time.monotonic() < self.next_dead_letter_check:
             return
-        self._next_dead_letter_check = time.monotonic() + DEAD_LETTER_PERIOD
+        self.next_dead_letter_check = time.monotonic() + DEAD_LETTER_PERIOD
         after = job.resources.dead_letter_after
         handled = []
         for letter in read_dead_letters(job.key, queue, job=job.tag):
