@@ -95,7 +95,7 @@ class Collector:
             self.on_forged("results", f"a {exc}")
             return
         if not self._seen.add(opened.message_id):
-            log.debug("cloudburst: dropped a copy of a message handled already (a duplicate delivery or a replay)")
+            log.debug("dropped a copy of a message handled already (a duplicate delivery or a replay)")
             return
         kind, message = opened.kind, opened.message
         if kind == RESULT and isinstance(message, ResultMessage):
@@ -117,7 +117,7 @@ class Collector:
             self.forged[queue] += 1
             count = self.forged[queue]
         if count > MAX_FORGED_MESSAGES:
-            log.debug("cloudburst: %s", detail)
+            log.debug("%s", detail)
             return
         say(
             f"a message on the job's {queue} queue failed its check and was dropped unread ({detail}); "

@@ -84,7 +84,7 @@ class Guards:
             handled.append(letter.receipt)
             if task is None or running or deliveries <= after:
                 log.warning(
-                    "cloudburst: ignored a copy of task %d in the dead-letter queue (%d deliveries; the task is %s)",
+                    "ignored a copy of task %d in the dead-letter queue (%d deliveries; the task is %s)",
                     task_id,
                     deliveries,
                     "done" if task is None else "running" if running else "within its deliveries",
@@ -111,7 +111,7 @@ class Guards:
         cost = job.backend.cost(job.resources)
         if alert and cost >= alert and not self._alerted:
             self._alerted = True
-            say(f"cloudburst: this job has cost ${cost:.2f}, past cost_alert_threshold=${alert:g}")
+            say(f"this job has cost ${cost:.2f}, past cost_alert_threshold=${alert:g}")
         # What is running now bills at least another minute: stop before that would pass the limit.
         projected = cost + job.backend.hourly_cost(job.resources.launcher.running()) / 60
         if limit and projected >= limit and not self._over_budget:

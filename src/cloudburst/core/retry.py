@@ -46,7 +46,7 @@ class Outage:
         if not self.is_transient(exc) or self.failures >= self.rounds:
             self.failures = 0
             return False
-        log.warning("cloudburst: %s failed (%s); trying again", what, exc)
+        log.warning("%s failed (%s); trying again", what, exc)
         self._sleep(min(30.0, 0.5 * 2 ** (self.failures - 1)))
         return True
 

@@ -182,7 +182,7 @@ class Job:
             task = self.table.finish(task_id)
             self.cond.notify_all()
         if task is None:
-            log.warning("cloudburst: %s", exc)
+            log.warning("%s", exc)
             return
         self.finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), exc))
 
@@ -284,7 +284,7 @@ class Job:
             try:  # ends the collector's long poll now; it sees the job closed and returns
                 self.resources.results.send_batch([encode(self.key, WAKE, 0, None, job=self.tag)])
             except Exception as exc:
-                log.debug("cloudburst: could not wake the collector: %s", exc)
+                log.debug("could not wake the collector: %s", exc)
         for thread in self._threads:
             # The collector may sit in a receive until the queues close in close_job: join it after.
             if thread is not current and thread is not collector and thread.is_alive():
@@ -294,7 +294,7 @@ class Job:
                 try:
                     self.guards.write_control(stopped=True)  # workers that miss the stop request retire on this
                 except Exception as exc:
-                    log.debug("cloudburst: could not write the stop flag: %s", exc)
+                    log.debug("could not write the stop flag: %s", exc)
             self.backend.close_job(self.resources, keep=keep)
             if collector is not None and collector is not current and collector.is_alive():
                 collector.join(timeout=0.5)

@@ -144,7 +144,7 @@ class WorkerWatch:
             try:
                 job.resources.tasks.extend(receipts, 0)  # deliver them again now, not when the lease ends
             except Exception as exc:
-                log.debug("cloudburst: could not release the leases of worker %s: %s", exit_.worker_id, exc)
+                log.debug("could not release the leases of worker %s: %s", exit_.worker_id, exc)
         job.dispatcher.send_parts(split)
 
     def running_on_live_worker(self, task: Task) -> bool:
@@ -198,7 +198,7 @@ class WorkerWatch:
         try:
             self.job.resources.launcher.stop()
         except Exception as exc:
-            log.warning("cloudburst: could not stop the workers: %s", exc)
+            log.warning("could not stop the workers: %s", exc)
 
 
 def _cannot_start(exit_: WorkerExit, startup_failures: int) -> WorkerDiedError:
