@@ -104,6 +104,20 @@ def test_the_backend_says_which_errors_are_transient(
     assert backend.is_transient(exc) is transient
 
 
+GONE: list[tuple[type[Backend], BaseException, bool]] = [
+    (Backend, CloudError("gone", code="QueueDoesNotExist"), False),
+    (FargateBackend, CloudError("gone", code="AWS.SimpleQueueService.NonExistentQueue"), True),
+    (FargateBackend, CloudError("gone", code="NoSuchBucket"), True),
+    (FargateBackend, CloudError("throttled", code="Throttling"), False),
+    (FargateBackend, FileNotFoundError("blobs/x"), False),
+]
+
+
+@pytest.mark.parametrize(("backend", "exc", "gone"), GONE, ids=lambda v: getattr(v, "__name__", repr(v)))
+def test_the_backend_says_when_the_job_is_gone(backend: type[Backend], exc: BaseException, gone: bool) -> None:
+    assert backend.job_is_gone(exc) is gone
+
+
 # ---------------------------------------------------------------------------- the core asks the backend
 
 
@@ -148,6 +162,7 @@ def test_an_error_the_backend_calls_transient_is_waited_out(
     with caplog.at_level(logging.WARNING, logger="cloudburst"), cloudburst.Executor(1, backend="hiccup") as ex:
         assert ex.submit(abs, -3).result(timeout=60) == 3
     assert "sending tasks failed (the task queue hiccuped); trying again" in caplog.text
+    assert not [r for r in caplog.records if r.getMessage().startswith("cloudburst: ")], "the handler adds that"
 
 
 def test_an_error_the_backend_does_not_call_transient_fails_the_items(hiccup: type[HiccupBackend]) -> None:

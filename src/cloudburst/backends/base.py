@@ -271,6 +271,12 @@ class Backend(abc.ABC):
         and try again on these; anything else fails at once. Default: ``ConnectionError`` and ``TimeoutError``."""
         return isinstance(exc, (ConnectionError, TimeoutError))
 
+    @classmethod
+    def job_is_gone(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` says the job's queues or store were deleted (the job ended while a worker ran): the
+        worker then leaves quietly, with exit code 0. Default: never."""
+        return False
+
     @property
     def client_timeout(self) -> float | None:
         """Seconds without the client's heartbeat after which workers stop (None: they do not look)."""

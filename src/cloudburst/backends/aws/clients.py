@@ -103,6 +103,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError))
 
 
+#: AWS error codes of a job's queue or bucket that no longer exists: the job ended
+GONE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NoSuchBucket"})
+
+
+def is_gone(exc: BaseException) -> bool:
+    """A translated AWS error saying the queue or bucket asked for was deleted."""
+    return isinstance(exc, CloudError) and exc.code in GONE_CODES
+
+
 @contextmanager
 def translate(service: str, operation: str, what: str = "") -> Iterator[None]:
     """Turn botocore errors into :class:`CloudError` with a message that names the fix."""
