@@ -11,12 +11,12 @@ from concurrent.futures import Executor as _StdExecutor
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from . import detached
 from .backends import get_backend
 from .config.options import ExecutorOptions, check_known
 from .core.progress import Progress, wanted
 from .core.session import Job
 from .core.work import MapRun
+from .detached import leave, policy_for, runs_detached
 from .errors import ConfigurationError, CostLimitExceeded
 from .protocol.task import Columns
 
@@ -88,7 +88,7 @@ class Executor(_StdExecutor):
             backend_options=backend_options,
         )
         self.options = options
-        self._job = Job(options, detached.policy_for)
+        self._job = Job(options, policy_for)
         job = self._job  # not self: the finalizer below holds the progress bar, which must not hold us
         bills = job.backend.hourly_cost(1) > 0
         self._progress = Progress(
@@ -146,8 +146,8 @@ class Executor(_StdExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures`` cancel what has not started. Idempotent."""
         self._job.stop_accepting()
-        if detached.runs_detached(self._job) and not cancel_futures and not self._shutdown:
-            detached.leave(self._job)
+        if runs_detached(self._job) and not cancel_futures and not self._shutdown:
+            leave(self._job)
             self._close()
             return
         if cancel_futures:

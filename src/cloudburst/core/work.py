@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
+from ..protocol.remote_exceptions import restore_exception
 from ..protocol.serialize import BlobRef
 from ..protocol.task import Columns, ItemError
 
@@ -147,8 +148,6 @@ class Task:
 
 def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
     """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
-    from ..protocol.remote_exceptions import restore_exception
-
     try:
         exc = restore_exception(error.pickled, error.type_name, error.message, error.traceback)
     except Exception:  # never let one odd exception leave the futures of its task unresolved
