@@ -34,7 +34,20 @@ from .log import say
 from .protocol.serialize import Unpacker, job_tag
 from .protocol.task import RESULT, ResultMessage, decode, read_dead_letters
 
-__all__ = ["DETACHED", "DetachedJob", "attach", "jobs", "jobs_dir", "leave", "policy_for", "runs_detached"]
+__all__ = [
+    "DETACHED",
+    "SUBMIT_BACKEND",
+    "DetachedJob",
+    "attach",
+    "jobs",
+    "jobs_dir",
+    "leave",
+    "policy_for",
+    "runs_detached",
+]
+
+#: where :func:`cloudburst.submit_job` sends work unless told otherwise: workers that outlive the client
+SUBMIT_BACKEND = "fargate"
 
 #: A detached session queues everything at once (the client may leave), in chunks cut without measuring
 #: (no time to), reads no results (they wait for ``attach``), and leaves dead letters and the workers' stop

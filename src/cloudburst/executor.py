@@ -16,7 +16,7 @@ from .config.options import ExecutorOptions, check_known
 from .core.progress import Progress, wanted
 from .core.session import Job
 from .core.work import MapRun
-from .detached import leave, policy_for, runs_detached
+from .detached import SUBMIT_BACKEND, leave, policy_for, runs_detached
 from .errors import ConfigurationError, CostLimitExceeded
 from .protocol.task import Columns
 
@@ -279,10 +279,11 @@ def map(
 def submit_job(fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | None = None, **options: Any) -> str:
     """Queue ``fn`` over the items on a cloud backend and return the job id, without waiting.
 
-    ``options`` are those of :class:`cloudburst.Executor` (``backend`` defaults to ``"fargate"``); the job
-    runs detached (see :mod:`cloudburst.detached`): collect its results with :func:`cloudburst.attach`.
+    ``options`` are those of :class:`cloudburst.Executor` (``backend`` defaults to the cloud backend,
+    ``detached.SUBMIT_BACKEND``); the job runs detached (see :mod:`cloudburst.detached`): collect its
+    results with :func:`cloudburst.attach`.
     """
-    options.setdefault("backend", "fargate")
+    options.setdefault("backend", SUBMIT_BACKEND)
     options["detached"] = True
     with Executor(**options) as executor:
         executor.start_map(fn, *iterables, chunksize=chunksize)
