@@ -288,7 +288,7 @@ def test_lease_expiry_redelivers_and_first_result_wins() -> None:
         assert wait_until(lambda: future.running(), timeout=30)
         time.sleep(0.2)
         # Freeze whichever worker holds the task: it stops extending its lease.
-        holder = ex._job._tasks[1].workers[-1]
+        holder = ex._job.table.tasks[1].workers[-1]
         pid = ex._job.worker_pids()[holder]
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -307,14 +307,14 @@ def test_a_forged_message_cannot_fail_a_task(make_executor: Any) -> None:
     ex = make_executor(1)
     blocker = ex.submit(slow_square, 2)
     assert wait_until(blocker.running, timeout=30)
-    blocker_id = max(ex._job._tasks)
+    blocker_id = max(ex._job.table.tasks)
     # Junk sealed with some other key, naming the next tasks, queued ahead of them.
     tag = ex._job.tag
     forged = [encode(os.urandom(32), b"T", blocker_id + n, "not the job's key", job=tag) for n in (1, 1, 2, 2, 3, 3)]
     ex._job.resources.tasks.send_batch(forged)
     victim = ex.submit(abs, -5)
-    assert wait_until(lambda: len(ex._job._tasks) == 2, timeout=10)
-    assert blocker_id < max(ex._job._tasks) <= blocker_id + 3  # the forgeries name it
+    assert wait_until(lambda: len(ex._job.table.tasks) == 2, timeout=10)
+    assert blocker_id < max(ex._job.table.tasks) <= blocker_id + 3  # the forgeries name it
     assert victim.result(timeout=30) == 5
     assert blocker.result(timeout=30) == 4
 

@@ -58,7 +58,7 @@ def holder_of_a_running_task(ex: cloudburst.Executor) -> str:
     holders: list[str] = []
 
     def found() -> bool:
-        holders.extend(t.workers[-1] for t in list(ex._job._tasks.values()) if t.workers)
+        holders.extend(t.workers[-1] for t in list(ex._job.table.tasks.values()) if t.workers)
         return bool(holders)
 
     assert wait_until(found, timeout=30)
@@ -470,7 +470,7 @@ def slow(x):
 
 with cloudburst.Executor(2, backend="fargate") as ex:
     results = ex.map(slow, range(4), chunksize=1)
-    while sum(1 for t in ex._job._tasks.values() if t.workers) < 2:
+    while sum(1 for t in ex._job.table.tasks.values() if t.workers) < 2:
         time.sleep(0.1)
     print("JOB", ex.job_id, *ex._job.resources.launcher.task_ids(), flush=True)
     list(results)

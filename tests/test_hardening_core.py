@@ -115,7 +115,7 @@ def test_a_started_notice_read_after_its_workers_death_sends_the_task_again(emul
             url = sqs.get_queue_url(QueueName=f"cloudburst-{ex.job_id[:20]}-tasks")["QueueUrl"]
             taken = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=10)["Messages"]
             # The worker "ghost" took the task and died; its death is handled before its started notice.
-            job._on_worker_exit(WorkerExit("ghost", 137, "OutOfMemoryError", "", False))
+            job.watch.on_exit(WorkerExit("ghost", 137, "OutOfMemoryError", "", False))
             notice = Notice((1,), "ghost", (1,), receipts=(taken[0]["ReceiptHandle"],))
             job.resources.results.send_batch([encode(job.key, STARTED, 0, notice, job=job.tag)])
             began = time.monotonic()
@@ -135,7 +135,7 @@ def test_a_task_copied_into_the_dead_letter_queue_does_not_fail(emulator: Any) -
         sqs = boto3.client("sqs")
         url = sqs.get_queue_url(QueueName=f"cloudburst-{ex.job_id[:20]}-dlq")["QueueUrl"]
         sqs.send_message(QueueUrl=url, MessageBody=_sqs_body(encode(job.key, TASK, 1, message, job=job.tag)))
-        job._next_dead_letter_check = 0.0  # look now rather than in 15 s
+        job.guards.next_dead_letter_check = 0.0  # look now rather than in 15 s
         assert future.result(timeout=60) == 9
 
 

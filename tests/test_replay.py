@@ -160,7 +160,7 @@ def test_a_replayed_started_notice_does_not_blame_a_running_task(tmp_path: Path)
         job = ex._job
         run = ex.map(count_run, [1, 2], [str(log)] * 2, [1.5] * 2, chunksize=2)
         assert wait_until(lambda: len(runs(log)) == 1, timeout=60)  # the chunk runs, delivered once
-        job._on_worker_exit(WorkerExit("ghost", 137, "killed"))  # a worker that took it earlier and died
+        job.watch.on_exit(WorkerExit("ghost", 137, "killed"))  # a worker that took it earlier and died
         send_result_queue(ex, [encode(job.key, STARTED, 0, Notice((1,), "ghost", (1,)), job=job.tag)])
         assert list(run) == [1, 2]
         assert sorted(runs(log)) == ["1", "2"], "the chunk was run again"
@@ -186,11 +186,11 @@ def test_forged_task_messages_neither_fail_nor_resend_the_task_they_name(
     ex = make_executor(1)
     blocker = ex.submit(nap, 2, 1.5)
     assert wait_until(blocker.running, timeout=60)
-    next_id = max(ex._job._tasks) + 1
+    next_id = max(ex._job.table.tasks) + 1
     ex._job.resources.tasks.send_batch(forged_tasks(ex, [next_id] * 5))  # queued ahead of the task they name
     victim = ex.submit(abs, -5)
     assert victim.result(timeout=60) == 5 and blocker.result(timeout=60) == 2
-    assert wait_until(lambda: ex._job._forged["tasks"] == 5, timeout=30)
+    assert wait_until(lambda: ex._job.collector.forged["tasks"] == 5, timeout=30)
     assert "tasks queue failed its check" in capsys.readouterr().err
     assert ex._job.stats["tasks"] == 2, "a forged message made the client send a task again"
 
@@ -199,7 +199,7 @@ def test_forged_results_neither_fail_nor_resend_the_task_they_name(make_executor
     ex = make_executor(1)
     future = ex.submit(nap, 5, 2.0)
     assert wait_until(future.running, timeout=60)
-    send_result_queue(ex, forged_results(ex, max(ex._job._tasks), 5))
+    send_result_queue(ex, forged_results(ex, max(ex._job.table.tasks), 5))
     assert future.result(timeout=60) == 5
     assert ex._job.stats["tasks"] == 1, "a forged result made the client send its task again"
 
@@ -216,7 +216,7 @@ def test_a_tampered_task_message_is_refused_unread_and_counted(
     victim = ex.submit(abs, -3)
     tamper_with_waiting_task(ex)
     assert blocker.result(timeout=60) == 2
-    assert wait_until(lambda: ex._job._forged["tasks"] == 1, timeout=60)
+    assert wait_until(lambda: ex._job.collector.forged["tasks"] == 1, timeout=60)
     assert re.search(r"tasks queue failed its check .*HMAC.*1 so far, the job stops at 20", capsys.readouterr().err)
     assert ex.submit(abs, -4).result(timeout=60) == 4
     assert not victim.done() and ex._job.stats["tasks"] == 3

@@ -96,7 +96,7 @@ def test_a_seeded_map_gives_the_same_results_on_warm_workers() -> None:
 
 
 def test_an_executor_broken_while_idle_is_replaced() -> None:
-    from cloudburst.core.job import MAX_FORGED_MESSAGES
+    from cloudburst.core.collect import MAX_FORGED_MESSAGES
     from cloudburst.protocol.task import encode
 
     cloudburst.map(pid, range(4), workers=1, progress=False)

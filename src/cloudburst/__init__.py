@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import errors
 from .aws import doctor, setup, teardown
 from .backends import available as available_backends
-from .detached import DetachedJob, attach, jobs, submit_job
+from .detached import DetachedJob, attach, jobs
 from .errors import (
     BrokenExecutorError,
     CloudburstError,
@@ -32,7 +32,7 @@ from .errors import (
     WorkerDiedError,
 )
 from .estimate import Estimate, estimate
-from .executor import Executor, map
+from .executor import Executor, map, submit_job
 from .seeds import current_item, rng
 
 __version__ = "0.1.0"

@@ -16,20 +16,86 @@ The record file is readable by its owner only; results already collected stay on
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
-from .core.job import rebuild_exception
+from .backends.base import Backend
+from .core.policy import ATTACHED, DispatchPolicy
+from .core.session import Job
 from .core.words import plural
+from .core.work import rebuild_exception
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
+from .log import say
 from .protocol.serialize import Unpacker, job_tag
 from .protocol.task import RESULT, ResultMessage, decode, read_dead_letters
 
-__all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
+__all__ = [
+    "DETACHED",
+    "SUBMIT_BACKEND",
+    "DetachedJob",
+    "attach",
+    "jobs",
+    "jobs_dir",
+    "leave",
+    "policy_for",
+    "runs_detached",
+]
+
+#: where :func:`cloudburst.submit_job` sends work unless told otherwise: workers that outlive the client
+SUBMIT_BACKEND = "fargate"
+
+#: A detached session queues everything at once (the client may leave), in chunks cut without measuring
+#: (no time to), reads no results (they wait for ``attach``), and leaves dead letters and the workers' stop
+#: flag alone: the workers go on without the client.
+DETACHED = DispatchPolicy(backlog=1 << 30, measure=False, collect=False, dead_letters=False, stop_flag=False)
+
+
+def policy_for(backend: Backend) -> DispatchPolicy:
+    """A session's dispatch policy: detached when its backend runs the job on without the client."""
+    return DETACHED if backend.detached else ATTACHED
+
+
+def runs_detached(job: Job) -> bool:
+    """Whether the session queues everything for a later client (``leave`` it at shutdown)."""
+    return job.table.policy is DETACHED
+
+
+def leave(job: Job) -> dict[str, Any]:
+    """Send every task, start the workers, record the job on disk and say how to collect it; the record."""
+    job.wait_sent()
+    with job.cond:
+        tasks = {str(t.task_id): _indices(t.indices) for t in job.table.tasks.values()}
+    wanted = min(job.backend.workers, math.ceil(len(tasks) / job.backend.tasks_per_worker))
+    launcher = job.resources.launcher  # the manager starts them; wait until it has
+    deadline = time.monotonic() + 120
+    while launcher.running() < wanted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = {
+        "job_id": job.id,
+        "backend": job.options.backend,
+        "created": time.time(),
+        "items": job.table.next_index,
+        "tasks": tasks,
+        **job.backend.job_record(job.resources),
+    }
+    save_record(record)
+    say(
+        f"job {job.id} runs detached ({record['items']:,} items); collect its results with "
+        f"cloudburst.attach({job.id!r}).results() — `cloudburst jobs` lists detached jobs"
+    )
+    return record
+
+
+def _indices(indices: Sequence[int]) -> list[int]:
+    """A task's item indices for a job record: ``[start, stop]`` for a range, else ``[-1, *indices]``."""
+    if isinstance(indices, range):
+        return [indices.start, indices.stop]
+    return [-1, *indices]
 
 
 def jobs_dir() -> Path:
@@ -51,20 +117,6 @@ def save_record(record: dict[str, Any]) -> Path:
     with os.fdopen(fd, "w") as fh:
         json.dump(record, fh, indent=1)
     return path
-
-
-def submit_job(fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | None = None, **options: Any) -> str:
-    """Queue ``fn`` over the items on a cloud backend and return the job id, without waiting.
-
-    ``options`` are those of :class:`cloudburst.Executor` (``backend`` defaults to ``"fargate"``).
-    """
-    from .executor import Executor
-
-    options.setdefault("backend", "fargate")
-    options["detached"] = True
-    with Executor(**options) as executor:
-        executor.start_map(fn, *iterables, chunksize=chunksize)
-    return executor.job_id
 
 
 class DetachedJob:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import Executor as _StdExecutor
-from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import warm
 from .backends import get_backend
 from .config.options import ExecutorOptions, check_known
-from .core.job import Job, MapRun
 from .core.progress import Progress, wanted
+from .core.session import Job
+from .core.work import MapRun
+from .detached import SUBMIT_BACKEND, leave, policy_for, runs_detached
 from .errors import ConfigurationError
-from .log import say
 from .protocol.task import Columns
 
-__all__ = ["Executor", "map"]
+__all__ = ["Executor", "map", "submit_job"]
 
 T = TypeVar("T")
 
@@ -87,7 +89,7 @@ class Executor(_StdExecutor):
             backend_options=backend_options,
         )
         self.options = options
-        self._job = Job(options)
+        self._job = Job(options, policy_for)
         job = self._job  # not self: the finalizer below holds the progress bar, which must not hold us
         bills = job.backend.hourly_cost(1) > 0
         self._progress = Progress(
@@ -145,8 +147,9 @@ class Executor(_StdExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``cancel_futures`` cancel what has not started. Idempotent."""
         self._job.stop_accepting()
-        if self._job.backend.detached and not cancel_futures and not self._shutdown:
-            self._detach()
+        if runs_detached(self._job) and not cancel_futures and not self._shutdown:
+            leave(self._job)
+            self._close()
             return
         if cancel_futures:
             self._job.cancel_pending()
@@ -156,20 +159,7 @@ class Executor(_StdExecutor):
         elif not self._job.busy():
             self._close()
         else:
-            import threading
-
             threading.Thread(target=self._close_when_idle, name="cloudburst-closer", daemon=True).start()
-
-    def _detach(self) -> None:
-        from .detached import save_record
-
-        record = self._job.detach()
-        save_record(record)
-        say(
-            f"job {self.job_id} runs detached ({record['items']:,} items); collect its results with "
-            f"cloudburst.attach({self.job_id!r}).results() — `cloudburst jobs` lists detached jobs"
-        )
-        self._close()
 
     def _close_when_idle(self) -> None:
         self._job.wait_idle()
@@ -222,8 +212,6 @@ def _iterate(run: MapRun, end: float | None) -> Iterator[Any]:
                         raise TimeoutError(f"map: {len(run) - position} result(s) not ready within the timeout")
                     run.cond.wait(remaining if remaining is not None else 0.5)
                 if run.cancelled and run.ready_upto <= position:
-                    from concurrent.futures import CancelledError
-
                     raise CancelledError(f"map: item {run.base_index + position} was cancelled")
                 upto = run.ready_upto
             for pos in range(position, upto):
@@ -284,3 +272,17 @@ def map(
         chunksize=chunksize,
         keep_warm=idle_seconds,
     )
+
+
+def submit_job(fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | None = None, **options: Any) -> str:
+    """Queue ``fn`` over the items on a cloud backend and return the job id, without waiting.
+
+    ``options`` are those of :class:`cloudburst.Executor` (``backend`` defaults to the cloud backend,
+    ``detached.SUBMIT_BACKEND``); the job runs detached (see :mod:`cloudburst.detached`): collect its
+    results with :func:`cloudburst.attach`.
+    """
+    options.setdefault("backend", SUBMIT_BACKEND)
+    options["detached"] = True
+    with Executor(**options) as executor:
+        executor.start_map(fn, *iterables, chunksize=chunksize)
+    return executor.job_id

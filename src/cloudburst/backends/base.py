@@ -21,8 +21,8 @@ checks them; ``docs/backends.md`` shows how to write a backend):
   worker reads "no control record" and "no cancel marker" that way. Any other failure raises; the core
   waits out and retries only what ``Backend.is_transient(exc)`` calls transient (throttling, a 5xx, a
   dropped connection), and fails the work for anything else. Inside a worker, a queue whose job was
-  deleted raises ``EOFError``/``ConnectionError`` (or a ``CloudError`` whose code says the queue or
-  bucket does not exist): the worker takes that as "the job ended" and exits 0.
+  deleted raises ``EOFError``/``ConnectionError``, or an error the backend's ``job_is_gone`` recognises
+  (AWS: "the queue or bucket does not exist"): the worker takes that as "the job ended" and exits 0.
 * **Leases, at least once.** ``receive`` leases each message for ``Backend.lease_seconds``; a message
   not acknowledged before its lease ends is delivered again, its ``receive_count`` one higher. Workers
   extend the leases of running tasks every ``lease_seconds / 3``. ``extend(receipts, 0)`` releases a
@@ -405,6 +405,19 @@ class Backend(abc.ABC):
     def forget_job(cls, record: Mapping[str, object]) -> None:
         """Stop a detached job's workers and delete its queues and data."""
         raise NotImplementedError(f"backend {cls.name!r} cannot run detached jobs")
+
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` from this backend's store, queues or launcher is worth waiting out (throttling, a
+        dropped connection, a brief outage) rather than failing the job. The client and the workers back off
+        and try again on these; anything else fails at once. Default: ``ConnectionError`` and ``TimeoutError``."""
+        return isinstance(exc, (ConnectionError, TimeoutError))
+
+    @classmethod
+    def job_is_gone(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` says the job's queues or store were deleted (the job ended while a worker ran): the
+        worker then leaves quietly, with exit code 0. Default: never."""
+        return False
 
     @property
     def client_timeout(self) -> float | None:

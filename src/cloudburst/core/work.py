@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
+from ..protocol.remote_exceptions import restore_exception
 from ..protocol.serialize import BlobRef
 from ..protocol.task import Columns, ItemError
 
@@ -118,11 +119,35 @@ class Task:
             return range(self.start, self.start + len(self))
         return [item.label for item in self.items]
 
+    def finish(self, values: Sequence[Any], errors: dict[int, BaseException], only: Iterable[int] | None = None) -> int:
+        """Hand results to the run's slots or the items' futures: every position, or ``only`` those (their
+        errors given). Returns how many submitted items this resolved (a run reports its own progress)."""
+        if self.run is not None:
+            if only is not None:
+                for pos in only:
+                    self.run.fill(self.start + pos, [None], {0: errors[pos]})
+            else:
+                self.run.fill(self.start, values, errors)
+            return 0
+        positions = range(len(self.items)) if only is None else list(only)
+        for pos in positions:
+            future = self.items[pos].future
+            try:
+                if pos in errors:
+                    future.set_exception(errors[pos])
+                else:
+                    future.set_result(values[pos])
+            except InvalidStateError:
+                pass  # cancelled meanwhile
+        return len(positions)
+
+    def fail(self, exc: BaseException) -> int:
+        """Every item fails with ``exc``; returns how many submitted items this resolved."""
+        return self.finish([None] * len(self), dict.fromkeys(range(len(self)), exc))
+
 
 def rebuild_exception(error: ItemError, *, where: str) -> BaseException:
     """The exception a call raised, as itself with its remote traceback, or a RemoteError."""
-    from ..protocol.remote_exceptions import restore_exception
-
     try:
         exc = restore_exception(error.pickled, error.type_name, error.message, error.traceback)
     except Exception:  # never let one odd exception leave the futures of its task unresolved

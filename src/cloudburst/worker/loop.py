@@ -51,7 +51,6 @@ from ..backends.base import Message, WorkerSide
 from ..core import scratch
 from ..core.work import span
 from ..errors import (
-    CloudError,
     PayloadAuthenticationError,
     PicklingError,
     TaskExitError,
@@ -545,8 +544,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     except (EOFError, ConnectionError, BrokenPipeError):
         worker.say_exit("lost the connection to the client")
         return 0
-    except CloudError as exc:
-        if exc.code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NoSuchBucket"):
+    except Exception as exc:
+        if backend.job_is_gone(exc):
             worker.say_exit("the job's queue is gone (the job ended)")
             return 0
         raise

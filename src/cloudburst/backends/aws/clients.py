@@ -76,6 +76,42 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+#: AWS error codes of a throttled or briefly failing service: worth backing off and trying again. A
+#: CloudError without a code (a dropped connection, a timeout inside botocore) counts too.
+TRANSIENT_CODES = frozenset(
+    {
+        "",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "ServerException",
+        "RequestTimeout",
+        "500",
+        "503",
+    }
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A translated AWS error worth waiting out: throttling, a 5xx, a dropped connection."""
+    if isinstance(exc, CloudError):
+        return exc.code in TRANSIENT_CODES
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+#: AWS error codes of a job's queue or bucket that no longer exists: the job ended
+GONE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NoSuchBucket"})
+
+
+def is_gone(exc: BaseException) -> bool:
+    """A translated AWS error saying the queue or bucket asked for was deleted."""
+    return isinstance(exc, CloudError) and exc.code in GONE_CODES
+
+
 @contextmanager
 def translate(service: str, operation: str, what: str = "") -> Iterator[None]:
     """Turn botocore errors into :class:`CloudError` with a message that names the fix."""

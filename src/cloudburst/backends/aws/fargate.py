@@ -41,7 +41,7 @@ from ...errors import CloudError
 from ...log import say, warn
 from ..base import Backend, JobResources, WorkerExit, WorkerPrice, WorkerSide
 from ..local import LocalLauncher
-from .clients import client, error_code, translate
+from .clients import client, error_code, is_gone, is_transient, translate
 from .credentials import AWS_IDENTITY_VARIABLES, CredentialsEndpoint
 from .job_roles import PROPAGATION_SECONDS, JobRole, delete_job_role, principal_of
 from .policies import Names, worker_policy
@@ -607,6 +607,16 @@ class FargateBackend(Backend):
         cpu_units, mib = task_size(cpu, memory_mib)
         table = prices(region or "us-east-1")
         return WorkerPrice(table.hourly(cpu_units, mib, arch=arch, spot=spot), table.source, minimum_seconds=60.0)
+
+    @classmethod
+    def is_transient(cls, exc: BaseException) -> bool:
+        """Throttling, a 5xx or a dropped connection (``clients.TRANSIENT_CODES``)."""
+        return is_transient(exc)
+
+    @classmethod
+    def job_is_gone(cls, exc: BaseException) -> bool:
+        """The job's queue or bucket was deleted (``clients.GONE_CODES``)."""
+        return is_gone(exc)
 
     @classmethod
     def defaults(cls) -> dict[str, object]:
