@@ -28,6 +28,7 @@ from .core.words import plural
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
 from .protocol.serialize import Unpacker, job_tag
 from .protocol.task import RESULT, ResultMessage, decode, read_dead_letters
+from .protocol.workerenv import from_environ
 
 __all__ = ["DetachedJob", "attach", "jobs", "jobs_dir", "submit_job"]
 
@@ -82,7 +83,7 @@ class DetachedJob:
         self.job_id: str = self.record["job_id"]
         self.total: int = int(self.record["items"])
         self._key = bytes.fromhex(self.record["key"])
-        self._env: dict[str, str] = {**self.record["env"], "CLOUDBURST_JOB_KEY": self.record["key"]}
+        self._env = from_environ(self.record["env"]).replace(job_key=self.record["key"])
         self._backend = get_backend(self.record["backend"])
         self._side: Any = None
         self._unpacker: Unpacker | None = None

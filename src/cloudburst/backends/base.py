@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..config.options import ExecutorOptions
+    from ..protocol.workerenv import WorkerEnv
 
 __all__ = [
     "Backend",
@@ -190,8 +191,9 @@ class Backend(abc.ABC):
         self.options = options
 
     @abc.abstractmethod
-    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
-        """Create the job's store prefix, queues and launcher."""
+    def open_job(self, job_id: str, key: bytes, worker_env: WorkerEnv) -> JobResources:
+        """Create the job's store prefix, queues and launcher. Workers get ``worker_env``, with what the backend
+        adds (where to connect), as their environment: written by its ``to_environ()``."""
 
     @abc.abstractmethod
     def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
@@ -199,8 +201,8 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
-        """Inside a worker: rebuild store and queues from the launcher's environment."""
+    def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
+        """Inside a worker: rebuild store and queues from the launcher's environment (``workerenv.from_environ``)."""
 
     @classmethod
     def import_path(cls) -> str:

@@ -67,6 +67,7 @@ from ..protocol.task import (
     seal_control,
     sealed_task_id,
 )
+from ..protocol.workerenv import WorkerEnv
 from ..worker.bootstrap import EXIT_ENVIRONMENT
 from . import scratch
 from .work import MapRun, SubmitItem, Task, rebuild_exception, span
@@ -115,16 +116,17 @@ class Job:
         self.tag = job_tag(self.id)  # sealed into every message: one copied from another job is refused
         self.backend = get_backend(options.backend)(options)
         idle, client_timeout = self.backend.idle_timeout, self.backend.client_timeout
-        worker_env = {
-            **options.env,
-            "CLOUDBURST_JOB_ID": self.id,
-            "CLOUDBURST_JOB_KEY": self.key.hex(),
-            "CLOUDBURST_LEASE_SECONDS": str(self.backend.lease_seconds),
-            "CLOUDBURST_INLINE_LIMIT": str(self._inline_limit),
-            "CLOUDBURST_IDLE_TIMEOUT": "" if idle is None else str(idle),
-            "CLOUDBURST_CLIENT_TIMEOUT": "" if client_timeout is None else str(client_timeout),
-            "CLOUDBURST_CONTROL_PERIOD": str(self.backend.control_period),
-        }
+        worker_env = WorkerEnv(
+            job_id=self.id,
+            backend=self.backend.import_path(),
+            job_key=self.key.hex(),
+            lease_seconds=self.backend.lease_seconds,
+            inline_limit=self._inline_limit,
+            idle_timeout=idle,
+            client_timeout=client_timeout,
+            control_period=self.backend.control_period,
+            user_env=dict(options.env),
+        )
         self.resources = self.backend.open_job(self.id, self.key, worker_env)
         self.packer = Packer(self.resources.store, inline_limit=self._inline_limit)
         self._cache_dir = scratch.make("client-")

@@ -35,8 +35,8 @@ A worker keeps its files (decompressed blobs) in its scratch folder
 from __future__ import annotations
 
 import faulthandler
-import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -58,6 +58,7 @@ from ..errors import (
     UnpicklingError,
     WorkerDiedError,
 )
+from ..protocol import workerenv
 from ..protocol.output import Capture
 from ..protocol.serialize import Packer, Unpacker, describe, job_tag
 from ..protocol.task import (
@@ -75,6 +76,7 @@ from ..protocol.task import (
     open_control,
     open_message,
 )
+from ..protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
 from . import memlimit
 
 __all__ = ["Worker", "item_error", "main"]
@@ -105,30 +107,32 @@ def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
 class Worker:
     """Runs tasks from a queue until retired. All backends share this loop."""
 
-    def __init__(self, side: WorkerSide, env: Mapping[str, str], *, announce: bool = True) -> None:
+    def __init__(self, side: WorkerSide, env: WorkerEnv, *, announce: bool = True, own_process: bool = False) -> None:
+        """``own_process``: this loop is its process (``main``), so its watchdogs may end the process and its
+        memory limit is the process's; otherwise (a loop on a thread) they only stop the loop."""
         self.side = side
+        self.env = env
         self.announce_tasks = announce
-        self.key = bytes.fromhex(str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"]))
+        self.own_process = own_process
+        key = str(side.extra.get("job_key") or env.job_key)
+        if not key:
+            raise WireEnvironmentError(f"{workerenv.variable('job_key')} is not set, and the backend found no key")
+        self.key = bytes.fromhex(key)
         self.worker_id = str(side.extra.get("worker_id") or worker_id(env))
-        self.job = job_tag(env["CLOUDBURST_JOB_ID"])
+        self.job = job_tag(env.job_id)
         self._finished = RecentIds(WORKER_MEMORY)  # task message ids whose result this worker sent (task.py)
-        self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
-        idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
-        self.idle_timeout = float(idle) if idle else None
-        client_timeout = env.get("CLOUDBURST_CLIENT_TIMEOUT", "")
-        self.client_timeout = float(client_timeout) if client_timeout else None
-        self.control_period = float(env.get("CLOUDBURST_CONTROL_PERIOD", "5"))
+        self.lease_seconds = env.lease_seconds
+        self.idle_timeout = env.idle_timeout
+        self.client_timeout = env.client_timeout
+        self.control_period = env.control_period
         self.slots = 1
-        memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
-        self.memory_limit = int(memory) * 1024 * 1024 if memory else None
+        self.memory_limit = env.memory_limit_mib * 2**20 if env.memory_limit_mib is not None else None
         self.memory_mode = memlimit.POLL  # main() sets what enforces the limit
-        self.supervised = env.get("CLOUDBURST_SUPERVISED") == "1"
-        self.inline_limit = int(env.get("CLOUDBURST_INLINE_LIMIT", str(256 * 1024)))
-        cache = scratch.make("blobs-", reaper=False)
-        self.unpacker = Unpacker(side.store, cache)
-        self.packer = Packer(
-            side.store, inline_limit=self.inline_limit, compress=env.get("CLOUDBURST_COMPRESS", "1") == "1"
-        )
+        self.supervised = env.supervised
+        self.inline_limit = env.inline_limit
+        self._cache = scratch.make("blobs-", reaper=False)
+        self.unpacker = Unpacker(side.store, self._cache)
+        self.packer = Packer(side.store, inline_limit=self.inline_limit, compress=env.compress)
         self._held: dict[str, float] = {}  # receipt -> lease end
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -138,20 +142,31 @@ class Worker:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
+        """Take and run tasks until retired (idle too long) or stopped; the watchdogs end with it."""
         self.start_watchdogs()
-        while not self._stopping.is_set():
-            messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
-            if not messages:
-                if self.should_retire():
-                    return 0
-                continue
-            self._last_work = time.monotonic()
-            tasks = self.authenticate(messages)
-            self.announce(tasks)
-            for message, task, message_id in tasks:
-                self.run_task(message, task, message_id)
-            self._last_work = time.monotonic()
-        return 0
+        try:
+            while not self._stopping.is_set():
+                messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
+                if not messages:
+                    if self.should_retire():
+                        return 0
+                    continue
+                self._last_work = time.monotonic()
+                tasks = self.authenticate(messages)
+                self.announce(tasks)
+                for message, task, message_id in tasks:
+                    self.run_task(message, task, message_id)
+                self._last_work = time.monotonic()
+            return 0
+        finally:
+            self._stopping.set()
+            shutil.rmtree(self._cache, ignore_errors=True)
+
+    def end(self, code: int) -> None:
+        """What a watchdog does to stop this worker: end the process (its own), else stop the loop."""
+        if self.own_process:
+            leave(code)
+        self._stopping.set()
 
     def should_retire(self) -> bool:
         idle = time.monotonic() - self._last_work
@@ -169,7 +184,7 @@ class Worker:
                 print(f"cloudburst-worker: could not read the job's control record: {exc}", file=sys.__stderr__)
                 continue
             if over:
-                leave(0)
+                self.end(0)
 
     def job_over(self) -> bool:
         """Read the job's control record: stopped, or has the client been silent too long?
@@ -402,7 +417,7 @@ class Worker:
             threading.Thread(
                 target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True
             ).start()
-        if self.memory_limit is not None and self.memory_mode == memlimit.POLL:
+        if self.own_process and self.memory_limit is not None and self.memory_mode == memlimit.POLL:
             threading.Thread(
                 target=self.watch_memory, args=(self.memory_limit,), name="memory-watch", daemon=True
             ).start()
@@ -419,15 +434,14 @@ class Worker:
                     print(f"cloudburst-worker: could not extend leases: {exc}", file=sys.__stderr__)
 
     def watch_parent(self, parent_pid: int) -> None:
-        while True:
+        while not self._stopping.wait(0.25):
             if os.getppid() != parent_pid:
                 self.say_exit("the client process is gone")
-                leave(0)
-            time.sleep(0.25)
+                self.end(0)
 
     def watch_memory(self, limit: int) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
-        while True:
+        while not self._stopping.wait(0.05):
             try:
                 with open("/proc/self/statm") as fh:
                     rss = int(fh.read().split()[1]) * page
@@ -438,8 +452,7 @@ class Worker:
                     f"OutOfMemoryError: the worker used {rss / 2**20:.0f} MiB, over its memory limit of "
                     f"{limit / 2**20:.0f} MiB; ask for more memory= or use less per task"
                 )
-                leave(OOM_EXIT_CODE)
-            time.sleep(0.05)
+                self.end(OOM_EXIT_CODE)
 
     def check_memory_error(self, exc: BaseException) -> None:
         """Under RLIMIT_DATA an allocation past the limit fails instead of the kernel killing the worker: a
@@ -459,15 +472,15 @@ class Worker:
             f"{self.memory_limit / 2**20:.0f} MiB with {what} the kernel refused ({memlimit.RLIMIT}); "
             "ask for more memory= or use less per task"
         )
-        leave(OOM_EXIT_CODE)
+        self.end(OOM_EXIT_CODE)
 
     def say_exit(self, reason: str) -> None:
         os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
 
 
-def worker_id(env: Mapping[str, str]) -> str:
+def worker_id(env: WorkerEnv) -> str:
     """This worker's name as the launcher gave it (a backend may name it in ``WorkerSide.extra``)."""
-    return env.get("CLOUDBURST_WORKER_ID") or f"pid{os.getpid()}"
+    return env.worker_id or f"pid{os.getpid()}"
 
 
 def leave(code: int) -> NoReturn:
@@ -479,14 +492,13 @@ def leave(code: int) -> NoReturn:
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(env: Mapping[str, str]) -> None:
+def die_with_parent(parent: int | None) -> None:
     """Have the kernel SIGKILL this worker when the process that started it ends (Linux).
 
     Unlike a watchdog thread, this works while a task holds the GIL in a long C call. To Linux the
     parent is the thread that started this process: the local launcher starts workers from a thread
     that lives as long as the client, the supervisor from its main thread."""
-    parent = env.get("CLOUDBURST_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
+    if parent is None or not sys.platform.startswith("linux"):
         return
     import ctypes
 
@@ -496,7 +508,7 @@ def die_with_parent(env: Mapping[str, str]) -> None:
             return  # the parent watch still runs
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(parent):  # it ended before the request took effect
+    if os.getppid() != parent:  # it ended before the request took effect
         os.write(2, f"{REASON_PREFIX}the client process is gone\n".encode())
         os._exit(0)
 
@@ -509,34 +521,39 @@ def _say_and_die(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def main(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
+def main(environ: Mapping[str, str] | None = None) -> int:
+    """``python -m cloudburst.worker``: read the wire environment, then run the supervisor or one loop."""
+    environ = os.environ if environ is None else environ
     # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(env)
-    slots = int(env.get("CLOUDBURST_WORKER_SLOTS", "1") or "1")
-    if slots > 1 or env.get("CLOUDBURST_SUPERVISOR") == "1":
-        from .supervisor import supervise
+    env = from_environ(environ)
+    die_with_parent(env.parent_pid)
+    if env.slots > 1 or env.supervisor:
+        from .supervisor import supervise  # it builds on this module
 
-        return supervise(env, slots)
-    memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
-    memory_mode = memlimit.limit_self(int(memory) * 2**20, env) if memory else memlimit.POLL
+        return supervise(env, environ)
+    memory = env.memory_limit_mib
+    memory_mode = memlimit.limit_self(memory * 2**20, env.memory_cgroup) if memory is not None else memlimit.POLL
     faulthandler.enable(all_threads=False)  # a crash in C code leaves a Python traceback in the worker's log
-    for entry in reversed(json.loads(env.get("CLOUDBURST_SYS_PATH", "[]"))):
+    for entry in reversed(env.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    backend = get_backend(env["CLOUDBURST_BACKEND"])
-    side = backend.connect_worker(env)
-    worker = Worker(side, env, announce=not backend.reports_leases)
+    backend = get_backend(env.backend)
+    worker = Worker(backend.connect_worker(env), env, announce=not backend.reports_leases, own_process=True)
     worker.memory_mode = memory_mode
     signal.signal(signal.SIGTERM, _say_and_die)
-    limit = f", memory limit {memory} MiB enforced by {memory_mode}" if memory else ""
+    limit = f", memory limit {memory} MiB enforced by {memory_mode}" if memory is not None else ""
     print(
-        f"cloudburst-worker {worker.worker_id}: started for job {env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
+        f"cloudburst-worker {worker.worker_id}: started for job {env.job_id[:12]} "
         f"(backend {backend.name}, pid {os.getpid()}{limit})",
         file=sys.stderr,
         flush=True,
     )
+    return _run(worker)
+
+
+def _run(worker: Worker) -> int:
+    """Run the loop; the ways its backend says the job is over end it quietly."""
     try:
         return worker.run()
     except MemoryError as exc:  # in the loop's own work (packing a result, say)

@@ -10,7 +10,7 @@
     close ───── StopTask each, DeleteQueue ×3, delete s3://bucket/jobs/<id>/
 
 Each Fargate task runs ``python -m cloudburst.worker`` as a supervisor
-(``CLOUDBURST_SUPERVISOR=1``) of N worker processes for ``cpu=N`` (at least one),
+(the wire field ``supervisor``) of N worker processes for ``cpu=N`` (at least one),
 each the same loop as every backend. The supervisor, which runs no user code,
 stops them when the job ends or the client falls silent. ``local_workers=N`` adds
 workers on this machine that pull from the same queue while Fargate cold-starts.
@@ -39,6 +39,8 @@ from ...core import scratch
 from ...core.words import plural
 from ...errors import CloudError
 from ...log import say, warn
+from ...protocol import workerenv
+from ...protocol.workerenv import WorkerEnv, from_environ
 from ..base import Backend, JobResources, WorkerExit, WorkerSide
 from ..local import LocalLauncher
 from .clients import client, error_code, translate
@@ -212,9 +214,9 @@ def _environment(settings: FargateSettings) -> tuple[str, str, str]:
     return image, "", ""
 
 
-def _ecs_task_id(env: Mapping[str, str]) -> str:
+def _ecs_task_id() -> str:
     """Inside a Fargate task: its id, from the task metadata endpoint ECS gives every container."""
-    metadata = env.get("ECS_CONTAINER_METADATA_URI_V4")
+    metadata = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
     if metadata:
         import urllib.request
 
@@ -256,8 +258,8 @@ def ensure_task_definition(
         },
     }
     if bundle:
-        container["environment"] = [{"name": "CLOUDBURST_BUNDLE", "value": bundle}]
-    secrets = [{"name": "CLOUDBURST_NETRC", "valueFrom": netrc_parameter}] if netrc_parameter else []
+        container["environment"] = [{"name": k, "value": v} for k, v in workerenv.environ(bundle=bundle).items()]
+    secrets = [{"name": workerenv.variable("netrc"), "valueFrom": netrc_parameter}] if netrc_parameter else []
     # The user's secrets= too: ECS reads them as the task starts, so they are in no RunTask override.
     secrets += [{"name": k, "valueFrom": v.removeprefix("ssm:")} for k, v in sorted(settings.secrets.items())]
     if secrets:
@@ -682,13 +684,13 @@ class FargateBackend(Backend):
             except Exception as exc:
                 if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
                     raise
-        _delete_key(region, None, record["env"].get("CLOUDBURST_JOB_KEY_PARAMETER", ""))
+        wire = from_environ(record["env"])
+        _delete_key(region, None, wire.job_key_parameter)
         if record.get("role"):
             delete_job_role(client("iam", region), record["role"])
         tasks, results, dead_letters = record["queues"]
         delete_job_queues(JobQueues(tasks, results, dead_letters), region)
-        env = record["env"]
-        S3Store(env["CLOUDBURST_BUCKET"], env["CLOUDBURST_PREFIX"], region).delete_prefix("")
+        S3Store(wire.bucket, wire.prefix, region).delete_prefix("")
 
     @property
     def _max_receives(self) -> int:
@@ -696,7 +698,7 @@ class FargateBackend(Backend):
         see that its retries are used up and report it."""
         return self.options.retries + 2
 
-    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+    def open_job(self, job_id: str, key: bytes, worker_env: WorkerEnv) -> JobResources:
         s = self.settings
         tags = {JOB_TAG: job_id, "cloudburst": "true", **s.tags}
         region = s.region or client("ecs", s.region, s.profile).meta.region_name
@@ -713,7 +715,7 @@ class FargateBackend(Backend):
         )
         self._queues = queues
         try:
-            self._key_hex = worker_env["CLOUDBURST_JOB_KEY"]
+            self._key_hex = worker_env.job_key
             self._key_parameter = _store_key(s, job_id, self._key_hex, tags)
             self._role = self._make_role(job_id, queues, region, tags)
             return self._open(job_id, queues, task_definition, region, worker_env)
@@ -755,50 +757,53 @@ class FargateBackend(Backend):
             self._role = None
 
     def _open(
-        self, job_id: str, queues: JobQueues, task_definition: str, region: str, worker_env: Mapping[str, str]
+        self, job_id: str, queues: JobQueues, task_definition: str, region: str, worker_env: WorkerEnv
     ) -> JobResources:
         s = self.settings
         prefix = f"jobs/{job_id}"
         # The job key is not put in RunTask's overrides (DescribeTasks and CloudTrail show them):
         # workers read it from an encrypted SSM parameter that only the task role may read.
-        environment = {
-            **{k: v for k, v in worker_env.items() if k != "CLOUDBURST_JOB_KEY"},
-            "CLOUDBURST_JOB_KEY_PARAMETER": self._key_parameter,
-            "CLOUDBURST_BACKEND": self.name,
-            "CLOUDBURST_BUCKET": s.bucket,
-            "CLOUDBURST_PREFIX": prefix,
-            "CLOUDBURST_TASK_QUEUE": queues.tasks,
-            "CLOUDBURST_RESULT_QUEUE": queues.results,
-            "CLOUDBURST_REGION": region,
-            "CLOUDBURST_WORKER_SLOTS": str(self.tasks_per_worker),
-            "CLOUDBURST_SUPERVISOR": "1",  # so that a task holding the GIL cannot stop the client watch
-            "CLOUDBURST_DEAD_LETTER_QUEUE": queues.dead_letters,
-        }
+        wire = worker_env.replace(
+            job_key="",
+            job_key_parameter=self._key_parameter,
+            backend=self.name,
+            bucket=s.bucket,
+            prefix=prefix,
+            task_queue=queues.tasks,
+            result_queue=queues.results,
+            region=region,
+            slots=self.tasks_per_worker,
+            supervisor=True,  # so that a task holding the GIL cannot stop the client watch
+            dead_letter_queue=queues.dead_letters,
+        )
         local = None
         if s.local_workers:
             self._log_dir = scratch.make(f"logs-{job_id[:8]}-")
             assert self._role is not None
             sts = client("sts", s.region, s.profile)
             self._credentials = CredentialsEndpoint(self._role.credentials_source(sts, f"cloudburst-{job_id[:20]}"))
-            local_env = {
+            base_env = {
                 **{k: v for k, v in os.environ.items() if k not in AWS_IDENTITY_VARIABLES},
-                **environment,
+                **worker_env.user_env,
                 **self._credentials.environment(),  # the job's role, as its Fargate workers have it
                 **read_secrets(s),  # what ECS gives a Fargate worker, read here for the workers of this machine
-                "CLOUDBURST_JOB_KEY": worker_env["CLOUDBURST_JOB_KEY"],
-                "CLOUDBURST_WORKER_SLOTS": "1",
-                "CLOUDBURST_SUPERVISOR": "",  # a local worker: the kernel ends it with this process
-                "CLOUDBURST_PARENT_PID": str(os.getpid()),
-                "CLOUDBURST_SYS_PATH": json.dumps([p for p in sys.path if p]),
             }
-            local = LocalLauncher(local_env, self._log_dir, prefix="local-")
+            local_wire = wire.replace(
+                job_key=worker_env.job_key,
+                slots=1,
+                supervisor=False,  # a local worker: the kernel ends it with this process
+                parent_pid=os.getpid(),
+                sys_path=tuple(p for p in sys.path if p),
+                user_env={},  # in base_env, under the job's credentials
+            )
+            local = LocalLauncher(local_wire, base_env, self._log_dir, prefix="local-")
             local.start(s.local_workers)
         assert self._role is not None
         launcher = FargateLauncher(
             s,
             job_id=job_id,
             task_definition=task_definition,
-            environment=environment,
+            environment=wire.to_environ(),
             task_role_arn=self._role.arn,
             local=local,
         )
@@ -857,21 +862,20 @@ class FargateBackend(Backend):
         say("\n".join(lines))
 
     @classmethod
-    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
-        region = env.get("CLOUDBURST_REGION") or None
-        parent = env.get("CLOUDBURST_PARENT_PID")
-        extra: dict[str, object] = {"worker_id": env.get("CLOUDBURST_WORKER_ID") or _ecs_task_id(env)}
-        if not env.get("CLOUDBURST_JOB_KEY") and env.get("CLOUDBURST_JOB_KEY_PARAMETER"):
+    def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
+        region = env.region or None
+        extra: dict[str, object] = {"worker_id": env.worker_id or _ecs_task_id()}
+        if not env.job_key and env.job_key_parameter:
             ssm: Any = client("ssm", region)
-            with translate("SSM", "GetParameter", env["CLOUDBURST_JOB_KEY_PARAMETER"]):
-                found = ssm.get_parameter(Name=env["CLOUDBURST_JOB_KEY_PARAMETER"], WithDecryption=True)
+            with translate("SSM", "GetParameter", env.job_key_parameter):
+                found = ssm.get_parameter(Name=env.job_key_parameter, WithDecryption=True)
             extra["job_key"] = found["Parameter"]["Value"]
-        if env.get("CLOUDBURST_DEAD_LETTER_QUEUE"):
-            extra["dead_letters"] = SQSQueue(env["CLOUDBURST_DEAD_LETTER_QUEUE"], region)
+        if env.dead_letter_queue:
+            extra["dead_letters"] = SQSQueue(env.dead_letter_queue, region)
         return WorkerSide(
-            S3Store(env["CLOUDBURST_BUCKET"], env["CLOUDBURST_PREFIX"], region),
-            SQSQueue(env["CLOUDBURST_TASK_QUEUE"], region),
-            SQSQueue(env["CLOUDBURST_RESULT_QUEUE"], region),
-            parent_pid=int(parent) if parent else None,
+            S3Store(env.bucket, env.prefix, region),
+            SQSQueue(env.task_queue, region),
+            SQSQueue(env.result_queue, region),
+            parent_pid=env.parent_pid,
             extra=extra,
         )
