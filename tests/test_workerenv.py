@@ -5,14 +5,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
 
 import cloudburst
+from cloudburst.backends.base import WorkerSide
+from cloudburst.backends.local import LocalStore
+from cloudburst.backends.localqueue import MemoryQueue
 from cloudburst.config.userconfig import KEYS
 from cloudburst.protocol import workerenv
+from cloudburst.protocol.serialize import Packer, Unpacker, job_tag
+from cloudburst.protocol.task import RESULT, TASK, ResultMessage, TaskMessage, decode, encode, seal_control
 from cloudburst.protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
+from cloudburst.worker.loop import Worker
+
+from .conftest import wait_until
 
 SRC = Path(cloudburst.__file__).parent
 
@@ -130,3 +139,41 @@ def test_a_client_inside_a_worker_does_not_pass_its_wire_variables_on(monkeypatc
         monkeypatch.setenv(name, value)
     with cloudburst.Executor(1, backend="local") as ex:
         assert list(ex.map(_parent_pid, range(2))) == [os.getpid()] * 2  # started by this client, no supervisor
+
+
+# ---------------------------------------------------------------------------- a worker loop on a thread
+
+
+def test_a_worker_loop_runs_on_a_thread_and_its_watchdogs_stop_only_the_loop(tmp_path: Path) -> None:
+    """``Worker(side, env).run()`` from an object, on a thread: it runs a task, and when the job ends (or its
+    memory limit would bite) its watchdogs stop the loop, not the process it shares."""
+    store = LocalStore(tmp_path / "store")
+    tasks, results = MemoryQueue(30), MemoryQueue(30)
+    key, job_id = os.urandom(32), "thread-job"
+    tag = job_tag(job_id)
+    env = WorkerEnv(job_id=job_id, backend="local", job_key=key.hex(), control_period=0.1, memory_limit_mib=1)
+    packer = Packer(store, inline_limit=env.inline_limit)
+    task = TaskMessage(1, packer.function(abs), packer.pack([(-3,), (-4,)]), [0, 1])
+    tasks.send_batch([encode(key, TASK, 1, task, job=tag)])
+    worker = Worker(WorkerSide(store, tasks, results), env)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    found: list[object] = []
+
+    def got_result() -> bool:
+        for message in results.receive(10, wait=0.1):
+            kind, body = decode(key, message.body, job=tag)
+            if kind == RESULT:
+                found.append(body)
+        return bool(found)
+
+    assert wait_until(got_result, timeout=30)
+    result = found[0]
+    assert isinstance(result, ResultMessage) and result.values is not None
+    assert Unpacker(store, tmp_path / "cache").unpack(result.values) == [3, 4]
+    store.put("control/state", seal_control(key, "state", {"stopped": True, "heartbeat": 1.0}, job=tag))
+    thread.join(timeout=30)
+    assert not thread.is_alive()  # the control watch stopped the loop; this process is still here to say so
+    assert wait_until(
+        lambda: not any(t.name in ("lease-keeper", "control-watch") for t in threading.enumerate()), timeout=30
+    )  # its watchdogs end with it
