@@ -140,27 +140,7 @@ def _install_and_run() -> None:
         uv.append("--system")
     _run("installing boto3", [*uv, "--require-hashes", "-r", _pinned(root, "BOTO3_PINS", BOTO3_PINS)], env)
 
-    import boto3  # installed just above
-    import botocore.exceptions
-
-    for attempt in (1, 2):
-        try:
-            owner = _bucket_owner(bucket, boto3)  # a bucket re-created by another account is not read
-            body = boto3.client("s3").get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)["Body"].read()
-            break
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            fix = {
-                "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
-                "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
-            }.get(code, "see the error above")
-            raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
-        except botocore.exceptions.BotoCoreError as exc:  # no connection, no credentials: once more, then stop
-            if attempt == 2:
-                raise _InstallFailed(f"could not reach the environment bundle s3://{bucket}/{key}: {exc}") from exc
-            time.sleep(2)
-    if hashlib.sha256(body).hexdigest() != expected:
-        raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
+    body = _fetch_bundle(bucket, key, expected)
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         archive.extractall(root)
     requirements = os.path.join(root, "requirements.txt")
@@ -182,6 +162,32 @@ def _install_and_run() -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "cloudburst.worker"], env)
+
+
+def _fetch_bundle(bucket: str, key: str, expected: str) -> bytes:
+    """The environment bundle's bytes, read from S3 (once more after a network failure) and checked."""
+    import boto3  # installed just above
+    import botocore.exceptions
+
+    for attempt in (1, 2):
+        try:
+            owner = _bucket_owner(bucket, boto3)  # a bucket re-created by another account is not read
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)["Body"].read()
+            break
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            fix = {
+                "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
+                "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
+            }.get(code, "see the error above")
+            raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
+        except botocore.exceptions.BotoCoreError as exc:  # no connection, no credentials: once more, then stop
+            if attempt == 2:
+                raise _InstallFailed(f"could not reach the environment bundle s3://{bucket}/{key}: {exc}") from exc
+            time.sleep(2)
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
+    return bytes(body)
 
 
 if __name__ == "__main__":
