@@ -166,7 +166,8 @@ class Worker:
         """What a watchdog does to stop this worker: end the process (its own), else stop the loop."""
         if self.own_process:
             leave(code)
-        self._stopping.set()
+        else:
+            self._stopping.set()
 
     def should_retire(self) -> bool:
         idle = time.monotonic() - self._last_work
