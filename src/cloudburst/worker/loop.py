@@ -11,7 +11,7 @@
                   not sent when the backend's task queue reports leases itself)
         for each task:
             too many deliveries? ─► give up: report WorkerDiedError, delete
-            load function + calls ─► run each call, output captured per item
+            load function + calls ─► run each call, output captured per item     (execute.py)
             pack results (big ones to the store) ─► send R ─► ack (delete the task)
 
 Watchdogs run beside the loop: the lease keeper extends the leases of running
@@ -42,32 +42,25 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import NoReturn
 
-from .. import seeds
 from ..backends import get_backend
 from ..backends.base import Message, WorkerSide
 from ..core import scratch
-from ..core.work import span
 from ..errors import (
     CloudError,
     PayloadAuthenticationError,
-    PicklingError,
-    TaskExitError,
-    UnpicklingError,
     WorkerDiedError,
 )
 from ..protocol import workerenv
-from ..protocol.output import Capture
-from ..protocol.serialize import Packer, Unpacker, describe, job_tag
+from ..protocol.serialize import Packer, Unpacker, job_tag
 from ..protocol.task import (
     REJECTED,
     RESULT,
     STARTED,
     TASK,
     WORKER_MEMORY,
-    ItemError,
     Notice,
     RecentIds,
     ResultMessage,
@@ -78,30 +71,12 @@ from ..protocol.task import (
 )
 from ..protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
 from . import memlimit
+from .execute import TaskRunner, item_error
 
-__all__ = ["Worker", "item_error", "main"]
+__all__ = ["Worker", "main"]
 
 REASON_PREFIX = "cloudburst-worker: exit reason: "
 OOM_EXIT_CODE = 137
-
-
-def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
-    """Describe an exception for the trip back: pickled so that it loads as its own type when it can be
-    (see :mod:`cloudburst.protocol.remote_exceptions`), and always its type's name, message and traceback as text."""
-    from ..protocol.remote_exceptions import pickle_exception
-
-    tb = exc.__traceback__
-    for _ in range(skip_frames):
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-    exc.__traceback__ = tb
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<{type(exc).__name__}: its str() failed>"
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return ItemError(pickle_exception(exc), name, message, text)
 
 
 class Worker:
@@ -138,7 +113,7 @@ class Worker:
         self._stopping = threading.Event()
         self._heartbeat: tuple[float, float] | None = None  # (last heartbeat value, when it changed here)
         self._last_work = time.monotonic()
-        self.capture = Capture()
+        self.runner = TaskRunner(self.unpacker, self.packer, self.worker_id, self.check_memory_error)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -301,7 +276,7 @@ class Worker:
         with self._held_lock:
             self._held[message.receipt] = time.monotonic() + self.lease_seconds
         try:
-            result = self.execute(task, message.receive_count)
+            result = self.runner.execute(task, message.receive_count)
         finally:
             with self._held_lock:
                 self._held.pop(message.receipt, None)
@@ -312,102 +287,6 @@ class Worker:
         self.side.results.send_batch([encode(self.key, RESULT, result.task_id, result, job=self.job)])
         self._finished.add(message_id)  # before the ack: if that is lost, the copy that comes back is dropped
         self.side.tasks.ack([message.receipt])
-
-    # ------------------------------------------------------------------ one task
-    def execute(self, task: TaskMessage, attempt: int) -> ResultMessage:
-        def fail(exc: BaseException) -> ResultMessage:
-            return ResultMessage(task.task_id, self.worker_id, attempt, failure=item_error(exc, 0))
-
-        try:
-            fn = self.unpacker.function(task.function)
-        except Exception as exc:
-            self.check_memory_error(exc)
-            # A blob that fails its digest was altered in the store: say that, not "a module may be missing".
-            altered = isinstance(exc, PayloadAuthenticationError)
-            hint = "" if altered else " A module it needs may be missing on the worker."
-            error = UnpicklingError(
-                f"task {task.task_id}: the function could not be unpickled on the worker: "
-                f"{type(exc).__name__}: {exc}.{hint}"
-            )
-            error.__cause__ = exc
-            return fail(error)
-        try:
-            calls = self.unpacker.unpack(task.calls)
-        except Exception as exc:
-            self.check_memory_error(exc)
-            error = UnpicklingError(
-                f"task {task.task_id}: the arguments of items {span(task.indices)} could not be unpickled "
-                f"on the worker: {type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            result = fail(error)
-            return ResultMessage(
-                task.task_id, self.worker_id, attempt, failure=result.failure, split=len(task.indices) > 1
-            )
-        values, errors, events, seconds = self.call_each(fn, calls, task)  # type: ignore[arg-type]
-        packed, pack_errors = self.pack_values(values, task)
-        errors.update(pack_errors)
-        return ResultMessage(task.task_id, self.worker_id, attempt, packed, errors, None, seconds, events)
-
-    def call_each(
-        self, fn: Callable[..., Any], calls: list[Any], task: TaskMessage
-    ) -> tuple[list[Any], dict[int, ItemError], list[Any], float]:
-        values: list[Any] = [None] * len(calls)
-        errors: dict[int, ItemError] = {}
-        indices = task.indices
-        seed = task.seed
-        seed_item = seeds.seed_item
-        capture = self.capture
-        started = time.perf_counter()
-        with_kwargs = task.with_kwargs
-        capture.begin(task.log_level)
-        try:
-            for pos, call in enumerate(calls):
-                index = indices[pos]
-                capture.item = index
-                if seed is None:
-                    seeds.set_index(index)
-                else:
-                    seed_item(seed, index)
-                try:
-                    values[pos] = fn(*call[0], **call[1]) if with_kwargs else fn(*call)
-                except SystemExit as exc:
-                    exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
-                    errors[pos] = item_error(exit_error, 0)
-                except BaseException as exc:
-                    self.check_memory_error(exc)  # past an RLIMIT_DATA limit: the worker ends here
-                    errors[pos] = item_error(exc)
-                    self.log_failure(task.task_id, index, errors[pos])
-        finally:
-            events = capture.end()
-        seeds.seed_item(None, -1)
-        return values, errors, events, time.perf_counter() - started
-
-    def log_failure(self, task_id: int, index: int, error: ItemError) -> None:
-        """Into this worker's own log (CloudWatch on Fargate), for `cloudburst logs`."""
-        os.write(
-            2, f"cloudburst-worker {self.worker_id}: task {task_id}, item {index} failed:\n{error.traceback}".encode()
-        )
-
-    def pack_values(self, values: list[Any], task: TaskMessage) -> tuple[Any, dict[int, ItemError]]:
-        errors: dict[int, ItemError] = {}
-        try:
-            return self.packer.pack(values), errors
-        except Exception:
-            pass
-        import cloudpickle
-
-        for pos, value in enumerate(values):
-            try:
-                cloudpickle.dumps(value, protocol=5)
-            except Exception as exc:
-                error = PicklingError(
-                    f"the result of item {task.indices[pos]} cannot be pickled: {describe(value)}: "
-                    f"{type(exc).__name__}: {exc}. Return plain data (numbers, arrays, dicts) instead."
-                )
-                errors[pos] = item_error(error, 0)
-                values[pos] = None
-        return self.packer.pack(values), errors
 
     # ------------------------------------------------------------------ watchdogs
     def start_watchdogs(self) -> None:
