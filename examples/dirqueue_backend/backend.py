@@ -13,7 +13,6 @@ one machine share the folders, so the workers need nothing but their environment
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,12 +22,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, ClassVar
 
 from cloudburst.backends.base import Backend, JobResources, Message, WorkerExit, WorkerSide, reason_in_log
+from cloudburst.protocol.workerenv import WorkerEnv, inherit
 
 POLL_SECONDS = 0.02  # how often a waiting receive looks again
 
@@ -154,8 +154,9 @@ class ProcessLauncher:
     """``python -m cloudburst.worker`` subprocesses, each with a log file. Started from one thread that
     lives as long as the launcher: on Linux a worker dies with the thread that started it."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
-        self._env, self._log_dir = dict(env), log_dir
+    def __init__(self, wire: WorkerEnv, log_dir: Path) -> None:
+        self._wire, self._log_dir = wire, log_dir
+        self._base_env = inherit(os.environ)  # this process's environment, without a worker's wire variables
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = {}
         self._lock = threading.Lock()
         self._counter = 0
@@ -169,7 +170,7 @@ class ProcessLauncher:
                 worker_id = f"d{self._counter}"
             log_path = self._log_dir / f"{worker_id}.log"
             log = open(log_path, "wb")  # noqa: SIM115 - closed when the worker is reported
-            env = {**self._env, "CLOUDBURST_WORKER_ID": worker_id}
+            env = {**self._base_env, **self._wire.replace(worker_id=worker_id).to_environ()}
             args = [sys.executable, "-m", "cloudburst.worker"]
             proc = self._spawner.submit(
                 subprocess.Popen, args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -232,18 +233,16 @@ class DirQueueBackend(Backend):
     target_task_seconds: ClassVar[float] = 0.1
     lease_seconds = 30.0
 
-    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+    def open_job(self, job_id: str, key: bytes, worker_env: WorkerEnv) -> JobResources:
         self._root = root = Path(tempfile.mkdtemp(prefix="cb-dirqueue-"))
         (root / "logs").mkdir()
-        env = {
-            **os.environ,
-            **worker_env,
-            "CLOUDBURST_BACKEND": self.import_path(),
-            "CLOUDBURST_DIRQUEUE_ROOT": str(root),
-            "CLOUDBURST_PARENT_PID": str(os.getpid()),
+        env = worker_env.replace(
+            backend=self.import_path(),
+            backend_args={"root": str(root)},  # where this backend's workers find the job: its own field
+            parent_pid=os.getpid(),
             # this package, and whatever the client can import, importable in the workers
-            "CLOUDBURST_SYS_PATH": json.dumps([str(Path(__file__).parent.parent), *filter(None, sys.path)]),
-        }
+            sys_path=(str(Path(__file__).parent.parent), *filter(None, sys.path)),
+        )
         return JobResources(
             DirStore(root / "store"),
             DirQueue.create(root / "tasks", self.lease_seconds),
@@ -260,13 +259,11 @@ class DirQueueBackend(Backend):
             shutil.rmtree(self._root, ignore_errors=True)
 
     @classmethod
-    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
-        root = Path(env["CLOUDBURST_DIRQUEUE_ROOT"])
-        lease = float(env.get("CLOUDBURST_LEASE_SECONDS", cls.lease_seconds))
-        parent = env.get("CLOUDBURST_PARENT_PID")
+    def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
+        root = Path(env.backend_args["root"])
         return WorkerSide(
             DirStore(root / "store"),
-            DirQueue(root / "tasks", lease),
-            DirQueue(root / "results", lease),
-            parent_pid=int(parent) if parent else None,
+            DirQueue(root / "tasks", env.lease_seconds),
+            DirQueue(root / "results", env.lease_seconds),
+            parent_pid=env.parent_pid,
         )

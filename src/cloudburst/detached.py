@@ -33,6 +33,7 @@ from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedEr
 from .log import say
 from .protocol.serialize import Unpacker, job_tag
 from .protocol.task import RESULT, ResultMessage, decode, read_dead_letters
+from .protocol.workerenv import from_environ
 
 __all__ = [
     "DETACHED",
@@ -134,7 +135,7 @@ class DetachedJob:
         self.job_id: str = self.record["job_id"]
         self.total: int = int(self.record["items"])
         self._key = bytes.fromhex(self.record["key"])
-        self._env: dict[str, str] = {**self.record["env"], "CLOUDBURST_JOB_KEY": self.record["key"]}
+        self._env = from_environ(self.record["env"]).replace(job_key=self.record["key"])
         self._backend = get_backend(self.record["backend"])
         self._side: Any = None
         self._unpacker: Unpacker | None = None

@@ -30,7 +30,7 @@ checks them; ``docs/backends.md`` shows how to write a backend):
   and ``extend`` ignore receipts that are unknown, acknowledged or expired (both are idempotent).
   Duplicates are allowed (the core drops copies by message id); losing a message is not.
 * **Worker ids.** ``Launcher.start`` returns ids unique within the job and never reused, without a
-  ``.``; the worker learns its own from ``CLOUDBURST_WORKER_ID`` (or ``WorkerSide.extra["worker_id"]``)
+  ``.``; the worker learns its own from ``WorkerEnv.worker_id`` (or ``WorkerSide.extra["worker_id"]``)
   and it must equal the launcher's, since the core matches task reports to exits by it. A worker with
   several slots (``tasks_per_worker > 1``) runs a supervisor whose child workers are ``<id>.<k>``; the
   core treats ``<id>`` as their machine: the launcher reports the machine's exit, the supervisor
@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..config.options import ExecutorOptions
+    from ..protocol.workerenv import WorkerEnv
 
 __all__ = [
     "Backend",
@@ -212,8 +213,8 @@ class Launcher(Protocol):
     """Starts and stops workers and reports the ones that stopped.
 
     Each worker runs ``python -m cloudburst.worker`` (or the loop in another form) with the environment
-    ``open_job`` was given, plus ``CLOUDBURST_BACKEND`` (``Backend.import_path()``), its
-    ``CLOUDBURST_WORKER_ID`` and whatever ``connect_worker`` reads.
+    ``open_job`` was given (``WorkerEnv.to_environ()``), with ``backend`` (``Backend.import_path()``), its
+    ``worker_id`` and whatever ``connect_worker`` reads set.
     """
 
     def start(self, count: int) -> list[str]:
@@ -305,17 +306,17 @@ class Backend(abc.ABC):
         self.options = options
 
     @abc.abstractmethod
-    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+    def open_job(self, job_id: str, key: bytes, worker_env: WorkerEnv) -> JobResources:
         """Create the job's store prefix, queues and launcher; start no worker (the core does).
 
-        ``worker_env`` holds the ``CLOUDBURST_*`` variables the worker loop reads (job id and key,
-        lease, idle and client timeouts, control period) and the user's ``env``: every worker gets it,
-        with ``CLOUDBURST_BACKEND``, ``CLOUDBURST_WORKER_ID`` and what ``connect_worker`` needs. The key
-        is secret: it reaches workers by a private channel (their environment; a secret store). Optional
-        variables a worker honours: ``CLOUDBURST_PARENT_PID`` (it exits when that process ends; on Linux
-        the kernel kills it when the *thread* that started it ends), ``CLOUDBURST_SYS_PATH`` (a JSON list
-        of import paths), ``CLOUDBURST_MEMORY_LIMIT_MIB``, ``CLOUDBURST_WORKER_SLOTS``. On failure, undo
-        what was made and raise."""
+        ``worker_env`` (``protocol.workerenv.WorkerEnv``) holds what the worker loop reads (job id and key,
+        lease, idle and client timeouts, control period) and the user's ``env``. Every worker gets it as its
+        environment, written by ``to_environ()``, with what the backend adds: its worker id and what
+        ``connect_worker`` needs (``backend_args`` carries a backend's own connection details). The key is
+        secret: it reaches workers by a private channel (their environment; a secret store). Optional fields
+        a worker honours: ``parent_pid`` (it exits when that process ends; on Linux the kernel kills it when
+        the *thread* that started it ends), ``sys_path``, ``memory_limit_mib``, ``worker_slots``. On failure,
+        undo what was made and raise."""
 
     @abc.abstractmethod
     def close_job(self, resources: JobResources, *, keep: bool = False) -> None:
@@ -327,11 +328,11 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
-        """Inside a worker: rebuild store and queues from the launcher's environment alone (no state
-        from the client's process). ``extra`` may carry ``worker_id`` and ``job_key`` when the
-        environment does not (e.g. read from the platform's metadata or a secret store), and
-        ``dead_letters`` (a Queue)."""
+    def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
+        """Inside a worker: rebuild store and queues from the launcher's environment alone
+        (``workerenv.from_environ``; no state from the client's process). ``extra`` may carry ``worker_id``
+        and ``job_key`` when the environment does not (e.g. read from the platform's metadata or a secret
+        store), and ``dead_letters`` (a Queue)."""
 
     @classmethod
     def import_path(cls) -> str:
@@ -353,7 +354,7 @@ class Backend(abc.ABC):
     @property
     def tasks_per_worker(self) -> int:
         """How many tasks one worker runs at a time. Above 1, each worker is a supervisor of that many
-        child workers named ``<worker id>.<k>`` (its launcher sets ``CLOUDBURST_WORKER_SLOTS``)."""
+        child workers named ``<worker id>.<k>`` (its launcher sets ``WorkerEnv.slots``)."""
         return 1
 
     @property

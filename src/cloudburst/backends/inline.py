@@ -20,13 +20,14 @@ from __future__ import annotations
 import shutil
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..core import scratch
 from ..protocol.output import Capture
+from ..protocol.workerenv import WorkerEnv
 from ..worker.loop import Worker
 from .base import READY_LINE, Backend, JobResources, Message, WorkerExit, WorkerSide
 from .local import LocalStore
@@ -91,8 +92,8 @@ class _StoppableQueue:
 class InlineLauncher:
     """Worker loops on threads of the client's process. Worker ids are ``inline1``, ``inline2``, ..."""
 
-    def __init__(self, env: Mapping[str, str], job: _InlineJob) -> None:
-        self._env = dict(env)
+    def __init__(self, env: WorkerEnv, job: _InlineJob) -> None:
+        self._env = env
         self._job = job
         self._threads: dict[str, threading.Thread] = {}
         self._exits: dict[str, WorkerExit] = {}  # ended, not yet reported by poll
@@ -107,7 +108,7 @@ class InlineLauncher:
                 self._counter += 1
                 worker_id = f"inline{self._counter}"
                 self._job.stops[worker_id] = threading.Event()
-            env = {**self._env, "CLOUDBURST_WORKER_ID": worker_id}
+            env = self._env.replace(worker_id=worker_id)
             thread = threading.Thread(target=self._run, args=(worker_id, env), name=f"cloudburst-{worker_id}")
             thread.daemon = True  # a call that never returns must not keep the client alive
             with self._lock:
@@ -116,19 +117,19 @@ class InlineLauncher:
             ids.append(worker_id)
         return ids
 
-    def _run(self, worker_id: str, env: Mapping[str, str]) -> None:
+    def _run(self, worker_id: str, env: WorkerEnv) -> None:
         """One worker's life: connect, loop until told to stop, then record how it ended."""
         tail = ""
         try:
             worker = Worker(InlineBackend.connect_worker(env), env)
-            worker.capture = _Uncaptured()
-            tail = f"cloudburst-worker {worker_id}{READY_LINE}{env['CLOUDBURST_JOB_ID'][:12]} (backend inline)\n"
+            worker.runner.capture = _Uncaptured()
+            tail = f"cloudburst-worker {worker_id}{READY_LINE}{env.job_id[:12]} (backend inline)\n"
             try:
                 code, reason = worker.run(), "retired"
             except EOFError:
                 code, reason = 0, "stopped (the job ended)"
             finally:
-                worker._stopping.set()  # ends its lease keeper; Worker has no public stop
+                worker.end(0)  # ends its lease keeper and watchdogs (a worker on a thread only stops its loop)
         except BaseException as exc:  # the loop itself failed: report it as a death, with its traceback
             code, reason = 1, f"{type(exc).__name__}: {exc}"
             tail += traceback.format_exc()
@@ -174,19 +175,15 @@ class InlineBackend(Backend):
         """One worker thread: calls run one at a time, in order, which is what a debugging session wants."""
         return {"workers": 1}
 
-    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+    def open_job(self, job_id: str, key: bytes, worker_env: WorkerEnv) -> JobResources:
         """A store folder and two in-memory queues, reachable by the job's worker threads."""
         root = scratch.make("inline-")
         job = _InlineJob(root, LocalStore(root), MemoryQueue(self.lease_seconds), MemoryQueue(self.lease_seconds))
         with _JOBS_LOCK:
             _JOBS[job_id] = job
-        env = {
-            **worker_env,
-            "CLOUDBURST_BACKEND": self.import_path(),
-            # The launcher stops these workers itself: without this, the worker's control watch would
-            # end the process (the client's) with os._exit when the job ends.
-            "CLOUDBURST_SUPERVISED": "1",
-        }
+        # The launcher stops these workers itself: they are supervised, so the worker's control watch
+        # leaves that to it rather than ending the loop on its own.
+        env = worker_env.replace(backend=self.import_path(), supervised=True)
         self._job_id = job_id
         return JobResources(job.store, job.tasks, job.results, InlineLauncher(env, job))
 
@@ -205,11 +202,11 @@ class InlineBackend(Backend):
             shutil.rmtree(job.root, ignore_errors=True)
 
     @classmethod
-    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
+    def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
         """The job's store and queues, found by the job id in ``env`` (the worker runs in this process)."""
         with _JOBS_LOCK:
-            job = _JOBS.get(env["CLOUDBURST_JOB_ID"])
+            job = _JOBS.get(env.job_id)
         if job is None:
-            raise EOFError(f"inline job {env['CLOUDBURST_JOB_ID'][:12]} has ended")
-        stop = job.stops.setdefault(env.get("CLOUDBURST_WORKER_ID", ""), threading.Event())
+            raise EOFError(f"inline job {env.job_id[:12]} has ended")
+        stop = job.stops.setdefault(env.worker_id, threading.Event())
         return WorkerSide(job.store, _StoppableQueue(job.tasks, stop), job.results)

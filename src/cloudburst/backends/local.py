@@ -14,7 +14,6 @@ A job's files live in the client's scratch folder (``scratch``).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -30,6 +29,8 @@ from queue import SimpleQueue
 from typing import IO, Any, ClassVar
 
 from ..core import scratch
+from ..protocol import workerenv
+from ..protocol.workerenv import WorkerEnv
 from ..worker import memlimit
 from .base import Backend, JobResources, Store, WorkerExit, WorkerSide
 from .localqueue import MemoryQueue, QueueServer, connect
@@ -133,10 +134,14 @@ class _Spawner:
 
 
 class LocalLauncher:
-    """Worker processes on this machine. Their output goes to one log file each."""
+    """Worker processes on this machine. Their output goes to one log file each.
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, prefix: str = "w") -> None:
-        self._env = dict(env)
+    A worker's environment is ``base_env`` (without wire variables: see ``workerenv.inherit``), then ``wire``
+    with the worker's own id (and memory cgroup) added."""
+
+    def __init__(self, wire: WorkerEnv, base_env: Mapping[str, str], log_dir: Path, prefix: str = "w") -> None:
+        self._wire = wire
+        self._base_env = workerenv.inherit(base_env)
         self._log_dir = log_dir
         self._prefix = prefix
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path, IO[bytes]]] = {}
@@ -145,8 +150,8 @@ class LocalLauncher:
         self._lock = threading.Lock()
         self._counter = 0
         self._spawner: _Spawner | None = None
-        memory = self._env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
-        self._memory_limit = int(memory) * 2**20 if memory else None
+        memory = wire.memory_limit_mib
+        self._memory_limit = memory * 2**20 if memory is not None else None
         if self._memory_limit is not None:
             memlimit.sweep_cgroups()
 
@@ -158,10 +163,9 @@ class LocalLauncher:
                 worker_id = f"{self._prefix}{self._counter}"
             log_path = self._log_dir / f"{worker_id}.log"
             log = open(log_path, "wb")  # noqa: SIM115 - closed when the worker is reaped
-            env = {**self._env, "CLOUDBURST_WORKER_ID": worker_id}
             cgroup = memlimit.make_cgroup(worker_id, self._memory_limit) if self._memory_limit else None
-            if cgroup is not None:
-                env["CLOUDBURST_MEMORY_CGROUP"] = str(cgroup)
+            wire = self._wire.replace(worker_id=worker_id, memory_cgroup="" if cgroup is None else str(cgroup))
+            env = {**self._base_env, **wire.to_environ()}
             with self._lock:
                 if self._spawner is None:
                     self._spawner = _Spawner()
@@ -273,30 +277,26 @@ class LocalBackend(Backend):
     lease_seconds = 30.0
     reports_leases: ClassVar[bool] = True
 
-    def open_job(self, job_id: str, key: bytes, worker_env: Mapping[str, str]) -> JobResources:
+    def open_job(self, job_id: str, key: bytes, worker_env: WorkerEnv) -> JobResources:
         root = scratch.make("j")  # short: the queue socket's path must fit in 108 bytes
         (root / "store").mkdir()
         (root / "logs").mkdir()
         tasks, results = MemoryQueue(self.lease_seconds), MemoryQueue(self.lease_seconds)
         address = str(root / "q.sock")
         server = QueueServer(address, key, [tasks, results])
-        env = dict(os.environ)
-        env.update(worker_env)
-        env.update(
-            {
-                "CLOUDBURST_BACKEND": self.import_path(),
-                "CLOUDBURST_QUEUE_ADDRESS": address,
-                "CLOUDBURST_STORE_DIR": str(root / "store"),
-                "CLOUDBURST_PARENT_PID": str(os.getpid()),
-                "CLOUDBURST_SYS_PATH": json.dumps([p for p in sys.path if p]),
-            }
+        wire = worker_env.replace(
+            backend=self.import_path(),
+            queue_address=address,
+            store_dir=str(root / "store"),
+            parent_pid=os.getpid(),
+            sys_path=tuple(p for p in sys.path if p),
+            memory_limit_mib=self.options.memory_mib,
         )
-        if self.options.memory_mib is not None:
-            env["CLOUDBURST_MEMORY_LIMIT_MIB"] = str(self.options.memory_mib)
+        env = dict(os.environ)
         threads = str(max(1, int(self.options.cpu)))
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
             env.setdefault(name, threads)
-        launcher = LocalLauncher(env, root / "logs")
+        launcher = LocalLauncher(wire, env, root / "logs")
         resources = JobResources(LocalStore(root / "store"), tasks, results, launcher)
         self._server = server
         self._root = root
@@ -314,9 +314,8 @@ class LocalBackend(Backend):
             shutil.rmtree(self._root, ignore_errors=True)
 
     @classmethod
-    def connect_worker(cls, env: Mapping[str, str]) -> WorkerSide:
-        key = bytes.fromhex(env["CLOUDBURST_JOB_KEY"])
-        tasks, results = connect(env["CLOUDBURST_QUEUE_ADDRESS"], key, env.get("CLOUDBURST_WORKER_ID", "w?"), 2)
-        store: Store = LocalStore(Path(env["CLOUDBURST_STORE_DIR"]))
-        parent = env.get("CLOUDBURST_PARENT_PID")
-        return WorkerSide(store, tasks, results, parent_pid=int(parent) if parent else None)
+    def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
+        key = bytes.fromhex(env.job_key)
+        tasks, results = connect(env.queue_address, key, env.worker_id or "w?", 2)
+        store: Store = LocalStore(Path(env.store_dir))
+        return WorkerSide(store, tasks, results, parent_pid=env.parent_pid)

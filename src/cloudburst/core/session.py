@@ -34,6 +34,7 @@ from ..config.options import ExecutorOptions
 from ..errors import ExecutorShutdownError
 from ..protocol.serialize import Packer, Unpacker, job_tag
 from ..protocol.task import WAKE, Columns, encode
+from ..protocol.workerenv import WorkerEnv
 from . import scratch
 from .collect import Collector
 from .dispatch import Dispatcher
@@ -84,19 +85,19 @@ class Job:
         self._collector_thread = self._connect_collector(policy)
         self._start()
 
-    def _worker_env(self) -> dict[str, str]:
-        """What every worker of this job is told, on top of the user's ``env``."""
-        idle, client_timeout = self.backend.idle_timeout, self.backend.client_timeout
-        return {
-            **self.options.env,
-            "CLOUDBURST_JOB_ID": self.id,
-            "CLOUDBURST_JOB_KEY": self.key.hex(),
-            "CLOUDBURST_LEASE_SECONDS": str(self.backend.lease_seconds),
-            "CLOUDBURST_INLINE_LIMIT": str(self._inline_limit),
-            "CLOUDBURST_IDLE_TIMEOUT": "" if idle is None else str(idle),
-            "CLOUDBURST_CLIENT_TIMEOUT": "" if client_timeout is None else str(client_timeout),
-            "CLOUDBURST_CONTROL_PERIOD": str(self.backend.control_period),
-        }
+    def _worker_env(self) -> WorkerEnv:
+        """What every worker of this job is told, with the user's ``env``."""
+        return WorkerEnv(
+            job_id=self.id,
+            backend=self.backend.import_path(),
+            job_key=self.key.hex(),
+            lease_seconds=self.backend.lease_seconds,
+            inline_limit=self._inline_limit,
+            idle_timeout=self.backend.idle_timeout,
+            client_timeout=self.backend.client_timeout,
+            control_period=self.backend.control_period,
+            user_env=dict(self.options.env),
+        )
 
     def _connect_collector(self, policy: DispatchPolicy) -> threading.Thread | None:
         """Hook the collector to the queues; its thread, when the results queue must be read."""

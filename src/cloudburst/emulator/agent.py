@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..backends.aws.credentials import AWS_IDENTITY_VARIABLES, Credentials, CredentialsEndpoint
+from ..protocol import workerenv
 from .identities import RoleNotTrusted, assume
 
 __all__ = ["EcsAgent", "EmulatedTask", "network_env"]
@@ -232,12 +233,13 @@ class EcsAgent:
             env[entry["name"]] = self._parameter(t, entry["valueFrom"])
         env.update(self.extra_env)
         env.update(self._task_credentials(t, definition))
-        env["CLOUDBURST_WORKER_ID"] = t.task_id
-        env["CLOUDBURST_ROOT"] = str(self.work_dir / f"{t.task_id}-root")  # the container's /cloudburst
         env["AWS_DEFAULT_REGION"] = t.region
         memory = definition.memory or container.get("memory")
+        # What the real container has by other means: its task id (ECS metadata), its /cloudburst, its memory.
+        root = str(self.work_dir / f"{t.task_id}-root")
+        env.update(workerenv.environ(worker_id=t.task_id, root=root))
         if memory:
-            env["CLOUDBURST_MEMORY_LIMIT_MIB"] = str(memory)
+            env.update(workerenv.environ(memory_limit_mib=int(memory)))
         t.log_path = self.work_dir / f"{t.task_id}.log"
         t.log_file = open(t.log_path, "wb")  # noqa: SIM115 - closed when the task is finished
         command = list(container.get("command") or ["python", "-m", "cloudburst.worker"])

@@ -15,6 +15,7 @@ import cloudburst
 from cloudburst.backends import get_backend
 from cloudburst.backends.base import Backend, JobResources
 from cloudburst.config.options import ExecutorOptions
+from cloudburst.protocol.workerenv import WorkerEnv
 
 from . import tasks
 
@@ -47,9 +48,9 @@ class OpenJob:
         self.backend.close_job(self.resources)
 
 
-def open_job(name: str, options: Mapping[str, Any], **worker_env: str) -> OpenJob:
-    """Open a job on backend ``name`` with Executor ``options``; ``worker_env`` adds to the workers'
-    environment (``CLOUDBURST_IDLE_TIMEOUT="1"``, say)."""
+def open_job(name: str, options: Mapping[str, Any], **wire: Any) -> OpenJob:
+    """Open a job on backend ``name`` with Executor ``options``; ``wire`` sets fields of the workers'
+    ``WorkerEnv`` (``idle_timeout=1``, say)."""
     cls = get_backend(name)
     defaults = cls.defaults()
 
@@ -71,17 +72,16 @@ def open_job(name: str, options: Mapping[str, Any], **worker_env: str) -> OpenJo
         )
     )
     job_id = uuid.uuid4().hex
-    env = {
-        **backend.options.env,
-        "CLOUDBURST_JOB_ID": job_id,
-        "CLOUDBURST_JOB_KEY": secrets.token_bytes(32).hex(),
-        "CLOUDBURST_LEASE_SECONDS": str(backend.lease_seconds),
-        "CLOUDBURST_CONTROL_PERIOD": str(backend.control_period),
-        "CLOUDBURST_IDLE_TIMEOUT": "",
-        "CLOUDBURST_CLIENT_TIMEOUT": "",
-        **worker_env,
-    }
-    resources = backend.open_job(job_id, bytes.fromhex(env["CLOUDBURST_JOB_KEY"]), env)
+    key = secrets.token_bytes(32)
+    env = WorkerEnv(
+        job_id=job_id,
+        backend=backend.import_path(),
+        job_key=key.hex(),
+        lease_seconds=backend.lease_seconds,
+        control_period=backend.control_period,
+        user_env=dict(backend.options.env),
+    ).replace(**wire)
+    resources = backend.open_job(job_id, key, env)
     return OpenJob(backend, resources, job_id)
 
 

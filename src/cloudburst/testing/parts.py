@@ -163,7 +163,7 @@ class LauncherContract(ContractFixtures):
     @classmethod
     def idle_job(cls, backend: tuple[str, dict[str, Any]]) -> Iterator[OpenJob]:
         """A job whose workers retire after one idle second."""
-        job = open_job(*backend, CLOUDBURST_IDLE_TIMEOUT="1", CLOUDBURST_CONTROL_PERIOD="0.5")
+        job = open_job(*backend, idle_timeout=1.0, control_period=0.5)
         yield job
         job.close()
 

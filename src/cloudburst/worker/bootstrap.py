@@ -8,13 +8,14 @@ neither cloudburst nor your packages. ECS runs this file's source as
         ─► fetch the environment bundle from S3 (requirements, local wheels, cloudburst itself) and
         check its sha256 ─► uv pip install -r requirements.txt + the wheels ─► exec python -m cloudburst.worker
 
-``CLOUDBURST_BUNDLE`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
+The wire variable ``bundle`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
 the client's own hash of the bundle it built, part of the task definition it
 registers, so a bundle that was changed after upload is refused (whatever the
-object's metadata says). The uv and boto3 pins (``cloudburst.environment.pins``) are written
-into this source by ``script()``, which is what the task definition runs.
+object's metadata says). The uv and boto3 pins (``cloudburst.environment.pins``) and the names of
+the variables it reads (``cloudburst.protocol.workerenv``) are written into this source by
+``script()``, which is what the task definition runs.
 Index logins, when the snapshot needs them, arrive as
-``CLOUDBURST_NETRC`` from an encrypted parameter (an ECS secret) and are
+the wire variable ``netrc`` from an encrypted parameter (an ECS secret) and are
 written to a private file for uv; they are never printed.
 """
 
@@ -34,6 +35,10 @@ from typing import Any
 #: empty here, filled in from ``cloudburst.environment.pins`` by ``script()``
 UV_PINS = ""
 BOTO3_PINS = ""
+#: the variables this file reads (the wire fields ``bundle``, ``netrc`` and ``root``): filled in by ``script()``
+BUNDLE_VARIABLE = ""
+NETRC_VARIABLE = ""
+ROOT_VARIABLE = ""
 #: the exit code of an environment that cannot be installed (sysexits' EX_CONFIG): the client stops
 #: starting workers at the first one, as every other would fail the same way
 EXIT_ENVIRONMENT = 78
@@ -65,12 +70,16 @@ def script() -> str:
     (Called by the client, where cloudburst is installed; the container needs the standard library only.)"""
     from pathlib import Path
 
-    from ..environment import pins
+    from ..environment import pins  # not at the top: the container runs this file without cloudburst
+    from ..protocol import workerenv
 
     source = Path(__file__).read_text(encoding="utf-8")
     for name, text in (
         ("UV_PINS", pins.requirements_text(pins.UV)),
         ("BOTO3_PINS", pins.requirements_text(pins.BOTO3)),
+        ("BUNDLE_VARIABLE", workerenv.variable("bundle")),
+        ("NETRC_VARIABLE", workerenv.variable("netrc")),
+        ("ROOT_VARIABLE", workerenv.variable("root")),
     ):
         placeholder = f'\n{name} = ""\n'
         assert placeholder in source, f"bootstrap.py lost its {name} line"
@@ -105,14 +114,16 @@ def main() -> None:
 
 
 def _install_and_run() -> None:
-    bundle = os.environ["CLOUDBURST_BUNDLE"]
+    if not BUNDLE_VARIABLE:
+        raise _InstallFailed("this bootstrap has no variable names: run it as cloudburst registers it (script())")
+    bundle = os.environ[BUNDLE_VARIABLE]
     location, _, expected = bundle.partition("#")
     bucket, _, key = location.removeprefix("s3://").partition("/")
-    root = os.environ.get("CLOUDBURST_ROOT", "/cloudburst")
+    root = os.environ.get(ROOT_VARIABLE, "/cloudburst")
     os.makedirs(root, exist_ok=True)
     env = dict(os.environ)
-    env.pop("CLOUDBURST_NETRC", None)
-    netrc_text = os.environ.get("CLOUDBURST_NETRC", "")
+    env.pop(NETRC_VARIABLE, None)
+    netrc_text = os.environ.get(NETRC_VARIABLE, "")
     if netrc_text:
         path = os.path.join(root, "netrc")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -129,27 +140,7 @@ def _install_and_run() -> None:
         uv.append("--system")
     _run("installing boto3", [*uv, "--require-hashes", "-r", _pinned(root, "BOTO3_PINS", BOTO3_PINS)], env)
 
-    import boto3  # installed just above
-    import botocore.exceptions
-
-    for attempt in (1, 2):
-        try:
-            owner = _bucket_owner(bucket, boto3)  # a bucket re-created by another account is not read
-            body = boto3.client("s3").get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)["Body"].read()
-            break
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            fix = {
-                "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
-                "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
-            }.get(code, "see the error above")
-            raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
-        except botocore.exceptions.BotoCoreError as exc:  # no connection, no credentials: once more, then stop
-            if attempt == 2:
-                raise _InstallFailed(f"could not reach the environment bundle s3://{bucket}/{key}: {exc}") from exc
-            time.sleep(2)
-    if hashlib.sha256(body).hexdigest() != expected:
-        raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
+    body = _fetch_bundle(bucket, key, expected)
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         archive.extractall(root)
     requirements = os.path.join(root, "requirements.txt")
@@ -171,6 +162,32 @@ def _install_and_run() -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH", "")]))
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "cloudburst.worker"], env)
+
+
+def _fetch_bundle(bucket: str, key: str, expected: str) -> bytes:
+    """The environment bundle's bytes, read from S3 (once more after a network failure) and checked."""
+    import boto3  # installed just above
+    import botocore.exceptions
+
+    for attempt in (1, 2):
+        try:
+            owner = _bucket_owner(bucket, boto3)  # a bucket re-created by another account is not read
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key, ExpectedBucketOwner=owner)["Body"].read()
+            break
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            fix = {
+                "AccessDenied": "the workers' role may predate image='python': run `cloudburst setup` again",
+                "NoSuchKey": "it was deleted (`cloudburst env prune`?): start the job again to upload it",
+            }.get(code, "see the error above")
+            raise _InstallFailed(f"could not read the environment bundle s3://{bucket}/{key} ({code}): {fix}") from exc
+        except botocore.exceptions.BotoCoreError as exc:  # no connection, no credentials: once more, then stop
+            if attempt == 2:
+                raise _InstallFailed(f"could not reach the environment bundle s3://{bucket}/{key}: {exc}") from exc
+            time.sleep(2)
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise _InstallFailed(f"the bundle s3://{bucket}/{key} changed after it was uploaded; refusing to run it")
+    return bytes(body)
 
 
 if __name__ == "__main__":

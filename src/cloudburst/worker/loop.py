@@ -11,7 +11,7 @@
                   not sent when the backend's task queue reports leases itself)
         for each task:
             too many deliveries? ─► give up: report WorkerDiedError, delete
-            load function + calls ─► run each call, output captured per item
+            load function + calls ─► run each call, output captured per item     (execute.py)
             pack results (big ones to the store) ─► send R ─► ack (delete the task)
 
 Watchdogs run beside the loop: the lease keeper extends the leases of running
@@ -35,37 +35,31 @@ A worker keeps its files (decompressed blobs) in its scratch folder
 from __future__ import annotations
 
 import faulthandler
-import json
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import NoReturn
 
-from .. import seeds
 from ..backends import get_backend
-from ..backends.base import Message, WorkerSide
+from ..backends.base import Backend, Message, WorkerSide
 from ..core import scratch
-from ..core.work import span
 from ..errors import (
     PayloadAuthenticationError,
-    PicklingError,
-    TaskExitError,
-    UnpicklingError,
     WorkerDiedError,
 )
-from ..protocol.output import Capture
-from ..protocol.serialize import Packer, Unpacker, describe, job_tag
+from ..protocol import workerenv
+from ..protocol.serialize import Packer, Unpacker, job_tag
 from ..protocol.task import (
     REJECTED,
     RESULT,
     STARTED,
     TASK,
     WORKER_MEMORY,
-    ItemError,
     Notice,
     RecentIds,
     ResultMessage,
@@ -74,83 +68,80 @@ from ..protocol.task import (
     open_control,
     open_message,
 )
+from ..protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
 from . import memlimit
+from .execute import TaskRunner, item_error
 
-__all__ = ["Worker", "item_error", "main"]
+__all__ = ["Worker", "main"]
 
 REASON_PREFIX = "cloudburst-worker: exit reason: "
 OOM_EXIT_CODE = 137
 
 
-def item_error(exc: BaseException, skip_frames: int = 1) -> ItemError:
-    """Describe an exception for the trip back: pickled so that it loads as its own type when it can be
-    (see :mod:`cloudburst.protocol.remote_exceptions`), and always its type's name, message and traceback as text."""
-    from ..protocol.remote_exceptions import pickle_exception
-
-    tb = exc.__traceback__
-    for _ in range(skip_frames):
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-    exc.__traceback__ = tb
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<{type(exc).__name__}: its str() failed>"
-    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return ItemError(pickle_exception(exc), name, message, text)
-
-
 class Worker:
     """Runs tasks from a queue until retired. All backends share this loop."""
 
-    def __init__(self, side: WorkerSide, env: Mapping[str, str], *, announce: bool = True) -> None:
+    def __init__(self, side: WorkerSide, env: WorkerEnv, *, announce: bool = True, own_process: bool = False) -> None:
+        """``own_process``: this loop is its process (``main``), so its watchdogs may end the process and its
+        memory limit is the process's; otherwise (a loop on a thread) they only stop the loop."""
         self.side = side
+        self.env = env
         self.announce_tasks = announce
-        self.key = bytes.fromhex(str(side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"]))
+        self.own_process = own_process
+        key = str(side.extra.get("job_key") or env.job_key)
+        if not key:
+            raise WireEnvironmentError(f"{workerenv.variable('job_key')} is not set, and the backend found no key")
+        self.key = bytes.fromhex(key)
         self.worker_id = str(side.extra.get("worker_id") or worker_id(env))
-        self.job = job_tag(env["CLOUDBURST_JOB_ID"])
+        self.job = job_tag(env.job_id)
         self._finished = RecentIds(WORKER_MEMORY)  # task message ids whose result this worker sent (task.py)
-        self.lease_seconds = float(env.get("CLOUDBURST_LEASE_SECONDS", "60"))
-        idle = env.get("CLOUDBURST_IDLE_TIMEOUT", "")
-        self.idle_timeout = float(idle) if idle else None
-        client_timeout = env.get("CLOUDBURST_CLIENT_TIMEOUT", "")
-        self.client_timeout = float(client_timeout) if client_timeout else None
-        self.control_period = float(env.get("CLOUDBURST_CONTROL_PERIOD", "5"))
+        self.lease_seconds = env.lease_seconds
+        self.idle_timeout = env.idle_timeout
+        self.client_timeout = env.client_timeout
+        self.control_period = env.control_period
         self.slots = 1
-        memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
-        self.memory_limit = int(memory) * 1024 * 1024 if memory else None
+        self.memory_limit = env.memory_limit_mib * 2**20 if env.memory_limit_mib is not None else None
         self.memory_mode = memlimit.POLL  # main() sets what enforces the limit
-        self.supervised = env.get("CLOUDBURST_SUPERVISED") == "1"
-        self.inline_limit = int(env.get("CLOUDBURST_INLINE_LIMIT", str(256 * 1024)))
-        cache = scratch.make("blobs-", reaper=False)
-        self.unpacker = Unpacker(side.store, cache)
-        self.packer = Packer(
-            side.store, inline_limit=self.inline_limit, compress=env.get("CLOUDBURST_COMPRESS", "1") == "1"
-        )
+        self.supervised = env.supervised
+        self.inline_limit = env.inline_limit
+        self._cache = scratch.make("blobs-", reaper=False)
+        self.unpacker = Unpacker(side.store, self._cache)
+        self.packer = Packer(side.store, inline_limit=self.inline_limit, compress=env.compress)
         self._held: dict[str, float] = {}  # receipt -> lease end
         self._held_lock = threading.Lock()
         self._stopping = threading.Event()
         self._heartbeat: tuple[float, float] | None = None  # (last heartbeat value, when it changed here)
         self._last_work = time.monotonic()
-        self.capture = Capture()
+        self.runner = TaskRunner(self.unpacker, self.packer, self.worker_id, self.check_memory_error)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
+        """Take and run tasks until retired (idle too long) or stopped; the watchdogs end with it."""
         self.start_watchdogs()
-        while not self._stopping.is_set():
-            messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
-            if not messages:
-                if self.should_retire():
-                    return 0
-                continue
-            self._last_work = time.monotonic()
-            tasks = self.authenticate(messages)
-            self.announce(tasks)
-            for message, task, message_id in tasks:
-                self.run_task(message, task, message_id)
-            self._last_work = time.monotonic()
-        return 0
+        try:
+            while not self._stopping.is_set():
+                messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
+                if not messages:
+                    if self.should_retire():
+                        return 0
+                    continue
+                self._last_work = time.monotonic()
+                tasks = self.authenticate(messages)
+                self.announce(tasks)
+                for message, task, message_id in tasks:
+                    self.run_task(message, task, message_id)
+                self._last_work = time.monotonic()
+            return 0
+        finally:
+            self._stopping.set()
+            shutil.rmtree(self._cache, ignore_errors=True)
+
+    def end(self, code: int) -> None:
+        """What a watchdog does to stop this worker: end the process (its own), else stop the loop."""
+        if self.own_process:
+            leave(code)
+        else:
+            self._stopping.set()
 
     def should_retire(self) -> bool:
         idle = time.monotonic() - self._last_work
@@ -168,7 +159,7 @@ class Worker:
                 print(f"cloudburst-worker: could not read the job's control record: {exc}", file=sys.__stderr__)
                 continue
             if over:
-                leave(0)
+                self.end(0)
 
     def job_over(self) -> bool:
         """Read the job's control record: stopped, or has the client been silent too long?
@@ -284,7 +275,7 @@ class Worker:
         with self._held_lock:
             self._held[message.receipt] = time.monotonic() + self.lease_seconds
         try:
-            result = self.execute(task, message.receive_count)
+            result = self.runner.execute(task, message.receive_count)
         finally:
             with self._held_lock:
                 self._held.pop(message.receipt, None)
@@ -296,102 +287,6 @@ class Worker:
         self._finished.add(message_id)  # before the ack: if that is lost, the copy that comes back is dropped
         self.side.tasks.ack([message.receipt])
 
-    # ------------------------------------------------------------------ one task
-    def execute(self, task: TaskMessage, attempt: int) -> ResultMessage:
-        def fail(exc: BaseException) -> ResultMessage:
-            return ResultMessage(task.task_id, self.worker_id, attempt, failure=item_error(exc, 0))
-
-        try:
-            fn = self.unpacker.function(task.function)
-        except Exception as exc:
-            self.check_memory_error(exc)
-            # A blob that fails its digest was altered in the store: say that, not "a module may be missing".
-            altered = isinstance(exc, PayloadAuthenticationError)
-            hint = "" if altered else " A module it needs may be missing on the worker."
-            error = UnpicklingError(
-                f"task {task.task_id}: the function could not be unpickled on the worker: "
-                f"{type(exc).__name__}: {exc}.{hint}"
-            )
-            error.__cause__ = exc
-            return fail(error)
-        try:
-            calls = self.unpacker.unpack(task.calls)
-        except Exception as exc:
-            self.check_memory_error(exc)
-            error = UnpicklingError(
-                f"task {task.task_id}: the arguments of items {span(task.indices)} could not be unpickled "
-                f"on the worker: {type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            result = fail(error)
-            return ResultMessage(
-                task.task_id, self.worker_id, attempt, failure=result.failure, split=len(task.indices) > 1
-            )
-        values, errors, events, seconds = self.call_each(fn, calls, task)  # type: ignore[arg-type]
-        packed, pack_errors = self.pack_values(values, task)
-        errors.update(pack_errors)
-        return ResultMessage(task.task_id, self.worker_id, attempt, packed, errors, None, seconds, events)
-
-    def call_each(
-        self, fn: Callable[..., Any], calls: list[Any], task: TaskMessage
-    ) -> tuple[list[Any], dict[int, ItemError], list[Any], float]:
-        values: list[Any] = [None] * len(calls)
-        errors: dict[int, ItemError] = {}
-        indices = task.indices
-        seed = task.seed
-        seed_item = seeds.seed_item
-        capture = self.capture
-        started = time.perf_counter()
-        with_kwargs = task.with_kwargs
-        capture.begin(task.log_level)
-        try:
-            for pos, call in enumerate(calls):
-                index = indices[pos]
-                capture.item = index
-                if seed is None:
-                    seeds.set_index(index)
-                else:
-                    seed_item(seed, index)
-                try:
-                    values[pos] = fn(*call[0], **call[1]) if with_kwargs else fn(*call)
-                except SystemExit as exc:
-                    exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
-                    errors[pos] = item_error(exit_error, 0)
-                except BaseException as exc:
-                    self.check_memory_error(exc)  # past an RLIMIT_DATA limit: the worker ends here
-                    errors[pos] = item_error(exc)
-                    self.log_failure(task.task_id, index, errors[pos])
-        finally:
-            events = capture.end()
-        seeds.seed_item(None, -1)
-        return values, errors, events, time.perf_counter() - started
-
-    def log_failure(self, task_id: int, index: int, error: ItemError) -> None:
-        """Into this worker's own log (CloudWatch on Fargate), for `cloudburst logs`."""
-        os.write(
-            2, f"cloudburst-worker {self.worker_id}: task {task_id}, item {index} failed:\n{error.traceback}".encode()
-        )
-
-    def pack_values(self, values: list[Any], task: TaskMessage) -> tuple[Any, dict[int, ItemError]]:
-        errors: dict[int, ItemError] = {}
-        try:
-            return self.packer.pack(values), errors
-        except Exception:
-            pass
-        import cloudpickle
-
-        for pos, value in enumerate(values):
-            try:
-                cloudpickle.dumps(value, protocol=5)
-            except Exception as exc:
-                error = PicklingError(
-                    f"the result of item {task.indices[pos]} cannot be pickled: {describe(value)}: "
-                    f"{type(exc).__name__}: {exc}. Return plain data (numbers, arrays, dicts) instead."
-                )
-                errors[pos] = item_error(error, 0)
-                values[pos] = None
-        return self.packer.pack(values), errors
-
     # ------------------------------------------------------------------ watchdogs
     def start_watchdogs(self) -> None:
         threading.Thread(target=self.keep_leases, name="lease-keeper", daemon=True).start()
@@ -401,7 +296,7 @@ class Worker:
             threading.Thread(
                 target=self.watch_parent, args=(self.side.parent_pid,), name="parent-watch", daemon=True
             ).start()
-        if self.memory_limit is not None and self.memory_mode == memlimit.POLL:
+        if self.own_process and self.memory_limit is not None and self.memory_mode == memlimit.POLL:
             threading.Thread(
                 target=self.watch_memory, args=(self.memory_limit,), name="memory-watch", daemon=True
             ).start()
@@ -418,15 +313,14 @@ class Worker:
                     print(f"cloudburst-worker: could not extend leases: {exc}", file=sys.__stderr__)
 
     def watch_parent(self, parent_pid: int) -> None:
-        while True:
+        while not self._stopping.wait(0.25):
             if os.getppid() != parent_pid:
                 self.say_exit("the client process is gone")
-                leave(0)
-            time.sleep(0.25)
+                self.end(0)
 
     def watch_memory(self, limit: int) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
-        while True:
+        while not self._stopping.wait(0.05):
             try:
                 with open("/proc/self/statm") as fh:
                     rss = int(fh.read().split()[1]) * page
@@ -437,8 +331,7 @@ class Worker:
                     f"OutOfMemoryError: the worker used {rss / 2**20:.0f} MiB, over its memory limit of "
                     f"{limit / 2**20:.0f} MiB; ask for more memory= or use less per task"
                 )
-                leave(OOM_EXIT_CODE)
-            time.sleep(0.05)
+                self.end(OOM_EXIT_CODE)
 
     def check_memory_error(self, exc: BaseException) -> None:
         """Under RLIMIT_DATA an allocation past the limit fails instead of the kernel killing the worker: a
@@ -458,15 +351,15 @@ class Worker:
             f"{self.memory_limit / 2**20:.0f} MiB with {what} the kernel refused ({memlimit.RLIMIT}); "
             "ask for more memory= or use less per task"
         )
-        leave(OOM_EXIT_CODE)
+        self.end(OOM_EXIT_CODE)
 
     def say_exit(self, reason: str) -> None:
         os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
 
 
-def worker_id(env: Mapping[str, str]) -> str:
+def worker_id(env: WorkerEnv) -> str:
     """This worker's name as the launcher gave it (a backend may name it in ``WorkerSide.extra``)."""
-    return env.get("CLOUDBURST_WORKER_ID") or f"pid{os.getpid()}"
+    return env.worker_id or f"pid{os.getpid()}"
 
 
 def leave(code: int) -> NoReturn:
@@ -478,14 +371,13 @@ def leave(code: int) -> NoReturn:
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(env: Mapping[str, str]) -> None:
+def die_with_parent(parent: int | None) -> None:
     """Have the kernel SIGKILL this worker when the process that started it ends (Linux).
 
     Unlike a watchdog thread, this works while a task holds the GIL in a long C call. To Linux the
     parent is the thread that started this process: the local launcher starts workers from a thread
     that lives as long as the client, the supervisor from its main thread."""
-    parent = env.get("CLOUDBURST_PARENT_PID")
-    if not parent or not sys.platform.startswith("linux"):
+    if parent is None or not sys.platform.startswith("linux"):
         return
     import ctypes
 
@@ -495,7 +387,7 @@ def die_with_parent(env: Mapping[str, str]) -> None:
             return  # the parent watch still runs
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(parent):  # it ended before the request took effect
+    if os.getppid() != parent:  # it ended before the request took effect
         os.write(2, f"{REASON_PREFIX}the client process is gone\n".encode())
         os._exit(0)
 
@@ -508,34 +400,39 @@ def _say_and_die(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def main(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
+def main(environ: Mapping[str, str] | None = None) -> int:
+    """``python -m cloudburst.worker``: read the wire environment, then run the supervisor or one loop."""
+    environ = os.environ if environ is None else environ
     # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(env)
-    slots = int(env.get("CLOUDBURST_WORKER_SLOTS", "1") or "1")
-    if slots > 1 or env.get("CLOUDBURST_SUPERVISOR") == "1":
-        from .supervisor import supervise
+    env = from_environ(environ)
+    die_with_parent(env.parent_pid)
+    if env.slots > 1 or env.supervisor:
+        from .supervisor import supervise  # it builds on this module
 
-        return supervise(env, slots)
-    memory = env.get("CLOUDBURST_MEMORY_LIMIT_MIB", "")
-    memory_mode = memlimit.limit_self(int(memory) * 2**20, env) if memory else memlimit.POLL
+        return supervise(env, environ)
+    memory = env.memory_limit_mib
+    memory_mode = memlimit.limit_self(memory * 2**20, env.memory_cgroup) if memory is not None else memlimit.POLL
     faulthandler.enable(all_threads=False)  # a crash in C code leaves a Python traceback in the worker's log
-    for entry in reversed(json.loads(env.get("CLOUDBURST_SYS_PATH", "[]"))):
+    for entry in reversed(env.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    backend = get_backend(env["CLOUDBURST_BACKEND"])
-    side = backend.connect_worker(env)
-    worker = Worker(side, env, announce=not backend.reports_leases)
+    backend = get_backend(env.backend)
+    worker = Worker(backend.connect_worker(env), env, announce=not backend.reports_leases, own_process=True)
     worker.memory_mode = memory_mode
     signal.signal(signal.SIGTERM, _say_and_die)
-    limit = f", memory limit {memory} MiB enforced by {memory_mode}" if memory else ""
+    limit = f", memory limit {memory} MiB enforced by {memory_mode}" if memory is not None else ""
     print(
-        f"cloudburst-worker {worker.worker_id}: started for job {env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
+        f"cloudburst-worker {worker.worker_id}: started for job {env.job_id[:12]} "
         f"(backend {backend.name}, pid {os.getpid()}{limit})",
         file=sys.stderr,
         flush=True,
     )
+    return _run(worker, backend)
+
+
+def _run(worker: Worker, backend: type[Backend]) -> int:
+    """Run the loop; the ways its backend says the job is over end it quietly."""
     try:
         return worker.run()
     except MemoryError as exc:  # in the loop's own work (packing a result, say)

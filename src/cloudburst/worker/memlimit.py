@@ -21,7 +21,6 @@ import os
 import resource
 import sys
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["CGROUP", "POLL", "RLIMIT", "cgroup_base", "limit_self", "make_cgroup", "oom_kills", "remove_cgroup"]
@@ -153,9 +152,9 @@ def peak_bytes(cgroup: Path) -> int | None:
         return None
 
 
-def limit_self(limit_bytes: int, env: Mapping[str, str]) -> str:
-    """Put this worker process under its memory limit; returns which mechanism applies."""
-    cgroup = env.get("CLOUDBURST_MEMORY_CGROUP", "")
+def limit_self(limit_bytes: int, cgroup: str = "") -> str:
+    """Put this worker process under its memory limit (in ``cgroup`` when the launcher made one); returns which
+    mechanism applies."""
     if cgroup:
         try:
             (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))

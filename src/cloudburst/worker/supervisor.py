@@ -2,7 +2,7 @@
 
 ::
 
-    python -m cloudburst.worker   (CLOUDBURST_SUPERVISOR=1, or CLOUDBURST_WORKER_SLOTS=N > 1)
+    python -m cloudburst.worker   (wire environment: supervisor, or slots=N > 1)
     start N worker loops as child processes (the kernel kills them if this process dies)
     every 0.2 s:
         copy what the children wrote to this container's log, whole lines
@@ -33,10 +33,11 @@ from ..backends import get_backend
 from ..backends.base import WorkerExit
 from ..backends.local import describe_exit
 from ..core import scratch
-from ..protocol.serialize import job_tag
+from ..protocol import workerenv
 from ..protocol.task import DIED, encode
+from ..protocol.workerenv import WorkerEnv
 from . import memlimit
-from .loop import OOM_EXIT_CODE, REASON_PREFIX, Worker, worker_id
+from .loop import OOM_EXIT_CODE, REASON_PREFIX, Worker
 
 __all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
 
@@ -45,40 +46,41 @@ MAX_DEATHS = 5  # within DEATH_WINDOW seconds: the worker loop cannot run here
 DEATH_WINDOW = 120.0
 
 
-def supervise(env: Mapping[str, str], slots: int) -> int:
-    """Run ``slots`` worker loops as child processes until they retire or the job ends."""
-    return Supervisor(env, slots).run()
+def supervise(env: WorkerEnv, environ: Mapping[str, str]) -> int:
+    """Run ``env.slots`` worker loops as child processes until they retire or the job ends. Children get
+    ``environ`` (this process's environment) without its wire variables, then their own."""
+    return Supervisor(env, environ).run()
 
 
 class Supervisor:
     """Starts, watches, reports and replaces the worker processes of one machine."""
 
-    def __init__(self, env: Mapping[str, str], slots: int) -> None:
+    def __init__(self, env: WorkerEnv, environ: Mapping[str, str]) -> None:
         self.env = env
-        self.slots = slots
-        backend = get_backend(env["CLOUDBURST_BACKEND"])
-        self.side = backend.connect_worker(env)
-        self.key_hex = str(self.side.extra.get("job_key") or env["CLOUDBURST_JOB_KEY"])
-        self.key = bytes.fromhex(self.key_hex)
-        self.job = job_tag(env["CLOUDBURST_JOB_ID"])
-        self.me = str(self.side.extra.get("worker_id") or worker_id(env))
+        self.base_env = workerenv.inherit(environ)
+        self.slots = max(1, env.slots)
+        self.side = get_backend(env.backend).connect_worker(env)
+        self.watcher = Worker(self.side, env, announce=False)  # for its reading of the job's control record
+        self.key_hex = self.watcher.key.hex()
+        self.key = self.watcher.key
+        self.job = self.watcher.job
+        self.me = self.watcher.worker_id
         self.folder = scratch.own(reaper=False)
         self.children: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
         self.offsets: dict[Path, int] = {}
         self.deaths: list[float] = []
-        self.counter = itertools.count(slots)
+        self.counter = itertools.count(self.slots)
         self.over = threading.Event()  # the job ended or the client went silent
         self.terminated = False  # SIGTERM came
         self.failed = False  # children kept dying
         self.kill_at: float | None = None  # when children still running get SIGKILL
         self.oom_kills = memlimit.oom_kills()
-        self.watcher = Worker(self.side, env, announce=False)  # for its reading of the job's control record
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_term)
         print(
-            f"cloudburst-worker {self.me}: started for job {self.env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
+            f"cloudburst-worker {self.me}: started for job {self.env.job_id[:12]} "
             f"(supervisor of {self.slots} worker process(es), pid {os.getpid()})",
             file=sys.stderr,
             flush=True,
@@ -108,15 +110,15 @@ class Supervisor:
 
     def start(self, k: int) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.folder / f"{self.name(k)}.log"
-        child_env = {
-            **self.env,
-            "CLOUDBURST_WORKER_SLOTS": "1",
-            "CLOUDBURST_SUPERVISOR": "",
-            "CLOUDBURST_SUPERVISED": "1",  # this process watches the job and the client for it
-            "CLOUDBURST_WORKER_ID": self.name(k),
-            "CLOUDBURST_JOB_KEY": self.key_hex,  # a process of this machine: no need to fetch it again
-            "CLOUDBURST_PARENT_PID": str(os.getpid()),
-        }
+        wire = self.env.replace(
+            slots=1,
+            supervisor=False,
+            supervised=True,  # this process watches the job and the client for it
+            worker_id=self.name(k),
+            job_key=self.key_hex,  # a process of this machine: no need to fetch it again
+            parent_pid=os.getpid(),
+        )
+        child_env = {**self.base_env, **wire.to_environ()}
         with open(log, "ab") as out:
             # Children write to a file, copied to this container's log as it grows; its tail goes with a
             # death notice.

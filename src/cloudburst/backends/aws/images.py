@@ -32,6 +32,7 @@ from typing import Any
 from ...core import scratch
 from ...environment.snapshot import Snapshot, build_context, index_credentials, tag
 from ...errors import CloudError
+from ...protocol import workerenv
 from .clients import client, error_code, translate
 from .owner import s3_client
 
@@ -57,14 +58,14 @@ phases:
   pre_build:
     commands:
       - aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin ${IMAGE_URI%%/*}
-      - umask 077 && printf '%s' "${CLOUDBURST_NETRC:-}" > /tmp/cloudburst-netrc
+      - umask 077 && printf '%s' "${NETRC_VARIABLE:-}" > /tmp/cloudburst-netrc
   build:
     commands:
       - DOCKER_BUILDKIT=1 docker build --secret id=netrc,src=/tmp/cloudburst-netrc --platform $PLATFORM -t $IMAGE_URI .
   post_build:
     commands:
       - docker push $IMAGE_URI
-"""
+""".replace("NETRC_VARIABLE", workerenv.variable("netrc"))  # the index logins, as the bootstrap gets them too
 
 
 def store_index_credentials(region: str | None, profile: str | None, netrc_text: str) -> str:
@@ -354,7 +355,7 @@ def _codebuild(
                 {"name": "PLATFORM", "value": "linux/arm64" if arch == "arm64" else "linux/amd64", "type": "PLAINTEXT"},
             ]
             + (  # CodeBuild reads the parameter itself: the logins never appear in the build's settings
-                [{"name": "CLOUDBURST_NETRC", "value": netrc_parameter, "type": "PARAMETER_STORE"}]
+                [{"name": workerenv.variable("netrc"), "value": netrc_parameter, "type": "PARAMETER_STORE"}]
                 if netrc_parameter
                 else []
             ),

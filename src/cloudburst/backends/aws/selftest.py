@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...protocol.workerenv import from_environ, variable
 from .clients import client, error_code
 from .policies import job_role_name
 
@@ -82,7 +83,7 @@ class Report:
 def say_hello(marker: str) -> dict[str, str]:
     """On job 1's worker: write ``marker`` to the worker's own output (the container's, not captured)."""
     os.write(2, f"{marker}\n".encode())
-    return {"marker": marker, "key_parameter": os.environ.get("CLOUDBURST_JOB_KEY_PARAMETER", "")}
+    return {"marker": marker, "key_parameter": from_environ(os.environ).job_key_parameter}
 
 
 def try_read_key(name: str, region: str) -> str:
@@ -203,7 +204,7 @@ def _check_image(run: _Run) -> Check:
     definition = ecs.describe_task_definition(taskDefinition=tasks[0]["taskDefinitionArn"])["taskDefinition"]
     container = definition["containerDefinitions"][0]
     image = str(container["image"])
-    bundle = next((e["value"] for e in container.get("environment", []) if e["name"] == "CLOUDBURST_BUNDLE"), "")
+    bundle = next((e["value"] for e in container.get("environment", []) if e["name"] == variable("bundle")), "")
     seconds = run.open_seconds + time.monotonic() - began - run.ran_seconds
     if image == EMULATED_IMAGE:
         return Check("image", True, seconds, detail=f"{image}: EMULATED, this machine's interpreter (no digest)")
