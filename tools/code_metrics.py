@@ -82,7 +82,15 @@ def main(checkout: Path) -> None:
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 module_level[name].update(imported(node, package_of, modules))
+        typing_only = {  # imports under ``if TYPE_CHECKING:`` never run
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
         for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append(((node.end_lineno or node.lineno) - node.lineno + 1, f"{name}.{node.name}"))
                 for inner in ast.walk(node):
