@@ -18,6 +18,11 @@ moto lacks, are served by stubs. Fault hooks make AWS misbehave on purpose:
 :meth:`Emulator.throttle`, :meth:`Emulator.capacity_shortage`,
 :meth:`Emulator.kill_worker`, :meth:`Emulator.interrupt_spot`.
 
+Light mode (``Emulator(light=True)``, or ``CLOUDBURST_EMULATOR_LIGHT=1`` in the environment, which
+``python -m cloudburst.emulator`` reads too): one process serves every emulated Fargate task, each
+task's worker loops on threads of the emulator's process instead of a process of its own, so that a
+thousand workers fit on one machine (:mod:`cloudburst.emulator.light` says what it leaves out).
+
 Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
 """
 
@@ -43,13 +48,15 @@ from ..errors import ConfigurationError
 from . import access
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .identities import ACCOUNT, assume, make_admin, make_user
+from .light import LightAgent
 from .s3policy import count_loopback_as_tls
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
 __all__ = ["EmulatedTask", "Emulator", "FaultRule", "network_env"]
 
 EMULATED_IMAGE = "cloudburst-emulated/this-machine:latest"
-BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine); nothing reaches AWS"
+BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine{mode}); nothing reaches AWS"
+LIGHT_VARIABLE = "CLOUDBURST_EMULATOR_LIGHT"
 
 
 def _require_moto() -> None:
@@ -74,8 +81,11 @@ class Emulator:
         provision: bool = True,
         verbose: bool = True,
         user_regions: Sequence[str] = (),
+        light: bool | None = None,
     ) -> None:
         _require_moto()
+        #: tasks' worker loops on threads of this process (None: CLOUDBURST_EMULATOR_LIGHT=1 says so)
+        self.light = os.environ.get(LIGHT_VARIABLE, "") == "1" if light is None else light
         self.region = region
         #: the regions whose user_policy() the emulated user holds (the region's own always)
         self.user_regions = tuple(dict.fromkeys([region, *user_regions]))
@@ -135,14 +145,13 @@ class Emulator:
             }
         )
         worker_env = default_worker_env(self.url)
-        self.agent = EcsAgent(
-            worker_env, self._work_dir, cold_start=self.cold_start, registered=self.gateway.registered
-        )
+        agent = LightAgent if self.light else EcsAgent
+        self.agent = agent(worker_env, self._work_dir, cold_start=self.cold_start, registered=self.gateway.registered)
         self.agent.start()
         if self.provision_resources:
             self.provision()
         if self.verbose:
-            print(BANNER.format(url=self.url), file=sys.stderr)
+            print(BANNER.format(url=self.url, mode=", light mode" if self.light else ""), file=sys.stderr)
         return self
 
     def stop(self) -> None:
