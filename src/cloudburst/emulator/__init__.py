@@ -18,10 +18,11 @@ moto lacks, are served by stubs. Fault hooks make AWS misbehave on purpose:
 :meth:`Emulator.throttle`, :meth:`Emulator.capacity_shortage`,
 :meth:`Emulator.kill_worker`, :meth:`Emulator.interrupt_spot`.
 
-Light mode (``Emulator(light=True)``, or ``CLOUDBURST_EMULATOR_LIGHT=1`` in the environment, which
-``python -m cloudburst.emulator`` reads too): one process serves every emulated Fargate task, each
-task's worker loops on threads of the emulator's process instead of a process of its own, so that a
-thousand workers fit on one machine (:mod:`cloudburst.emulator.light` says what it leaves out).
+Light mode (``Emulator(light=True)``; ``CLOUDBURST_EMULATOR_LIGHT=1`` in the environment, which
+``python -m cloudburst.emulator`` reads too; or :meth:`Emulator.light_mode` for a block): one process
+serves every emulated Fargate task, each task's worker loops on threads of the emulator's process
+instead of a process of its own, so that a thousand workers fit on one machine
+(:mod:`cloudburst.emulator.light` says what it leaves out).
 
 Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
 """
@@ -48,7 +49,6 @@ from ..errors import ConfigurationError
 from . import access
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .identities import ACCOUNT, assume, make_admin, make_user
-from .light import LightAgent
 from .s3policy import count_loopback_as_tls
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
@@ -85,7 +85,7 @@ class Emulator:
     ) -> None:
         _require_moto()
         #: tasks' worker loops on threads of this process (None: CLOUDBURST_EMULATOR_LIGHT=1 says so)
-        self.light = os.environ.get(LIGHT_VARIABLE, "") == "1" if light is None else light
+        self._light = os.environ.get(LIGHT_VARIABLE, "") == "1" if light is None else light
         self.region = region
         #: the regions whose user_policy() the emulated user holds (the region's own always)
         self.user_regions = tuple(dict.fromkeys([region, *user_regions]))
@@ -145,13 +145,15 @@ class Emulator:
             }
         )
         worker_env = default_worker_env(self.url)
-        agent = LightAgent if self.light else EcsAgent
-        self.agent = agent(worker_env, self._work_dir, cold_start=self.cold_start, registered=self.gateway.registered)
+        self.agent = EcsAgent(
+            worker_env, self._work_dir, cold_start=self.cold_start, registered=self.gateway.registered
+        )
+        self.agent.light = self._light
         self.agent.start()
         if self.provision_resources:
             self.provision()
         if self.verbose:
-            print(BANNER.format(url=self.url, mode=", light mode" if self.light else ""), file=sys.stderr)
+            print(BANNER.format(url=self.url, mode=", light mode" if self._light else ""), file=sys.stderr)
         return self
 
     def stop(self) -> None:
@@ -296,6 +298,14 @@ class Emulator:
         with self.gateway.lock:
             return dict(self.gateway.calls)
 
+    @property
+    def client_calls(self) -> dict[str, int]:
+        """The part of :attr:`calls` that the emulator's clients made (this process and its children, with the
+        emulated user's or a :meth:`runner`'s credentials); the rest are workers' (task roles) and admin's."""
+        assert self.gateway is not None
+        with self.gateway.lock:
+            return dict(self.gateway.client_calls)
+
     def add_fault(self, rule: FaultRule) -> FaultRule:
         assert self.gateway is not None
         with self.gateway.lock:
@@ -373,6 +383,23 @@ class Emulator:
     def worker_pids(self) -> dict[str, int]:
         assert self.agent is not None
         return self.agent.pids()
+
+    @property
+    def light(self) -> bool:
+        """Light mode: tasks that start now run their worker loops on threads of this process."""
+        return self._light if self.agent is None else self.agent.light
+
+    @contextlib.contextmanager
+    def light_mode(self, on: bool = True) -> Iterator[None]:
+        """Within the block, tasks that start run in light mode (``on``) or as processes of their own; tasks
+        running already go on as they started."""
+        assert self.agent is not None
+        saved = self.agent.light
+        self.agent.light = on
+        try:
+            yield
+        finally:
+            self.agent.light = saved
 
     @contextlib.contextmanager
     def image(self, python: str | Path, env: Mapping[str, str] | None = None) -> Iterator[None]:

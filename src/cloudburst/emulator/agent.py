@@ -31,6 +31,7 @@ from typing import IO, Any, Protocol
 
 from ..backends.aws.credentials import AWS_IDENTITY_VARIABLES, Credentials, CredentialsEndpoint
 from .identities import RoleNotTrusted, assume
+from .light import WORKER_COMMAND, SharedIdentity, ThreadTask
 
 __all__ = ["EcsAgent", "EmulatedTask", "TaskProcess", "network_env"]
 
@@ -112,6 +113,9 @@ class EcsAgent:
         #: the interpreter a "container" runs, and what its image adds to the environment
         self.python = sys.executable
         self.extra_env: dict[str, str] = {}
+        #: light mode: tasks that start run their worker loops on threads of this process (light.py)
+        self.light = False
+        self._identities: dict[tuple[str, str], SharedIdentity] = {}  # task role, region -> shared clients
 
     def start(self) -> None:
         from moto.moto_api import state_manager
@@ -278,7 +282,14 @@ class EcsAgent:
         return env
 
     def _spawn(self, t: EmulatedTask, command: list[str], env: dict[str, str]) -> TaskProcess:
-        """Run the container's command: a process of its own, its output into the task's log."""
+        """Run the container's command: a process of its own, its output into the task's log; in light mode,
+        worker loops on threads of this process (unless the image is not this interpreter's: then a process)."""
+        role: tuple[str, Callable[[], Credentials]] | None = t.extra.pop("role", None)
+        assert t.log_file is not None
+        if self.light and tuple(command) == (sys.executable, *WORKER_COMMAND) and not self.extra_env:
+            return ThreadTask(env, t.log_file, self._identity(t, role)).start()
+        if role is not None:  # light mode, another image: served as in the default mode
+            env.update(self._serve(t, *role))
         return subprocess.Popen(
             command,
             env=env,
@@ -307,10 +318,27 @@ class EcsAgent:
         return self._serve_credentials(t, arn, fetch)
 
     def _serve_credentials(self, t: EmulatedTask, role_arn: str, fetch: Callable[[], Credentials]) -> dict[str, str]:
-        """Serve the task its role's credentials (an endpoint of its own); the environment that points to it."""
+        """Serve the task its role's credentials (an endpoint of its own); the environment that points to it.
+        In light mode, the role is remembered for when the task starts (``_spawn``)."""
+        if self.light:
+            t.extra["role"] = (role_arn, fetch)
+            return {}
+        return self._serve(t, role_arn, fetch)
+
+    def _serve(self, t: EmulatedTask, role_arn: str, fetch: Callable[[], Credentials]) -> dict[str, str]:
         endpoint = CredentialsEndpoint(fetch)
         t.extra["credentials"] = endpoint
         return endpoint.environment()
+
+    def _identity(self, t: EmulatedTask, role: tuple[str, Callable[[], Credentials]] | None) -> SharedIdentity | None:
+        """The clients a light-mode task's threads use: one set per task role, shared by its tasks."""
+        if role is None:
+            return None  # no task role, no credentials
+        with self.lock:
+            found = self._identities.get((role[0], t.region))
+            if found is None:
+                found = self._identities[(role[0], t.region)] = SharedIdentity(role[1])
+            return found
 
     def _parameter(self, t: EmulatedTask, name: str) -> str:
         from moto.ssm.models import ssm_backends

@@ -5,7 +5,7 @@ fit on a laptop; a thousand worker loops on threads of the emulator's process do
 runs the real :class:`cloudburst.worker.loop.Worker`, built from the environment ECS gives its
 container, pulling from the job's (emulated) queues with its task role's credentials::
 
-    RunTask ─► LightAgent ─► ThreadTask (acts as the container's process: poll, signals, exit code)
+    RunTask ─► EcsAgent (light) ─► ThreadTask (acts as the container's process: poll, signals, exit code)
                                 ├── N worker loops (CLOUDBURST_WORKER_SLOTS), ids <task>.<k> as the supervisor's
                                 └── control watch: the job ended, or the client fell silent ─► exit 0
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -47,10 +46,9 @@ from ..backends.aws.credentials import Credentials
 from ..backends.base import Queue, Store, WorkerSide
 from ..errors import CloudError
 from ..worker.loop import REASON_PREFIX, Worker
-from .agent import EcsAgent, EmulatedTask, TaskProcess
 from .threadcapture import ThreadCapture
 
-__all__ = ["LightAgent", "SharedIdentity", "ThreadTask", "ThreadWorker"]
+__all__ = ["WORKER_COMMAND", "SharedIdentity", "ThreadTask", "ThreadWorker"]
 
 POOL = 2048  # connections per shared client: one long poll per worker loop, and their other calls
 WORKER_COMMAND = ("-m", "cloudburst.worker")
@@ -172,6 +170,7 @@ class ThreadTask:
         self._ended = threading.Event()
         self._lock = threading.Lock()
         self._codes: list[int] = []
+        self._left = threading.Semaphore(0)  # released as each loop ends, and once as the task ends
         name = f"emulated-task {env.get('CLOUDBURST_WORKER_ID', '?')}"
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
 
@@ -216,6 +215,7 @@ class ThreadTask:
                 self.returncode = code
         self.severed.set()
         self._ended.set()
+        self._left.release()  # wakes the watch, which then ends
 
     # ------------------------------------------------------------------ as the supervisor
     def _main(self) -> None:
@@ -258,19 +258,19 @@ class ThreadTask:
             f"cloudburst-worker {me}: started for job {env.get('CLOUDBURST_JOB_ID', '?')[:12]} "
             f"({len(workers)} worker loop(s) on threads of the emulator: light mode)\n"
         )
-        left = threading.Semaphore(0)
         for worker in workers:
-            threading.Thread(target=self._run, args=(worker, left), name=worker.worker_id, daemon=True).start()
-        return self._watch(workers[0], len(workers), left)
+            threading.Thread(target=self._run, args=(worker,), name=worker.worker_id, daemon=True).start()
+        return self._watch(workers[0], len(workers))
 
-    def _watch(self, watcher: Worker, count: int, left: threading.Semaphore) -> int:
+    def _watch(self, watcher: Worker, count: int) -> int:
         """Wait for the loops to retire, reading the job's control record every control period."""
         while count:
-            if left.acquire(timeout=watcher.control_period):
-                count -= 1
-                continue
+            ended = self._left.acquire(timeout=watcher.control_period)
             if self.severed.is_set():
                 raise Severed
+            if ended:
+                count -= 1
+                continue
             try:
                 over = watcher.job_over()  # says why, through the watcher's say_exit
             except Exception as exc:  # an unreachable store: the next look decides
@@ -280,7 +280,7 @@ class ThreadTask:
                 return 0
         return max(self._codes, default=0)
 
-    def _run(self, worker: ThreadWorker, left: threading.Semaphore) -> None:
+    def _run(self, worker: ThreadWorker) -> None:
         try:
             code = worker.run()
         except Severed:
@@ -297,7 +297,7 @@ class ThreadTask:
             code = 1
         with self._lock:
             self._codes.append(code)
-        left.release()
+        self._left.release()
 
     @contextlib.contextmanager
     def _identity(self) -> Iterator[None]:
@@ -306,33 +306,3 @@ class ThreadTask:
             return
         with clients_from(self.identity.client):
             yield
-
-
-class LightAgent(EcsAgent):
-    """An ECS agent that runs each task's worker loops on threads of this process (see the module notes)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._identities: dict[tuple[str, str], SharedIdentity] = {}
-
-    def _serve_credentials(self, t: EmulatedTask, role_arn: str, fetch: Callable[[], Credentials]) -> dict[str, str]:
-        t.extra["role"] = (role_arn, fetch)  # taken as a shared identity, or served, when the task starts
-        return {}
-
-    def _spawn(self, t: EmulatedTask, command: list[str], env: dict[str, str]) -> TaskProcess:
-        role: tuple[str, Callable[[], Credentials]] | None = t.extra.get("role")
-        if tuple(command) != (sys.executable, *WORKER_COMMAND) or self.extra_env:
-            if role is not None:  # another image: a process of its own, served as in the default mode
-                env.update(super()._serve_credentials(t, *role))
-            return super()._spawn(t, command, env)
-        assert t.log_file is not None
-        return ThreadTask(env, t.log_file, self._identity(t, role)).start()
-
-    def _identity(self, t: EmulatedTask, role: tuple[str, Callable[[], Credentials]] | None) -> SharedIdentity | None:
-        if role is None:
-            return None
-        with self.lock:
-            found = self._identities.get((role[0], t.region))
-            if found is None:
-                found = self._identities[(role[0], t.region)] = SharedIdentity(role[1])
-            return found

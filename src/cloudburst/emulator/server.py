@@ -166,6 +166,8 @@ class Gateway:
     pricing: PricingStub = field(default_factory=PricingStub)
     faults: list[FaultRule] = field(default_factory=list)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: the same, for the requests signed with the emulator's own clients' keys (not workers', not admin's)
+    client_calls: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: called with the StartBuild request and image URI of every build started (moto's builds run nothing)
     on_build: Callable[[dict[str, Any], str], None] | None = None
@@ -186,6 +188,8 @@ class Gateway:
             operation = _rest_operation(environ)
         with self.lock:
             self.calls[f"{service}.{operation}"] += 1
+            if _access_key_of(environ) in self.client_keys:
+                self.client_calls[f"{service}.{operation}"] += 1
             rule = next((r for r in self.faults if r.applies(service, operation)), None)
         if rule is not None:
             if rule.run_task_failure:

@@ -1,0 +1,93 @@
+"""The emulator's light mode: emulated Fargate tasks whose worker loops run on threads of the emulator's
+process, so that many workers fit on one machine (``benchmarks/bench_thousand.py`` runs a thousand).
+
+The failure table's rows for light mode: what happens to the task, and what the client must see.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import cloudburst
+from cloudburst.emulator import Emulator
+
+from .conftest import wait_until
+
+WORKERS = 60
+ITEMS = 3000
+
+
+@pytest.fixture
+def light(emulator: Emulator) -> Iterator[Emulator]:
+    """The session's emulator, starting tasks in light mode for the test; no task thread outlives it."""
+    before = {t.ident for t in threading.enumerate()}
+    with emulator.light_mode():
+        yield emulator
+
+    def task_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith("emulated-task")]
+
+    assert wait_until(lambda: not task_threads(), timeout=30), f"task threads left running: {task_threads()}"
+
+
+def where(x: int) -> tuple[int, int, str]:
+    """The item's value, and which process and thread computed it."""
+    return x * 3, os.getpid(), threading.current_thread().name
+
+
+def slow(x: int) -> int:
+    time.sleep(0.3)
+    return x + 1
+
+
+def chatty(x: int) -> int:
+    print(f"item says {x}")
+    time.sleep(0.01)  # so that threads interleave
+    print(f"item is done {x}")
+    return x
+
+
+def test_many_workers_on_threads_give_exact_results(light: Emulator) -> None:
+    pids_before = set(light.worker_pids().values())
+    with cloudburst.Executor(WORKERS, backend="fargate", progress=False) as ex:
+        out = list(ex.map(where, range(ITEMS)))
+    assert [v for v, _, _ in out] == [3 * x for x in range(ITEMS)]
+    assert {pid for _, pid, _ in out} == {os.getpid()}, "light-mode workers run in the emulator's process"
+    assert len({thread for _, _, thread in out}) > WORKERS // 4, "the items were spread over many worker loops"
+    assert set(light.worker_pids().values()) == pids_before, "no worker process was started"
+
+
+def test_each_threads_output_is_replayed_with_its_own_item(light: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    with cloudburst.Executor(4, backend="fargate", progress=False) as ex:
+        assert list(ex.map(chatty, range(40), chunksize=2)) == list(range(40))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "item " in line]
+    for x in range(40):
+        assert f"[item {x}] item says {x}" in lines
+        assert f"[item {x}] item is done {x}" in lines
+    assert len(lines) == 80, "each line once, tagged with the item that printed it"
+
+
+@pytest.mark.parametrize(
+    ("how", "exit_code"),
+    [
+        pytest.param("kill", 137, id="SIGKILL: exit 137, its items run again elsewhere"),
+        pytest.param("spot", 143, id="Spot interruption: SIGTERM, exit 143, its items run again elsewhere"),
+    ],
+)
+def test_a_light_task_stopped_by_a_signal(light: Emulator, how: str, exit_code: int) -> None:
+    with cloudburst.Executor(2, backend="fargate", progress=False) as ex:
+        futures = [ex.submit(slow, x) for x in range(8)]
+        victim = light.wait_for_workers(1, timeout=60)[0]
+        assert wait_until(lambda: any(f.running() or f.done() for f in futures), timeout=60)
+        if how == "kill":
+            light.kill_worker(victim.task_id)
+        else:
+            light.interrupt_spot(victim.task_id)
+        assert [f.result(timeout=120) for f in futures] == [x + 1 for x in range(8)]
+    assert wait_until(lambda: victim.done, timeout=30)
+    assert victim.task.containers[0].exitCode == exit_code
