@@ -46,7 +46,7 @@ from typing import Any
 from ..config import userconfig
 from ..core.words import plural
 from ..errors import ConfigurationError
-from . import access
+from . import access, sqsscan
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .identities import ACCOUNT, assume, make_admin, make_user
 from .s3policy import count_loopback_as_tls
@@ -119,6 +119,7 @@ class Emulator:
         self.credentials = make_user(self.user_regions)
         self._admin = make_admin()
         access.install()
+        sqsscan.install()
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
         self.gateway.on_build = self._build
         self.gateway.client_keys.add(self.credentials["AWS_ACCESS_KEY_ID"])
