@@ -1,15 +1,18 @@
 """EMULATION: moto's SQS queue, made to bear a thousand waiting long polls.
 
 moto finds a queue's visible messages by asking each message for the time twice (``visible`` and
-``delayed`` each compute ``utcnow()`` as a datetime), and every waiting long poll does so once a
-second and on every send. With W workers waiting on a queue holding W messages in flight that is
-W² clock reads a second: at a thousand workers, more than the machine has. Here the time is read once
-per scan, and a waiting poll sleeps until a send (or a second) without scanning first; its caller
+``delayed`` each compute ``utcnow()`` as a datetime, some microseconds), and every waiting long poll
+does so once a second and on every send; every message received or sent also counts the queue's
+messages (its attributes) that way. With W workers waiting on a queue holding W messages in flight
+that is W² clock reads a second: at a thousand workers, more than the machine has. Here a message
+reads the clock as ``time.time()`` (the same instant moto computes, without datetimes), a scan reads
+it once, and a waiting poll sleeps until a send (or a second) without scanning first; its caller
 scans as it wakes. What a receive returns is unchanged.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 __all__ = ["install"]
@@ -17,11 +20,17 @@ __all__ = ["install"]
 _installed = False
 
 
+def _visible(self: Any) -> bool:
+    return time.time() * 1000.0 > float(self.visible_at)
+
+
+def _delayed(self: Any) -> bool:
+    return time.time() * 1000.0 < float(self.delayed_until)
+
+
 def _messages(self: Any) -> list[Any]:
     """The queue's visible, undelayed messages (moto's ``Queue.messages``, one clock read per scan)."""
-    from moto.core.utils import unix_time_millis
-
-    now = unix_time_millis()
+    now = time.time() * 1000.0
     return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
 
 
@@ -32,12 +41,14 @@ def _wait_for_messages(self: Any, timeout: int) -> None:
 
 
 def install() -> None:
-    """Replace the two (idempotent; the process's moto, as the emulator's server is in this process)."""
+    """Replace those (idempotent; the process's moto, as the emulator's server is in this process)."""
     global _installed
     if _installed:
         return
-    from moto.sqs.models import Queue
+    from moto.sqs.models import Message, Queue
 
+    Message.visible = property(_visible)  # type: ignore[method-assign,assignment]
+    Message.delayed = property(_delayed)  # type: ignore[method-assign,assignment]
     Queue.messages = property(_messages)  # type: ignore[method-assign,assignment]
     Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
     _installed = True
