@@ -10,11 +10,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator
+from cloudburst.emulator.identities import ACCOUNT
 
 from .conftest import wait_until
 
@@ -91,3 +93,65 @@ def test_a_light_task_stopped_by_a_signal(light: Emulator, how: str, exit_code: 
         assert [f.result(timeout=120) for f in futures] == [x + 1 for x in range(8)]
     assert wait_until(lambda: victim.done, timeout=30)
     assert victim.task.containers[0].exitCode == exit_code
+
+
+# ---------------------------------------------------------------------------- what lets a thousand fit
+
+
+def test_a_queue_scan_reads_the_clock_once_not_per_message(emulator: Emulator) -> None:
+    """moto read the time (through datetimes) twice per message per scan: W waiting polls on W messages in
+    flight made W² clock reads a second."""
+    import boto3
+    import moto.core.utils
+    from moto.sqs.models import sqs_backends
+
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName="cloudburst-test-scan")["QueueUrl"]
+    try:
+        for _ in range(50):
+            sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "x"} for i in range(10)])
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60)["Messages"]
+        queue = sqs_backends[ACCOUNT][emulator.region].queues["cloudburst-test-scan"]
+        reads = 0
+        real = moto.core.utils.utcnow
+
+        def counted() -> Any:
+            nonlocal reads
+            reads += 1
+            return real()
+
+        moto.core.utils.utcnow = counted  # what moto's unix_time() reads the time with
+        try:
+            visible = queue.messages
+            queue.approximate_number_of_messages_not_visible  # noqa: B018 - what every receive and send computes
+        finally:
+            moto.core.utils.utcnow = real
+        assert len(visible) == 500 - len(got)
+        assert reads <= 2, f"{reads} clock reads to scan 500 messages"
+    finally:
+        sqs.delete_queue(QueueUrl=url)
+
+
+def test_json_requests_find_their_service_without_motos_dispatcher(emulator: Emulator) -> None:
+    """moto's dispatcher finds every request's service under one lock, for which a thousand workers' requests
+    queued; a JSON service's application is found once."""
+    import boto3
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    sqs = boto3.client("sqs")
+    sqs.list_queues()  # the service's application is known from here on
+    found = 0
+    real = DomainDispatcherApplication.get_application
+
+    def counted(self: DomainDispatcherApplication, environ: dict[str, Any]) -> Any:
+        nonlocal found
+        found += 1
+        return real(self, environ)
+
+    DomainDispatcherApplication.get_application = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(20):
+            sqs.list_queues()
+    finally:
+        DomainDispatcherApplication.get_application = real  # type: ignore[method-assign]
+    assert found == 0, f"moto's dispatcher was asked {found} times"
