@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,8 +43,11 @@ def where(x: int) -> tuple[int, int, str]:
     return x * 3, os.getpid(), threading.current_thread().name
 
 
-def slow(x: int) -> int:
-    time.sleep(0.3)
+def slow(x: int, marks: str) -> int:
+    """Says which worker loop (a thread, in light mode) began it, in the file ``marks``, then takes a while."""
+    with open(marks, "a") as fh:
+        fh.write(threading.current_thread().name + "\n")
+    time.sleep(0.5)
     return x + 1
 
 
@@ -81,11 +85,15 @@ def test_each_threads_output_is_replayed_with_its_own_item(light: Emulator, caps
         pytest.param("spot", 143, id="Spot interruption: SIGTERM, exit 143, its items run again elsewhere"),
     ],
 )
-def test_a_light_task_stopped_by_a_signal(light: Emulator, how: str, exit_code: int) -> None:
+def test_a_light_task_stopped_by_a_signal(light: Emulator, how: str, exit_code: int, tmp_path: Path) -> None:
+    marks = tmp_path / "started"
+    marks.touch()
     with cloudburst.Executor(2, backend="fargate", progress=False) as ex:
-        futures = [ex.submit(slow, x) for x in range(8)]
-        victim = light.wait_for_workers(1, timeout=60)[0]
-        assert wait_until(lambda: any(f.running() or f.done() for f in futures), timeout=60)
+        futures = [ex.submit(slow, x, str(marks)) for x in range(8)]
+        assert wait_until(lambda: bool(marks.read_text()), timeout=60)
+        loop = marks.read_text().split()[0]
+        machine = loop.rsplit(".", 1)[0]  # a worker loop is named <task id>.<k>, as the supervisor names them
+        victim = next(t for t in light.workers() if t.task_id == machine)  # in the middle of an item
         if how == "kill":
             light.kill_worker(victim.task_id)
         else:

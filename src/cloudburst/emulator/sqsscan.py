@@ -6,8 +6,11 @@ does so once a second and on every send; every message received or sent also cou
 messages (its attributes) that way. With W workers waiting on a queue holding W messages in flight
 that is W² clock reads a second: at a thousand workers, more than the machine has. Here a message
 reads the clock as ``time.time()`` (the same instant moto computes, without datetimes), a scan reads
-it once, and a waiting poll sleeps until a send (or a second) without scanning first; its caller
-scans as it wakes. What a receive returns is unchanged.
+it once, and a waiting poll sleeps until a send without scanning first (its caller scans as it wakes).
+moto also wakes every waiting poll once a second, to see messages whose lease ran out: with many
+waiting on one queue, they wake less often, so that the queue's wake-ups stay near
+``WAKES_PER_SECOND`` (a message whose lease ran out is seen up to ``waiters / WAKES_PER_SECOND``
+seconds late, as SQS itself may take). What a receive returns is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 __all__ = ["install"]
 
 _installed = False
+WAKES_PER_SECOND = 200  # per queue, from the once-a-second wake-ups of its waiting polls
 
 
 def _visible(self: Any) -> bool:
@@ -35,9 +39,15 @@ def _messages(self: Any) -> list[Any]:
 
 
 def _wait_for_messages(self: Any, timeout: int) -> None:
-    """Sleep until a message is added or ``timeout`` passes; the receive loop that called this scans next."""
+    """Sleep until a message is added or ``timeout`` passes (longer with many waiting: see the module notes);
+    the receive loop that called this scans next."""
     with self._messages_lock:
-        self._messages_lock.wait(timeout=timeout)
+        waiting = getattr(self, "_cloudburst_waiting", 0) + 1
+        self._cloudburst_waiting = waiting
+        try:
+            self._messages_lock.wait(timeout=timeout * max(1.0, waiting / WAKES_PER_SECOND))
+        finally:
+            self._cloudburst_waiting -= 1
 
 
 def install() -> None:
