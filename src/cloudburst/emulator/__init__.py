@@ -18,6 +18,12 @@ moto lacks, are served by stubs. Fault hooks make AWS misbehave on purpose:
 :meth:`Emulator.throttle`, :meth:`Emulator.capacity_shortage`,
 :meth:`Emulator.kill_worker`, :meth:`Emulator.interrupt_spot`.
 
+Light mode (``Emulator(light=True)``; ``CLOUDBURST_EMULATOR_LIGHT=1`` in the environment, which
+``python -m cloudburst.emulator`` reads too; or :meth:`Emulator.light_mode` for a block): one process
+serves every emulated Fargate task, each task's worker loops on threads of the emulator's process
+instead of a process of its own, so that a thousand workers fit on one machine
+(:mod:`cloudburst.emulator.light` says what it leaves out).
+
 Needs the ``emulator`` extra: ``pip install 'cloudburst[emulator]'``.
 """
 
@@ -40,7 +46,7 @@ from typing import Any
 from ..config import userconfig
 from ..core.words import plural
 from ..errors import ConfigurationError
-from . import access
+from . import access, sqsscan
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
 from .identities import ACCOUNT, assume, make_admin, make_user
 from .s3policy import count_loopback_as_tls
@@ -49,7 +55,8 @@ from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 __all__ = ["EmulatedTask", "Emulator", "FaultRule", "network_env"]
 
 EMULATED_IMAGE = "cloudburst-emulated/this-machine:latest"
-BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine); nothing reaches AWS"
+BANNER = "cloudburst: EMULATED AWS on {url} (moto + an ECS agent on this machine{mode}); nothing reaches AWS"
+LIGHT_VARIABLE = "CLOUDBURST_EMULATOR_LIGHT"
 
 
 def _require_moto() -> None:
@@ -74,8 +81,11 @@ class Emulator:
         provision: bool = True,
         verbose: bool = True,
         user_regions: Sequence[str] = (),
+        light: bool | None = None,
     ) -> None:
         _require_moto()
+        #: tasks' worker loops on threads of this process (None: CLOUDBURST_EMULATOR_LIGHT=1 says so)
+        self._light = os.environ.get(LIGHT_VARIABLE, "") == "1" if light is None else light
         self.region = region
         #: the regions whose user_policy() the emulated user holds (the region's own always)
         self.user_regions = tuple(dict.fromkeys([region, *user_regions]))
@@ -109,6 +119,7 @@ class Emulator:
         self.credentials = make_user(self.user_regions)
         self._admin = make_admin()
         access.install()
+        sqsscan.install()
         self.gateway = Gateway(DomainDispatcherApplication(create_backend_app), self.quotas, self.pricing)
         self.gateway.on_build = self._build
         self.gateway.client_keys.add(self.credentials["AWS_ACCESS_KEY_ID"])
@@ -138,11 +149,12 @@ class Emulator:
         self.agent = EcsAgent(
             worker_env, self._work_dir, cold_start=self.cold_start, registered=self.gateway.registered
         )
+        self.agent.light = self._light
         self.agent.start()
         if self.provision_resources:
             self.provision()
         if self.verbose:
-            print(BANNER.format(url=self.url), file=sys.stderr)
+            print(BANNER.format(url=self.url, mode=", light mode" if self._light else ""), file=sys.stderr)
         return self
 
     def stop(self) -> None:
@@ -287,6 +299,14 @@ class Emulator:
         with self.gateway.lock:
             return dict(self.gateway.calls)
 
+    @property
+    def client_calls(self) -> dict[str, int]:
+        """The part of :attr:`calls` that the emulator's clients made (this process and its children, with the
+        emulated user's or a :meth:`runner`'s credentials); the rest are workers' (task roles) and admin's."""
+        assert self.gateway is not None
+        with self.gateway.lock:
+            return dict(self.gateway.client_calls)
+
     def add_fault(self, rule: FaultRule) -> FaultRule:
         assert self.gateway is not None
         with self.gateway.lock:
@@ -364,6 +384,23 @@ class Emulator:
     def worker_pids(self) -> dict[str, int]:
         assert self.agent is not None
         return self.agent.pids()
+
+    @property
+    def light(self) -> bool:
+        """Light mode: tasks that start now run their worker loops on threads of this process."""
+        return self._light if self.agent is None else self.agent.light
+
+    @contextlib.contextmanager
+    def light_mode(self, on: bool = True) -> Iterator[None]:
+        """Within the block, tasks that start run in light mode (``on``) or as processes of their own; tasks
+        running already go on as they started."""
+        assert self.agent is not None
+        saved = self.agent.light
+        self.agent.light = on
+        try:
+            yield
+        finally:
+            self.agent.light = saved
 
     @contextlib.contextmanager
     def image(self, python: str | Path, env: Mapping[str, str] | None = None) -> Iterator[None]:

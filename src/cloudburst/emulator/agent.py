@@ -27,13 +27,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..backends.aws.credentials import AWS_IDENTITY_VARIABLES, Credentials, CredentialsEndpoint
 from ..protocol import workerenv
 from .identities import RoleNotTrusted, assume
+from .light import WORKER_COMMAND, SharedIdentity, ThreadTask
 
-__all__ = ["EcsAgent", "EmulatedTask", "network_env"]
+__all__ = ["EcsAgent", "EmulatedTask", "TaskProcess", "network_env"]
 
 OOM_MARK = "OutOfMemoryError"
 SPOT_REASON = "Your Spot Task was interrupted."
@@ -42,6 +43,21 @@ ECS_TASKS = "ecs-tasks.amazonaws.com"
 
 class _FailedToStart(Exception):
     """What ECS reports as a task that could not start (a secret it could not read, say)."""
+
+
+class TaskProcess(Protocol):
+    """What runs a task's container: a process (``subprocess.Popen``), or threads that act as one."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 def _now() -> datetime:
@@ -55,7 +71,7 @@ class EmulatedTask:
     account: str
     region: str
     launch_at: float
-    proc: subprocess.Popen[bytes] | None = None
+    proc: TaskProcess | None = None
     log_path: Path | None = None
     log_file: IO[bytes] | None = None
     log_offset: int = 0
@@ -98,6 +114,9 @@ class EcsAgent:
         #: the interpreter a "container" runs, and what its image adds to the environment
         self.python = sys.executable
         self.extra_env: dict[str, str] = {}
+        #: light mode: tasks that start run their worker loops on threads of this process (light.py)
+        self.light = False
+        self._identities: dict[tuple[str, str], SharedIdentity] = {}  # task role, region -> shared clients
 
     def start(self) -> None:
         from moto.moto_api import state_manager
@@ -146,8 +165,9 @@ class EcsAgent:
             t.proc.send_signal(signal.SIGTERM)
 
     def pids(self) -> dict[str, int]:
+        """The process ids of tasks that run as processes of their own (not those on threads of this one)."""
         with self.lock:
-            return {t.task_id: t.proc.pid for t in self.tasks.values() if t.proc is not None}
+            return {t.task_id: t.proc.pid for t in self.tasks.values() if t.proc is not None and t.proc.pid > 0}
 
     def _find(self, task_id: str) -> EmulatedTask:
         for t in self.tasks.values():
@@ -223,6 +243,27 @@ class EcsAgent:
             )
         definition = backend.describe_task_definition(task.task_definition_arn)
         container = definition.container_definitions[0]
+        env = self._container_env(t, definition, container)
+        t.log_path = self.work_dir / f"{t.task_id}.log"
+        t.log_file = open(t.log_path, "wb")  # noqa: SIM115 - closed when the task is finished
+        command = list(container.get("command") or ["python", "-m", "cloudburst.worker"])
+        if command[0] == "python":
+            command[0] = self.python  # the image's interpreter
+        t.proc = self._spawn(t, command, env)
+        if task.pull_started_at is None:
+            task.pull_started_at = _now()
+        task.pull_stopped_at = _now()
+        task.started_at = _now()
+        task.status = "RUNNING"
+        task.containers[0].last_status = "RUNNING"
+        self._ensure_log_stream(t)
+        for hook in self.on_start:
+            hook(t)
+
+    def _container_env(self, t: EmulatedTask, definition: Any, container: dict[str, Any]) -> dict[str, str]:
+        """The container's environment as ECS gives it: the image's, the definition's, the overrides', the
+        secrets (from SSM), the task role's credentials, and what the agent adds."""
+        task = t.task
         env = {k: v for k, v in self.env_for_workers.items() if k not in AWS_IDENTITY_VARIABLES}
         for entry in container.get("environment") or []:
             env[entry["name"]] = entry["value"]
@@ -240,12 +281,18 @@ class EcsAgent:
         env.update(workerenv.environ(worker_id=t.task_id, root=root))
         if memory:
             env.update(workerenv.environ(memory_limit_mib=int(memory)))
-        t.log_path = self.work_dir / f"{t.task_id}.log"
-        t.log_file = open(t.log_path, "wb")  # noqa: SIM115 - closed when the task is finished
-        command = list(container.get("command") or ["python", "-m", "cloudburst.worker"])
-        if command[0] == "python":
-            command[0] = self.python  # the image's interpreter
-        t.proc = subprocess.Popen(
+        return env
+
+    def _spawn(self, t: EmulatedTask, command: list[str], env: dict[str, str]) -> TaskProcess:
+        """Run the container's command: a process of its own, its output into the task's log; in light mode,
+        worker loops on threads of this process (unless the image is not this interpreter's: then a process)."""
+        role: tuple[str, Callable[[], Credentials]] | None = t.extra.pop("role", None)
+        assert t.log_file is not None
+        if self.light and tuple(command) == (sys.executable, *WORKER_COMMAND) and not self.extra_env:
+            return ThreadTask(env, t.log_file, self._identity(t, role)).start()
+        if role is not None:  # light mode, another image: served as in the default mode
+            env.update(self._serve(t, *role))
+        return subprocess.Popen(
             command,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -253,15 +300,6 @@ class EcsAgent:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # like a container: Ctrl-C in the client's terminal does not reach it
         )
-        if task.pull_started_at is None:
-            task.pull_started_at = _now()
-        task.pull_stopped_at = _now()
-        task.started_at = _now()
-        task.status = "RUNNING"
-        task.containers[0].last_status = "RUNNING"
-        self._ensure_log_stream(t)
-        for hook in self.on_start:
-            hook(t)
 
     def _task_credentials(self, t: EmulatedTask, definition: Any) -> dict[str, str]:
         """The task role's credentials, served as ECS serves them (a credentials endpoint the container
@@ -279,9 +317,30 @@ class EcsAgent:
             fetch()  # ECS does not start a task whose role it cannot take
         except RoleNotTrusted as exc:
             raise _FailedToStart(f"ResourceInitializationError: {exc}") from exc
+        return self._serve_credentials(t, arn, fetch)
+
+    def _serve_credentials(self, t: EmulatedTask, role_arn: str, fetch: Callable[[], Credentials]) -> dict[str, str]:
+        """Serve the task its role's credentials (an endpoint of its own); the environment that points to it.
+        In light mode, the role is remembered for when the task starts (``_spawn``)."""
+        if self.light:
+            t.extra["role"] = (role_arn, fetch)
+            return {}
+        return self._serve(t, role_arn, fetch)
+
+    def _serve(self, t: EmulatedTask, role_arn: str, fetch: Callable[[], Credentials]) -> dict[str, str]:
         endpoint = CredentialsEndpoint(fetch)
         t.extra["credentials"] = endpoint
         return endpoint.environment()
+
+    def _identity(self, t: EmulatedTask, role: tuple[str, Callable[[], Credentials]] | None) -> SharedIdentity | None:
+        """The clients a light-mode task's threads use: one set per task role, shared by its tasks."""
+        if role is None:
+            return None  # no task role, no credentials
+        with self.lock:
+            found = self._identities.get((role[0], t.region))
+            if found is None:
+                found = self._identities[(role[0], t.region)] = SharedIdentity(role[1])
+            return found
 
     def _parameter(self, t: EmulatedTask, name: str) -> str:
         from moto.ssm.models import ssm_backends
@@ -367,6 +426,8 @@ class EcsAgent:
         if target is None or t.log_path is None:
             return
         try:
+            if os.stat(t.log_path).st_size <= t.log_offset and not t.done:
+                return  # nothing new: a stat, not an open and a read, on every tick for every task
             with open(t.log_path, "rb") as fh:
                 fh.seek(t.log_offset)
                 data = fh.read()

@@ -166,6 +166,8 @@ class Gateway:
     pricing: PricingStub = field(default_factory=PricingStub)
     faults: list[FaultRule] = field(default_factory=list)
     calls: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: the same, for the requests signed with the emulator's own clients' keys (not workers', not admin's)
+    client_calls: collections.Counter[str] = field(default_factory=collections.Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: called with the StartBuild request and image URI of every build started (moto's builds run nothing)
     on_build: Callable[[dict[str, Any], str], None] | None = None
@@ -174,6 +176,8 @@ class Gateway:
     #: the access keys of the emulator's own clients, and the task definitions they registered
     client_keys: set[str] = field(default_factory=set)
     registered: set[str] = field(default_factory=set)
+    #: moto's application for each JSON service (by X-Amz-Target prefix), found once by moto's dispatcher
+    _apps: dict[str, Callable[[dict[str, Any], StartResponse], Iterable[bytes]]] = field(default_factory=dict)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         service = _service_of(environ)
@@ -186,6 +190,8 @@ class Gateway:
             operation = _rest_operation(environ)
         with self.lock:
             self.calls[f"{service}.{operation}"] += 1
+            if _access_key_of(environ) in self.client_keys:
+                self.client_calls[f"{service}.{operation}"] += 1
             rule = next((r for r in self.faults if r.applies(service, operation)), None)
         if rule is not None:
             if rule.run_task_failure:
@@ -203,7 +209,19 @@ class Gateway:
             stub = self.quotas if service == "servicequotas" else self.pricing
             status, payload = stub.handle(operation, body)
             return _json(start_response, status, payload)
-        return self.moto_app(environ, start_response)
+        return self._moto(environ, start_response)
+
+    def _moto(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """moto's answer. moto's dispatcher finds each request's service under one lock, which a thousand
+        workers' requests queue for; a JSON service's application is found once, by its X-Amz-Target."""
+        prefix = environ.get("HTTP_X_AMZ_TARGET", "").partition(".")[0]
+        find = getattr(self.moto_app, "get_application", None)
+        if not prefix or find is None:
+            return self.moto_app(environ, start_response)
+        app = self._apps.get(prefix)
+        if app is None:
+            app = self._apps.setdefault(prefix, find(environ))
+        return app(environ, start_response)
 
     def _answered(
         self, environ: dict[str, Any], start_response: StartResponse
@@ -215,7 +233,7 @@ class Gateway:
             status.append(code)
             return start_response(code, headers, *rest)
 
-        body = list(self.moto_app(environ, remember))
+        body = list(self._moto(environ, remember))
         if not status or not status[0].startswith("200"):
             return body, None
         try:

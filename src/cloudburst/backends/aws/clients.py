@@ -9,9 +9,10 @@ report how many AWS calls a run made.
 from __future__ import annotations
 
 import collections
+import contextvars
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +22,7 @@ import botocore.exceptions
 
 from ...errors import CloudError
 
-__all__ = ["client", "error_code", "requests", "session", "translate"]
+__all__ = ["client", "clients_from", "error_code", "requests", "session", "translate"]
 
 #: "service.Operation" -> number of HTTP requests sent by this process (retries included)
 requests: collections.Counter[str] = collections.Counter()
@@ -57,8 +58,27 @@ def session(region: str | None = None, profile: str | None = None) -> boto3.sess
         return found
 
 
+#: (service, region, config) -> a client: where client() takes its clients in this context instead
+ClientFactory = Callable[[str, str | None, botocore.config.Config], Any]
+_factory: contextvars.ContextVar[ClientFactory | None] = contextvars.ContextVar("cloudburst_clients", default=None)
+
+
+@contextmanager
+def clients_from(factory: ClientFactory) -> Iterator[None]:
+    """Within the block (this thread or task only), :func:`client` returns ``factory``'s clients: another
+    identity than this process's, as an emulated task running on a thread of this process has."""
+    token = _factory.set(factory)
+    try:
+        yield
+    finally:
+        _factory.reset(token)
+
+
 def client(service: str, region: str | None = None, profile: str | None = None) -> Any:
     """A thread-safe, cached boto3 client for ``service``."""
+    factory = _factory.get()
+    if factory is not None:
+        return factory(service, region, _CONFIG)
     key = (region, profile, service, os.environ.get("AWS_ENDPOINT_URL"))
     with _lock:
         found = _clients.get(key)
