@@ -98,3 +98,29 @@ def test_a_machine_index_finds_the_tasks_a_worker_took() -> None:
     assert [task.task_id for task in t.tasks_on("m2")] == [parts[0][0].task_id]
     t.take_tasks()
     assert t.tasks_on("m1") == [] and t.tasks_on("m2") == []
+
+
+def test_the_launcher_keeps_only_what_cost_needs_of_a_described_task() -> None:
+    from datetime import datetime, timezone
+
+    from cloudburst.backends.aws.launcher import cost_record
+    from cloudburst.backends.aws.pricing import task_cost
+
+    described = {
+        "taskArn": "arn:aws:ecs:eu-west-1:123456789012:task/c/abc",
+        "lastStatus": "STOPPED",
+        "stopCode": "SpotInterruption",
+        "cpu": "1024",
+        "memory": "2048",
+        "capacityProviderName": "FARGATE_SPOT",
+        "pullStartedAt": datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc),
+        "stoppedAt": datetime(2026, 1, 1, 12, 5, tzinfo=timezone.utc),
+        "containers": [{"name": "worker", "exitCode": 143, "reason": "x" * 2000}],
+        "attachments": [{"details": [{"name": "subnetId", "value": "subnet-1"}] * 20}],
+        "tags": [{"key": "cloudburst", "value": "true"}] * 10,
+    }
+    kept = cost_record(described)
+    assert "containers" not in kept and "attachments" not in kept and "tags" not in kept
+    assert kept["stopCode"] == "SpotInterruption" and kept["cpu"] == "1024" and kept["memory"] == "2048"
+    assert task_cost(kept, 0.05) == task_cost(described, 0.05) > 0
+    assert len(repr(kept)) < len(repr(described)) / 4
