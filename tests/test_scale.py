@@ -1,17 +1,27 @@
 """Nothing in the client grows as workers × tasks: the counts behind scaling, the machine index behind a
-worker's exit, and what the Fargate launcher keeps of stopped tasks.
+worker's exit, and what the Fargate launcher keeps of stopped tasks; and the emulator bears a thousand
+waiting polls (a message sent wakes a few of them, not all).
 
 The table's tests count work, not time: a scaling step must not look at one future per item waiting.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
+from datetime import datetime, timezone
 from typing import Any
 
+from moto.sqs.models import sqs_backends
+
+from cloudburst.backends.aws.launcher import cost_record
+from cloudburst.backends.aws.pricing import task_cost
 from cloudburst.core.table import TaskTable
+from cloudburst.emulator import sqsscan
 from cloudburst.protocol.serialize import BlobRef
 from cloudburst.protocol.task import Columns
+
+from .conftest import wait_until
 
 FN = BlobRef("f" * 64, 10)
 
@@ -101,11 +111,6 @@ def test_a_machine_index_finds_the_tasks_a_worker_took() -> None:
 
 
 def test_the_launcher_keeps_only_what_cost_needs_of_a_described_task() -> None:
-    from datetime import datetime, timezone
-
-    from cloudburst.backends.aws.launcher import cost_record
-    from cloudburst.backends.aws.pricing import task_cost
-
     described = {
         "taskArn": "arn:aws:ecs:eu-west-1:123456789012:task/c/abc",
         "lastStatus": "STOPPED",
@@ -124,3 +129,23 @@ def test_the_launcher_keeps_only_what_cost_needs_of_a_described_task() -> None:
     assert kept["stopCode"] == "SpotInterruption" and kept["cpu"] == "1024" and kept["memory"] == "2048"
     assert task_cost(kept, 0.05) == task_cost(described, 0.05) > 0
     assert len(repr(kept)) < len(repr(described)) / 4
+
+
+def test_a_message_sent_wakes_a_few_waiting_polls_of_the_emulator_not_all() -> None:
+    sqsscan.install()
+    backend = sqs_backends["123456789012"]["eu-central-2"]
+    queue = backend.create_queue("test-scale-wakes")
+    threads = [threading.Thread(target=queue.wait_for_messages, args=(60,), daemon=True) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    lock = queue._messages_lock
+    assert wait_until(lambda: len(lock._waiters) == 20, timeout=30)  # type: ignore[attr-defined]
+    backend.send_message("test-scale-wakes", "hello")
+    woken = 20 - len(lock._waiters)  # type: ignore[attr-defined]
+    assert 1 <= woken <= sqsscan.WAKES_PER_MESSAGE, f"one message woke {woken} of 20 waiting polls"
+    for _ in range(20):  # let the rest go
+        with lock:
+            lock.notify()
+    for thread in threads:
+        thread.join(timeout=30)
+    backend.delete_queue("test-scale-wakes")
