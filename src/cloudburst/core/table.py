@@ -7,13 +7,17 @@
                                                   └─► smaller tasks (the old id is remembered: superseded)
 
 The session guards the table with its one lock; every method here expects that lock held.
+Nothing here looks at every item or every task on a periodic call: running counts (items pending,
+tasks per run, tasks per machine) are kept as work is added, planned, cancelled and finished, so the
+manager's scaling step costs the same with ten items waiting or a million.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -23,7 +27,7 @@ from ..protocol.task import Columns
 from .policy import ATTACHED, DispatchPolicy
 from .work import MapRun, SubmitItem, Task
 
-__all__ = ["Planned", "TaskTable", "calls_of", "items_left"]
+__all__ = ["Planned", "TaskTable", "calls_of", "items_left", "machine_of"]
 
 #: split tasks remembered for blame; their old messages are long gone by then
 MAX_SUPERSEDED = 10_000
@@ -50,6 +54,16 @@ class TaskTable:
         self._submitted = 0
         self.item_seconds: dict[str, float] = {}  # function digest -> measured seconds per item
         self.unsent = 0  # tasks planned and not yet sent
+        # Running counts, so that scaling and probing are O(1) (see the module's docstring).
+        self._pending_items = 0  # submitted items pending and not known to be cancelled
+        self._pending_runs: dict[MapRun, None] = {}  # map runs in ``pending`` (an ordered set)
+        self._run_tasks: dict[MapRun, int] = {}  # map run -> its tasks in flight
+        self._unwanted: set[int] = set()  # tasks in flight whose submitted items are all cancelled
+        self._by_machine: defaultdict[str, set[int]] = defaultdict(set)  # machine -> tasks it took, in flight
+        # Submitted items cancelled by their caller, from any thread (deque.append needs no lock); the
+        # next count drains them under the session's lock.
+        self._cancelled: deque[int] = deque()  # their indices: a callback holds no item's arguments
+        self._item_task: dict[int, int] = {}  # item index -> its task in flight (0: pending; absent: gone)
 
     # ------------------------------------------------------------------ intake
     def add_item(
@@ -65,6 +79,9 @@ class TaskTable:
         self.next_index += 1
         self._submitted += 1
         self.pending.append(item)
+        self._pending_items += 1
+        self._item_task[item.index] = 0
+        future.add_done_callback(functools.partial(_count_if_cancelled, self._cancelled, item.index))
         return item
 
     def add_run(self, fn: Callable[..., Any], fn_ref: BlobRef, calls: Columns, chunksize: int | None) -> MapRun:
@@ -73,6 +90,7 @@ class TaskTable:
         self.next_index += len(calls)
         if calls:
             self.pending.append(run)
+            self._pending_runs[run] = None
         return run
 
     # ------------------------------------------------------------------ planning
@@ -96,7 +114,7 @@ class TaskTable:
         """A map whose item time is unknown has one probe per slot in flight, no more."""
         if not isinstance(head, MapRun) or head.fn_ref.digest in self.item_seconds or not self.policy.measure:
             return False
-        return sum(1 for t in self.tasks.values() if t.run is head) >= self.slots
+        return self._run_tasks.get(head, 0) >= self.slots
 
     def can_plan(self) -> bool:
         """Work waits, the backlog has room, and no probe holds it back."""
@@ -109,13 +127,13 @@ class TaskTable:
             head = self.pending[0]
             if isinstance(head, MapRun):
                 if head.cancelled:
-                    self.pending.popleft()
+                    self._pop_run()
                     continue
                 size = head.chunksize or self.chunk_size(head.fn_ref, len(head.calls) - head.next_pos)
                 start, stop = head.next_pos, min(len(head.calls), head.next_pos + size)
                 head.next_pos = stop
                 if stop >= len(head.calls):
-                    self.pending.popleft()
+                    self._pop_run()
                 task = self._new_task(head.fn_ref, range(head.base_index + start, head.base_index + stop), run=head)
                 task.start = start
             else:
@@ -126,6 +144,11 @@ class TaskTable:
             planned.append((task, calls_of(task)))
         self.unsent += len(planned)
         return planned
+
+    def _pop_run(self) -> None:
+        run = self.pending.popleft()
+        if isinstance(run, MapRun):
+            self._pending_runs.pop(run, None)
 
     def sent(self, count: int) -> None:
         """``count`` planned tasks were sent (or failed to be)."""
@@ -145,6 +168,9 @@ class TaskTable:
             if not isinstance(entry, SubmitItem) or entry.fn_ref != fn_ref:
                 break
             self.pending.popleft()
+            if self._item_task.get(entry.index) == 0:  # not yet counted out as cancelled
+                self._pending_items -= 1
+                self._item_task.pop(entry.index)
             if not entry.future.cancelled():
                 items.append(entry)
         return items
@@ -159,6 +185,33 @@ class TaskTable:
     ) -> Task:
         task = Task(next(self._task_ids), fn_ref, indices, run=run, items=items or [])
         self.tasks[task.task_id] = task
+        if run is not None:
+            self._run_tasks[run] = self._run_tasks.get(run, 0) + 1
+        for item in task.items:
+            self._item_task[item.index] = task.task_id
+        if task.items and all(i.future.cancelled() for i in task.items):
+            self._unwanted.add(task.task_id)
+        return task
+
+    def _drop(self, task_id: int) -> Task | None:
+        """Take a task out of flight, and out of every count it is in."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return None
+        self._unwanted.discard(task_id)
+        if task.run is not None:
+            left = self._run_tasks.pop(task.run) - 1
+            if left:
+                self._run_tasks[task.run] = left
+        for item in task.items:
+            if self._item_task.get(item.index) == task_id:
+                del self._item_task[item.index]
+        for machine in {machine_of(w) for w in task.workers}:
+            on_machine = self._by_machine.get(machine)
+            if on_machine is not None:
+                on_machine.discard(task_id)
+                if not on_machine:
+                    del self._by_machine[machine]
         return task
 
     # ------------------------------------------------------------------ cutting tasks up
@@ -173,21 +226,21 @@ class TaskTable:
 
     def split(self, task: Task) -> Planned:
         """Replace ``task`` by up to ``MAX_PARTS`` smaller tasks in flight, with their calls."""
-        self.tasks.pop(task.task_id, None)
+        self._drop(task.task_id)
         size = math.ceil(len(task) / min(len(task), MAX_PARTS))
         parts = [self.part(task, offset, min(len(task), offset + size)) for offset in range(0, len(task), size)]
         return [(sub, calls_of(sub)) for sub in parts]
 
     def singles(self, task: Task, positions: Iterable[int]) -> Planned:
         """Replace ``task`` by one task per position listed (the others are dropped), with their calls."""
-        self.tasks.pop(task.task_id, None)
+        self._drop(task.task_id)
         parts = [self.part(task, pos, pos + 1) for pos in positions]
         return [(sub, calls_of(sub)) for sub in parts]
 
     def supersede(self, task: Task) -> bool:
         """Take a task whose message may still be delivered out of flight, remembering who took it; False if
         it was not in flight."""
-        if self.tasks.pop(task.task_id, None) is None:
+        if self._drop(task.task_id) is None:
             return False
         self.superseded[task.task_id] = list(task.workers)
         while len(self.superseded) > MAX_SUPERSEDED:
@@ -205,6 +258,7 @@ class TaskTable:
         if attempt <= task.attempt:
             return None  # a notice older than one handled (a replay, or it came late)
         task.workers.append(worker)
+        self._by_machine[machine_of(worker)].add(task_id)
         task.attempt = attempt
         task.receipt = receipt
         return task
@@ -212,41 +266,68 @@ class TaskTable:
     def finish(self, task_id: int, compute_seconds: float | None = None) -> Task | None:
         """Take a task out of flight (None: not in flight, e.g. a duplicate result); ``compute_seconds`` is
         how long its items took, which sizes the function's later chunks."""
-        task = self.tasks.pop(task_id, None)
+        task = self._drop(task_id)
         if task is not None and compute_seconds is not None and len(task):
             seconds = compute_seconds / len(task)
             old = self.item_seconds.get(task.fn_ref.digest)
             self.item_seconds[task.fn_ref.digest] = seconds if old is None else 0.5 * (old + seconds)
         return task
 
+    def tasks_on(self, machine: str) -> list[Task]:
+        """Tasks in flight that a worker on ``machine`` (or the worker ``machine`` itself) has taken."""
+        return [self.tasks[task_id] for task_id in self._by_machine.get(machine, ())]
+
+    def _note_cancelled(self) -> None:
+        """Count out the submitted items cancelled since the last count: O(items cancelled)."""
+        while self._cancelled:
+            index = self._cancelled.popleft()
+            task_id = self._item_task.get(index)
+            if task_id == 0:  # still pending: the planner will skip it
+                self._pending_items -= 1
+                del self._item_task[index]
+            elif task_id is not None and all(i.future.cancelled() for i in self.tasks[task_id].items):
+                self._unwanted.add(task_id)
+
+    def live_count(self) -> int:
+        """Tasks in flight whose results someone still wants: O(map runs in flight)."""
+        self._note_cancelled()
+        dead = sum(count for run, count in self._run_tasks.items() if run.cancelled)
+        return len(self.tasks) - len(self._unwanted) - dead
+
     def live_tasks(self) -> list[Task]:
         """Tasks in flight whose results someone still wants."""
+        self._note_cancelled()
         return [
             t
             for t in self.tasks.values()
-            if not (t.run is not None and t.run.cancelled)
-            and not (t.items and all(i.future.cancelled() for i in t.items))
+            if not (t.run is not None and t.run.cancelled) and t.task_id not in self._unwanted
         ]
 
     def busy(self) -> bool:
         """Work waits or is wanted from a worker."""
-        return bool(self.pending or self.live_tasks())
+        return bool(self.pending) or self.live_count() > 0
 
     def work_left(self) -> int:
-        """Tasks in flight plus pending items: what workers could be kept busy with."""
-        return len(self.live_tasks()) + sum(items_left(entry) for entry in self.pending)
+        """Tasks in flight plus pending items: what workers could be kept busy with. O(map runs), not O(items)."""
+        self._note_cancelled()
+        return self.live_count() + self._pending_items + sum(items_left(run) for run in self._pending_runs)
 
     def take_pending(self) -> list[SubmitItem | MapRun]:
         """Every pending entry, removed."""
         pending = list(self.pending)
         self.pending.clear()
+        self._pending_runs.clear()
+        self._pending_items = 0
+        for entry in pending:
+            if isinstance(entry, SubmitItem):
+                self._item_task.pop(entry.index, None)
         return pending
 
     def take_tasks(self, keep: Callable[[Task], bool] = lambda task: False) -> list[Task]:
         """Every task in flight that ``keep`` does not keep, removed."""
         taken = [t for t in self.tasks.values() if not keep(t)]
         for task in taken:
-            del self.tasks[task.task_id]
+            self._drop(task.task_id)
         return taken
 
 
@@ -255,6 +336,17 @@ def calls_of(task: Task) -> Any:
     if task.run is not None:
         return task.run.calls.slice(task.start, task.start + len(task))
     return [(i.args, i.kwargs) for i in task.items]
+
+
+def _count_if_cancelled(cancelled: deque[int], index: int, future: Future[Any]) -> None:
+    """A submitted item's done-callback: note its index if it was cancelled (any thread, no lock)."""
+    if future.cancelled():
+        cancelled.append(index)
+
+
+def machine_of(worker_id: str) -> str:
+    """The machine a worker process runs in: ``abc`` for ``abc.2`` (a child of a multi-CPU worker)."""
+    return worker_id.split(".", 1)[0]
 
 
 def items_left(entry: SubmitItem | MapRun) -> int:

@@ -9,10 +9,12 @@ process inside a machine, ``abc.2``: a machine's death is each of its processes'
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ from ..backends.base import WorkerExit
 from ..errors import WorkerDiedError
 from ..log import say
 from ..worker.bootstrap import EXIT_ENVIRONMENT
+from .table import machine_of
 from .work import Task, span
 
 if TYPE_CHECKING:
@@ -30,6 +33,10 @@ __all__ = ["MAX_STARTUP_FAILURES", "WorkerWatch"]
 log = logging.getLogger("cloudburst")
 #: workers in a row that stop before running anything, after which no more are started
 MAX_STARTUP_FAILURES = 3
+#: exits whose output is kept (for error messages); older ones keep their exit code and reason only
+MAX_TAILS = 256
+#: workers whose death notice is remembered, so that a copy of one changes nothing
+MAX_DEATHS_REMEMBERED = 10_000
 
 
 class WorkerWatch:
@@ -40,8 +47,11 @@ class WorkerWatch:
         self.exits: dict[str, WorkerExit] = {}
         self.startup_failures = 0  # workers in a row that exited before running anything
         self._a_worker_started = False  # once one has, an install failure may be a blip, not the environment
-        self._worked: set[str] = set()  # workers (and their machines) that have run a task
-        self._deaths_reported: set[str] = set()  # workers whose death notice was handled: one per worker
+        # Workers (and their machines) that have run a task and have not exited yet.
+        self._worked: set[str] = set()
+        # Workers whose death notice was handled (one per worker), newest last, at most MAX_DEATHS_REMEMBERED.
+        self._deaths_reported: OrderedDict[str, None] = OrderedDict()
+        self._tails: deque[str] = deque()  # workers whose exit in ``exits`` still holds its output, oldest first
         self._poll_lock = threading.Lock()
 
     # ------------------------------------------------------------------ news of workers
@@ -57,7 +67,9 @@ class WorkerWatch:
         with self.job.cond:
             if exit_.worker_id in self._deaths_reported:
                 return
-            self._deaths_reported.add(exit_.worker_id)
+            self._deaths_reported[exit_.worker_id] = None
+            if len(self._deaths_reported) > MAX_DEATHS_REMEMBERED:
+                self._deaths_reported.popitem(last=False)
         self.on_exit(exit_)
 
     def worker_started(self, worker: str) -> WorkerExit | None:
@@ -67,18 +79,20 @@ class WorkerWatch:
         self._worked.update(_machine_and_worker(worker))
         # Notices may come in either order: a worker whose death was handled first has lost its tasks
         # already, and nothing else will send them again before their leases run out.
-        return self.exits.get(worker) or self.exits.get(_machine_of(worker))
+        return self.exits.get(worker) or self.exits.get(machine_of(worker))
 
     def on_exit(self, exit_: WorkerExit) -> None:
         """A worker (or a worker process inside a machine) exited: blame, resend, count, replace."""
         job, dead = self.job, exit_.worker_id
         with job.cond:
-            tasks = job.table.tasks.values()
-            for worker in {w for t in tasks for w in t.workers if _machine_of(w) == dead}:
+            # Only the tasks this machine took (an index kept by the table), not every task in flight.
+            tasks = job.table.tasks_on(machine_of(dead))
+            for worker in {w for t in tasks for w in t.workers if machine_of(w) == dead}:
                 self.exits.setdefault(worker, exit_)
-            self.exits[dead] = exit_
+            self._remember(exit_)
             victims = [t for t in tasks if t.workers and dead in _machine_and_worker(t.workers[-1])]
             self._count_failure(exit_, victims)
+            self._worked.discard(dead)  # a worker exits once: it will not be asked about again
             startup_failures = self.startup_failures
             replaced = bool(job.table.pending or job.table.tasks) and job.lifecycle.working
         self.tasks_lost(victims, exit_)
@@ -90,6 +104,18 @@ class WorkerWatch:
             say(f"worker {dead} stopped ({exit_.reason}); starting another in its place")
         if startup_failures >= MAX_STARTUP_FAILURES:
             job.break_(_cannot_start(exit_, startup_failures), spare_running=True)  # running work goes on
+
+    def _remember(self, exit_: WorkerExit) -> None:
+        """Keep a worker's exit; only the newest ``MAX_TAILS`` keep their output, so that memory does not
+        grow with every worker ever started. Lock held."""
+        self.exits[exit_.worker_id] = exit_
+        if not exit_.log_tail:
+            return
+        self._tails.append(exit_.worker_id)
+        while len(self._tails) > MAX_TAILS:
+            old = self._tails.popleft()
+            if old in self.exits:
+                self.exits[old] = dataclasses.replace(self.exits[old], log_tail="")
 
     def _count_failure(self, exit_: WorkerExit, victims: list[Task]) -> None:
         """Count a crash; only a worker that never got going counts toward "cannot start". Lock held."""
@@ -152,7 +178,7 @@ class WorkerWatch:
         if not task.workers:
             return False
         worker = task.workers[-1]
-        return worker not in self.exits and _machine_of(worker) not in self.exits
+        return worker not in self.exits and machine_of(worker) not in self.exits
 
     def died_error(self, task: Task, fallback: WorkerDiedError) -> WorkerDiedError:
         """The error for a task whose retries went on worker deaths, naming the last one and its output."""
@@ -213,13 +239,8 @@ def _cannot_start(exit_: WorkerExit, startup_failures: int) -> WorkerDiedError:
     )
 
 
-def _machine_of(worker_id: str) -> str:
-    """The machine a worker process runs in: ``abc`` for ``abc.2`` (a child of a multi-CPU worker)."""
-    return worker_id.split(".", 1)[0]
-
-
 def _machine_and_worker(worker_id: str) -> set[str]:
-    return {worker_id, _machine_of(worker_id)}
+    return {worker_id, machine_of(worker_id)}
 
 
 def _spans(tasks: Sequence[Task]) -> str:

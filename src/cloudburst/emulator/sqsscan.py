@@ -10,11 +10,15 @@ it once, and a waiting poll sleeps until a send without scanning first (its call
 moto also wakes every waiting poll once a second, to see messages whose lease ran out: with many
 waiting on one queue, they wake less often, so that the queue's wake-ups stay near
 ``WAKES_PER_SECOND`` (a message whose lease ran out is seen up to ``waiters / WAKES_PER_SECOND``
-seconds late, as SQS itself may take). What a receive returns is unchanged.
+seconds late, as SQS itself may take). And moto wakes every waiting poll of a queue for each message
+sent: a thousand threads scanning the queue for one message that one of them gets, a convoy on the
+GIL that starves everything else in the process (the client's requests among them). Here a message
+sent wakes ``WAKES_PER_MESSAGE`` waiting polls. What a receive returns is unchanged.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -22,6 +26,15 @@ __all__ = ["install"]
 
 _installed = False
 WAKES_PER_SECOND = 200  # per queue, from the once-a-second wake-ups of its waiting polls
+#: waiting polls a message sent wakes: one takes it; a second in case the first was giving up just then
+WAKES_PER_MESSAGE = 2
+
+
+class FewWakes(threading.Condition):
+    """A queue's lock whose ``notify_all`` (moto's, for each message added) wakes a few waiters, not all."""
+
+    def notify_all(self) -> None:
+        self.notify(WAKES_PER_MESSAGE)
 
 
 def _visible(self: Any) -> bool:
@@ -61,4 +74,11 @@ def install() -> None:
     Message.delayed = property(_delayed)  # type: ignore[method-assign,assignment]
     Queue.messages = property(_messages)  # type: ignore[method-assign,assignment]
     Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
+    made = Queue.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        self._messages_lock = FewWakes()
+
+    Queue.__init__ = __init__  # type: ignore[method-assign]
     _installed = True

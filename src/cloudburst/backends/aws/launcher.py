@@ -27,10 +27,29 @@ from .job_roles import PROPAGATION_SECONDS
 from .settings import FargateSettings
 from .taskdef import CONTAINER, JOB_TAG, LOG_PREFIX
 
-__all__ = ["DESCRIBE_MAX", "RUN_TASK_MAX", "FargateLauncher", "TokenBucket", "describe_stop"]
+__all__ = [
+    "COST_FIELDS",
+    "DESCRIBE_MAX",
+    "RUN_TASK_MAX",
+    "FargateLauncher",
+    "TokenBucket",
+    "cost_record",
+    "describe_stop",
+]
 
 RUN_TASK_MAX = 10  # RunTask starts at most ten tasks per call
 DESCRIBE_MAX = 100  # DescribeTasks takes at most 100 ids per call
+#: what is kept of a DescribeTasks record (some 3 KB): what the bill needs, and how and whether it stopped
+COST_FIELDS = (
+    "pullStartedAt",
+    "startedAt",
+    "stoppedAt",
+    "cpu",
+    "memory",
+    "capacityProviderName",
+    "lastStatus",
+    "stopCode",
+)
 _RETRYABLE_CODES = frozenset({"ThrottlingException", "Throttling", "ServerException", "LimitExceededException"})
 _CAPACITY_WORDS = (
     "capacity",
@@ -41,6 +60,11 @@ _CAPACITY_WORDS = (
     "limit exceeded",
     "limit on the number of vcpus",  # the quota is full for now: wait for running tasks to end
 )
+
+
+def cost_record(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The few fields of a described task that its cost and fate need (``COST_FIELDS``)."""
+    return {key: task[key] for key in COST_FIELDS if key in task}
 
 
 class TokenBucket:
@@ -129,7 +153,9 @@ class FargateLauncher:
         self._lock = threading.Lock()
         self._live: set[str] = set()  # task ids launched and not yet seen stopped
         self._stopped: set[str] = set()
-        self.described: dict[str, dict[str, Any]] = {}  # task id -> its last DescribeTasks record
+        # Task id -> its last DescribeTasks record, cut to COST_FIELDS: a thousand workers' full records,
+        # kept for the job's life and summed every second, would grow with every launch.
+        self.described: dict[str, dict[str, Any]] = {}
         self._next_poll = 0.0
         self._calls = TokenBucket(rate=20, burst=20)  # RunTask calls per second
         self._launches = TokenBucket(rate=20, burst=100)  # Fargate task launches per second
@@ -190,7 +216,7 @@ class FargateLauncher:
                 )
             for task in response.get("tasks", []):
                 task_id = str(task["taskArn"]).rsplit("/", 1)[-1]
-                self.described[task_id] = task
+                self.described[task_id] = cost_record(task)
                 if task.get("lastStatus") != "STOPPED":
                     continue
                 with self._lock:
