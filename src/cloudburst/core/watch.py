@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..backends.base import WorkerExit
 from ..errors import WorkerDiedError
 from ..log import say
-from ..worker.bootstrap import EXIT_ENVIRONMENT
+from ..protocol.exitcodes import EXIT_ENVIRONMENT
 from .work import Task, span
 
 if TYPE_CHECKING:
