@@ -22,7 +22,9 @@ import boto3
 import pytest
 
 import cloudburst
+from cloudburst.backends.aws.wire import FargateWire
 from cloudburst.emulator import Emulator
+from cloudburst.protocol.workerenv import from_environ
 
 from .conftest import assert_nothing_left_in_aws, process_gone, wait_until
 
@@ -401,7 +403,8 @@ def test_task_definition_is_registered_once_per_shape(emulator: Emulator, fargat
     overrides = {e["name"]: e["value"] for e in task["overrides"]["containerOverrides"][0]["environment"]}
     assert "CLOUDBURST_JOB_KEY" not in overrides
     assert ex._job.key.hex() not in json.dumps(task, default=str)
-    parameter = boto3.client("ssm").get_parameter(Name=overrides["CLOUDBURST_JOB_KEY_PARAMETER"])["Parameter"]
+    where = FargateWire.from_args(from_environ(overrides).backend_args)
+    parameter = boto3.client("ssm").get_parameter(Name=where.job_key_parameter)["Parameter"]
     assert parameter["Type"] == "SecureString"
 
 

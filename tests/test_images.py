@@ -162,7 +162,7 @@ def test_image_python_task_definition_names_the_bundle_and_the_logins_parameter(
     body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert hashlib.sha256(body).hexdigest() == digest
     archive = zipfile.ZipFile(io.BytesIO(body))
-    assert {"requirements.txt", "cloudburst/worker/loop.py", "cloudburst/worker/bootstrap.py"} <= set(
+    assert {"requirements.txt", "cloudburst/worker/loop.py", "cloudburst/backends/aws/bootstrap.py"} <= set(
         archive.namelist()
     )
     assert all(b"t0ken" not in archive.read(n) for n in archive.namelist())

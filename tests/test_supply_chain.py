@@ -30,12 +30,12 @@ import botocore.exceptions
 import pytest
 
 import cloudburst
+from cloudburst.backends.aws import bootstrap
 from cloudburst.backends.aws.images import ensure_bundle
 from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator, network_env
 from cloudburst.environment import pins
 from cloudburst.environment.snapshot import base_image, build_context, dockerfile, snapshot, tag
-from cloudburst.worker import bootstrap
 
 
 def _settings() -> dict[str, str]:

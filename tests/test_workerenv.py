@@ -105,7 +105,7 @@ def test_environ_writes_named_fields_only() -> None:
         "CLOUDBURST_WORKER_ID": "t1",
         "CLOUDBURST_MEMORY_LIMIT_MIB": "512",
     }
-    assert workerenv.variable("bundle") == "CLOUDBURST_BUNDLE"
+    assert workerenv.variable("job_id") == "CLOUDBURST_JOB_ID"
     with pytest.raises(TypeError, match="not wire fields: nonsense"):
         workerenv.environ(nonsense=1)
 

@@ -30,6 +30,7 @@ from typing import IO, Any, ClassVar
 
 from ..core import scratch
 from ..protocol import workerenv
+from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.workerenv import WorkerEnv
 from ..worker import memlimit
 from .base import Backend, JobResources, Store, WorkerExit, WorkerSide
@@ -38,7 +39,6 @@ from .localqueue import MemoryQueue, QueueServer, connect
 __all__ = ["LocalBackend", "LocalLauncher", "LocalStore"]
 
 REASON_PREFIX = "cloudburst-worker: exit reason: "
-OOM_EXIT_CODE = 137  # what a container reports for a process killed for memory; the worker's own too
 
 
 class LocalStore:

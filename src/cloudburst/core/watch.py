@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..backends.base import WorkerExit
 from ..errors import WorkerDiedError
 from ..log import say
-from ..worker.bootstrap import EXIT_ENVIRONMENT
+from ..protocol.exitcodes import EXIT_ENVIRONMENT
 from .table import machine_of
 from .work import Task, span
 

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ..backends.aws.bootstrap import ROOT_VARIABLE
 from ..backends.aws.credentials import AWS_IDENTITY_VARIABLES, Credentials, CredentialsEndpoint
 from ..protocol import workerenv
 from .identities import RoleNotTrusted, assume
@@ -277,8 +278,8 @@ class EcsAgent:
         env["AWS_DEFAULT_REGION"] = t.region
         memory = definition.memory or container.get("memory")
         # What the real container has by other means: its task id (ECS metadata), its /cloudburst, its memory.
-        root = str(self.work_dir / f"{t.task_id}-root")
-        env.update(workerenv.environ(worker_id=t.task_id, root=root))
+        env.update(workerenv.environ(worker_id=t.task_id))
+        env[ROOT_VARIABLE] = str(self.work_dir / f"{t.task_id}-root")
         if memory:
             env.update(workerenv.environ(memory_limit_mib=int(memory)))
         return env

@@ -11,6 +11,9 @@ Variables at their default are not written, so a worker's environment carries on
 launcher starts from :func:`inherit` (its own environment without wire variables), so a client that runs
 inside a worker does not pass that worker's identity on to its own workers.
 
+What a backend's worker side needs to connect goes in ``backend_args``, a JSON object of strings that the
+backend writes in ``open_job`` and reads back in ``connect_worker`` (Fargate's: ``backends.aws.wire``); what
+runs before a worker starts (the Fargate image's bootstrap, ``backends.aws.bootstrap``) has its own variables.
 The user's settings (``CLOUDBURST_<SETTING>``, read by ``config``) are a different interface, not here.
 """
 
@@ -71,22 +74,10 @@ class WorkerEnv:
     # where the backend's worker side connects: each backend reads the fields it writes
     store_dir: str = _wire("STORE_DIR", "str", "the job's store, a directory (local)", "")
     queue_address: str = _wire("QUEUE_ADDRESS", "str", "the client's queue server socket (local)", "")
-    region: str = _wire("REGION", "str", "cloud region of the job's resources (fargate)", "")
-    bucket: str = _wire("BUCKET", "str", "the bucket of the job's store (fargate)", "")
-    prefix: str = _wire("PREFIX", "str", "the job's key prefix in the bucket (fargate)", "")
-    task_queue: str = _wire("TASK_QUEUE", "str", "the task queue's URL (fargate)", "")
-    result_queue: str = _wire("RESULT_QUEUE", "str", "the result queue's URL (fargate)", "")
-    dead_letter_queue: str = _wire("DEAD_LETTER_QUEUE", "str", "the dead-letter queue's URL (fargate)", "")
-    job_key_parameter: str = _wire("JOB_KEY_PARAMETER", "str", "encrypted parameter holding the job key (fargate)", "")
     backend_args: dict[str, str] = field(
         default_factory=dict,
-        metadata=_meta("BACKEND_ARGS", "json-dict", "anything else a backend's worker side needs (JSON object)"),
+        metadata=_meta("BACKEND_ARGS", "json-dict", "what else a backend's worker side needs (JSON object)"),
     )
-
-    # the container's bootstrap (image="python"; read by bootstrap.py, which has only the standard library)
-    bundle: str = _wire("BUNDLE", "str", "s3://bucket/key#sha256 of the environment bundle to install", "")
-    netrc: str = _wire("NETRC", "str", "package index logins (netrc text) for the install only", "")
-    root: str = _wire("ROOT", "str", "where the bootstrap installs the bundle", "")
     #: the user's ``env=`` variables, written first and as given; not wire variables, so not read back
     user_env: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -185,7 +176,7 @@ def environ(**fields: Any) -> dict[str, str]:
 
 
 def variable(name: str) -> str:
-    """The variable that carries field ``name`` (``variable("bundle") == "CLOUDBURST_BUNDLE"``)."""
+    """The variable that carries field ``name`` (``variable("job_id") == "CLOUDBURST_JOB_ID"``)."""
     return str(_FIELDS[name].metadata["variable"])
 
 

@@ -1,2 +1,2 @@
 """The worker side: the loop every backend runs (``python -m cloudburst.worker``), its supervisor,
-its memory limit, and the no-build bootstrap."""
+and its memory limit. (The Fargate image's bootstrap, which runs before it, is ``backends.aws.bootstrap``.)"""

@@ -53,6 +53,7 @@ from ..errors import (
     WorkerDiedError,
 )
 from ..protocol import workerenv
+from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.serialize import Packer, Unpacker, job_tag
 from ..protocol.task import (
     REJECTED,
@@ -75,7 +76,6 @@ from .execute import TaskRunner, item_error
 __all__ = ["Worker", "main"]
 
 REASON_PREFIX = "cloudburst-worker: exit reason: "
-OOM_EXIT_CODE = 137
 
 
 class Worker:

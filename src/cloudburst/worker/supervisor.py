@@ -34,10 +34,11 @@ from ..backends.base import WorkerExit
 from ..backends.local import describe_exit
 from ..core import scratch
 from ..protocol import workerenv
+from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.task import DIED, encode
 from ..protocol.workerenv import WorkerEnv
 from . import memlimit
-from .loop import OOM_EXIT_CODE, REASON_PREFIX, Worker
+from .loop import REASON_PREFIX, Worker
 
 __all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
 

@@ -51,6 +51,7 @@ from .settings import OPTION_NAMES, FargateSettings
 from .sizes import task_size
 from .store import S3Store
 from .taskdef import CONTAINER, JOB_TAG, LOG_PREFIX, ensure_task_definition, worker_environment
+from .wire import FargateWire
 
 # FargateLauncher, TokenBucket, ensure_task_definition and the names in the task definition live in their own
 # modules (launcher, taskdef); they are named here too, where they always were.
@@ -232,7 +233,7 @@ class FargateBackend(Backend):
             except Exception as exc:
                 if error_code(exc) not in ("InvalidParameterException", "ClusterNotFoundException"):
                     raise
-        wire = from_environ(record["env"])
+        wire = FargateWire.from_args(from_environ(record["env"]).backend_args)
         delete_key(region, None, wire.job_key_parameter)
         if record.get("role"):
             delete_job_role(client("iam", region), record["role"])
@@ -311,18 +312,21 @@ class FargateBackend(Backend):
         prefix = f"jobs/{job_id}"
         # The job key is not put in RunTask's overrides (DescribeTasks and CloudTrail show them):
         # workers read it from an encrypted SSM parameter that only the task role may read.
-        wire = worker_env.replace(
-            job_key="",
-            job_key_parameter=self._key_parameter,
-            backend=self.name,
+        where = FargateWire(
+            region=region,
             bucket=s.bucket,
             prefix=prefix,
             task_queue=queues.tasks,
             result_queue=queues.results,
-            region=region,
+            dead_letter_queue=queues.dead_letters,
+            job_key_parameter=self._key_parameter,
+        )
+        wire = worker_env.replace(
+            job_key="",
+            backend=self.name,
+            backend_args=where.to_args(),
             slots=self.tasks_per_worker,
             supervisor=True,  # so that a task holding the GIL cannot stop the client watch
-            dead_letter_queue=queues.dead_letters,
         )
         local = self._local_helpers(job_id, wire, worker_env) if s.local_workers else None
         assert self._role is not None
@@ -415,19 +419,20 @@ class FargateBackend(Backend):
 
     @classmethod
     def connect_worker(cls, env: WorkerEnv) -> WorkerSide:
-        region = env.region or None
+        where = FargateWire.from_args(env.backend_args)
+        region = where.region or None
         extra: dict[str, object] = {"worker_id": env.worker_id or _ecs_task_id()}
-        if not env.job_key and env.job_key_parameter:
+        if not env.job_key and where.job_key_parameter:
             ssm: Any = client("ssm", region)
-            with translate("SSM", "GetParameter", env.job_key_parameter):
-                found = ssm.get_parameter(Name=env.job_key_parameter, WithDecryption=True)
+            with translate("SSM", "GetParameter", where.job_key_parameter):
+                found = ssm.get_parameter(Name=where.job_key_parameter, WithDecryption=True)
             extra["job_key"] = found["Parameter"]["Value"]
-        if env.dead_letter_queue:
-            extra["dead_letters"] = SQSQueue(env.dead_letter_queue, region)
+        if where.dead_letter_queue:
+            extra["dead_letters"] = SQSQueue(where.dead_letter_queue, region)
         return WorkerSide(
-            S3Store(env.bucket, env.prefix, region),
-            SQSQueue(env.task_queue, region),
-            SQSQueue(env.result_queue, region),
+            S3Store(where.bucket, where.prefix, region),
+            SQSQueue(where.task_queue, region),
+            SQSQueue(where.result_queue, region),
             parent_pid=env.parent_pid,
             extra=extra,
         )

@@ -32,7 +32,7 @@ from typing import Any
 from ...core import scratch
 from ...environment.snapshot import Snapshot, build_context, index_credentials, tag
 from ...errors import CloudError
-from ...protocol import workerenv
+from .bootstrap import NETRC_VARIABLE
 from .clients import client, error_code, translate
 from .owner import s3_client
 
@@ -65,7 +65,7 @@ phases:
   post_build:
     commands:
       - docker push $IMAGE_URI
-""".replace("NETRC_VARIABLE", workerenv.variable("netrc"))  # the index logins, as the bootstrap gets them too
+""".replace("NETRC_VARIABLE", NETRC_VARIABLE)  # the index logins, as the bootstrap gets them too
 
 
 def store_index_credentials(region: str | None, profile: str | None, netrc_text: str) -> str:
@@ -355,7 +355,7 @@ def _codebuild(
                 {"name": "PLATFORM", "value": "linux/arm64" if arch == "arm64" else "linux/amd64", "type": "PLAINTEXT"},
             ]
             + (  # CodeBuild reads the parameter itself: the logins never appear in the build's settings
-                [{"name": workerenv.variable("netrc"), "value": netrc_parameter, "type": "PARAMETER_STORE"}]
+                [{"name": NETRC_VARIABLE, "value": netrc_parameter, "type": "PARAMETER_STORE"}]
                 if netrc_parameter
                 else []
             ),

@@ -27,9 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...protocol.workerenv import from_environ, variable
+from ...protocol.workerenv import from_environ
+from .bootstrap import BUNDLE_VARIABLE
 from .clients import client, error_code
 from .policies import job_role_name
+from .wire import FargateWire
 
 __all__ = ["Check", "Report", "image_digest", "say_hello", "selftest", "try_read_key"]
 
@@ -83,7 +85,8 @@ class Report:
 def say_hello(marker: str) -> dict[str, str]:
     """On job 1's worker: write ``marker`` to the worker's own output (the container's, not captured)."""
     os.write(2, f"{marker}\n".encode())
-    return {"marker": marker, "key_parameter": from_environ(os.environ).job_key_parameter}
+    where = FargateWire.from_args(from_environ(os.environ).backend_args)
+    return {"marker": marker, "key_parameter": where.job_key_parameter}
 
 
 def try_read_key(name: str, region: str) -> str:
@@ -204,7 +207,7 @@ def _check_image(run: _Run) -> Check:
     definition = ecs.describe_task_definition(taskDefinition=tasks[0]["taskDefinitionArn"])["taskDefinition"]
     container = definition["containerDefinitions"][0]
     image = str(container["image"])
-    bundle = next((e["value"] for e in container.get("environment", []) if e["name"] == variable("bundle")), "")
+    bundle = next((e["value"] for e in container.get("environment", []) if e["name"] == BUNDLE_VARIABLE), "")
     seconds = run.open_seconds + time.monotonic() - began - run.ran_seconds
     if image == EMULATED_IMAGE:
         return Check("image", True, seconds, detail=f"{image}: EMULATED, this machine's interpreter (no digest)")

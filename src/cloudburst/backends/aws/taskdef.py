@@ -12,8 +12,7 @@ from ...environment.snapshot import base_image, index_credentials, snapshot
 from ...environment.wheels import require_arm64_wheels
 from ...errors import NotSetUpError
 from ...log import say
-from ...protocol import workerenv
-from ...worker import bootstrap
+from . import bootstrap
 from .clients import client, error_code, translate
 from .images import ensure_bundle, ensure_image, store_index_credentials
 from .settings import FargateSettings
@@ -116,8 +115,8 @@ def _container(settings: FargateSettings, memory_mib: int, bundle: str, netrc_pa
         },
     }
     if bundle:
-        container["environment"] = [{"name": k, "value": v} for k, v in workerenv.environ(bundle=bundle).items()]
-    secrets = [{"name": workerenv.variable("netrc"), "valueFrom": netrc_parameter}] if netrc_parameter else []
+        container["environment"] = [{"name": bootstrap.BUNDLE_VARIABLE, "value": bundle}]
+    secrets = [{"name": bootstrap.NETRC_VARIABLE, "valueFrom": netrc_parameter}] if netrc_parameter else []
     # The user's secrets= too: ECS reads them as the task starts, so they are in no RunTask override.
     secrets += [{"name": k, "valueFrom": v.removeprefix("ssm:")} for k, v in sorted(settings.secrets.items())]
     if secrets:

@@ -1,6 +1,6 @@
 """The no-build fallback's container entrypoint: install the snapshot with uv, then run the worker loop.
 
-With ``image="python"`` a worker starts on the stock Python image, which has
+With ``image="python"`` a Fargate worker starts on the stock Python image, which has
 neither cloudburst nor your packages. ECS runs this file's source as
 ``python -c`` (it uses the standard library only)::
 
@@ -8,15 +8,17 @@ neither cloudburst nor your packages. ECS runs this file's source as
         ─► fetch the environment bundle from S3 (requirements, local wheels, cloudburst itself) and
         check its sha256 ─► uv pip install -r requirements.txt + the wheels ─► exec python -m cloudburst.worker
 
-The wire variable ``bundle`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
+It reads three variables of its own, named below (they are not the worker's wire variables, which it
+passes on untouched): ``CLOUDBURST_BUNDLE`` is ``s3://bucket/envs/<tag>.zip#<sha256>``; the digest is
 the client's own hash of the bundle it built, part of the task definition it
 registers, so a bundle that was changed after upload is refused (whatever the
-object's metadata says). The uv and boto3 pins (``cloudburst.environment.pins``) and the names of
-the variables it reads (``cloudburst.protocol.workerenv``) are written into this source by
-``script()``, which is what the task definition runs.
-Index logins, when the snapshot needs them, arrive as
-the wire variable ``netrc`` from an encrypted parameter (an ECS secret) and are
-written to a private file for uv; they are never printed.
+object's metadata says). Index logins, when the snapshot needs them, arrive as
+``CLOUDBURST_NETRC`` from an encrypted parameter (an ECS secret) and are
+written to a private file for uv; they are never printed, and the worker does not see them.
+``CLOUDBURST_ROOT`` is where the bundle is installed (``/cloudburst`` when unset).
+The uv and boto3 pins (``cloudburst.environment.pins``) and the exit code of a failed install
+(``cloudburst.protocol.exitcodes``) are written into this source by ``script()``, which is what the task
+definition runs.
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ from typing import Any
 #: empty here, filled in from ``cloudburst.environment.pins`` by ``script()``
 UV_PINS = ""
 BOTO3_PINS = ""
-#: the variables this file reads (the wire fields ``bundle``, ``netrc`` and ``root``): filled in by ``script()``
-BUNDLE_VARIABLE = ""
-NETRC_VARIABLE = ""
-ROOT_VARIABLE = ""
-#: the exit code of an environment that cannot be installed (sysexits' EX_CONFIG): the client stops
-#: starting workers at the first one, as every other would fail the same way
-EXIT_ENVIRONMENT = 78
+#: the exit code of an environment that cannot be installed (``protocol.exitcodes.EXIT_ENVIRONMENT``): filled in
+#: by ``script()``; the client stops starting workers at the first one, as every other would fail the same way
+EXIT_ENVIRONMENT = 1
+#: this file's own variables, set by the task definition (``taskdef``): the bundle to install, ``s3://...#sha256``
+BUNDLE_VARIABLE = "CLOUDBURST_BUNDLE"
+#: package index logins (netrc text), an ECS secret; for the install only
+NETRC_VARIABLE = "CLOUDBURST_NETRC"
+#: where the bundle is installed (default ``/cloudburst``)
+ROOT_VARIABLE = "CLOUDBURST_ROOT"
 
 
 class _InstallFailed(Exception):
@@ -70,20 +74,18 @@ def script() -> str:
     (Called by the client, where cloudburst is installed; the container needs the standard library only.)"""
     from pathlib import Path
 
-    from ..environment import pins  # not at the top: the container runs this file without cloudburst
-    from ..protocol import workerenv
+    from ...environment import pins  # not at the top: the container runs this file without cloudburst
+    from ...protocol import exitcodes
 
     source = Path(__file__).read_text(encoding="utf-8")
-    for name, text in (
-        ("UV_PINS", pins.requirements_text(pins.UV)),
-        ("BOTO3_PINS", pins.requirements_text(pins.BOTO3)),
-        ("BUNDLE_VARIABLE", workerenv.variable("bundle")),
-        ("NETRC_VARIABLE", workerenv.variable("netrc")),
-        ("ROOT_VARIABLE", workerenv.variable("root")),
+    for name, placeholder, value in (
+        ("UV_PINS", '""', pins.requirements_text(pins.UV)),
+        ("BOTO3_PINS", '""', pins.requirements_text(pins.BOTO3)),
+        ("EXIT_ENVIRONMENT", "1", exitcodes.EXIT_ENVIRONMENT),
     ):
-        placeholder = f'\n{name} = ""\n'
-        assert placeholder in source, f"bootstrap.py lost its {name} line"
-        source = source.replace(placeholder, f"\n{name} = {text!r}\n", 1)
+        line = f"\n{name} = {placeholder}\n"
+        assert line in source, f"bootstrap.py lost its {name} line"
+        source = source.replace(line, f"\n{name} = {value!r}\n", 1)
     return source
 
 
@@ -114,8 +116,6 @@ def main() -> None:
 
 
 def _install_and_run() -> None:
-    if not BUNDLE_VARIABLE:
-        raise _InstallFailed("this bootstrap has no variable names: run it as cloudburst registers it (script())")
     bundle = os.environ[BUNDLE_VARIABLE]
     location, _, expected = bundle.partition("#")
     bucket, _, key = location.removeprefix("s3://").partition("/")
