@@ -20,7 +20,8 @@ from ...backends import get_backend
 from ...config import userconfig
 from ...config.options import parse_memory
 from ...core.words import plural
-from ...environment.snapshot import dockerfile, snapshot, tag
+from ...environment.recipe import dockerfile, tag
+from ...environment.snapshot import snapshot
 from ...environment.wheels import missing_arm64_wheels, require_arm64_wheels
 from .policies import Names, setup_policy, user_policy
 

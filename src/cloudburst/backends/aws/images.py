@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ...core import scratch
-from ...environment.snapshot import Snapshot, build_context, index_credentials, tag
+from ...environment.recipe import build_context, tag
+from ...environment.snapshot import Snapshot, index_credentials
 from ...errors import CloudError
 from ...protocol import workerenv
 from .clients import client, error_code, translate
