@@ -53,7 +53,8 @@ from ..errors import (
     WorkerDiedError,
 )
 from ..protocol import workerenv
-from ..protocol.serialize import Packer, Unpacker, job_tag
+from ..protocol.sealing import job_tag
+from ..protocol.serialize import Packer, Unpacker
 from ..protocol.task import (
     REJECTED,
     RESULT,
