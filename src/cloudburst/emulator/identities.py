@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from datetime import timezone
 
 from ..backends.aws.credentials import Credentials
-from ..backends.aws.policies import Names, setup_policy, user_policy
+from ..backends.aws.policies import Names
+from ..backends.aws.user_policies import setup_policy, user_policy
 from . import access, policy
 
 __all__ = ["ACCOUNT", "USER_NAME", "RoleNotTrusted", "assume", "make_admin", "make_runner", "make_user"]

@@ -23,7 +23,8 @@ from ...core.words import plural
 from ...environment.recipe import dockerfile, tag
 from ...environment.snapshot import snapshot
 from ...environment.wheels import missing_arm64_wheels, require_arm64_wheels
-from .policies import Names, setup_policy, user_policy
+from .policies import Names
+from .user_policies import setup_policy, user_policy
 
 __all__ = ["COMMANDS", "explain"]
 
