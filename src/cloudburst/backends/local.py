@@ -32,13 +32,10 @@ from ..core import scratch
 from ..protocol import workerenv
 from ..protocol.workerenv import WorkerEnv
 from ..worker import memlimit
-from .base import Backend, JobResources, Store, WorkerExit, WorkerSide
+from .base import OOM_EXIT_CODE, Backend, JobResources, Store, WorkerExit, WorkerSide, reason_in_log
 from .localqueue import MemoryQueue, QueueServer, connect
 
 __all__ = ["LocalBackend", "LocalLauncher", "LocalStore"]
-
-REASON_PREFIX = "cloudburst-worker: exit reason: "
-OOM_EXIT_CODE = 137  # what a container reports for a process killed for memory; the worker's own too
 
 
 class LocalStore:
@@ -220,11 +217,7 @@ class LocalLauncher:
                 continue
             log.close()
             tail = _tail(log_path)
-            reason = describe_exit(code)
-            for line in reversed(tail.splitlines()):
-                if line.startswith(REASON_PREFIX):
-                    reason = line[len(REASON_PREFIX) :]
-                    break
+            reason = reason_in_log(tail) or describe_exit(code)
             with self._lock:
                 self._procs.pop(worker_id, None)
                 cgroup = self._cgroups.pop(worker_id, None)

@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from ..backends import get_backend
-from ..backends.base import Backend, Message, WorkerSide
+from ..backends.base import EXIT_REASON_PREFIX, OOM_EXIT_CODE, Backend, Message, WorkerSide
 from ..core import scratch
 from ..errors import (
     PayloadAuthenticationError,
@@ -73,10 +73,7 @@ from ..protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
 from . import memlimit
 from .execute import TaskRunner, item_error
 
-__all__ = ["Worker", "main"]
-
-REASON_PREFIX = "cloudburst-worker: exit reason: "
-OOM_EXIT_CODE = 137
+__all__ = ["Worker", "main", "say_exit_reason"]
 
 
 class Worker:
@@ -355,7 +352,13 @@ class Worker:
         self.end(OOM_EXIT_CODE)
 
     def say_exit(self, reason: str) -> None:
-        os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
+        say_exit_reason(reason)
+
+
+def say_exit_reason(reason: str) -> None:
+    """Write the line that tells the launcher why this process exits (``backends.base.reason_in_log`` reads it):
+    one ``os.write``, safe in a signal handler and from any thread."""
+    os.write(2, f"{EXIT_REASON_PREFIX}{reason}\n".encode())
 
 
 def worker_id(env: WorkerEnv) -> str:
@@ -389,13 +392,13 @@ def die_with_parent(parent: int | None) -> None:
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # it ended before the request took effect
-        os.write(2, f"{REASON_PREFIX}the client process is gone\n".encode())
+        say_exit_reason("the client process is gone")
         os._exit(0)
 
 
 def _say_and_die(signum: int, frame: object) -> None:
     """SIGTERM (StopTask, a Spot interruption, the client stopping us): say so, clean up, then die of it."""
-    os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
+    say_exit_reason("stopped by SIGTERM")
     scratch.remove_own()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

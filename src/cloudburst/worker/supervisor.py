@@ -30,14 +30,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..backends import get_backend
-from ..backends.base import WorkerExit
+from ..backends.base import OOM_EXIT_CODE, WorkerExit, reason_in_log
 from ..backends.local import describe_exit
 from ..core import scratch
 from ..protocol import workerenv
 from ..protocol.task import DIED, encode
 from ..protocol.workerenv import WorkerEnv
 from . import memlimit
-from .loop import OOM_EXIT_CODE, REASON_PREFIX, Worker
+from .loop import Worker, say_exit_reason
 
 __all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
 
@@ -152,11 +152,7 @@ class Supervisor:
         scratch.sweep()  # the folder of a child killed outright
         if code == 0 or self.stopping:
             return
-        reason = describe_exit(code)
-        for line in reversed(tail.splitlines()):
-            if line.startswith(REASON_PREFIX):
-                reason = line[len(REASON_PREFIX) :]
-                break
+        reason = reason_in_log(tail) or describe_exit(code)
         kills = memlimit.oom_kills()
         if code == -signal.SIGKILL and kills > self.oom_kills:
             code, reason = OOM_EXIT_CODE, "OutOfMemoryError: killed by the kernel at the container's memory limit"
@@ -212,7 +208,7 @@ class Supervisor:
 
     def die_of_sigterm(self) -> None:
         """Exit as a process killed by SIGTERM does (exit code 143 in a container), having said so."""
-        os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
+        say_exit_reason("stopped by SIGTERM")
         scratch.remove_own()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
