@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from packaging.utils import parse_wheel_filename
 
-from .. import __version__
 from ..errors import ConfigurationError
+from ..version import __version__
 from .pins import BASE_IMAGES, UV, requirements_text
 
 if TYPE_CHECKING:

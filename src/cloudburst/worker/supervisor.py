@@ -37,7 +37,7 @@ from ..protocol import workerenv
 from ..protocol.task import DIED, encode
 from ..protocol.workerenv import WorkerEnv
 from . import memlimit
-from .loop import Worker, say_exit_reason
+from .loop import Worker, die_of_sigterm
 
 __all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
 
@@ -100,7 +100,7 @@ class Supervisor:
                     del self.children[k]
                     self.reap(k, log, code)
         if self.terminated:
-            self.die_of_sigterm()
+            die_of_sigterm()
         return 1 if self.failed else 0
 
     def name(self, k: int) -> str:
@@ -205,13 +205,6 @@ class Supervisor:
         for proc, _ in self.children.values():
             if proc.poll() is None:
                 proc.kill()
-
-    def die_of_sigterm(self) -> None:
-        """Exit as a process killed by SIGTERM does (exit code 143 in a container), having said so."""
-        say_exit_reason("stopped by SIGTERM")
-        scratch.remove_own()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _file_tail(path: Path, limit: int = 4000) -> str:
