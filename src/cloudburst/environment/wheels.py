@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
+from ..config.userconfig import cache_dir
 from ..errors import ConfigurationError
 from ..log import say
 from .lockfiles import canonical
@@ -63,8 +64,6 @@ def _pure_here(name: str, version: str) -> bool:
 
 
 def _cache_file() -> Path:
-    from ..config.userconfig import cache_dir
-
     return cache_dir() / "arm64-wheels.json"
 
 
