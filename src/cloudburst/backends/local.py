@@ -35,7 +35,7 @@ from ..worker import memlimit
 from .base import OOM_EXIT_CODE, Backend, JobResources, Store, WorkerExit, WorkerSide, reason_in_log
 from .localqueue import MemoryQueue, QueueServer, connect
 
-__all__ = ["LocalBackend", "LocalLauncher", "LocalStore"]
+__all__ = ["LocalBackend", "LocalLauncher", "LocalStore", "describe_exit", "file_tail"]
 
 
 class LocalStore:
@@ -216,7 +216,7 @@ class LocalLauncher:
             if code is None:
                 continue
             log.close()
-            tail = _tail(log_path)
+            tail = file_tail(log_path)
             reason = reason_in_log(tail) or describe_exit(code)
             with self._lock:
                 self._procs.pop(worker_id, None)
@@ -250,7 +250,8 @@ class LocalLauncher:
             return dict(self._started)
 
 
-def _tail(path: Path, limit: int = 2000) -> str:
+def file_tail(path: Path, limit: int = 2000) -> str:
+    """The last ``limit`` bytes of a worker's log, as text ("" when it cannot be read)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

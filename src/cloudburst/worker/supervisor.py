@@ -19,6 +19,7 @@ Stopping the children: SIGTERM, then SIGKILL for any still running after ``GRACE
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from ..backends import get_backend
 from ..backends.base import OOM_EXIT_CODE, WorkerExit, reason_in_log
-from ..backends.local import describe_exit
+from ..backends.local import describe_exit, file_tail
 from ..core import scratch
 from ..protocol import workerenv
 from ..protocol.task import DIED, encode
@@ -148,7 +149,9 @@ class Supervisor:
         """A child exited: pass its last words on; report and replace it unless it retired or all is stopping."""
         self.relay(log, final=True)
         self.offsets.pop(log, None)
-        tail = _file_tail(log)  # and removes the file
+        tail = file_tail(log, 4000)
+        with contextlib.suppress(OSError):
+            log.unlink()
         scratch.sweep()  # the folder of a child killed outright
         if code == 0 or self.stopping:
             return
@@ -205,12 +208,3 @@ class Supervisor:
         for proc, _ in self.children.values():
             if proc.poll() is None:
                 proc.kill()
-
-
-def _file_tail(path: Path, limit: int = 4000) -> str:
-    try:
-        data = path.read_bytes()
-        path.unlink()
-    except OSError:
-        return ""
-    return data[-limit:].decode("utf-8", "replace")
