@@ -35,6 +35,7 @@ from .context import (
     Context,
     Report,
     Step,
+    look_or_make,
     policy_document,
     record,
 )
@@ -233,24 +234,23 @@ def _tls_only(s3: Any, name: str, fix: bool, partition: str) -> list[str]:
 def step_repository(ctx: Context, report: Report, fix: bool) -> None:
     """The ECR repository of worker images: immutable tags, scanned, old images expiring."""
     ecr = ctx.client("ecr")
-    try:
-        repo = ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0]
-        status = "found"
-    except Exception as exc:
-        if error_code(exc) != "RepositoryNotFoundException":
-            with translate("ECR", "DescribeRepositories", REPOSITORY):
-                raise
-        if not fix:
-            report.add(Step(f"ECR repository {REPOSITORY}", "problem", "missing", "run `cloudburst setup`"))
-            return
-        with translate("ECR", "CreateRepository", REPOSITORY):
-            repo = ecr.create_repository(
-                repositoryName=REPOSITORY,
-                imageTagMutability="IMMUTABLE",  # a tag, once pushed, always names the same image
-                imageScanningConfiguration={"scanOnPush": True},
-                tags=[TAG],
-            )["repository"]
-        status = "made"
+    found = look_or_make(
+        report,
+        f"ECR repository {REPOSITORY}",
+        fix,
+        lambda: ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0],
+        lambda: ecr.create_repository(
+            repositoryName=REPOSITORY,
+            imageTagMutability="IMMUTABLE",  # a tag, once pushed, always names the same image
+            imageScanningConfiguration={"scanOnPush": True},
+            tags=[TAG],
+        )["repository"],
+        missing="RepositoryNotFoundException",
+        calls=("ECR", "DescribeRepositories", "CreateRepository", REPOSITORY),
+    )
+    if found is None:
+        return
+    repo, status = found
     repaired = []
     if repo.get("imageTagMutability") != "IMMUTABLE":  # else anyone able to push can swap an image under its tag
         repaired.append("tags immutable")
