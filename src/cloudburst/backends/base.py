@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from ..protocol.workerenv import WorkerEnv
 
 __all__ = [
-    "OOM_EXIT_CODE",
     "Backend",
     "JobResources",
     "Launcher",
@@ -177,8 +176,6 @@ class LeaseReporting(Protocol):
 READY_LINE = ": started for job "
 #: a worker's last line before it exits on purpose says why: ``cloudburst-worker: exit reason: idle for 60 s``
 EXIT_REASON_PREFIX = "cloudburst-worker: exit reason: "
-#: the exit code of a worker stopped for memory: what a container reports for a process the kernel killed so
-OOM_EXIT_CODE = 137
 
 
 def reason_in_log(log_tail: str) -> str | None:

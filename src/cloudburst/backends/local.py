@@ -30,9 +30,10 @@ from typing import IO, Any, ClassVar
 
 from ..core import scratch
 from ..protocol import workerenv
+from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.workerenv import WorkerEnv
 from ..worker import memlimit
-from .base import OOM_EXIT_CODE, Backend, JobResources, Store, WorkerExit, WorkerSide, reason_in_log
+from .base import Backend, JobResources, Store, WorkerExit, WorkerSide, reason_in_log
 from .localqueue import MemoryQueue, QueueServer, connect
 
 __all__ = ["LocalBackend", "LocalLauncher", "LocalStore", "describe_exit", "file_tail"]

@@ -43,13 +43,14 @@ import time
 import traceback
 from typing import NoReturn
 
-from ..backends.base import EXIT_REASON_PREFIX, OOM_EXIT_CODE, Message, WorkerSide
+from ..backends.base import EXIT_REASON_PREFIX, Message, WorkerSide
 from ..core import scratch
 from ..errors import (
     PayloadAuthenticationError,
     WorkerDiedError,
 )
 from ..protocol import workerenv
+from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.sealing import job_tag
 from ..protocol.serialize import Packer, Unpacker
 from ..protocol.task import (

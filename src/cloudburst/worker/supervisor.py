@@ -31,10 +31,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..backends import get_backend
-from ..backends.base import OOM_EXIT_CODE, WorkerExit, reason_in_log
+from ..backends.base import WorkerExit, reason_in_log
 from ..backends.local import describe_exit, file_tail
 from ..core import scratch
 from ..protocol import workerenv
+from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.task import DIED, encode
 from ..protocol.workerenv import WorkerEnv
 from . import memlimit
