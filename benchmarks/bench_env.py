@@ -114,7 +114,13 @@ def main() -> None:
     ours_snapshot = timed(
         "cloudburst snapshot + tag",
         lambda: best_of(
-            3, [sys.executable, "-c", "from cloudburst.environment.snapshot import snapshot, tag; tag(snapshot())"]
+            3,
+            [
+                sys.executable,
+                "-c",
+                "from cloudburst.environment.recipe import tag; "
+                "from cloudburst.environment.snapshot import snapshot; tag(snapshot())",
+            ],
         ),
     )
     pip_freeze = timed("pip freeze", lambda: best_of(3, [sys.executable, "-m", "pip", "freeze"]))

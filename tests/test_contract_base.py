@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from cloudburst.backends import base, local
+import pytest
+
+from cloudburst.backends import base
 from cloudburst.worker import loop
 
 
-def test_exit_reason_prefix_is_what_the_worker_writes() -> None:
-    assert base.EXIT_REASON_PREFIX == loop.REASON_PREFIX == local.REASON_PREFIX
+def test_the_reason_line_the_worker_writes_is_the_one_launchers_read(capfd: pytest.CaptureFixture[str]) -> None:
+    loop.say_exit_reason("idle for 61 s (idle_timeout=60)")
+    assert base.reason_in_log(capfd.readouterr().err) == "idle for 61 s (idle_timeout=60)"
 
 
 def test_reason_in_log_takes_the_last_reason_line() -> None:

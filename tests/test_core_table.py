@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cloudburst.core.policy import ATTACHED, DispatchPolicy
 from cloudburst.core.table import MAX_PARTS, TaskTable, calls_of
 from cloudburst.core.work import MapRun, Task
-from cloudburst.protocol.serialize import BlobRef
+from cloudburst.protocol.blobs import BlobRef
 from cloudburst.protocol.task import Columns
 
 FN = BlobRef("f" * 64, 10)

@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 
 import cloudburst
+from cloudburst.environment.indexes import strip_credentials
 from cloudburst.environment.pins import BASE_IMAGES
-from cloudburst.environment.snapshot import (
-    Snapshot,
-    build_context,
-    dockerfile,
-    index_credentials,
-    snapshot,
-    strip_credentials,
-    tag,
-)
+from cloudburst.environment.recipe import build_context, dockerfile, tag
+from cloudburst.environment.snapshot import Snapshot, index_credentials, snapshot
 
 
 def test_snapshot_pins_what_is_installed() -> None:

@@ -149,7 +149,8 @@ def test_without_an_image_this_environments_image_is_found_or_built(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from cloudburst.config import userconfig
-    from cloudburst.environment.snapshot import snapshot, tag
+    from cloudburst.environment.recipe import tag
+    from cloudburst.environment.snapshot import snapshot
 
     monkeypatch.setenv("CLOUDBURST_IMAGE", "")
     saved = userconfig.load()

@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 import cloudburst
-from cloudburst.backends.aws.policies import Names, boundary_policy, setup_policy, user_policy
+from cloudburst.backends.aws.policies import Names, boundary_policy
+from cloudburst.backends.aws.user_policies import setup_policy, user_policy
 from cloudburst.cli import main
 from cloudburst.emulator import Emulator
 from cloudburst.emulator.identities import ACCOUNT, USER_NAME

@@ -26,7 +26,8 @@ from cloudburst.backends.aws.images import (
 )
 from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator
-from cloudburst.environment.snapshot import Snapshot, base_image, index_credentials, snapshot, tag
+from cloudburst.environment.recipe import base_image, tag
+from cloudburst.environment.snapshot import Snapshot, index_credentials, snapshot
 
 
 def settings() -> dict[str, str]:

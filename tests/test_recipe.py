@@ -16,7 +16,8 @@ import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator, network_env
-from cloudburst.environment.snapshot import build_context, snapshot, tag
+from cloudburst.environment.recipe import build_context, tag
+from cloudburst.environment.snapshot import snapshot
 
 from .conftest import WORKER_PACKAGES, assert_nothing_left_in_aws
 

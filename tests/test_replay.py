@@ -24,7 +24,7 @@ import pytest
 
 import cloudburst
 from cloudburst.backends.base import WorkerExit
-from cloudburst.protocol.serialize import MAGIC, job_tag, seal, unseal
+from cloudburst.protocol.sealing import MAGIC, job_tag, seal, unseal
 from cloudburst.protocol.task import DIED, RESULT, STARTED, TASK, Notice, ResultMessage, encode
 
 from .conftest import wait_until

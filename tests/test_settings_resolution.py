@@ -24,7 +24,8 @@ from cloudburst.cli import main
 from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator
 from cloudburst.emulator.identities import USER_NAME
-from cloudburst.environment.snapshot import snapshot, tag
+from cloudburst.environment.recipe import tag
+from cloudburst.environment.snapshot import snapshot
 
 REQUIREMENTS_A = "requirements-a.txt"
 REQUIREMENTS_B = "requirements-b.txt"

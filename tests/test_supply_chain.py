@@ -35,7 +35,8 @@ from cloudburst.backends.aws.images import ensure_bundle
 from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator, network_env
 from cloudburst.environment import pins
-from cloudburst.environment.snapshot import base_image, build_context, dockerfile, snapshot, tag
+from cloudburst.environment.recipe import base_image, build_context, dockerfile, tag
+from cloudburst.environment.snapshot import snapshot
 
 
 def _settings() -> dict[str, str]:

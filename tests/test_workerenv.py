@@ -16,7 +16,8 @@ from cloudburst.backends.local import LocalStore
 from cloudburst.backends.localqueue import MemoryQueue
 from cloudburst.config.userconfig import all_keys
 from cloudburst.protocol import workerenv
-from cloudburst.protocol.serialize import Packer, Unpacker, job_tag
+from cloudburst.protocol.sealing import job_tag
+from cloudburst.protocol.serialize import Packer, Unpacker
 from cloudburst.protocol.task import RESULT, TASK, ResultMessage, TaskMessage, decode, encode, seal_control
 from cloudburst.protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
 from cloudburst.worker.loop import Worker

@@ -34,8 +34,7 @@ from .errors import (
 from .estimate import Estimate, estimate
 from .executor import Executor, map, submit_job
 from .seeds import current_item, rng
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "BrokenExecutorError",

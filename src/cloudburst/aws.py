@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .errors import ConfigurationError
+
 if TYPE_CHECKING:
     from .backends.aws.setup import Report
 
@@ -21,8 +23,6 @@ def _ask(yes: bool) -> Callable[[str], bool] | None:
 
     def confirm(question: str) -> bool:
         if not sys.stdin.isatty():
-            from .errors import ConfigurationError
-
             raise ConfigurationError(f"{question.strip()}: no terminal to ask; pass yes=True to confirm")
         return input(f"{question} [Y/n] ").strip().lower() in ("", "y", "yes")
 

@@ -31,7 +31,8 @@ from .core.words import plural
 from .core.work import rebuild_exception
 from .errors import ConfigurationError, PayloadAuthenticationError, WorkerDiedError
 from .log import say
-from .protocol.serialize import Unpacker, job_tag
+from .protocol.sealing import job_tag
+from .protocol.serialize import Unpacker
 from .protocol.task import RESULT, ResultMessage, decode, read_dead_letters
 from .protocol.workerenv import from_environ
 

@@ -11,7 +11,6 @@ from concurrent.futures import Executor as _StdExecutor
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from . import warm
 from .backends import get_backend
 from .config.options import ExecutorOptions, check_known
 from .core.progress import Progress, wanted
@@ -20,6 +19,7 @@ from .core.work import MapRun
 from .detached import SUBMIT_BACKEND, leave, policy_for, runs_detached
 from .errors import ConfigurationError
 from .protocol.task import Columns
+from .warm import check_keep_warm, make_key, run_map
 
 __all__ = ["Executor", "map", "submit_job"]
 
@@ -260,11 +260,11 @@ def map(
         raise ConfigurationError(f"errors={errors!r} must be one of 'raise', 'return' or 'skip'")
     if progress not in (True, False, "auto"):
         raise ConfigurationError(f"progress={progress!r} must be True, False or 'auto'")
-    idle_seconds = warm.check_keep_warm(keep_warm)
+    idle_seconds = check_keep_warm(keep_warm)
     settings = {"workers": workers, "backend": backend, "seed": seed, **resources}
-    return warm.run_map(
+    return run_map(
         lambda: Executor(workers, backend=backend, seed=seed, progress=False, **resources),
-        warm.make_key(settings),
+        make_key(settings),
         fn,
         iterables,
         errors=errors,

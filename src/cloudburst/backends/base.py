@@ -172,7 +172,7 @@ class LeaseReporting(Protocol):
     def watch_leases(self, callback: Callable[[str, Sequence[Message]], None]) -> None: ...
 
 
-#: what a worker writes to its output once it has connected to its job (``cloudburst.worker.loop.main``)
+#: what a worker writes to its output once it has connected to its job (``cloudburst.worker.main``)
 READY_LINE = ": started for job "
 #: a worker's last line before it exits on purpose says why: ``cloudburst-worker: exit reason: idle for 60 s``
 EXIT_REASON_PREFIX = "cloudburst-worker: exit reason: "

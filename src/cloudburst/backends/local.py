@@ -33,12 +33,10 @@ from ..protocol import workerenv
 from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.workerenv import WorkerEnv
 from ..worker import memlimit
-from .base import Backend, JobResources, Store, WorkerExit, WorkerSide
+from .base import Backend, JobResources, Store, WorkerExit, WorkerSide, reason_in_log
 from .localqueue import MemoryQueue, QueueServer, connect
 
-__all__ = ["LocalBackend", "LocalLauncher", "LocalStore"]
-
-REASON_PREFIX = "cloudburst-worker: exit reason: "
+__all__ = ["LocalBackend", "LocalLauncher", "LocalStore", "describe_exit", "file_tail"]
 
 
 class LocalStore:
@@ -219,12 +217,8 @@ class LocalLauncher:
             if code is None:
                 continue
             log.close()
-            tail = _tail(log_path)
-            reason = describe_exit(code)
-            for line in reversed(tail.splitlines()):
-                if line.startswith(REASON_PREFIX):
-                    reason = line[len(REASON_PREFIX) :]
-                    break
+            tail = file_tail(log_path)
+            reason = reason_in_log(tail) or describe_exit(code)
             with self._lock:
                 self._procs.pop(worker_id, None)
                 cgroup = self._cgroups.pop(worker_id, None)
@@ -257,7 +251,8 @@ class LocalLauncher:
             return dict(self._started)
 
 
-def _tail(path: Path, limit: int = 2000) -> str:
+def file_tail(path: Path, limit: int = 2000) -> str:
+    """The last ``limit`` bytes of a worker's log, as text ("" when it cannot be read)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import backends
+from ..backends import settings_keys
 from ..errors import ConfigurationError, UnknownParameterError
 from .options import parse_memory
 
@@ -155,7 +155,7 @@ _CORE_KEYS = (
 def all_keys() -> dict[str, Key]:
     """Every setting: the core's, then each registered backend's (which may narrow a core key's check)."""
     found = {key.name: key for key in _CORE_KEYS}
-    for key in backends.settings_keys():
+    for key in settings_keys():
         if not isinstance(key, Key):
             raise ConfigurationError(f"a backend registered {key!r} as a setting; settings are userconfig.Key")
         found[key.name] = found[key.name].narrowed(key) if key.name in found else key

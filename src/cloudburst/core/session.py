@@ -32,7 +32,8 @@ from ..backends import get_backend
 from ..backends.base import Backend, LeaseReporting, Subscribable
 from ..config.options import ExecutorOptions
 from ..errors import ExecutorShutdownError
-from ..protocol.serialize import Packer, Unpacker, job_tag
+from ..protocol.sealing import job_tag
+from ..protocol.serialize import Packer, Unpacker
 from ..protocol.task import WAKE, Columns, encode
 from ..protocol.workerenv import WorkerEnv
 from . import scratch

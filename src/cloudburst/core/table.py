@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..protocol.serialize import BlobRef
+from ..protocol.blobs import BlobRef
 from ..protocol.task import Columns
 from .policy import ATTACHED, DispatchPolicy
 from .work import MapRun, SubmitItem, Task

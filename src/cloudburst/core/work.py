@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
+from ..protocol.blobs import BlobRef
 from ..protocol.remote_exceptions import restore_exception
-from ..protocol.serialize import BlobRef
 from ..protocol.task import Columns, ItemError
 
 __all__ = ["MapRun", "SubmitItem", "Task", "rebuild_exception", "span"]

@@ -43,12 +43,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..backends.aws.setup import setup
 from ..config import userconfig
 from ..core.words import plural
 from ..errors import ConfigurationError
 from . import access, sqsscan
 from .agent import EcsAgent, EmulatedTask, default_worker_env, network_env
-from .identities import ACCOUNT, assume, make_admin, make_user
+from .identities import ACCOUNT, assume, make_admin, make_runner, make_user
 from .s3policy import count_loopback_as_tls
 from .server import FaultRule, Gateway, PricingStub, QuotaStub, quiet_handler
 
@@ -186,8 +187,6 @@ class Emulator:
     def runner(self) -> dict[str, str]:
         """Credentials (environment variables) of another client of this emulator: a user holding the user
         policy alone, who runs cloudburst but did not set it up."""
-        from .identities import make_runner
-
         assert self.gateway is not None
         credentials = make_runner(self.region)
         self.gateway.client_keys.add(credentials["AWS_ACCESS_KEY_ID"])
@@ -230,8 +229,6 @@ class Emulator:
     # ------------------------------------------------------------------ `cloudburst setup`, emulated
     def provision(self) -> dict[str, str]:
         """Run ``cloudburst setup`` against the emulated account, into the emulator's config directory."""
-        from ..backends.aws.setup import setup
-
         config = setup(region=self.region, echo=lambda line: None).config
         # The agent runs this machine's interpreter whatever the image; the name says so.
         userconfig.set_value("image", EMULATED_IMAGE)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from . import policy
+from .policy import allows, denies, trusts
 
 __all__ = ["Caller", "Check", "enforcing", "find_role", "install", "role_caller", "uninstall"]
 
@@ -80,11 +80,11 @@ class Caller:
         """IAM's answer: no explicit Deny, an Allow in the identity policies, and one in the boundary."""
         context = {"aws:principalarn": [self.arn], **check.context}
         everything = [*self.documents, *([self.boundary] if self.boundary else [])]
-        if policy.denies(everything, check.action, check.resource, context):
+        if denies(everything, check.action, check.resource, context):
             return False
-        if not policy.allows(self.documents, check.action, check.resource, context):
+        if not allows(self.documents, check.action, check.resource, context):
             return False
-        return self.boundary is None or policy.allows([self.boundary], check.action, check.resource, context)
+        return self.boundary is None or allows([self.boundary], check.action, check.resource, context)
 
 
 def enforcing() -> bool:
@@ -210,9 +210,7 @@ def _trusted(caller: Caller, role_arn: str) -> bool:
 
     account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
     role = find_role(iam_backends[account]["aws"], arn=role_arn) if account in iam_backends else None
-    return role is not None and policy.trusts(
-        role.assume_role_policy_document, caller.arn, {"aws:principalarn": [caller.arn]}
-    )
+    return role is not None and trusts(role.assume_role_policy_document, caller.arn, {"aws:principalarn": [caller.arn]})
 
 
 # ---------------------------------------------------------------------------------------------- resources

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from datetime import timezone
 
 from ..backends.aws.credentials import Credentials
-from ..backends.aws.policies import Names, setup_policy, user_policy
-from . import access, policy
+from ..backends.aws.policies import Names
+from ..backends.aws.user_policies import setup_policy, user_policy
+from .access import find_role
+from .policy import trusts
 
 __all__ = ["ACCOUNT", "USER_NAME", "RoleNotTrusted", "assume", "make_admin", "make_runner", "make_user"]
 
@@ -78,11 +80,11 @@ def assume(role_arn: str, *, service: str, source_arn: str, region: str, session
     from moto.sts.models import sts_backends
 
     account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
-    role = access.find_role(iam_backends[account]["aws"], arn=role_arn) if account in iam_backends else None
+    role = find_role(iam_backends[account]["aws"], arn=role_arn) if account in iam_backends else None
     if role is None:
         raise RoleNotTrusted(f"{service} could not take role {role_arn}: it does not exist")
     context = {"aws:sourceaccount": [source_arn.split(":")[4]], "aws:sourcearn": [source_arn]}
-    if not policy.trusts(role.assume_role_policy_document, "", context, service=service):
+    if not trusts(role.assume_role_policy_document, "", context, service=service):
         raise RoleNotTrusted(f"{service} could not take role {role_arn}: its trust policy does not let it in")
     made = sts_backends[account]["aws"].assume_role(
         region_name=region,

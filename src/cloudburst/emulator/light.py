@@ -43,11 +43,11 @@ import botocore.session
 from ..backends import get_backend
 from ..backends.aws.clients import clients_from
 from ..backends.aws.credentials import Credentials
-from ..backends.base import Backend, Queue, Store, WorkerSide
+from ..backends.base import EXIT_REASON_PREFIX, Backend, Queue, Store, WorkerSide
 from ..protocol import workerenv
 from ..protocol.workerenv import WorkerEnv, from_environ
 from ..worker.execute import TaskRunner
-from ..worker.loop import REASON_PREFIX, Worker
+from ..worker.loop import Worker
 from .threadcapture import ThreadCapture
 
 __all__ = ["WORKER_COMMAND", "SharedIdentity", "ThreadTask", "ThreadWorker"]
@@ -158,7 +158,7 @@ class ThreadWorker(Worker):
         threading.Thread(target=self.keep_leases, name=f"lease-keeper {self.worker_id}", daemon=True).start()
 
     def say_exit(self, reason: str) -> None:
-        self.task.write(f"{REASON_PREFIX}{reason}\n")
+        self.task.write(f"{EXIT_REASON_PREFIX}{reason}\n")
 
 
 class ThreadTask:
@@ -200,7 +200,7 @@ class ThreadTask:
     def send_signal(self, sig: int) -> None:
         """SIGTERM and SIGKILL end the task now, as they end a worker process; others are ignored, as it does."""
         if sig == signal.SIGTERM:
-            self.write(f"{REASON_PREFIX}stopped by SIGTERM\n")
+            self.write(f"{EXIT_REASON_PREFIX}stopped by SIGTERM\n")
         if sig in (signal.SIGTERM, signal.SIGKILL):
             self._end(-sig)
 

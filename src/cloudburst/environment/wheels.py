@@ -24,9 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
+from ..config.userconfig import cache_dir
 from ..errors import ConfigurationError
 from ..log import say
-from .snapshot import Snapshot, _canonical, index_logins
+from .lockfiles import canonical
+from .snapshot import Snapshot, index_logins
 
 __all__ = ["PYPI", "arm64_platforms", "missing_arm64_wheels", "require_arm64_wheels"]
 
@@ -62,8 +64,6 @@ def _pure_here(name: str, version: str) -> bool:
 
 
 def _cache_file() -> Path:
-    from ..config.userconfig import cache_dir
-
     return cache_dir() / "arm64-wheels.json"
 
 
@@ -120,7 +120,7 @@ def missing_arm64_wheels(snap: Snapshot) -> tuple[list[str], list[str]]:
         if not match:
             notes.append(f"{spec}: not pinned, so not checked for ARM64 wheels")
             continue
-        pinned.append((_canonical(match.group(1)), match.group(2)))
+        pinned.append((canonical(match.group(1)), match.group(2)))
     cache_path = _cache_file()
     try:
         known = set(json.loads(cache_path.read_text()).get(snap.python, []))

@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
+from ..errors import RemoteError
+
 __all__ = ["RemoteTraceback", "StandIn", "pickle_exception", "restore_exception"]
 
 
@@ -190,8 +192,6 @@ def _portable_member(exc: BaseException) -> BaseException:
         copy = None
     if copy is not None and _picklable(copy):
         return copy
-    from ..errors import RemoteError
-
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return RemoteError(f"{name}: {_text(exc, str)} (the exception could not be sent back as itself)", type_name=name)
 
@@ -250,8 +250,6 @@ def builtin_exception_type(type_name: str) -> type[BaseException] | None:
 def _construct(cls: type[BaseException], args: tuple[object, ...], message: str) -> BaseException:
     """An instance of exactly ``cls`` with ``args``, else with ``message``; for a type whose constructor wants
     other arguments (UnicodeDecodeError wants five), one made without its constructor, with ``args`` set."""
-    from ..errors import RemoteError
-
     unknown = "its exceptions could not be sent back"
     for attempt in (args, (message,), (message, [RemoteError(unknown)]), (message, [BaseException(unknown)])):
         try:

@@ -7,11 +7,10 @@
                                       └► out-of-band buffers ≥ 1 MiB (numpy, pandas, Arrow)
                                           ─► content-addressed blobs (sha256), each stored once
 
-* Every message is sealed with HMAC-SHA256 under the job's key (``seal`` /
-  ``unseal``), bound to its job and carrying a unique message id; nothing is
-  unpickled before its seal checks out. Blobs are named by
-  their sha256, and the names travel inside sealed messages, so a blob is
-  authenticated by re-hashing it before use.
+* Every message is sealed under the job's key (``sealing``); nothing is unpickled
+  before its seal checks out. Blobs are named by their sha256 (``blobs``), and the
+  names travel inside sealed messages, so a blob is authenticated by re-hashing it
+  before use.
 * A buffer or a large argument that many tasks share is stored once per job:
   blobs are found by content, so an argument changed between two tasks travels
   as it is then. The packer keeps no reference to the caller's objects.
@@ -23,213 +22,29 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import hmac
 import io
 import mmap
-import operator
-import os
 import pickle
-import sys
-import sysconfig
 import threading
-import types
 import weakref
-from collections import ChainMap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 import cloudpickle
 
 from ..backends.base import Store
 from ..errors import PayloadAuthenticationError, PicklingError, UnpicklingError
+from .blobs import BlobRef, Packed, compress, decompress
+from .pickling import PROTOCOL, SharingPickler, ship_module_by_value
 
-__all__ = [
-    "BlobRef",
-    "Packed",
-    "Packer",
-    "Unpacker",
-    "Unsealed",
-    "describe",
-    "job_tag",
-    "pickled_as_call",
-    "seal",
-    "ship_module_by_value",
-    "unseal",
-]
+__all__ = ["BUFFER_MIN_BYTES", "BlobRef", "Packed", "Packer", "Unpacker", "describe"]
 
-PROTOCOL = 5
-MAGIC = b"CB\x02"  # the wire format's version is its last byte: see "sealing" below
-_MAC_SIZE = 32
 BUFFER_MIN_BYTES = 1 << 20  # out-of-band buffers at least this big become blobs
 SHARE_MIN_BYTES = 64 << 10  # a repeated argument that pickles to this much becomes a blob
 COMPRESS_MIN_BYTES = 64 << 10
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex, range, slice})
-_C = TypeVar("_C", bound=type)
-
-
-def pickled_as_call(cls: _C) -> _C:
-    """Pickle a dataclass as a call of its constructor with its field values: several times
-    cheaper than the default for slotted dataclasses, which matters for messages on every task."""
-    values = operator.attrgetter(*(f.name for f in fields(cls)))
-
-    def __reduce__(self: object) -> tuple[object, ...]:
-        return cls, values(self)
-
-    cls.__reduce__ = __reduce__  # type: ignore[method-assign, assignment]
-    return cls
-
-
-# ---------------------------------------------------------------------------- sealing
-#
-# Wire format 2 (MAGIC ``CB\x02``)::
-#
-#     MAGIC (3) | kind (1) | HMAC-SHA256 (32) | job tag (16) | message id (16) | body
-#                  └─────── the MAC covers the kind and everything after the MAC ───────┘
-#
-# The job tag binds a message to its job, so a message copied from another job is refused even under
-# the same key; the message id (16 random bytes, unique per message) lets a reader drop a replayed
-# or duplicated copy of a message it has handled. Format 1 had neither and is refused, unread.
-
-JOB_TAG_SIZE = 16
-MESSAGE_ID_SIZE = 16
-_HEAD = len(MAGIC) + 1 + _MAC_SIZE
-SEALED_HEAD = _HEAD + JOB_TAG_SIZE + MESSAGE_ID_SIZE  # where the body starts
-
-
-def job_tag(job_id: str) -> bytes:
-    """The 16 bytes that bind a sealed message to job ``job_id``."""
-    return hashlib.sha256(job_id.encode()).digest()[:JOB_TAG_SIZE]
-
-
-@dataclass(frozen=True, slots=True)
-class Unsealed:
-    """An authenticated message: its kind, its unique id, and a view of its body (nothing unpickled)."""
-
-    kind: bytes
-    message_id: bytes
-    body: memoryview
-
-
-def seal(key: bytes, kind: bytes, body: bytes, *, job: bytes, message_id: bytes | None = None) -> bytes:
-    """Seal ``body`` for job tag ``job`` (see :func:`job_tag`) under a fresh message id (or ``message_id``)."""
-    if len(job) != JOB_TAG_SIZE:
-        raise ValueError(f"a job tag is {JOB_TAG_SIZE} bytes, not {len(job)}")
-    ident = os.urandom(MESSAGE_ID_SIZE) if message_id is None else message_id
-    mac = hmac.new(key, kind, hashlib.sha256)
-    mac.update(job)
-    mac.update(ident)
-    mac.update(body)
-    return b"".join((MAGIC, kind, mac.digest(), job, ident, body))
-
-
-def unseal(key: bytes, data: bytes, *, job: bytes | None) -> Unsealed:
-    """Authenticate a sealed message, or raise PayloadAuthenticationError without unpickling anything.
-
-    ``job`` is the reader's job tag: a message sealed for another job is refused. Only a reader that found
-    the key by the job's own name (a control record read by a tool) passes None.
-    """
-    if len(data) < SEALED_HEAD or data[: len(MAGIC)] != MAGIC:
-        if len(data) >= len(MAGIC) and data[:2] == MAGIC[:2]:
-            raise PayloadAuthenticationError(
-                f"message is in cloudburst wire format {data[2]}, and this cloudburst reads format {MAGIC[2]}: "
-                "the client and its workers run different cloudburst versions; it was discarded unread"
-            )
-        raise PayloadAuthenticationError("message is not a cloudburst payload (bad header); it was discarded unread")
-    view = memoryview(data)
-    kind = bytes(view[len(MAGIC) : len(MAGIC) + 1])
-    expected = hmac.new(key, kind, hashlib.sha256)
-    expected.update(view[_HEAD:])
-    if not hmac.compare_digest(view[len(MAGIC) + 1 : _HEAD], expected.digest()):
-        raise PayloadAuthenticationError(
-            "message failed its HMAC check (tampered with, or sealed under another job's key); it was discarded unread"
-        )
-    if job is not None and view[_HEAD : _HEAD + JOB_TAG_SIZE] != job:
-        raise PayloadAuthenticationError("message was sealed for another job (copied from it); it was discarded unread")
-    return Unsealed(kind, bytes(view[_HEAD + JOB_TAG_SIZE : SEALED_HEAD]), view[SEALED_HEAD:])
-
-
-# ---------------------------------------------------------------------------- blobs
-
-
-@pickled_as_call
-@dataclass(frozen=True, slots=True)
-class BlobRef:
-    """A content-addressed blob: ``digest`` is the sha256 of the stored bytes."""
-
-    digest: str
-    size: int
-    zstd: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"blobs/{self.digest}"
-
-
-@pickled_as_call
-@dataclass(frozen=True, slots=True)
-class Packed:
-    """A serialized object: pickle bytes inline or in a blob, plus out-of-band buffer blobs."""
-
-    inline: bytes | None
-    blob: BlobRef | None
-    buffers: tuple[BlobRef, ...] = ()
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.inline or b"") + (self.blob.size if self.blob else 0)
-
-
-def _compress(data: bytes | memoryview) -> bytes | None:
-    """zstd-compress ``data`` when it is worth it (a sample compresses well)."""
-    import zstandard
-
-    sample = bytes(data[: 256 << 10])
-    if len(zstandard.ZstdCompressor(level=1).compress(sample)) > 0.9 * len(sample):
-        return None
-    return zstandard.ZstdCompressor(level=3, threads=-1).compress(bytes(data))
-
-
-def _decompress(data: bytes) -> bytes:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompress(data)
-
-
-# ---------------------------------------------------------------------------- shipping modules by value
-
-_SITE_DIRS = tuple(
-    {
-        str(Path(p).resolve())
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        if (p := sysconfig.get_paths().get(key))
-    }
-)
-_BY_VALUE: set[str] = set()
-
-
-def ship_module_by_value(fn: object) -> None:
-    """Make cloudpickle send ``fn``'s module by value when it is the user's own code.
-
-    A worker can import installed packages, but not a ``helpers.py`` lying next to
-    the user's script or notebook; such modules are pickled by value instead.
-    """
-    module_name = getattr(fn, "__module__", None)
-    if not module_name or module_name == "__main__" or module_name in _BY_VALUE:
-        return
-    top = module_name.partition(".")[0]
-    if top in sys.stdlib_module_names or top in ("cloudburst", "cloudpickle"):
-        return
-    module = sys.modules.get(module_name)
-    filename = getattr(module, "__file__", None)
-    if module is None or not filename:
-        return
-    path = str(Path(filename).resolve())
-    if any(path.startswith(site + "/") for site in _SITE_DIRS) or "site-packages" in path or "dist-packages" in path:
-        return
-    cloudpickle.register_pickle_by_value(module)
-    _BY_VALUE.add(module_name)
 
 
 def describe(obj: object, limit: int = 80) -> str:
@@ -244,34 +59,6 @@ def describe(obj: object, limit: int = 80) -> str:
 
 
 # ---------------------------------------------------------------------------- packing (client or worker)
-
-
-class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """Replaces objects in ``shared`` (by identity) with a reference to their blob.
-
-    Code objects keep their file name: cloudpickle replaces it with ``<dynamic-code>``,
-    which would leave the client's copy of a remote traceback without source lines.
-    """
-
-    dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
-        {types.CodeType: lambda code: _reduce_code(code)}, cloudpickle.Pickler.dispatch_table
-    )
-
-    def __init__(self, file: io.BytesIO, shared: Mapping[int, Packed], **kwargs: Any) -> None:
-        super().__init__(file, protocol=PROTOCOL, **kwargs)
-        self._shared = shared
-
-    def persistent_id(self, obj: object) -> Packed | None:
-        return self._shared.get(id(obj))
-
-
-def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
-    rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
-    return _code_with_filename, (rebuild, args, code.co_filename)
-
-
-def _code_with_filename(rebuild: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str) -> types.CodeType:
-    return rebuild(*args).replace(co_filename=filename)
 
 
 class Packer:
@@ -303,7 +90,7 @@ class Packer:
             known = self._by_content.get(content)
         if known is not None:
             return known  # stored before: not compressed or written again
-        zipped = _compress(raw) if self._compress and raw.nbytes >= COMPRESS_MIN_BYTES else None
+        zipped = compress(raw) if self._compress and raw.nbytes >= COMPRESS_MIN_BYTES else None
         stored: bytes | memoryview = zipped if zipped is not None else raw
         digest = hashlib.sha256(stored).hexdigest() if zipped is not None else content
         ref = BlobRef(digest, memoryview(stored).nbytes, zipped is not None)
@@ -335,7 +122,7 @@ class Packer:
         callback = self._buffer_callback(refs)
         if shared or keep_code_names:
             stream = io.BytesIO()
-            _SharingPickler(stream, shared or {}, buffer_callback=callback).dump(obj)
+            SharingPickler(stream, shared or {}, buffer_callback=callback).dump(obj)
             data = stream.getvalue()
         else:
             data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
@@ -345,7 +132,7 @@ class Packer:
         if len(data) > self._inline_limit:
             return Packed(None, self.put_blob(data), buffers)
         if self._compress and len(data) >= COMPRESS_MIN_BYTES:
-            zipped = _compress(data)
+            zipped = compress(data)
             if zipped is not None:
                 data = b"Z" + zipped
             else:
@@ -549,7 +336,7 @@ class Unpacker:
             # Written aside, then renamed: another thread may be mapping the same blob.
             plain = self._cache_dir / f"{ref.digest}.raw"
             partial = self._cache_dir / f"{ref.digest}.{threading.get_ident()}.part"
-            partial.write_bytes(_decompress(path.read_bytes()))
+            partial.write_bytes(decompress(path.read_bytes()))
             partial.replace(plain)
             path = plain
         self._files[ref.digest] = path
@@ -597,7 +384,7 @@ class Unpacker:
         """Load an object. Errors propagate as raised by pickle; callers name what failed."""
         if packed.inline is not None:
             codec, data = packed.inline[:1], packed.inline[1:]
-            payload = _decompress(data) if codec == b"Z" else data
+            payload = decompress(data) if codec == b"Z" else data
         elif packed.blob is not None:
             payload = self.blob_bytes(packed.blob)
         else:

@@ -1,6 +1,6 @@
 """What travels through the queues: tasks out, results and notices back.
 
-Every message is ``seal(kind, header + pickle)`` (see ``serialize.seal``): sealed for its job, under a
+Every message is ``seal(kind, header + pickle)`` (see ``sealing.seal``): sealed for its job, under a
 unique message id, with the task id as an 8-byte header that the client reads from a lease report
 after checking the seal, without unpickling.
 
@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import PayloadAuthenticationError
-from .serialize import BlobRef, Packed, pickled_as_call, seal, unseal
+from .blobs import BlobRef, Packed, pickled_as_call
+from .sealing import seal, unseal
 
 if TYPE_CHECKING:
     from ..backends.base import Queue

@@ -16,10 +16,19 @@ import pytest
 
 import cloudburst
 
-from . import tasks
 from .fixtures import ContractFixtures
-
-BAD = tasks.BAD
+from .tasks import (
+    BAD,
+    WorkerHostile,
+    client_hostile_on_bad,
+    die_first_time,
+    exit_on_bad,
+    identity,
+    interrupt_on_bad,
+    lock_on_bad,
+    os_exit_on_bad,
+    sigkill_on_bad,
+)
 
 
 @dataclass(frozen=True)
@@ -36,19 +45,19 @@ class Row:
 
 
 ROWS = [
-    Row("unpicklable argument", tasks.identity, cloudburst.PicklingError, r"item \d+: cannot send _thread.lock",
+    Row("unpicklable argument", identity, cloudburst.PicklingError, r"item \d+: cannot send _thread.lock",
         bad_arg=threading.Lock),
-    Row("argument fails to unpickle on the worker", tasks.identity, cloudburst.UnpicklingError,
+    Row("argument fails to unpickle on the worker", identity, cloudburst.UnpicklingError,
         r"arguments of items \d+ could not be unpickled on the worker.*only_on_the_client",
-        bad_arg=tasks.WorkerHostile, isolated=True),
-    Row("unpicklable result", tasks.lock_on_bad, cloudburst.PicklingError, r"result of item \d+ cannot be pickled"),
-    Row("result fails to unpickle in the client", tasks.client_hostile_on_bad, cloudburst.UnpicklingError,
+        bad_arg=WorkerHostile, isolated=True),
+    Row("unpicklable result", lock_on_bad, cloudburst.PicklingError, r"result of item \d+ cannot be pickled"),
+    Row("result fails to unpickle in the client", client_hostile_on_bad, cloudburst.UnpicklingError,
         r"result of item \d+ came back but could not be unpickled here.*only_on_the_worker", isolated=True),
-    Row("task calls sys.exit", tasks.exit_on_bad, cloudburst.TaskExitError, r"item \d+ called sys.exit\(4\)"),
-    Row("task raises KeyboardInterrupt", tasks.interrupt_on_bad, KeyboardInterrupt, None),
-    Row("worker killed by SIGKILL", tasks.sigkill_on_bad, cloudburst.WorkerDiedError,
+    Row("task calls sys.exit", exit_on_bad, cloudburst.TaskExitError, r"item \d+ called sys.exit\(4\)"),
+    Row("task raises KeyboardInterrupt", interrupt_on_bad, KeyboardInterrupt, None),
+    Row("worker killed by SIGKILL", sigkill_on_bad, cloudburst.WorkerDiedError,
         r"item \d+: the worker running it died 3 time\(s\)", isolated=True),
-    Row("os._exit inside a task", tasks.os_exit_on_bad, cloudburst.WorkerDiedError, r"died 3 time\(s\).*exit code 3",
+    Row("os._exit inside a task", os_exit_on_bad, cloudburst.WorkerDiedError, r"died 3 time\(s\).*exit code 3",
         isolated=True),
 ]  # fmt: skip
 
@@ -71,7 +80,7 @@ class FailureContract(ContractFixtures):
     def test_worker_death_is_retried(self, contract_executor: cloudburst.Executor, tmp_path: Path) -> None:
         self.needs_isolated_workers()
         marker = str(tmp_path / "marker")
-        futures = [contract_executor.submit(tasks.die_first_time, i, marker) for i in range(6)]
+        futures = [contract_executor.submit(die_first_time, i, marker) for i in range(6)]
         assert [f.result(timeout=120) for f in futures] == [i * 10 for i in range(6)]
         assert Path(marker).exists()
 
@@ -84,7 +93,7 @@ class FailureContract(ContractFixtures):
         self.needs_isolated_workers()
         ex = make_executor(workers=1, retries=0)
         with pytest.raises(cloudburst.WorkerDiedError, match=r"died 1 time\(s\)") as info:
-            ex.submit(tasks.sigkill_on_bad, BAD).result(timeout=120)
+            ex.submit(sigkill_on_bad, BAD).result(timeout=120)
         assert info.value.attempts == 1
 
     def test_workers_that_cannot_start(self, make_executor: Callable[..., cloudburst.Executor]) -> None:

@@ -17,9 +17,9 @@ from cloudburst.backends.base import Backend, JobResources
 from cloudburst.config.options import ExecutorOptions
 from cloudburst.protocol.workerenv import WorkerEnv
 
-from . import tasks
+from .tasks import mark_client
 
-tasks.IN_CLIENT = True  # this module is imported by the suite, in the client, never by a worker
+mark_client()  # this module is imported by the suite, in the client, never by a worker
 
 #: Executor options the suite passes on as themselves; the rest are the backend's own
 _CORE = frozenset({"workers", "cpu", "memory", "idle_timeout", "env"})

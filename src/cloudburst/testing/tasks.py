@@ -53,6 +53,12 @@ def pid(_: object = None) -> int:
 IN_CLIENT = False
 
 
+def mark_client() -> None:
+    """Say that this process is the client's (the suite does, as it is imported); a worker's never is."""
+    global IN_CLIENT
+    IN_CLIENT = True
+
+
 def explode_elsewhere() -> object:
     """Fails to load in any process but the client's."""
     if not IN_CLIENT:

@@ -34,7 +34,6 @@ A worker keeps its files (decompressed blobs) in its scratch folder
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import shutil
 import signal
@@ -42,11 +41,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
 from typing import NoReturn
 
-from ..backends import get_backend
-from ..backends.base import Backend, Message, WorkerSide
+from ..backends.base import EXIT_REASON_PREFIX, Message, WorkerSide
 from ..core import scratch
 from ..errors import (
     PayloadAuthenticationError,
@@ -54,7 +51,8 @@ from ..errors import (
 )
 from ..protocol import workerenv
 from ..protocol.exitcodes import OOM_EXIT_CODE
-from ..protocol.serialize import Packer, Unpacker, job_tag
+from ..protocol.sealing import job_tag
+from ..protocol.serialize import Packer, Unpacker
 from ..protocol.task import (
     REJECTED,
     RESULT,
@@ -69,13 +67,11 @@ from ..protocol.task import (
     open_control,
     open_message,
 )
-from ..protocol.workerenv import WireEnvironmentError, WorkerEnv, from_environ
+from ..protocol.workerenv import WireEnvironmentError, WorkerEnv
 from . import memlimit
 from .execute import TaskRunner, item_error
 
-__all__ = ["Worker", "main"]
-
-REASON_PREFIX = "cloudburst-worker: exit reason: "
+__all__ = ["Worker", "die_of_sigterm", "leave", "say_exit_reason"]
 
 
 class Worker:
@@ -354,7 +350,13 @@ class Worker:
         self.end(OOM_EXIT_CODE)
 
     def say_exit(self, reason: str) -> None:
-        os.write(2, f"{REASON_PREFIX}{reason}\n".encode())
+        say_exit_reason(reason)
+
+
+def say_exit_reason(reason: str) -> None:
+    """Write the line that tells the launcher why this process exits (``backends.base.reason_in_log`` reads it):
+    one ``os.write``, safe in a signal handler and from any thread."""
+    os.write(2, f"{EXIT_REASON_PREFIX}{reason}\n".encode())
 
 
 def worker_id(env: WorkerEnv) -> str:
@@ -368,85 +370,10 @@ def leave(code: int) -> NoReturn:
     os._exit(code)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int | None) -> None:
-    """Have the kernel SIGKILL this worker when the process that started it ends (Linux).
-
-    Unlike a watchdog thread, this works while a task holds the GIL in a long C call. To Linux the
-    parent is the thread that started this process: the local launcher starts workers from a thread
-    that lives as long as the client, the supervisor from its main thread."""
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return  # the parent watch still runs
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it ended before the request took effect
-        os.write(2, f"{REASON_PREFIX}the client process is gone\n".encode())
-        os._exit(0)
-
-
-def _say_and_die(signum: int, frame: object) -> None:
-    """SIGTERM (StopTask, a Spot interruption, the client stopping us): say so, clean up, then die of it."""
-    os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
+def die_of_sigterm() -> None:
+    """Exit as a process killed by SIGTERM does (exit code 143 in a container), having said so and removed
+    this process's scratch folder."""
+    say_exit_reason("stopped by SIGTERM")
     scratch.remove_own()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def main(environ: Mapping[str, str] | None = None) -> int:
-    """``python -m cloudburst.worker``: read the wire environment, then run the supervisor or one loop."""
-    environ = os.environ if environ is None else environ
-    # Ctrl-C in a terminal reaches the whole process group; the client decides what stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    env = from_environ(environ)
-    die_with_parent(env.parent_pid)
-    if env.slots > 1 or env.supervisor:
-        from .supervisor import supervise  # it builds on this module
-
-        return supervise(env, environ)
-    memory = env.memory_limit_mib
-    memory_mode = memlimit.limit_self(memory * 2**20, env.memory_cgroup) if memory is not None else memlimit.POLL
-    faulthandler.enable(all_threads=False)  # a crash in C code leaves a Python traceback in the worker's log
-    for entry in reversed(env.sys_path):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    backend = get_backend(env.backend)
-    worker = Worker(backend.connect_worker(env), env, announce=not backend.reports_leases, own_process=True)
-    worker.memory_mode = memory_mode
-    signal.signal(signal.SIGTERM, _say_and_die)
-    limit = f", memory limit {memory} MiB enforced by {memory_mode}" if memory is not None else ""
-    print(
-        f"cloudburst-worker {worker.worker_id}: started for job {env.job_id[:12]} "
-        f"(backend {backend.name}, pid {os.getpid()}{limit})",
-        file=sys.stderr,
-        flush=True,
-    )
-    return _run(worker, backend)
-
-
-def _run(worker: Worker, backend: type[Backend]) -> int:
-    """Run the loop; the ways its backend says the job is over end it quietly."""
-    try:
-        return worker.run()
-    except MemoryError as exc:  # in the loop's own work (packing a result, say)
-        worker.check_memory_error(exc)
-        raise
-    except (EOFError, ConnectionError, BrokenPipeError):
-        worker.say_exit("lost the connection to the client")
-        return 0
-    except Exception as exc:
-        if backend.job_is_gone(exc):
-            worker.say_exit("the job's queue is gone (the job ended)")
-            return 0
-        raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

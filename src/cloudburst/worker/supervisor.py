@@ -19,6 +19,7 @@ Stopping the children: SIGTERM, then SIGKILL for any still running after ``GRACE
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -30,15 +31,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..backends import get_backend
-from ..backends.base import WorkerExit
-from ..backends.local import describe_exit
+from ..backends.base import WorkerExit, reason_in_log
+from ..backends.local import describe_exit, file_tail
 from ..core import scratch
 from ..protocol import workerenv
 from ..protocol.exitcodes import OOM_EXIT_CODE
 from ..protocol.task import DIED, encode
 from ..protocol.workerenv import WorkerEnv
 from . import memlimit
-from .loop import REASON_PREFIX, Worker
+from .loop import Worker, die_of_sigterm
 
 __all__ = ["GRACE_SECONDS", "Supervisor", "supervise"]
 
@@ -101,7 +102,7 @@ class Supervisor:
                     del self.children[k]
                     self.reap(k, log, code)
         if self.terminated:
-            self.die_of_sigterm()
+            die_of_sigterm()
         return 1 if self.failed else 0
 
     def name(self, k: int) -> str:
@@ -149,15 +150,13 @@ class Supervisor:
         """A child exited: pass its last words on; report and replace it unless it retired or all is stopping."""
         self.relay(log, final=True)
         self.offsets.pop(log, None)
-        tail = _file_tail(log)  # and removes the file
+        tail = file_tail(log, 4000)
+        with contextlib.suppress(OSError):
+            log.unlink()
         scratch.sweep()  # the folder of a child killed outright
         if code == 0 or self.stopping:
             return
-        reason = describe_exit(code)
-        for line in reversed(tail.splitlines()):
-            if line.startswith(REASON_PREFIX):
-                reason = line[len(REASON_PREFIX) :]
-                break
+        reason = reason_in_log(tail) or describe_exit(code)
         kills = memlimit.oom_kills()
         if code == -signal.SIGKILL and kills > self.oom_kills:
             code, reason = OOM_EXIT_CODE, "OutOfMemoryError: killed by the kernel at the container's memory limit"
@@ -210,19 +209,3 @@ class Supervisor:
         for proc, _ in self.children.values():
             if proc.poll() is None:
                 proc.kill()
-
-    def die_of_sigterm(self) -> None:
-        """Exit as a process killed by SIGTERM does (exit code 143 in a container), having said so."""
-        os.write(2, f"{REASON_PREFIX}stopped by SIGTERM\n".encode())
-        scratch.remove_own()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _file_tail(path: Path, limit: int = 4000) -> str:
-    try:
-        data = path.read_bytes()
-        path.unlink()
-    except OSError:
-        return ""
-    return data[-limit:].decode("utf-8", "replace")

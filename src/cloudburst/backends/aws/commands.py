@@ -20,9 +20,11 @@ from ...backends import get_backend
 from ...config import userconfig
 from ...config.options import parse_memory
 from ...core.words import plural
-from ...environment.snapshot import dockerfile, snapshot, tag
+from ...environment.recipe import dockerfile, tag
+from ...environment.snapshot import snapshot
 from ...environment.wheels import missing_arm64_wheels, require_arm64_wheels
-from .policies import Names, setup_policy, user_policy
+from .policies import Names
+from .user_policies import setup_policy, user_policy
 
 __all__ = ["COMMANDS", "explain"]
 

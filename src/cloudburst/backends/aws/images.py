@@ -29,8 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...config.userconfig import cache_dir
 from ...core import scratch
-from ...environment.snapshot import Snapshot, build_context, index_credentials, tag
+from ...environment.recipe import build_context, tag
+from ...environment.snapshot import Snapshot, index_credentials
 from ...errors import CloudError
 from .bootstrap import NETRC_VARIABLE
 from .clients import client, error_code, translate
@@ -103,8 +105,6 @@ def _naming_key() -> bytes:
     """A random key of this machine's (made once, readable by its user only) for naming secrets."""
     import secrets
 
-    from ...config.userconfig import cache_dir
-
     path = cache_dir() / "naming-key"
     try:
         return bytes.fromhex(path.read_text().strip())
@@ -175,8 +175,6 @@ def _stored_digest(s3: Any, bucket: str, key: str) -> str:
 
 
 def _digest_record(image_tag: str) -> Path:
-    from ...config.userconfig import cache_dir
-
     return cache_dir() / "bundle-digests" / image_tag
 
 

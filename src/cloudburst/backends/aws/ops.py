@@ -20,7 +20,7 @@ from typing import Any
 
 from ...errors import PayloadAuthenticationError
 from ...log import warn
-from ...protocol.serialize import job_tag
+from ...protocol.sealing import job_tag
 from ...protocol.task import open_control
 from .clients import client, error_code
 from .fargate import CONTAINER, JOB_TAG, LOG_PREFIX

@@ -1,4 +1,5 @@
-"""Every IAM document cloudburst writes, built here and nowhere else, as plain data.
+"""Every IAM document cloudburst writes for its roles, built here and nowhere else, as plain data (the policies
+people hold are in ``user_policies``).
 
 ::
 
@@ -10,8 +11,9 @@
                             (path /cloudburst/jobs/; made     its environment bundle; ECS Exec only when
                             and deleted with the job)         debug=True. Nothing of any other job.
     CodeBuild               cloudburst-build-<region>         read build contexts, push the worker image
-    the user                (their own identity)              user_policy(): run, watch, clean up
-    an administrator        (their own identity)              setup_policy(): set up, repair, tear down
+    the user                (their own identity)              user_policies.user_policy(): run, watch, clean up
+    an administrator        (their own identity)              user_policies.setup_policy(): set up, repair,
+                                                              tear down
 
 A job's role lives under the path ``/cloudburst/jobs/`` and carries the permissions boundary
 ``cloudburst-worker-boundary-<region>`` (a managed policy ``setup`` makes): whatever a job role's own
@@ -34,17 +36,18 @@ __all__ = [
     "BUILD_LOG_GROUP",
     "JOB_ROLE_PATH",
     "LOG_GROUP",
+    "ROLE_READS",
     "Document",
     "Names",
+    "allow",
     "boundary_policy",
     "build_policy",
     "execution_policy",
     "job_role_name",
     "job_trust",
     "same_document",
+    "service_roles",
     "service_trust",
-    "setup_policy",
-    "user_policy",
     "worker_policy",
 ]
 
@@ -139,23 +142,23 @@ def worker_policy(
     """
     prefix = f"jobs/{job_id}/"
     statements: list[Document] = [
-        _allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{names.bucket_arn}/{prefix}*"),
+        allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{names.bucket_arn}/{prefix}*"),
         # Without ListBucket a missing object reads as AccessDenied rather than NoSuchKey.
-        _allow(
+        allow(
             "ListJobData", "s3:ListBucket", names.bucket_arn, condition={"StringLike": {"s3:prefix": [f"{prefix}*"]}}
         ),
-        _allow(
+        allow(
             "TakeTasks",
             ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"],
             names.arn("sqs", tasks_queue),
         ),
-        _allow("SendResults", "sqs:SendMessage", names.arn("sqs", results_queue)),
-        _allow("JobKey", "ssm:GetParameter", names.parameter_arn(key_parameter)),
+        allow("SendResults", "sqs:SendMessage", names.arn("sqs", results_queue)),
+        allow("JobKey", "ssm:GetParameter", names.parameter_arn(key_parameter)),
     ]
     if bundle_key:
-        statements.append(_allow("EnvironmentBundle", "s3:GetObject", f"{names.bucket_arn}/{bundle_key}"))
+        statements.append(allow("EnvironmentBundle", "s3:GetObject", f"{names.bucket_arn}/{bundle_key}"))
     if debug:
-        statements.append(_allow("EcsExecForDebugging", ECS_EXEC, "*"))  # these actions take no resource
+        statements.append(allow("EcsExecForDebugging", ECS_EXEC, "*"))  # these actions take no resource
     if kms_key:
         statements.append(_key_use(names, kms_key, ["kms:Decrypt", "kms:GenerateDataKey"], ["ssm", "s3"]))
     return {"Version": VERSION, "Statement": statements}
@@ -167,7 +170,7 @@ def _key_use(names: Names, kms_key: str, actions: list[str], services: list[str]
     grant: their key policies allow the account's principals through those services.)"""
     suffix = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
     via = [f"{service}.{names.region}.{suffix}" for service in services]
-    return _allow("KmsKey", actions, kms_key, condition={"StringEquals": {"kms:ViaService": via}})
+    return allow("KmsKey", actions, kms_key, condition={"StringEquals": {"kms:ViaService": via}})
 
 
 def boundary_policy(names: Names, kms_key: str = "") -> Document:
@@ -178,18 +181,18 @@ def boundary_policy(names: Names, kms_key: str = "") -> Document:
     return {
         "Version": VERSION,
         "Statement": [
-            _allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{names.bucket_arn}/jobs/*"),
-            _allow(
+            allow("JobData", ["s3:GetObject", "s3:PutObject"], f"{names.bucket_arn}/jobs/*"),
+            allow(
                 "ListJobData", "s3:ListBucket", names.bucket_arn, condition={"StringLike": {"s3:prefix": ["jobs/*"]}}
             ),
-            _allow(
+            allow(
                 "JobQueues",
                 ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage"],
                 names.arn("sqs", "cloudburst-*"),
             ),
-            _allow("JobKeys", "ssm:GetParameter", names.parameter_arn("cloudburst/jobs/*")),
-            _allow("EnvironmentBundles", "s3:GetObject", f"{names.bucket_arn}/envs/*"),
-            _allow("EcsExecForDebugging", ECS_EXEC, "*"),
+            allow("JobKeys", "ssm:GetParameter", names.parameter_arn("cloudburst/jobs/*")),
+            allow("EnvironmentBundles", "s3:GetObject", f"{names.bucket_arn}/envs/*"),
+            allow("EcsExecForDebugging", ECS_EXEC, "*"),
             *key,
         ],
     }
@@ -213,12 +216,12 @@ def job_trust(names: Names, client_principals: Sequence[str] = ()) -> Document:
 
 def _index_logins(names: Names) -> Document:
     """Read the package-index logins parameter (builds, and ECS starting image='python' workers)."""
-    return _allow("IndexLogins", "ssm:GetParameters", names.parameter_arn("cloudburst/index/*"))
+    return allow("IndexLogins", "ssm:GetParameters", names.parameter_arn("cloudburst/index/*"))
 
 
 def _secrets(names: Names) -> Document:
     """Read the secrets jobs name with ``secrets=`` (ECS resolves them as a worker starts): one path only."""
-    return _allow("Secrets", "ssm:GetParameters", names.parameter_arn("cloudburst/secrets/*"))
+    return allow("Secrets", "ssm:GetParameters", names.parameter_arn("cloudburst/secrets/*"))
 
 
 def execution_policy(names: Names) -> Document:
@@ -226,15 +229,13 @@ def execution_policy(names: Names) -> Document:
     return {
         "Version": VERSION,
         "Statement": [
-            _allow("EcrLogin", "ecr:GetAuthorizationToken", "*"),
-            _allow(
+            allow("EcrLogin", "ecr:GetAuthorizationToken", "*"),
+            allow(
                 "PullWorkerImage",
                 ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
                 names.arn("ecr", f"repository/{REPOSITORY}"),
             ),
-            _allow(
-                "Logs", ["logs:CreateLogStream", "logs:PutLogEvents"], names.arn("logs", f"log-group:{LOG_GROUP}:*")
-            ),
+            allow("Logs", ["logs:CreateLogStream", "logs:PutLogEvents"], names.arn("logs", f"log-group:{LOG_GROUP}:*")),
             _index_logins(names),
             _secrets(names),
         ],
@@ -248,9 +249,9 @@ def build_policy(names: Names, kms_key: str = "") -> Document:
     return {
         "Version": VERSION,
         "Statement": [
-            _allow("Context", "s3:GetObject", f"{names.bucket_arn}/builds/*"),
-            _allow("EcrLogin", "ecr:GetAuthorizationToken", "*"),
-            _allow(
+            allow("Context", "s3:GetObject", f"{names.bucket_arn}/builds/*"),
+            allow("EcrLogin", "ecr:GetAuthorizationToken", "*"),
+            allow(
                 "PushWorkerImage",
                 [
                     "ecr:BatchCheckLayerAvailability",
@@ -263,7 +264,7 @@ def build_policy(names: Names, kms_key: str = "") -> Document:
                 ],
                 names.arn("ecr", f"repository/{REPOSITORY}"),
             ),
-            _allow(
+            allow(
                 "Logs",  # setup makes the log group, with a retention
                 ["logs:CreateLogStream", "logs:PutLogEvents"],
                 names.arn("logs", f"log-group:{BUILD_LOG_GROUP}:*"),
@@ -274,227 +275,19 @@ def build_policy(names: Names, kms_key: str = "") -> Document:
     }
 
 
-_ROLE_READS = [
+ROLE_READS = [
     "iam:GetRole",
     "iam:GetRolePolicy",
     "iam:ListRolePolicies",
     "iam:ListAttachedRolePolicies",
     "iam:ListRoleTags",
 ]
-_ROLE_WRITES = [
-    "iam:CreateRole",
-    "iam:DeleteRole",
-    "iam:TagRole",
-    "iam:UpdateAssumeRolePolicy",
-    "iam:PutRolePolicy",
-    "iam:DeleteRolePolicy",
-    "iam:DetachRolePolicy",
-]
-#: the key ``setup --kms-key create`` made, known by its alias
-_KMS_ALIAS = "alias/cloudburst-{region}"
 
 
-def _service_roles(names: Names) -> list[str]:
+def service_roles(names: Names) -> list[str]:
+    """The ARNs of the service roles setup makes (and the one older versions made)."""
     kinds = ("execution", "build", "task")  # "task": the role all jobs shared before each had its own
     return [names.arn("iam", f"role/cloudburst-{kind}-{names.region}", region=False) for kind in kinds]
-
-
-def _our_key(names: Names) -> Document:
-    return {"ForAnyValue:StringEquals": {"kms:ResourceAliases": _KMS_ALIAS.format(region=names.region)}}
-
-
-def user_policy(names: Names) -> Document:
-    """What a cloudburst user needs to run jobs, watch them and clean up after them, and no more.
-
-    ``cloudburst setup --print-user-policy`` prints it; the emulator runs a client under exactly this
-    policy, so a grant missing here fails the test suite. It makes and deletes job roles only under the
-    job-role path and only with the workers' boundary, and passes cloudburst's roles only to ECS and
-    CodeBuild; it cannot change the service roles or the boundary (that is :func:`setup_policy`), so
-    nothing in it lets its holder reach more than it already may.
-    """
-    bucket = names.bucket_arn
-    execution, build, _ = _service_roles(names)
-    return {
-        "Version": VERSION,
-        "Statement": [
-            _allow(
-                "LookUps",  # these actions take no resource, or only read
-                [
-                    "sts:GetCallerIdentity",
-                    "ecr:GetAuthorizationToken",
-                    "ecr:DescribeRepositories",
-                    "pricing:GetProducts",
-                    "servicequotas:GetServiceQuota",
-                    "servicequotas:GetAWSDefaultServiceQuota",
-                    "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota",
-                    "servicequotas:RequestServiceQuotaIncrease",
-                    "cloudwatch:GetMetricStatistics",
-                    "ec2:DescribeVpcs",
-                    "ec2:DescribeSubnets",
-                    "ec2:DescribeSecurityGroups",
-                    "ecs:ListClusters",
-                    "ecs:RegisterTaskDefinition",
-                    "ecs:DescribeTaskDefinition",
-                    "ecs:TagResource",
-                    "logs:DescribeLogGroups",
-                    "ssm:DescribeParameters",
-                    "s3:ListAllMyBuckets",
-                    "sqs:ListQueues",
-                    "iam:ListRoles",
-                    "codebuild:ListProjects",
-                ],
-                "*",
-            ),
-            _allow(
-                "JobData",  # job data, build contexts and bundles; the bucket's settings are only read
-                ["s3:Get*", "s3:List*", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-                [bucket, f"{bucket}/*"],
-            ),
-            _allow("Queues", "sqs:*", names.arn("sqs", "cloudburst-*")),
-            _allow("Parameters", "ssm:*", names.parameter_arn("cloudburst/*")),
-            _allow("Cluster", ["ecs:DescribeClusters", "ecs:ListTasks"], names.arn("ecs", "cluster/cloudburst")),
-            _allow(
-                "Workers",
-                ["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"],
-                [names.arn("ecs", "task-definition/cloudburst-*"), names.arn("ecs", "task/cloudburst/*")],
-                condition={"ArnEquals": {"ecs:cluster": names.arn("ecs", "cluster/cloudburst")}},
-            ),
-            _allow(
-                "WorkerImages",  # find, push (a local Docker build) and prune images; the repository's settings stay
-                [
-                    "ecr:DescribeImages",
-                    "ecr:ListImages",
-                    "ecr:BatchGetImage",
-                    "ecr:BatchCheckLayerAvailability",
-                    "ecr:GetDownloadUrlForLayer",
-                    "ecr:InitiateLayerUpload",
-                    "ecr:UploadLayerPart",
-                    "ecr:CompleteLayerUpload",
-                    "ecr:PutImage",
-                    "ecr:BatchDeleteImage",
-                    "ecr:ListTagsForResource",
-                    "ecr:GetLifecyclePolicy",
-                ],
-                names.arn("ecr", f"repository/{REPOSITORY}"),
-            ),
-            _allow(
-                "ReadLogs",
-                [
-                    "logs:GetLogEvents",
-                    "logs:FilterLogEvents",
-                    "logs:DescribeLogStreams",
-                    "logs:ListTagsForResource",
-                    "logs:ListTagsLogGroup",
-                ],
-                [names.arn("logs", "log-group:/cloudburst*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
-            ),
-            _allow("Builds", "codebuild:*", names.arn("codebuild", "project/cloudburst-*")),
-            _allow(
-                "MakeJobRoles",
-                ["iam:CreateRole", "iam:PutRolePolicy"],
-                names.job_roles,
-                condition={"StringEquals": {"iam:PermissionsBoundary": names.boundary_arn}},
-            ),
-            _allow(
-                "JobRoles",
-                [*_ROLE_READS, "iam:DeleteRole", "iam:DeleteRolePolicy", "iam:TagRole", "sts:AssumeRole"],
-                # A role that no longer exists has no path to match: its name alone, so that asking for a
-                # job role already deleted says NoSuchEntity rather than AccessDenied.
-                [names.job_roles, names.arn("iam", f"role/{JOB_ROLE_PREFIX}*", region=False)],
-            ),
-            _allow(
-                "PassRolesToEcs",
-                "iam:PassRole",
-                [execution, names.job_roles],
-                condition={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
-            ),
-            _allow(
-                "PassRoleToCodeBuild",
-                "iam:PassRole",
-                build,
-                condition={"StringEquals": {"iam:PassedToService": "codebuild.amazonaws.com"}},
-            ),
-            _allow("ReadServiceRoles", _ROLE_READS, _service_roles(names)),
-            _allow(
-                "ReadBoundary", ["iam:GetPolicy", "iam:GetPolicyVersion", "iam:ListPolicyVersions"], names.boundary_arn
-            ),
-            _allow(
-                "UseKmsKey",  # setup's key, if any (a key you bring needs these granted to you)
-                [
-                    "kms:DescribeKey",
-                    "kms:Encrypt",
-                    "kms:Decrypt",
-                    "kms:GenerateDataKey",
-                    "kms:GetKeyRotationStatus",
-                    "kms:ListResourceTags",
-                ],
-                names.arn("kms", "key/*"),
-                condition=_our_key(names),
-            ),
-        ],
-    }
-
-
-def setup_policy(names: Names) -> Document:
-    """What ``setup`` and ``teardown`` need besides :func:`user_policy`: making, repairing and removing
-    the bucket, repository, cluster, log groups, security group, service roles, the workers' boundary
-    and setup's KMS key.
-
-    ``cloudburst setup --print-setup-policy`` prints it. Whoever holds it decides what cloudburst's roles
-    may do, so it is an administrator's: hold it while running ``setup`` or ``teardown``, not day to day.
-    """
-    bucket = names.bucket_arn
-    return {
-        "Version": VERSION,
-        "Statement": [
-            _allow("Bucket", "s3:*", [bucket, f"{bucket}/*"]),
-            _allow("Cluster", ["ecs:*"], names.arn("ecs", "cluster/cloudburst")),
-            _allow("Repository", "ecr:*", names.arn("ecr", f"repository/{REPOSITORY}")),
-            _allow(
-                "LogGroups",
-                "logs:*",
-                [names.arn("logs", f"log-group:{LOG_GROUP}*"), names.arn("logs", f"log-group:{BUILD_LOG_GROUP}*")],
-            ),
-            _allow(
-                "SecurityGroup",
-                [
-                    "ec2:CreateSecurityGroup",
-                    "ec2:DeleteSecurityGroup",
-                    "ec2:RevokeSecurityGroupIngress",
-                    "ec2:CreateTags",
-                ],
-                "*",
-            ),
-            _allow("ServiceRoles", [*_ROLE_READS, *_ROLE_WRITES], _service_roles(names)),
-            _allow(
-                "Boundary",
-                [
-                    "iam:GetPolicy",
-                    "iam:GetPolicyVersion",
-                    "iam:CreatePolicy",
-                    "iam:CreatePolicyVersion",
-                    "iam:DeletePolicyVersion",
-                    "iam:ListPolicyVersions",
-                    "iam:DeletePolicy",
-                    "iam:TagPolicy",
-                ],
-                names.boundary_arn,
-            ),
-            # Making a key and tagging it on creation cannot be narrowed to one key: AWS grants it on all.
-            _allow("MakeKmsKey", ["kms:CreateKey", "kms:TagResource", "kms:CreateAlias"], "*"),
-            _allow(
-                "KmsKey",
-                ["kms:EnableKeyRotation", "kms:ScheduleKeyDeletion", "kms:DeleteAlias", "kms:DescribeKey"],
-                names.arn("kms", "key/*"),
-                condition=_our_key(names),
-            ),
-            _allow(
-                "KmsAlias",
-                ["kms:CreateAlias", "kms:DeleteAlias"],
-                names.arn("kms", _KMS_ALIAS.format(region=names.region)),
-            ),
-        ],
-    }
 
 
 def same_document(found: Any, wanted: Document) -> bool:
@@ -515,9 +308,10 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def _allow(
+def allow(
     sid: str, actions: str | list[str], resources: str | list[str], *, condition: Document | None = None
 ) -> Document:
+    """One ``Allow`` statement, named ``sid``."""
     statement: Document = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
     if condition:
         statement["Condition"] = condition

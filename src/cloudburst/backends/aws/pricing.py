@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ...config.userconfig import cache_dir
 from .clients import client
 
 __all__ = ["EMULATED_MARK", "SPOT_FACTOR", "Prices", "billed_seconds", "prices", "task_cost"]
@@ -64,8 +65,6 @@ class Prices:
 
 
 def _cache_file(region: str) -> Path:
-    from ...config.userconfig import cache_dir
-
     return cache_dir() / f"fargate-prices-{region}.json"
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import CloudError
 from ..base import Message
 from .clients import client, error_code, translate
 
@@ -47,8 +48,6 @@ class SQSQueue:
                 entries = [e for e in entries if e["Id"] in failed]
                 time.sleep(min(2.0, 0.1 * 2**attempt))
             else:
-                from ...errors import CloudError
-
                 raise CloudError(
                     f"SQS refused {len(entries)} message(s) six times: {response.get('Failed')}",
                     service="SQS",

@@ -8,7 +8,8 @@ import hashlib
 import json
 from typing import Any
 
-from ...environment.snapshot import base_image, index_credentials, snapshot
+from ...environment.recipe import base_image
+from ...environment.snapshot import index_credentials, snapshot
 from ...environment.wheels import require_arm64_wheels
 from ...errors import NotSetUpError
 from ...log import say

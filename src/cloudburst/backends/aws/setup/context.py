@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from ..clients import client, translate
+from ..clients import client, error_code, translate
 from ..policies import Names
 
-__all__ = ["Context", "Report", "Step", "policy_document", "record"]
+__all__ = ["Context", "Report", "Step", "look_or_make", "policy_document", "record"]
 
 
 TAG = {"Key": "cloudburst", "Value": "true"}
@@ -151,6 +151,33 @@ def record(report: Report, name: str, status: str, repaired: list[str], fix: boo
             report.add(Step(name, "problem", "not " + "; not ".join(repaired), "run `cloudburst setup` to repair it"))
     else:
         report.add(Step(name, status, "private, encrypted, expiring" if name.startswith("bucket") else ""))
+
+
+def look_or_make(
+    report: Report,
+    label: str,
+    fix: bool,
+    look: Callable[[], Any],
+    make: Callable[[], Any],
+    *,
+    missing: str,
+    calls: tuple[str, str, str, str],
+) -> tuple[Any, str] | None:
+    """(the resource, "found" or "made"), or None when it is missing and not to be made (then a problem is
+    reported). ``look`` raises an error with code ``missing`` when there is none; ``calls`` is (service,
+    look operation, make operation, resource name), what an error from them is translated with."""
+    service, looking, making, name = calls
+    try:
+        return look(), "found"
+    except Exception as exc:
+        if error_code(exc) != missing:
+            with translate(service, looking, name):
+                raise
+    if not fix:
+        report.add(Step(label, "problem", "missing", "run `cloudburst setup`"))
+        return None
+    with translate(service, making, name):
+        return make(), "made"
 
 
 def policy_document(value: Any) -> Any:

@@ -35,6 +35,7 @@ from .context import (
     Context,
     Report,
     Step,
+    look_or_make,
     policy_document,
     record,
 )
@@ -99,9 +100,30 @@ def step_bucket(ctx: Context, report: Report, fix: bool) -> None:
     """The job-data bucket: private, encrypted, TLS only, its data expiring."""
     name = ctx.bucket
     s3 = s3_client(name, ctx.region, ctx.profile, owner=ctx.account)
+    status = _find_or_make_bucket(ctx, s3, name, fix)
+    if status is None:
+        report.add(Step(f"bucket {name}", "problem", "missing", "run `cloudburst setup`"))
+        return
+    repaired = _bucket_settings(ctx, s3, name, fix)
+    repaired += _bucket_guards(s3, name, fix, ctx.partition)
+    try:
+        tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+    except Exception:
+        tags = []
+    if TAG not in tags:
+        repaired.append("tagged")
+        if fix:
+            s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [*tags, TAG]})
+    record(report, f"bucket {name}", status, repaired, fix)
+    report.config["bucket"] = name
+
+
+def _find_or_make_bucket(ctx: Context, s3: Any, name: str, fix: bool) -> str | None:
+    """The bucket's status: found, or made (``fix``), or None when it is missing and not to be made. A
+    bucket of another account is refused: cloudburst stores nothing there."""
     try:
         s3.head_bucket(Bucket=name)
-        status = "found"
+        return "found"
     except Exception as exc:
         if error_code(exc) in ("403", "AccessDenied"):
             raise CloudError(
@@ -114,15 +136,18 @@ def step_bucket(ctx: Context, report: Report, fix: bool) -> None:
         if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
             with translate("S3", "HeadBucket", name):
                 raise
-        if not fix:
-            report.add(Step(f"bucket {name}", "problem", "missing", "run `cloudburst setup`"))
-            return
-        with translate("S3", "CreateBucket", name):
-            if ctx.region == "us-east-1":
-                s3.create_bucket(Bucket=name)
-            else:
-                s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": ctx.region})
-        status = "made"
+    if not fix:
+        return None
+    with translate("S3", "CreateBucket", name):
+        if ctx.region == "us-east-1":
+            s3.create_bucket(Bucket=name)
+        else:
+            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": ctx.region})
+    return "made"
+
+
+def _bucket_settings(ctx: Context, s3: Any, name: str, fix: bool) -> list[str]:
+    """Public access blocked, the configured encryption, the lifecycle rules: what was (or would be) repaired."""
     repaired = []
     block = {k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")}
     try:
@@ -151,17 +176,7 @@ def step_bucket(ctx: Context, report: Report, fix: bool) -> None:
         repaired.append("lifecycle: job data and build contexts expire after 7 days, bundles after 30, uploads after 1")
         if fix:
             s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
-    repaired += _bucket_guards(s3, name, fix, ctx.partition)
-    try:
-        tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
-    except Exception:
-        tags = []
-    if TAG not in tags:
-        repaired.append("tagged")
-        if fix:
-            s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [*tags, TAG]})
-    record(report, f"bucket {name}", status, repaired, fix)
-    report.config["bucket"] = name
+    return repaired
 
 
 def _bucket_guards(s3: Any, name: str, fix: bool, partition: str = "aws") -> list[str]:
@@ -219,24 +234,23 @@ def _tls_only(s3: Any, name: str, fix: bool, partition: str) -> list[str]:
 def step_repository(ctx: Context, report: Report, fix: bool) -> None:
     """The ECR repository of worker images: immutable tags, scanned, old images expiring."""
     ecr = ctx.client("ecr")
-    try:
-        repo = ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0]
-        status = "found"
-    except Exception as exc:
-        if error_code(exc) != "RepositoryNotFoundException":
-            with translate("ECR", "DescribeRepositories", REPOSITORY):
-                raise
-        if not fix:
-            report.add(Step(f"ECR repository {REPOSITORY}", "problem", "missing", "run `cloudburst setup`"))
-            return
-        with translate("ECR", "CreateRepository", REPOSITORY):
-            repo = ecr.create_repository(
-                repositoryName=REPOSITORY,
-                imageTagMutability="IMMUTABLE",  # a tag, once pushed, always names the same image
-                imageScanningConfiguration={"scanOnPush": True},
-                tags=[TAG],
-            )["repository"]
-        status = "made"
+    found = look_or_make(
+        report,
+        f"ECR repository {REPOSITORY}",
+        fix,
+        lambda: ecr.describe_repositories(repositoryNames=[REPOSITORY])["repositories"][0],
+        lambda: ecr.create_repository(
+            repositoryName=REPOSITORY,
+            imageTagMutability="IMMUTABLE",  # a tag, once pushed, always names the same image
+            imageScanningConfiguration={"scanOnPush": True},
+            tags=[TAG],
+        )["repository"],
+        missing="RepositoryNotFoundException",
+        calls=("ECR", "DescribeRepositories", "CreateRepository", REPOSITORY),
+    )
+    if found is None:
+        return
+    repo, status = found
     repaired = []
     if repo.get("imageTagMutability") != "IMMUTABLE":  # else anyone able to push can swap an image under its tag
         repaired.append("tags immutable")

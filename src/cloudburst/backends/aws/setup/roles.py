@@ -9,7 +9,7 @@ from typing import Any
 
 from ..clients import error_code, translate
 from ..policies import boundary_policy, same_document, service_trust
-from .context import TAG, Context, Report, Step, policy_document, record
+from .context import TAG, Context, Report, Step, look_or_make, policy_document, record
 
 __all__ = ["delete_role", "step_boundary", "step_old_task_role", "step_role"]
 
@@ -28,21 +28,20 @@ def step_role(
     repair, because it would widen what every worker may do."""
     iam = ctx.client("iam")
     trust = service_trust(ctx.names, service)
-    try:
-        role = iam.get_role(RoleName=name)["Role"]
-        status = "found"
-    except Exception as exc:
-        if error_code(exc) != "NoSuchEntity":
-            with translate("IAM", "GetRole", name):
-                raise
-        if not fix:
-            report.add(Step(f"role {name}", "problem", "missing", "run `cloudburst setup`"))
-            return
-        with translate("IAM", "CreateRole", name):
-            role = iam.create_role(
-                RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description="cloudburst workers", Tags=[TAG]
-            )["Role"]
-        status = "made"
+    found = look_or_make(
+        report,
+        f"role {name}",
+        fix,
+        lambda: iam.get_role(RoleName=name)["Role"],
+        lambda: iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description="cloudburst workers", Tags=[TAG]
+        )["Role"],
+        missing="NoSuchEntity",
+        calls=("IAM", "GetRole", "CreateRole", name),
+    )
+    if found is None:
+        return
+    role, status = found
     repaired = []
     found_trust = policy_document(role.get("AssumeRolePolicyDocument"))
     if status == "found" and not same_document(found_trust, trust):
