@@ -197,3 +197,14 @@ def test_an_edited_module_starts_new_workers(tmp_path: Path, monkeypatch: pytest
 def test_bad_keep_warm_is_refused() -> None:
     with pytest.raises(cloudburst.ConfigurationError, match=r"keep_warm=-1 must be a finite number of seconds"):
         cloudburst.map(abs, [1], keep_warm=-1)
+
+
+def test_warm_workers_of_an_emulated_cloud_stop_with_it() -> None:
+    """A map on emulated Fargate keeps its workers warm; when the emulator stops, they stop first, so nothing
+    is left to be closed (at exit, say) against a cloud that is gone."""
+    from cloudburst.emulator import Emulator
+
+    with Emulator(verbose=False, light=True):
+        assert cloudburst.map(abs, [-1, -2], backend="fargate", workers=1, progress=False) == [1, 2]
+        assert warm.idle_executor() is not None
+    assert warm.idle_executor() is None

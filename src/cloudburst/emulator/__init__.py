@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .. import warm
 from ..backends.aws.setup import setup
 from ..config import userconfig
 from ..core.words import plural
@@ -159,6 +160,8 @@ class Emulator:
         return self
 
     def stop(self) -> None:
+        """Stop the emulated cloud and give the process its environment back."""
+        warm.shutdown()  # workers cloudburst.map keeps warm here would outlive the cloud they run in
         if self.agent is not None:
             self.agent.close()
             self.agent = None
