@@ -171,7 +171,9 @@ class Collector:
         job = self.job
         with job.cond:
             task = job.table.finish(result.task_id, result.compute_seconds if result.failure is None else None)
-            job.cond.notify_all()
+            job.progress.notify_all()
+            if job.table.pending:  # a slot came free (or a probe's time is known): the dispatcher may plan more
+                job.cond.notify_all()
         if task is None:
             return  # a duplicate delivery: the first result won
         if result.events:
