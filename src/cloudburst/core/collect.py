@@ -142,11 +142,20 @@ class Collector:
 
     def on_leased(self, worker_id: str, messages: Sequence[Message]) -> None:
         """The task queue gave tasks to a worker: what an S notice would say, before the worker runs them."""
-        job = self.job
-        # Checked here: a forged message names no task (the worker will refuse it, and say so).
-        task_ids = tuple(-1 if (t := sealed_task_id(job.key, m.body, job=job.tag)) is None else t for m in messages)
+        task_ids = tuple(self._leased_task_id(m.body) for m in messages)
         attempts = tuple(m.receive_count for m in messages)
         self.on_started(Notice(task_ids, worker_id, attempts, receipts=tuple(m.receipt for m in messages)))
+
+    def _leased_task_id(self, body: bytes) -> int:
+        """The task a leased message names: known without a check when this client sealed these very bytes
+        (its first lease); else checked here, and a forged one names no task (-1: the worker will refuse it,
+        and say so)."""
+        job = self.job
+        known = job.dispatcher.sealer.sealed_here(body)
+        if known is not None:
+            return known
+        task_id = sealed_task_id(job.key, body, job=job.tag)
+        return -1 if task_id is None else task_id
 
     def on_started(self, notice: Notice) -> None:
         """A worker took tasks: remember it for blame, mark submitted futures running."""

@@ -82,7 +82,8 @@ class Job:
         self.table = TaskTable(self.slots, self.backend.target_task_seconds, policy)
         self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
         self.on_items_done: Callable[[int], None] | None = None
-        self.dispatcher = Dispatcher(self, Sealer(self.key, self.tag, self.packer, options))
+        sealer = Sealer(self.key, self.tag, self.packer, options, remember=self.backend.reports_leases)
+        self.dispatcher = Dispatcher(self, sealer)
         self.collector = Collector(self)
         self.watch = WorkerWatch(self)
         self.guards = Guards(self)
