@@ -16,7 +16,8 @@ Unix socket.
     client's consumer in the connection thread that received it. A worker sends
     a task's result, its acknowledgement and its next receive in one frame (F).
 
-Frames are raw bytes (``send_bytes``); nothing on this socket is ever unpickled.
+Frames are raw bytes (``Frames``, in ``multiprocessing.connection``'s format, after its handshake); nothing
+on this socket is ever unpickled.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _RECV = struct.Struct("<Id")  # max messages, wait seconds
 _FIN = struct.Struct("<BIdI")  # results queue index, max messages, wait seconds, length of the receipts
 _ITEM = struct.Struct("<HIQ")  # receipt length, receive count, body length
 _LEN = struct.Struct("<Q")
+_FRAME = struct.Struct("!i")  # a frame's length, as multiprocessing.connection writes it
 _FLOAT = struct.Struct("<d")
 
 
@@ -155,9 +157,11 @@ class _Peer:
 
     def __init__(self, conn: Connection, queues: Sequence[MemoryQueue]) -> None:
         self.conn = conn
+        self.frames = Frames(conn.fileno())
         self.queues = queues
         self.holder: str | None = None
         self.waiting: tuple[MemoryQueue, Receiver] | None = None  # this worker's unanswered receive
+        self.next_look: float | None = None  # seconds until the waiting receive is looked at again; None: now
         self._send_lock = threading.Lock()  # answers come from this thread and from senders'
         self._poller = select.poll()
         self._poller.register(conn.fileno(), select.POLLIN)
@@ -167,7 +171,7 @@ class _Peer:
         data = _pack_messages(messages)
         try:
             with self._send_lock:
-                self.conn.send_bytes(data)
+                self.frames.send(data)
         except OSError:
             pass  # gone: this thread reads the end of the connection and releases the leases
 
@@ -175,15 +179,20 @@ class _Peer:
         while True:
             if self.waiting is not None and not self._frame_within(self.waiting):
                 continue
-            self.handle(self.conn.recv_bytes())
+            self.next_look = None
+            self.handle(self.frames.recv())
 
     def _frame_within(self, waiting: tuple[MemoryQueue, Receiver]) -> bool:
         """Wait for a frame while a receive waits: False when the receive's time to look again came first."""
-        timeout = waiting[0].recheck(waiting[1])
-        if timeout is None:
-            self.waiting = None
+        if self.next_look is None:
+            self.next_look = waiting[0].recheck(waiting[1])
+            if self.next_look is None:
+                self.waiting = None
+                return True
+        if self.frames.buffered() or self._poller.poll(math.ceil(self.next_look * 1000)):
             return True
-        return bool(self._poller.poll(math.ceil(timeout * 1000)))
+        self.next_look = None
+        return False
 
     def handle(self, frame: bytes) -> None:
         op, index = _REQ.unpack_from(frame)
@@ -209,7 +218,8 @@ class _Peer:
     def receive(self, queue: MemoryQueue, max_messages: int, wait: float) -> None:
         if self.waiting is not None:  # a worker waits for one answer at a time: a second receive ends the first
             self.waiting[0].end_request(self.waiting[1])
-        self.waiting = (queue, queue.request(max_messages, wait, self.holder, self.deliver))
+        request, self.next_look = queue.request(max_messages, wait, self.holder, self.deliver)
+        self.waiting = None if self.next_look is None else (queue, request)
 
     def finish(self, tasks: MemoryQueue, payload: memoryview) -> None:
         """A task's result, its acknowledgement and the next receive, in one frame (``RemoteQueue.finish_and_
@@ -230,6 +240,43 @@ class _Peer:
             for queue in self.queues:
                 queue.release_holder(self.holder)
         self.conn.close()
+
+
+class Frames:
+    """Frames in ``multiprocessing.connection``'s format (a 4-byte big-endian length, then the bytes) on a
+    socket's descriptor, written with one system call and read with as few as the frame allows: the
+    queue's frames are small, and this is on every task's way. Sending and receiving may run in two threads."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()  # read past the last frame returned
+
+    def send(self, data: bytes) -> None:
+        out = memoryview(_FRAME.pack(len(data)) + data)
+        while out:
+            out = out[os.write(self._fd, out) :]
+
+    def buffered(self) -> bool:
+        """A whole frame is read already (the socket need not be readable for ``recv`` to return)."""
+        buffer = self._buffer
+        return len(buffer) >= _FRAME.size and len(buffer) >= _FRAME.size + _FRAME.unpack_from(buffer)[0]
+
+    def recv(self) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < _FRAME.size:
+            self._read(buffer)
+        end = _FRAME.size + _FRAME.unpack_from(buffer)[0]
+        while len(buffer) < end:
+            self._read(buffer)
+        frame = bytes(buffer[_FRAME.size : end])
+        del buffer[:end]
+        return frame
+
+    def _read(self, buffer: bytearray) -> None:
+        chunk = os.read(self._fd, 1 << 16)
+        if not chunk:
+            raise EOFError("the other end hung up")
+        buffer += chunk
 
 
 HANDSHAKE_SECONDS = 20.0  # a worker answers in milliseconds; this only bounds a silent peer's thread
@@ -289,15 +336,18 @@ class RemoteQueue:
     per connection. Also ``Finishing``: a task's result, its acknowledgement and the next receive go in one
     frame."""
 
-    def __init__(self, conn: Connection, index: int, lock: threading.Lock, receiving: threading.Lock) -> None:
-        self._conn = conn
+    def __init__(
+        self, conn: Connection, frames: Frames, index: int, lock: threading.Lock, receiving: threading.Lock
+    ) -> None:
+        self._conn = conn  # holds the descriptor open
+        self._frames = frames
         self._index = index
         self._lock = lock
         self._receiving = receiving
 
     def _send(self, op: bytes, payload: bytes) -> None:
         with self._lock:
-            self._conn.send_bytes(_REQ.pack(op, self._index) + payload)
+            self._frames.send(_REQ.pack(op, self._index) + payload)
 
     def send_batch(self, bodies: Sequence[bytes]) -> None:
         self._send(b"S", _pack_bodies(bodies))
@@ -305,14 +355,14 @@ class RemoteQueue:
     def receive(self, max_messages: int, wait: float) -> list[Message]:
         with self._receiving:
             self._send(b"R", _RECV.pack(max_messages, wait))
-            return _unpack_messages(self._conn.recv_bytes())
+            return _unpack_messages(self._frames.recv())
 
     def finish_and_receive(
         self, results: Queue, bodies: Sequence[bytes], receipts: Sequence[str], max_messages: int, wait: float
     ) -> list[Message]:
         """``results.send_batch(bodies)``, ``ack(receipts)``, then ``receive``: one frame when ``results`` is
         served on the same connection."""
-        if not (isinstance(results, RemoteQueue) and results._conn is self._conn):
+        if not (isinstance(results, RemoteQueue) and results._frames is self._frames):
             results.send_batch(bodies)
             self.ack(receipts)
             return self.receive(max_messages, wait)
@@ -320,7 +370,7 @@ class RemoteQueue:
         head = _FIN.pack(results._index, max_messages, wait, len(joined))
         with self._receiving:
             self._send(b"F", head + joined + _pack_bodies(bodies))
-            return _unpack_messages(self._conn.recv_bytes())
+            return _unpack_messages(self._frames.recv())
 
     def ack(self, receipts: Sequence[str]) -> None:
         if receipts:
@@ -338,6 +388,7 @@ def connect(address: str, authkey: bytes, holder: str, count: int) -> list[Remot
     """Connect to a QueueServer as ``holder``; returns one proxy per served queue."""
     conn = Client(address, family="AF_UNIX", authkey=authkey)
     lock, receiving = threading.Lock(), threading.Lock()
+    frames = Frames(conn.fileno())
     with lock:
-        conn.send_bytes(_REQ.pack(b"H", 0) + holder.encode())
-    return [RemoteQueue(conn, index, lock, receiving) for index in range(count)]
+        frames.send(_REQ.pack(b"H", 0) + holder.encode())
+    return [RemoteQueue(conn, frames, index, lock, receiving) for index in range(count)]

@@ -97,13 +97,13 @@ class MemoryQueue:
     # -- receives that wait in no thread (the server's)
     def request(
         self, max_messages: int, wait: float, holder: str | None, deliver: Callable[[list[Message]], None]
-    ) -> Receiver:
+    ) -> tuple[Receiver, float | None]:
         """A receive that waits in no thread: what is ready now is leased and passed to ``deliver`` at once;
         otherwise the request waits in the queue, and the sender that leases it messages calls ``deliver``
-        itself. Its owner calls ``recheck`` when the seconds it returns have passed."""
+        itself. Returns the request and what ``recheck`` returns: its owner calls ``recheck`` again when those
+        seconds have passed."""
         me = Receiver(holder, max_messages, None, deliver, time.monotonic() + wait)
-        self.recheck(me)
-        return me
+        return me, self.recheck(me)
 
     def recheck(self, me: Receiver) -> float | None:
         """Look again for a request (its wait ended, or a lease may have run out): None once it is answered
