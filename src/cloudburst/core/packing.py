@@ -15,7 +15,7 @@ from ..protocol.serialize import Packed, Packer, describe
 from ..protocol.task import Columns, TaskMessage, encode
 from .work import Task
 
-__all__ = ["MAX_REMEMBERED", "Sealer", "only_scalars"]
+__all__ = ["MAX_REMEMBERED", "Sealer", "only_plain", "only_scalars"]
 
 #: task messages a Sealer remembers until their first lease report (a backlog is far smaller)
 MAX_REMEMBERED = 4096
@@ -100,6 +100,7 @@ class Sealer:
 
 
 _NUMBERS = frozenset({int, float, bool, type(None), complex})
+_PLAIN = _NUMBERS | {str, bytes}
 
 
 def only_scalars(column: Sequence[Any]) -> bool:
@@ -109,9 +110,14 @@ def only_scalars(column: Sequence[Any]) -> bool:
     kinds = set(map(type, column))
     if kinds <= _NUMBERS:
         return True
-    if not kinds <= _NUMBERS | {str, bytes}:
+    if not kinds <= _PLAIN:
         return False
     return max((len(v) for v in column if type(v) in (str, bytes)), default=0) < 1000
+
+
+def only_plain(values: Sequence[Any]) -> bool:
+    """True when ``values`` are only numbers and strings, which plain pickle writes as cloudpickle would."""
+    return set(map(type, values)) <= _PLAIN
 
 
 def _picklable(value: object) -> bool:
