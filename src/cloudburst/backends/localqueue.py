@@ -216,7 +216,7 @@ class _Peer:
             self.holder = bytes(payload).decode()
 
     def receive(self, queue: MemoryQueue, max_messages: int, wait: float) -> None:
-        if self.waiting is not None:  # a worker waits for one answer at a time: a second receive ends the first
+        if self.waiting is not None and not self.waiting[1].served:  # one answer at a time: this ends the first
             self.waiting[0].end_request(self.waiting[1])
         request, self.next_look = queue.request(max_messages, wait, self.holder, self.deliver)
         self.waiting = None if self.next_look is None else (queue, request)

@@ -41,7 +41,9 @@ delivered a duplicate. Someone able to write to a queue may also send a copy of 
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import pickle
 import struct
 import threading
@@ -85,6 +87,7 @@ DIED = b"D"
 CONTROL = b"C"
 WAKE = b"W"
 _HEADER = struct.Struct("<Q")
+_COUNT = struct.Struct(">Q")
 #: Message ids a worker remembers having finished (~0.5 MB). Safe to bound: a copy that escapes it runs
 #: again at worst, and the client drops its result (its task is finished), so nothing counts twice.
 WORKER_MEMORY = 4096
@@ -184,7 +187,34 @@ class Notice:
 def encode(key: bytes, kind: bytes, task_id: int, message: object, *, job: bytes) -> bytes:
     """Seal ``message`` for job tag ``job`` under a fresh message id."""
     body = _HEADER.pack(task_id) + pickle.dumps(_flat(kind, message), protocol=5)
-    return seal(key, kind, body, job=job)
+    return seal(key, kind, body, job=job, message_id=_MessageIds.next())
+
+
+class _MessageIds:
+    """Unique message ids without a system call each: this process's random 8 bytes, then a count.
+
+    An id needs to be unique, not secret (the seal makes it unforgeable), and readers drop a second
+    message with the same id. A forked child draws its own random part, so parent and child never
+    share one."""
+
+    _lock = threading.Lock()
+    _count = itertools.count()
+    _prefix = os.urandom(8)
+
+    @classmethod
+    def next(cls) -> bytes:
+        with cls._lock:  # next() on a shared count is not atomic in every Python
+            n = next(cls._count)
+        return cls._prefix + _COUNT.pack(n)
+
+    @classmethod
+    def renew(cls) -> None:
+        cls._lock = threading.Lock()
+        cls._count = itertools.count()
+        cls._prefix = os.urandom(8)
+
+
+os.register_at_fork(after_in_child=_MessageIds.renew)
 
 
 @dataclass(frozen=True, slots=True)
