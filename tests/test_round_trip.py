@@ -13,12 +13,15 @@ The paths (``benchmarks/bench_core.py`` measures what they are for):
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
 import struct
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from cloudburst.config.options import ExecutorOptions
 from cloudburst.core.packing import MAX_REMEMBERED, Sealer
 from cloudburst.core.work import Task
 from cloudburst.errors import PayloadAuthenticationError
+from cloudburst.protocol.output import Capture
 from cloudburst.protocol.serialize import BlobRef, Packed, Packer, job_tag, seal
 from cloudburst.protocol.task import (
     REJECTED,
@@ -252,6 +256,32 @@ def _hang_up(queue: RemoteQueue) -> None:
     conn = queue._conn  # the test plays a worker that dies: nothing public ends only the connection
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
         sock.shutdown(socket.SHUT_RDWR)
+
+
+# ---------------------------------------------------------------------------- a worker's output capture
+
+
+def test_a_workers_capture_stays_installed_and_takes_only_a_tasks_records() -> None:
+    """Installed once, off between tasks, put back when a task removed it (``basicConfig(force=True)``)."""
+    saved = (sys.stdout, sys.stderr, warnings.showwarning, warnings.filters[:])
+    handlers, level = logging.root.handlers[:], logging.root.level
+    capture = Capture()
+    log = logging.getLogger("cloudburst-round-trip-test")
+    try:
+        capture.begin(logging.WARNING)
+        log.warning("in the task")
+        first = capture.end()
+        log.warning("between tasks")  # reaches no capture: the list of the last task stays as it was
+        logging.root.handlers.clear()
+        capture.begin(logging.WARNING)
+        log.warning("in the next task")
+        second = capture.end()
+    finally:
+        sys.stdout, sys.stderr, warnings.showwarning, warnings.filters[:] = saved
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+    assert [event[2]["msg"] for event in first] == ["in the task"]  # type: ignore[index]
+    assert [event[2]["msg"] for event in second] == ["in the next task"]  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------- through an executor
