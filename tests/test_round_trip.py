@@ -280,8 +280,8 @@ def test_a_workers_capture_stays_installed_and_takes_only_a_tasks_records() -> N
         sys.stdout, sys.stderr, warnings.showwarning, warnings.filters[:] = saved
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
-    assert [event[2]["msg"] for event in first] == ["in the task"]  # type: ignore[index]
-    assert [event[2]["msg"] for event in second] == ["in the next task"]  # type: ignore[index]
+    assert [event[2]["msg"] for event in first] == ["in the task"]
+    assert [event[2]["msg"] for event in second] == ["in the next task"]
 
 
 # ---------------------------------------------------------------------------- through an executor
