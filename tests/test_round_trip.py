@@ -13,6 +13,8 @@ The paths (``benchmarks/bench_core.py`` measures what they are for):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import pickle
@@ -37,7 +39,7 @@ from cloudburst.core.packing import MAX_REMEMBERED, Sealer
 from cloudburst.core.work import Task
 from cloudburst.errors import PayloadAuthenticationError
 from cloudburst.protocol.output import Capture
-from cloudburst.protocol.serialize import BlobRef, Packed, Packer, job_tag, seal
+from cloudburst.protocol.serialize import MAGIC, BlobRef, Packed, Packer, job_tag, seal, unseal
 from cloudburst.protocol.task import (
     REJECTED,
     RESULT,
@@ -110,6 +112,19 @@ def test_a_message_of_the_dataclass_wire_form_still_opens() -> None:
     result = ResultMessage(3, "w", 1, Packed(b"R1", None, ()))
     body = struct.pack("<Q", 3) + pickle.dumps(result, protocol=5)
     assert open_message(KEY, seal(KEY, RESULT, body, job=TAG), job=TAG).message == result
+
+
+@pytest.mark.parametrize("key_size", [1, 32, 64, 65, 200])
+def test_a_seal_is_hmac_sha256_of_kind_job_id_and_body(key_size: int) -> None:
+    """The seal's MAC, computed from per-key hash states, is exactly ``hmac.new``'s (the wire format is kept)."""
+    key = os.urandom(key_size)
+    sealed = seal(key, RESULT, b"body", job=TAG)
+    head = len(MAGIC) + 1
+    expected = hmac.new(key, sealed[len(MAGIC) : head] + sealed[head + 32 :], hashlib.sha256).digest()
+    assert sealed[head : head + 32] == expected
+    assert bytes(unseal(key, sealed, job=TAG).body) == b"body"
+    with pytest.raises(PayloadAuthenticationError):
+        unseal(os.urandom(key_size), sealed, job=TAG)
 
 
 # ---------------------------------------------------------------------------- the lease report's memory
