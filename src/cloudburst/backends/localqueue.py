@@ -223,14 +223,15 @@ class _Peer:
 
     def finish(self, tasks: MemoryQueue, payload: memoryview) -> None:
         """A task's result, its acknowledgement and the next receive, in one frame (``RemoteQueue.finish_and_
-        receive``). The receive waits before the result is handed over, so the client thread it wakes finds the
-        worker waiting and hands it the next task at once; the result still goes before the acknowledgement."""
+        receive``), done in that order. The result goes first, so the client's waiting thread wakes while this
+        one still parks the receive (that thread runs only once this one waits for the socket, and a task it
+        sent sooner is taken by the receive at once)."""
         results_index, max_messages, wait, receipts_len = _FIN.unpack_from(payload)
         receipts = bytes(payload[_FIN.size : _FIN.size + receipts_len]).decode().split("\n")
         bodies = _unpack_bodies(payload[_FIN.size + receipts_len :])
-        self.receive(tasks, max_messages, wait)
         self.queues[results_index].send_batch(bodies)
         tasks.ack(receipts)
+        self.receive(tasks, max_messages, wait)
 
     def hang_up(self) -> None:
         """End the waiting receive, give back this worker's leases (its tasks are delivered again at once)."""
