@@ -89,7 +89,7 @@ def pickled_as_call(cls: _C) -> _C:
 #                  └─────── the MAC covers the kind and everything after the MAC ───────┘
 #
 # The job tag binds a message to its job, so a message copied from another job is refused even under
-# the same key; the message id (16 random bytes, unique per message) lets a reader drop a replayed
+# the same key; the message id (16 bytes unique per message, see ``task._MessageIds``) lets a reader drop a replayed
 # or duplicated copy of a message it has handled. Format 1 had neither and is refused, unread.
 
 JOB_TAG_SIZE = 16
