@@ -9,6 +9,8 @@
 A queue that lives in the client's process may offer more: ``Subscribable``
 (hand each message to the client as it is sent, no receive loop) and
 ``LeaseReporting`` (say which worker took which task; see ``reports_leases``).
+A worker's task queue may be ``Finishing`` (a result, its acknowledgement and the
+next receive in one exchange).
 
 A ``Backend`` builds them for one job on the client side (``open_job``) and
 again inside a worker (``connect_worker``) from the environment the launcher
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "Finishing",
     "JobResources",
     "Launcher",
     "LeaseReporting",
@@ -170,6 +173,20 @@ class LeaseReporting(Protocol):
     """
 
     def watch_leases(self, callback: Callable[[str, Sequence[Message]], None]) -> None: ...
+
+
+@runtime_checkable
+class Finishing(Protocol):
+    """Optional, for a worker's task queue: finish a task and take the next in one exchange.
+
+    ``finish_and_receive`` must do what ``results.send_batch(bodies)``, ``self.ack(receipts)`` and
+    ``self.receive(max_messages, wait)`` do, in that order as far as anyone can tell: a result is never lost
+    to an acknowledgement that went first.
+    """
+
+    def finish_and_receive(
+        self, results: Queue, bodies: Sequence[bytes], receipts: Sequence[str], max_messages: int, wait: float
+    ) -> list[Message]: ...
 
 
 #: what a worker writes to its output once it has connected to its job (``cloudburst.worker.main``)

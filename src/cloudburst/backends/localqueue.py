@@ -1,4 +1,5 @@
-"""A leased message queue in the client process, served to local workers over a Unix socket.
+"""A leased message queue in the client process (``memqueue.MemoryQueue``), served to local workers over a
+Unix socket.
 
 ::
 
@@ -8,231 +9,42 @@
          │                         connection           job key (multiprocessing.connection)
     a dropped connection releases its holder's leases at once: a crashed worker's
     task is delivered again without waiting for the lease to run out.
-    A message sent while a worker waits is leased and written to that worker's
-    socket by the sender itself. The tasks queue tells the client which worker
-    leased which task; the results queue hands each message to the client's
-    consumer in the connection thread that received it.
+    A worker's receive waits in no thread: its connection thread goes back to
+    reading the socket, and a message sent meanwhile is leased and written to
+    that worker's socket by the sender itself. The tasks queue tells the client
+    which worker leased which task; the results queue hands each message to the
+    client's consumer in the connection thread that received it. A worker sends
+    a task's result, its acknowledgement and its next receive in one frame (F).
 
-Frames are raw bytes (``send_bytes``); nothing on this socket is ever unpickled.
+Frames are raw bytes (``Frames``, in ``multiprocessing.connection``'s format, after its handshake); nothing
+on this socket is ever unpickled.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
+import math
 import os
+import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 
-from .base import Message
+from .base import Message, Queue
+from .memqueue import MemoryQueue, Receiver
 
 __all__ = ["MemoryQueue", "QueueServer", "RemoteQueue", "connect"]
 
 _REQ = struct.Struct("<cB")  # op, queue index
 _RECV = struct.Struct("<Id")  # max messages, wait seconds
+_FIN = struct.Struct("<BIdI")  # results queue index, max messages, wait seconds, length of the receipts
 _ITEM = struct.Struct("<HIQ")  # receipt length, receive count, body length
 _LEN = struct.Struct("<Q")
+_FRAME = struct.Struct("!i")  # a frame's length, as multiprocessing.connection writes it
 _FLOAT = struct.Struct("<d")
-_LeaseCallback = Callable[[str, Sequence[Message]], None]
-
-
-@dataclass(slots=True)
-class _Lease:
-    message_id: int
-    body: bytes
-    count: int
-    expires: float
-    holder: str | None
-
-
-@dataclass(eq=False, slots=True)
-class _Receiver:
-    """A receive waiting for messages. One that can take deliveries is handed them by the sender."""
-
-    holder: str | None
-    max_messages: int
-    wake: threading.Condition
-    deliver: Callable[[list[Message]], None] | None
-    parked: bool = False  # in the queue's list of waiting receivers
-    served: bool = False  # a sender leased messages to it and delivers them
-
-
-class MemoryQueue:
-    """At-least-once queue with leases, thread-safe. Implements the Queue contract."""
-
-    def __init__(self, lease_seconds: float) -> None:
-        self._lease_seconds = lease_seconds
-        self._ready: collections.deque[tuple[int, bytes, int]] = collections.deque()
-        self._leased: dict[str, _Lease] = {}
-        self._ids = itertools.count()
-        self._lock = threading.Lock()
-        self._receivers: collections.deque[_Receiver] = collections.deque()
-        self._closed = False
-        self._consumer: Callable[[bytes], None] | None = None
-        self._on_lease: _LeaseCallback | None = None
-
-    # -- contract
-    def send_batch(self, bodies: Sequence[bytes]) -> None:
-        consumer = self._consumer
-        if consumer is not None:
-            for body in bodies:
-                consumer(body)
-            return
-        with self._lock:
-            for body in bodies:
-                self._ready.append((next(self._ids), body, 0))
-            handed = self._hand_over()
-        self._deliver(handed)
-
-    def receive(self, max_messages: int, wait: float, holder: str | None = None) -> list[Message]:
-        return self.receive_or_hand_over(max_messages, wait, holder, None) or []
-
-    def receive_or_hand_over(
-        self,
-        max_messages: int,
-        wait: float,
-        holder: str | None,
-        deliver: Callable[[list[Message]], None] | None,
-    ) -> list[Message] | None:
-        """Receive; while it waits, a sender may lease messages to it and pass them to ``deliver``
-        itself (sparing this thread's wake-up on the way): then this returns None."""
-        me = _Receiver(holder, max_messages, threading.Condition(self._lock), deliver)
-        deadline = time.monotonic() + wait
-        with self._lock:
-            try:
-                while not me.served:
-                    now = time.monotonic()
-                    self._expire(now)
-                    if self._ready:
-                        messages = self._lease(max_messages, now, holder)
-                        break
-                    if self._closed or now >= deadline:
-                        return []
-                    timeout = deadline - now
-                    if self._leased:
-                        timeout = min(timeout, max(0.0, min(lease.expires for lease in self._leased.values()) - now))
-                    if not me.parked:
-                        me.parked = True
-                        self._receivers.append(me)
-                    me.wake.wait(timeout + 0.001)
-                else:
-                    return None
-            finally:
-                if me.parked:
-                    me.parked = False
-                    self._receivers.remove(me)
-        self._report(holder, messages)
-        return messages
-
-    def ack(self, receipts: Sequence[str]) -> None:
-        with self._lock:
-            for receipt in receipts:
-                self._leased.pop(receipt, None)
-
-    def extend(self, receipts: Sequence[str], seconds: float) -> None:
-        expires = time.monotonic() + seconds
-        with self._lock:
-            for receipt in receipts:
-                lease = self._leased.get(receipt)
-                if lease is not None:
-                    lease.expires = expires
-
-    def purge(self) -> None:
-        with self._lock:
-            self._ready.clear()
-
-    # -- optional capabilities (LeaseReporting, Subscribable)
-    def watch_leases(self, callback: _LeaseCallback) -> None:
-        """Call ``callback(holder, messages)`` for each lease given to a holder, before it gets them."""
-        self._on_lease = callback
-
-    def subscribe(self, consumer: Callable[[bytes], None]) -> None:
-        """From now on, hand every message sent to ``consumer`` instead of queueing it."""
-        with self._lock:
-            self._consumer = consumer
-            waiting = [body for _, body, _ in self._ready]
-            self._ready.clear()
-        for body in waiting:
-            consumer(body)
-
-    # -- local extras
-    def release_holder(self, holder: str) -> int:
-        """Return every lease held by ``holder`` to the front of the queue."""
-        with self._lock:
-            released = [r for r, lease in self._leased.items() if lease.holder == holder]
-            for receipt in released:
-                lease = self._leased.pop(receipt)
-                self._ready.appendleft((lease.message_id, lease.body, lease.count))
-            handed = self._hand_over()
-        self._deliver(handed)
-        return len(released)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for receiver in self._receivers:
-                receiver.wake.notify()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._ready) + len(self._leased)
-
-    def pending(self) -> list[bytes]:
-        """Bodies waiting for delivery (for inspection in tests and tools)."""
-        with self._lock:
-            return [body for _, body, _ in self._ready]
-
-    def replace_pending(self, index: int, body: bytes) -> None:
-        """Swap the body of a waiting message (fault injection in the failure tests)."""
-        with self._lock:
-            message_id, _, count = self._ready[index]
-            self._ready[index] = (message_id, body, count)
-
-    # -- internals
-    def _expire(self, now: float) -> None:
-        expired = [r for r, lease in self._leased.items() if lease.expires <= now]
-        for receipt in expired:
-            lease = self._leased.pop(receipt)
-            self._ready.appendleft((lease.message_id, lease.body, lease.count))
-
-    def _hand_over(self) -> list[tuple[_Receiver, list[Message]]]:
-        """Lease ready messages to waiting receivers that take deliveries; wake the others. Lock held."""
-        handed = []
-        now = time.monotonic()
-        while self._ready and self._receivers:
-            receiver = self._receivers.popleft()
-            receiver.parked = False
-            if receiver.deliver is not None:
-                receiver.served = True
-                handed.append((receiver, self._lease(receiver.max_messages, now, receiver.holder)))
-            receiver.wake.notify()  # a served one returns at once; the others take messages themselves
-        return handed
-
-    def _deliver(self, handed: list[tuple[_Receiver, list[Message]]]) -> None:
-        for receiver, messages in handed:
-            self._report(receiver.holder, messages)
-            assert receiver.deliver is not None
-            receiver.deliver(messages)
-
-    def _report(self, holder: str | None, messages: list[Message]) -> None:
-        if messages and holder is not None and self._on_lease is not None:
-            self._on_lease(holder, messages)
-
-    def _lease(self, max_messages: int, now: float, holder: str | None) -> list[Message]:
-        out = []
-        for _ in range(min(max_messages, len(self._ready))):
-            message_id, body, count = self._ready.popleft()
-            count += 1
-            receipt = f"{message_id}.{count}"
-            self._leased[receipt] = _Lease(message_id, body, count, now + self._lease_seconds, holder)
-            out.append(Message(receipt, body, count))
-        return out
 
 
 class QueueServer:
@@ -301,44 +113,13 @@ class QueueServer:
         return conn
 
     def _serve_authenticated(self, conn: Connection) -> None:
-        holder: str | None = None
-
-        def deliver(messages: list[Message]) -> None:
-            """Answer this connection's waiting receive (from a sender's thread)."""
-            try:
-                conn.send_bytes(_pack_messages(messages))
-            except OSError:
-                pass  # gone: this thread reads the end of the connection and releases the leases
-
+        peer = _Peer(conn, self._queues)
         try:
-            while True:
-                frame = conn.recv_bytes()
-                op, index = _REQ.unpack_from(frame)
-                payload = memoryview(frame)[_REQ.size :]
-                queue = self._queues[index]
-                if op == b"R":
-                    max_messages, wait = _RECV.unpack_from(payload)
-                    messages = queue.receive_or_hand_over(max_messages, wait, holder, deliver)
-                    if messages is not None:
-                        conn.send_bytes(_pack_messages(messages))
-                elif op == b"S":
-                    queue.send_batch(_unpack_bodies(payload))
-                elif op == b"A":
-                    queue.ack(bytes(payload).decode().split("\n"))
-                elif op == b"E":
-                    (seconds,) = _FLOAT.unpack_from(payload)
-                    queue.extend(bytes(payload[_FLOAT.size :]).decode().split("\n"), seconds)
-                elif op == b"P":
-                    queue.purge()
-                elif op == b"H":
-                    holder = bytes(payload).decode()
+            peer.serve()
         except (EOFError, OSError):
             pass
         finally:
-            if holder is not None:
-                for queue in self._queues:
-                    queue.release_holder(holder)
-            conn.close()
+            peer.hang_up()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, hang up on every peer, and wait for the server's threads to end."""
@@ -367,6 +148,136 @@ class QueueServer:
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Peer:
+    """One worker's connection, served by one thread. A receive waits in no thread (``MemoryQueue.request``):
+    this thread goes back to reading the socket, and the sender that leases the worker a task writes it to the
+    socket itself, so a task handed over wakes no thread of the client's."""
+
+    def __init__(self, conn: Connection, queues: Sequence[MemoryQueue]) -> None:
+        self.conn = conn
+        self.frames = Frames(conn.fileno())
+        self.queues = queues
+        self.holder: str | None = None
+        self.waiting: tuple[MemoryQueue, Receiver] | None = None  # this worker's unanswered receive
+        self.next_look: float | None = None  # seconds until the waiting receive is looked at again; None: now
+        self._send_lock = threading.Lock()  # answers come from this thread and from senders'
+        self._poller = select.poll()
+        self._poller.register(conn.fileno(), select.POLLIN)
+
+    def deliver(self, messages: list[Message]) -> None:
+        """Answer the worker's receive (from this thread or a sender's)."""
+        data = _pack_messages(messages)
+        try:
+            with self._send_lock:
+                self.frames.send(data)
+        except OSError:
+            pass  # gone: this thread reads the end of the connection and releases the leases
+
+    def serve(self) -> None:
+        while True:
+            if self.waiting is not None and not self._frame_within(self.waiting):
+                continue
+            self.next_look = None
+            self.handle(self.frames.recv())
+
+    def _frame_within(self, waiting: tuple[MemoryQueue, Receiver]) -> bool:
+        """Wait for a frame while a receive waits: False when the receive's time to look again came first."""
+        if self.next_look is None:
+            self.next_look = waiting[0].recheck(waiting[1])
+            if self.next_look is None:
+                self.waiting = None
+                return True
+        if self.frames.buffered() or self._poller.poll(math.ceil(self.next_look * 1000)):
+            return True
+        self.next_look = None
+        return False
+
+    def handle(self, frame: bytes) -> None:
+        op, index = _REQ.unpack_from(frame)
+        payload = memoryview(frame)[_REQ.size :]
+        queue = self.queues[index]
+        if op == b"R":
+            max_messages, wait = _RECV.unpack_from(payload)
+            self.receive(queue, max_messages, wait)
+        elif op == b"F":
+            self.finish(queue, payload)
+        elif op == b"S":
+            queue.send_batch(_unpack_bodies(payload))
+        elif op == b"A":
+            queue.ack(bytes(payload).decode().split("\n"))
+        elif op == b"E":
+            (seconds,) = _FLOAT.unpack_from(payload)
+            queue.extend(bytes(payload[_FLOAT.size :]).decode().split("\n"), seconds)
+        elif op == b"P":
+            queue.purge()
+        elif op == b"H":
+            self.holder = bytes(payload).decode()
+
+    def receive(self, queue: MemoryQueue, max_messages: int, wait: float) -> None:
+        if self.waiting is not None and not self.waiting[1].served:  # one answer at a time: this ends the first
+            self.waiting[0].end_request(self.waiting[1])
+        request, self.next_look = queue.request(max_messages, wait, self.holder, self.deliver)
+        self.waiting = None if self.next_look is None else (queue, request)
+
+    def finish(self, tasks: MemoryQueue, payload: memoryview) -> None:
+        """A task's result, its acknowledgement and the next receive, in one frame (``RemoteQueue.finish_and_
+        receive``), done in that order. The result goes first, so the client's waiting thread wakes while this
+        one still parks the receive (that thread runs only once this one waits for the socket, and a task it
+        sent sooner is taken by the receive at once)."""
+        results_index, max_messages, wait, receipts_len = _FIN.unpack_from(payload)
+        receipts = bytes(payload[_FIN.size : _FIN.size + receipts_len]).decode().split("\n")
+        bodies = _unpack_bodies(payload[_FIN.size + receipts_len :])
+        self.queues[results_index].send_batch(bodies)
+        tasks.ack(receipts)
+        self.receive(tasks, max_messages, wait)
+
+    def hang_up(self) -> None:
+        """End the waiting receive, give back this worker's leases (its tasks are delivered again at once)."""
+        if self.waiting is not None:
+            self.waiting[0].end_request(self.waiting[1])
+        if self.holder is not None:
+            for queue in self.queues:
+                queue.release_holder(self.holder)
+        self.conn.close()
+
+
+class Frames:
+    """Frames in ``multiprocessing.connection``'s format (a 4-byte big-endian length, then the bytes) on a
+    socket's descriptor, written with one system call and read with as few as the frame allows: the
+    queue's frames are small, and this is on every task's way. Sending and receiving may run in two threads."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()  # read past the last frame returned
+
+    def send(self, data: bytes) -> None:
+        out = memoryview(_FRAME.pack(len(data)) + data)
+        while out:
+            out = out[os.write(self._fd, out) :]
+
+    def buffered(self) -> bool:
+        """A whole frame is read already (the socket need not be readable for ``recv`` to return)."""
+        buffer = self._buffer
+        return len(buffer) >= _FRAME.size and len(buffer) >= _FRAME.size + _FRAME.unpack_from(buffer)[0]
+
+    def recv(self) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < _FRAME.size:
+            self._read(buffer)
+        end = _FRAME.size + _FRAME.unpack_from(buffer)[0]
+        while len(buffer) < end:
+            self._read(buffer)
+        frame = bytes(buffer[_FRAME.size : end])
+        del buffer[:end]
+        return frame
+
+    def _read(self, buffer: bytearray) -> None:
+        chunk = os.read(self._fd, 1 << 16)
+        if not chunk:
+            raise EOFError("the other end hung up")
+        buffer += chunk
 
 
 HANDSHAKE_SECONDS = 20.0  # a worker answers in milliseconds; this only bounds a silent peer's thread
@@ -422,23 +333,45 @@ def _unpack_bodies(data: memoryview) -> list[bytes]:
 
 
 class RemoteQueue:
-    """The Queue contract, spoken to a QueueServer. Sends are pipelined; only receive waits."""
+    """The Queue contract, spoken to a QueueServer. Sends are pipelined; only receive waits, one at a time
+    per connection. Also ``Finishing``: a task's result, its acknowledgement and the next receive go in one
+    frame."""
 
-    def __init__(self, conn: Connection, index: int, lock: threading.Lock) -> None:
-        self._conn = conn
+    def __init__(
+        self, conn: Connection, frames: Frames, index: int, lock: threading.Lock, receiving: threading.Lock
+    ) -> None:
+        self._conn = conn  # holds the descriptor open
+        self._frames = frames
         self._index = index
         self._lock = lock
+        self._receiving = receiving
 
     def _send(self, op: bytes, payload: bytes) -> None:
         with self._lock:
-            self._conn.send_bytes(_REQ.pack(op, self._index) + payload)
+            self._frames.send(_REQ.pack(op, self._index) + payload)
 
     def send_batch(self, bodies: Sequence[bytes]) -> None:
         self._send(b"S", _pack_bodies(bodies))
 
     def receive(self, max_messages: int, wait: float) -> list[Message]:
-        self._send(b"R", _RECV.pack(max_messages, wait))
-        return _unpack_messages(self._conn.recv_bytes())
+        with self._receiving:
+            self._send(b"R", _RECV.pack(max_messages, wait))
+            return _unpack_messages(self._frames.recv())
+
+    def finish_and_receive(
+        self, results: Queue, bodies: Sequence[bytes], receipts: Sequence[str], max_messages: int, wait: float
+    ) -> list[Message]:
+        """``results.send_batch(bodies)``, ``ack(receipts)``, then ``receive``: one frame when ``results`` is
+        served on the same connection."""
+        if not (isinstance(results, RemoteQueue) and results._frames is self._frames):
+            results.send_batch(bodies)
+            self.ack(receipts)
+            return self.receive(max_messages, wait)
+        joined = "\n".join(receipts).encode()
+        head = _FIN.pack(results._index, max_messages, wait, len(joined))
+        with self._receiving:
+            self._send(b"F", head + joined + _pack_bodies(bodies))
+            return _unpack_messages(self._frames.recv())
 
     def ack(self, receipts: Sequence[str]) -> None:
         if receipts:
@@ -455,7 +388,8 @@ class RemoteQueue:
 def connect(address: str, authkey: bytes, holder: str, count: int) -> list[RemoteQueue]:
     """Connect to a QueueServer as ``holder``; returns one proxy per served queue."""
     conn = Client(address, family="AF_UNIX", authkey=authkey)
-    lock = threading.Lock()
+    lock, receiving = threading.Lock(), threading.Lock()
+    frames = Frames(conn.fileno())
     with lock:
-        conn.send_bytes(_REQ.pack(b"H", 0) + holder.encode())
-    return [RemoteQueue(conn, index, lock) for index in range(count)]
+        frames.send(_REQ.pack(b"H", 0) + holder.encode())
+    return [RemoteQueue(conn, frames, index, lock, receiving) for index in range(count)]

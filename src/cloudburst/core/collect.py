@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..backends.base import Message, WorkerExit
@@ -142,21 +142,30 @@ class Collector:
 
     def on_leased(self, worker_id: str, messages: Sequence[Message]) -> None:
         """The task queue gave tasks to a worker: what an S notice would say, before the worker runs them."""
+        self._started(worker_id, [(self._leased_task_id(m.body), m.receive_count, m.receipt) for m in messages])
+
+    def _leased_task_id(self, body: bytes) -> int:
+        """The task a leased message names: known without a check when this client sealed these very bytes
+        (its first lease); else checked here, and a forged one names no task (-1: the worker will refuse it,
+        and say so)."""
         job = self.job
-        # Checked here: a forged message names no task (the worker will refuse it, and say so).
-        task_ids = tuple(-1 if (t := sealed_task_id(job.key, m.body, job=job.tag)) is None else t for m in messages)
-        attempts = tuple(m.receive_count for m in messages)
-        self.on_started(Notice(task_ids, worker_id, attempts, receipts=tuple(m.receipt for m in messages)))
+        known = job.dispatcher.sealer.sealed_here(body)
+        if known is not None:
+            return known
+        task_id = sealed_task_id(job.key, body, job=job.tag)
+        return -1 if task_id is None else task_id
 
     def on_started(self, notice: Notice) -> None:
-        """A worker took tasks: remember it for blame, mark submitted futures running."""
-        job, worker = self.job, notice.worker_id
+        """A worker took tasks (its S notice)."""
+        receipts = notice.receipts or ("",) * len(notice.task_ids)
+        self._started(notice.worker_id, zip(notice.task_ids, notice.attempts, receipts, strict=True))
+
+    def _started(self, worker: str, started: Iterable[tuple[int, int, str]]) -> None:
+        """A worker took tasks ``(task id, attempt, receipt)``: remember it for blame, mark submitted futures
+        running."""
+        job = self.job
         with job.cond:
-            receipts = notice.receipts or ("",) * len(notice.task_ids)
-            found = (
-                job.table.started(task_id, worker, attempt, receipt)
-                for task_id, attempt, receipt in zip(notice.task_ids, notice.attempts, receipts, strict=True)
-            )
+            found = (job.table.started(task_id, worker, attempt, receipt) for task_id, attempt, receipt in started)
             tasks = [task for task in found if task is not None]
             death = job.watch.worker_started(worker)
         for task in tasks:
@@ -171,7 +180,9 @@ class Collector:
         job = self.job
         with job.cond:
             task = job.table.finish(result.task_id, result.compute_seconds if result.failure is None else None)
-            job.cond.notify_all()
+            job.progress.notify_all()
+            if job.table.pending:  # a slot came free (or a probe's time is known): the dispatcher may plan more
+                job.cond.notify_all()
         if task is None:
             return  # a duplicate delivery: the first result won
         if result.events:

@@ -53,7 +53,7 @@ class Dispatcher:
                     self.job.fail_task(task.task_id, exc)
         with self.job.cond:
             self.job.table.sent(len(planned))
-            self.job.cond.notify_all()
+            self.job.progress.notify_all()  # for wait_sent: planning does not depend on it
             self.seconds += time.perf_counter() - began
 
     def send_parts(self, planned: Planned) -> None:
@@ -82,6 +82,6 @@ class Dispatcher:
         job = self.job
         with job.cond:
             singles = job.table.singles(task, (pos for pos in range(len(task)) if pos not in failures))
-            job.cond.notify_all()
+            job.changed()
         job.finish_items(task, [None] * len(task), failures, only=failures.keys())
         self.send_parts(singles)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +15,28 @@ from ..protocol.serialize import Packed, Packer, describe
 from ..protocol.task import Columns, TaskMessage, encode
 from .work import Task
 
-__all__ = ["Sealer", "only_scalars"]
+__all__ = ["MAX_REMEMBERED", "Sealer", "only_plain", "only_scalars"]
+
+#: task messages a Sealer remembers until their first lease report (a backlog is far smaller)
+MAX_REMEMBERED = 4096
 
 
 class Sealer:
-    """Packs a task's calls (large repeated arguments go to the store once) and seals the message."""
+    """Packs a task's calls (large repeated arguments go to the store once) and seals the message.
 
-    def __init__(self, key: bytes, tag: bytes, packer: Packer, options: ExecutorOptions) -> None:
+    With ``remember`` (a task queue that reports its leases, in this process), it keeps each sealed body
+    until its first lease report, so that the report is read without checking the seal again: the very
+    bytes sealed here need no check. A forged body is not among them and is checked as before.
+    """
+
+    def __init__(self, key: bytes, tag: bytes, packer: Packer, options: ExecutorOptions, *, remember: bool) -> None:
         self.key = key
         self.tag = tag
         self.packer = packer
         self.options = options
+        # body -> task id; the bodies are the queue's own objects (no copy), dropped at their first lease
+        self._sealed: dict[bytes, int] | None = {} if remember else None
+        self._lock = threading.Lock()
 
     def seal(self, task: Task, calls: Any) -> bytes:
         """The sealed task message; raises what pickling a call raised."""
@@ -38,7 +50,20 @@ class Sealer:
             max_attempts=self.options.retries + 1,
             log_level=logging.getLogger().getEffectiveLevel(),
         )
-        return encode(self.key, b"T", task.task_id, message, job=self.tag)
+        body = encode(self.key, b"T", task.task_id, message, job=self.tag)
+        if self._sealed is not None:
+            with self._lock:
+                self._sealed[body] = task.task_id
+                if len(self._sealed) > MAX_REMEMBERED:  # never leased (purged, say): forget the oldest
+                    del self._sealed[next(iter(self._sealed))]
+        return body
+
+    def sealed_here(self, body: bytes) -> int | None:
+        """The task id of a message sealed here and not yet leased, forgotten now; None for any other body."""
+        if self._sealed is None:
+            return None
+        with self._lock:
+            return self._sealed.pop(body, None)
 
     def pack_calls(self, calls: Any, task: Task | None = None) -> Packed:
         """A map chunk's columns, or submitted ``(args, kwargs)`` pairs, packed."""
@@ -47,6 +72,8 @@ class Sealer:
                 return self.packer.pack(calls)  # nothing large can repeat: skip the sharing scan
             return self.packer.pack(calls, shared=self.packer.shared_arguments([(c, None) for c in calls], task))
         if calls and isinstance(calls[0], tuple) and len(calls[0]) == 2 and isinstance(calls[0][1], dict):
+            if only_scalars([v for args, kwargs in calls for v in (*args, *kwargs.values())]):
+                return self.packer.pack(calls, plain=True)  # numbers and short strings: nothing to share
             shared = self.packer.shared_arguments(calls, task)  # submitted: (args, kwargs)
         else:
             shared = self.packer.shared_arguments([(c, None) for c in calls], task)
@@ -73,6 +100,7 @@ class Sealer:
 
 
 _NUMBERS = frozenset({int, float, bool, type(None), complex})
+_PLAIN = _NUMBERS | {str, bytes}
 
 
 def only_scalars(column: Sequence[Any]) -> bool:
@@ -82,9 +110,14 @@ def only_scalars(column: Sequence[Any]) -> bool:
     kinds = set(map(type, column))
     if kinds <= _NUMBERS:
         return True
-    if not kinds <= _NUMBERS | {str, bytes}:
+    if not kinds <= _PLAIN:
         return False
     return max((len(v) for v in column if type(v) in (str, bytes)), default=0) < 1000
+
+
+def only_plain(values: Sequence[Any]) -> bool:
+    """True when ``values`` are only numbers and strings, which plain pickle writes as cloudpickle would."""
+    return set(map(type, values)) <= _PLAIN
 
 
 def _picklable(value: object) -> bool:

@@ -7,8 +7,12 @@
     futures / map slots ◄─ finish items ◄─ Collector: open ─► route ◄──────────── results queue
     manager thread: WorkerWatch (exits, blame, scaling) ─► Guards (heartbeat, dead letters, cost)
 
-The table is the only shared state and one Condition (``cond``) guards it, with the lifecycle
-(``core.lifecycle``) and the parts' own counters; user callbacks and unpickling run outside it.
+The table is the only shared state and one lock guards it, with the lifecycle (``core.lifecycle``)
+and the parts' own counters; user callbacks and unpickling run outside it. Three Conditions share
+that lock, so that a task sent or finished wakes only who waits for that: ``cond`` (the dispatcher,
+for work it may plan; every other change), ``progress`` (``wait_sent``, ``wait_idle``) and the
+manager's (closing; work arriving while workers are missing). A warm round trip wakes no thread
+but the caller's.
 Up to three threads: the dispatcher, the manager, and the collector (none when the results queue
 is ``Subscribable`` and hands each message over in its own thread, or the policy collects nothing).
 What a detached session does differently is its ``DispatchPolicy``.
@@ -69,13 +73,18 @@ class Job:
         self._cache_dir = scratch.make("client-")
         self.unpacker = Unpacker(self.resources.store, self._cache_dir)
         self.slots = self.backend.slots
-        self.cond = threading.Condition()
+        lock = threading.RLock()
+        self.cond = threading.Condition(lock)  # the dispatcher waits on it; any change of state notifies it
+        self.progress = threading.Condition(lock)  # tasks sent or finished (see ``changed``)
+        self._manager_wake = threading.Condition(lock)
+        self._short_of_workers = True  # the manager may start workers when work arrives: wake it then
         self.lifecycle = Lifecycle()
         policy = policy_for(self.backend)
         self.table = TaskTable(self.slots, self.backend.target_task_seconds, policy)
         self.stats = {"tasks": 0, "items": 0, "worker_deaths": 0}
         self.on_items_done: Callable[[int], None] | None = None
-        self.dispatcher = Dispatcher(self, Sealer(self.key, self.tag, self.packer, options))
+        sealer = Sealer(self.key, self.tag, self.packer, options, remember=self.backend.reports_leases)
+        self.dispatcher = Dispatcher(self, sealer)
         self.collector = Collector(self)
         self.watch = WorkerWatch(self)
         self.guards = Guards(self)
@@ -151,6 +160,7 @@ class Job:
             planned = self.table.plan() if alone else []
             if not planned:
                 self.cond.notify_all()
+            self._wake_manager_for_work()
         if planned:
             self.dispatcher.send(planned, time.perf_counter())
         return future
@@ -163,7 +173,19 @@ class Job:
             self.lifecycle.check_accepting()
             run = self.table.add_run(fn, fn_ref, calls, chunksize)
             self.cond.notify_all()
+            self._wake_manager_for_work()
         return run
+
+    def _wake_manager_for_work(self) -> None:
+        """Work arrived: the manager starts workers for it at once when some are missing. Lock held."""
+        if self._short_of_workers:
+            self._manager_wake.notify()
+
+    def changed(self) -> None:
+        """Wake every waiter: the state changed in a way the hot path's targeted wake-ups do not cover. Lock
+        held."""
+        self.cond.notify_all()
+        self.progress.notify_all()
 
     # ------------------------------------------------------------------ results
     def finish_items(
@@ -182,7 +204,7 @@ class Job:
         """The task's items fail with ``exc`` (a task no longer in flight: only logged)."""
         with self.cond:
             task = self.table.finish(task_id)
-            self.cond.notify_all()
+            self.changed()
         if task is None:
             log.warning("%s", exc)
             return
@@ -194,7 +216,7 @@ class Job:
         ``spare_running``, tasks running on a live worker may still finish."""
         with self.cond:
             self.lifecycle.break_(exc)
-            self.cond.notify_all()
+            self.changed()
         self._fail_everything(exc, spare_running=spare_running)
 
     def _fail_everything(self, exc: BaseException, *, spare_running: bool = False) -> None:
@@ -202,7 +224,7 @@ class Job:
             keep = self.watch.running_on_live_worker if spare_running else (lambda task: False)
             tasks = self.table.take_tasks(keep)
             pending = self.table.take_pending()
-            self.cond.notify_all()
+            self.changed()
         for task in tasks:
             self.finish_items(task, [None] * len(task), dict.fromkeys(range(len(task)), exc))
         for entry in pending:
@@ -221,13 +243,16 @@ class Job:
         outage = Outage(self.backend.is_transient)
         while True:
             with self.cond:
-                self.cond.wait(0.05)
+                self._manager_wake.wait(0.05)
                 if self.lifecycle.closed:
                     return
             try:
                 self.watch.poll()
                 self.watch.scale()
                 self.guards.check()
+                short = self.resources.launcher.running() < self.backend.workers
+                with self.cond:
+                    self._short_of_workers = short
                 outage.ok()
             except Exception as exc:
                 if outage.wait_out(exc, "watching the workers"):
@@ -246,7 +271,7 @@ class Job:
         with self.cond:
             pending = self.table.take_pending()
             not_started = [t for t in self.table.tasks.values() if not t.workers]
-            self.cond.notify_all()
+            self.changed()
         for entry in pending:
             if isinstance(entry, MapRun):
                 entry.cancel()
@@ -272,14 +297,15 @@ class Job:
         """Until no work is left (or the job is closed)."""
         with self.cond:
             while not self.lifecycle.closed and self.table.busy():
-                self.cond.wait(0.1)
+                self.progress.wait(0.1)
 
     def close(self, *, keep: bool = False) -> None:
         """Stop the threads and workers and delete the job's data. Idempotent."""
         with self.cond:
             if not self.lifecycle.close():
                 return
-            self.cond.notify_all()
+            self.changed()
+            self._manager_wake.notify_all()
         current = threading.current_thread()
         collector = self._collector_thread
         if collector is not None and collector is not current:
@@ -310,7 +336,7 @@ class Job:
         """Until every task is planned and sent (or the job is closed)."""
         with self.cond:
             while (self.table.pending or self.table.unsent) and not self.lifecycle.closed:
-                self.cond.wait(0.05)
+                self.progress.wait(0.05)
 
     def worker_pids(self) -> dict[str, int]:
         """Process ids of every worker started on this machine (for tests and tools)."""

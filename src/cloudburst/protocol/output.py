@@ -27,6 +27,7 @@ from ..core.progress import above_progress
 __all__ = ["Capture", "replay"]
 
 MAX_EVENT_BYTES = 1 << 20  # per task; the rest is dropped with a note
+_OFF = logging.CRITICAL + 1  # the capture's handler between tasks: no record reaches it
 
 
 class _Stream(io.TextIOBase):
@@ -97,8 +98,10 @@ class Capture:
     """Captures the output of a worker's tasks. ``begin`` and ``end`` bracket each task; set
     ``item`` before each call.
 
-    The streams and ``warnings.showwarning`` are replaced on the first ``begin`` and stay in
-    place (outside a task they pass output through); the logging handler is attached per task.
+    The streams, ``warnings.showwarning`` and the root logger's handler are installed on the first
+    ``begin`` and stay in place: outside a task the streams pass output through, and the handler is
+    off (its level above every record's, so a record with no other handler still reaches logging's
+    last resort). ``begin`` puts back whatever a task removed.
     """
 
     def __init__(self) -> None:
@@ -108,6 +111,7 @@ class Capture:
         self._size = 0
         self._dropped = False
         self._handler = _Handler(self)
+        self._handler.level = _OFF
         self._streams: tuple[_Stream, _Stream] | None = None
         self._show_original: Callable[..., None] = warnings.showwarning
         self._level = logging.NOTSET
@@ -153,8 +157,10 @@ class Capture:
         sys.stdout, sys.stderr = self._streams
         warnings.showwarning = self._show_warning
         warnings.simplefilter("default")
-        root = logging.getLogger()
-        root.addHandler(self._handler)
+        root = logging.root
+        if self._handler not in root.handlers:  # the first task, or one removed it
+            root.addHandler(self._handler)
+        self._handler.level = logging.NOTSET
         self._level = root.level
         if self._level != log_level:
             root.setLevel(log_level)
@@ -167,8 +173,8 @@ class Capture:
     def end(self) -> list[list[Any]]:
         """Stop capturing; returns the task's events."""
         self.active = False
-        root = logging.getLogger()
-        root.removeHandler(self._handler)
+        self._handler.level = _OFF
+        root = logging.root
         if root.level != self._level:
             root.setLevel(self._level)
         return self.events

@@ -7,9 +7,9 @@ Wire format 2 (MAGIC ``CB\x02``)::
                  └─────── the MAC covers the kind and everything after the MAC ───────┘
 
 A message is sealed with HMAC-SHA256 under the job's key. The job tag binds a message to its job, so a
-message copied from another job is refused even under the same key; the message id (16 random bytes,
-unique per message) lets a reader drop a replayed or duplicated copy of a message it has handled. Format 1
-had neither and is refused, unread.
+message copied from another job is refused even under the same key; the message id (16 bytes unique per
+message, see ``task._MessageIds``) lets a reader drop a replayed or duplicated copy of a message it has
+handled. Format 1 had neither and is refused, unread.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import PayloadAuthenticationError
 
@@ -45,16 +46,37 @@ class Unsealed:
     body: memoryview
 
 
+_KEYED: dict[bytes, tuple[Any, Any]] = {}  # key -> its HMAC's inner and outer SHA-256 states (a few keys)
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hmac_sha256(key: bytes, parts: tuple[bytes | memoryview, ...]) -> bytes:
+    """HMAC-SHA256 of the parts joined (RFC 2104, as ``hmac.new`` computes it) from the key's inner and outer
+    hash states, kept per key: every message is sealed or checked, and setting a key up costs more than hashing
+    a small message. The construction is the one ``hmac`` itself falls back to."""
+    states = _KEYED.get(key)
+    if states is None:
+        padded = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        states = (hashlib.sha256(padded.translate(_IPAD)), hashlib.sha256(padded.translate(_OPAD)))
+        if len(_KEYED) >= 8:  # a process seals for a job or two at a time
+            _KEYED.clear()
+        _KEYED[key] = states
+    inner = states[0].copy()
+    for part in parts:
+        inner.update(part)
+    outer = states[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
 def seal(key: bytes, kind: bytes, body: bytes, *, job: bytes, message_id: bytes | None = None) -> bytes:
     """Seal ``body`` for job tag ``job`` (see :func:`job_tag`) under a fresh message id (or ``message_id``)."""
     if len(job) != JOB_TAG_SIZE:
         raise ValueError(f"a job tag is {JOB_TAG_SIZE} bytes, not {len(job)}")
     ident = os.urandom(MESSAGE_ID_SIZE) if message_id is None else message_id
-    mac = hmac.new(key, kind, hashlib.sha256)
-    mac.update(job)
-    mac.update(ident)
-    mac.update(body)
-    return b"".join((MAGIC, kind, mac.digest(), job, ident, body))
+    return b"".join((MAGIC, kind, _hmac_sha256(key, (kind, job, ident, body)), job, ident, body))
 
 
 def unseal(key: bytes, data: bytes, *, job: bytes | None) -> Unsealed:
@@ -72,9 +94,7 @@ def unseal(key: bytes, data: bytes, *, job: bytes | None) -> Unsealed:
         raise PayloadAuthenticationError("message is not a cloudburst payload (bad header); it was discarded unread")
     view = memoryview(data)
     kind = bytes(view[len(MAGIC) : len(MAGIC) + 1])
-    expected = hmac.new(key, kind, hashlib.sha256)
-    expected.update(view[_HEAD:])
-    if not hmac.compare_digest(view[len(MAGIC) + 1 : _HEAD], expected.digest()):
+    if not hmac.compare_digest(view[len(MAGIC) + 1 : _HEAD], _hmac_sha256(key, (kind, view[_HEAD:]))):
         raise PayloadAuthenticationError(
             "message failed its HMAC check (tampered with, or sealed under another job's key); it was discarded unread"
         )

@@ -116,8 +116,18 @@ class Packer:
 
         return callback
 
-    def pack(self, obj: object, *, shared: Mapping[int, Packed] | None = None, keep_code_names: bool = False) -> Packed:
-        """Pickle ``obj``; raise :class:`PicklingError` naming it on failure."""
+    def pack(
+        self,
+        obj: object,
+        *,
+        shared: Mapping[int, Packed] | None = None,
+        keep_code_names: bool = False,
+        plain: bool = False,
+    ) -> Packed:
+        """Pickle ``obj``; raise :class:`PicklingError` naming it on failure. ``plain``: the caller knows it
+        holds only numbers, strings and builtin containers, which plain pickle writes as cloudpickle would, faster."""
+        if plain:
+            return self._finish(pickle.dumps(obj, protocol=PROTOCOL), (), codec=b"P")
         refs: list[BlobRef] = []
         callback = self._buffer_callback(refs)
         if shared or keep_code_names:
@@ -128,7 +138,8 @@ class Packer:
             data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
         return self._finish(data, tuple(refs))
 
-    def _finish(self, data: bytes, buffers: tuple[BlobRef, ...]) -> Packed:
+    def _finish(self, data: bytes, buffers: tuple[BlobRef, ...], codec: bytes = b"R") -> Packed:
+        """Inline (``codec`` + pickle; ``P``: plain pickle, loaded without a reference hook) or a blob."""
         if len(data) > self._inline_limit:
             return Packed(None, self.put_blob(data), buffers)
         if self._compress and len(data) >= COMPRESS_MIN_BYTES:
@@ -138,7 +149,7 @@ class Packer:
             else:
                 data = b"R" + data
         else:
-            data = b"R" + data
+            data = codec + data
         with self._lock:
             self.bytes_serialized += len(data)
         return Packed(data, None, buffers)
@@ -383,6 +394,8 @@ class Unpacker:
     def unpack(self, packed: Packed) -> object:
         """Load an object. Errors propagate as raised by pickle; callers name what failed."""
         if packed.inline is not None:
+            if packed.inline[:1] == b"P":  # plain values, inside an authenticated message: nothing to resolve
+                return pickle.loads(memoryview(packed.inline)[1:])
             codec, data = packed.inline[:1], packed.inline[1:]
             payload = decompress(data) if codec == b"Z" else data
         elif packed.blob is not None:

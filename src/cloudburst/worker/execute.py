@@ -15,6 +15,7 @@ from typing import Any
 import cloudpickle
 
 from .. import seeds
+from ..core.packing import only_plain
 from ..core.work import span
 from ..errors import PayloadAuthenticationError, PicklingError, TaskExitError, UnpicklingError
 from ..protocol.output import Capture
@@ -133,7 +134,7 @@ class TaskRunner:
     def pack_values(self, values: list[Any], task: TaskMessage) -> tuple[Any, dict[int, ItemError]]:
         errors: dict[int, ItemError] = {}
         try:
-            return self.packer.pack(values), errors
+            return self.packer.pack(values, plain=only_plain(values)), errors
         except Exception:
             pass
         for pos, value in enumerate(values):

@@ -13,6 +13,7 @@
             too many deliveries? ─► give up: report WorkerDiedError, delete
             load function + calls ─► run each call, output captured per item     (execute.py)
             pack results (big ones to the store) ─► send R ─► ack (delete the task)
+                (a Finishing task queue takes the last result, its ack and the next receive in one exchange)
 
 Watchdogs run beside the loop: the lease keeper extends the leases of running
 tasks; the control watch exits when the job has ended or the client's
@@ -43,7 +44,7 @@ import time
 import traceback
 from typing import NoReturn
 
-from ..backends.base import EXIT_REASON_PREFIX, Message, WorkerSide
+from ..backends.base import EXIT_REASON_PREFIX, Finishing, Message, WorkerSide
 from ..core import scratch
 from ..errors import (
     PayloadAuthenticationError,
@@ -108,6 +109,9 @@ class Worker:
         self._stopping = threading.Event()
         self._heartbeat: tuple[float, float] | None = None  # (last heartbeat value, when it changed here)
         self._last_work = time.monotonic()
+        self._outbox: list[tuple[bytes, str]] = []  # (sealed result, its task's receipt) not yet sent
+        # looked up once: an isinstance check against a Protocol costs more than the rest of a tiny task's loop
+        self._finishing = side.tasks if isinstance(side.tasks, Finishing) else None
         self.runner = TaskRunner(self.unpacker, self.packer, self.worker_id, self.check_memory_error)
 
     # ------------------------------------------------------------------ the loop
@@ -116,7 +120,7 @@ class Worker:
         self.start_watchdogs()
         try:
             while not self._stopping.is_set():
-                messages = self.side.tasks.receive(self.slots, wait=min(20.0, self.control_period))
+                messages = self.next_tasks()
                 if not messages:
                     if self.should_retire():
                         return 0
@@ -125,12 +129,36 @@ class Worker:
                 tasks = self.authenticate(messages)
                 self.announce(tasks)
                 for message, task, message_id in tasks:
+                    self.flush()  # a result never waits while another task runs
                     self.run_task(message, task, message_id)
                 self._last_work = time.monotonic()
+            self.flush()
             return 0
         finally:
             self._stopping.set()
             shutil.rmtree(self._cache, ignore_errors=True)
+
+    def next_tasks(self) -> list[Message]:
+        """Lease the next tasks. The last task's result and its acknowledgement go first: with the request, in
+        one exchange, when the task queue is ``Finishing``."""
+        wait = min(20.0, self.control_period)
+        if self._outbox and self._finishing is not None:
+            bodies, receipts = self._take_outbox()
+            return self._finishing.finish_and_receive(self.side.results, bodies, receipts, self.slots, wait)
+        self.flush()
+        return self.side.tasks.receive(self.slots, wait)
+
+    def flush(self) -> None:
+        """Send the results waiting to go, then acknowledge their tasks (in that order: a result is never lost
+        to its acknowledgement)."""
+        if self._outbox:
+            bodies, receipts = self._take_outbox()
+            self.side.results.send_batch(bodies)
+            self.side.tasks.ack(receipts)
+
+    def _take_outbox(self) -> tuple[list[bytes], list[str]]:
+        outbox, self._outbox = self._outbox, []
+        return [body for body, _ in outbox], [receipt for _, receipt in outbox]
 
     def end(self, code: int) -> None:
         """What a watchdog does to stop this worker: end the process (its own), else stop the loop."""
@@ -278,10 +306,11 @@ class Worker:
         self.send(result, message, message_id)
 
     def send(self, result: ResultMessage, message: Message, message_id: bytes) -> None:
-        """Send a task's result, remember its message as finished, then delete it from the queue."""
-        self.side.results.send_batch([encode(self.key, RESULT, result.task_id, result, job=self.job)])
+        """Seal a task's result and remember its message as finished; the result goes, then the message is
+        deleted from the queue, with the next receive (``next_tasks``) or before the next task (``flush``)."""
+        body = encode(self.key, RESULT, result.task_id, result, job=self.job)
         self._finished.add(message_id)  # before the ack: if that is lost, the copy that comes back is dropped
-        self.side.tasks.ack([message.receipt])
+        self._outbox.append((body, message.receipt))
 
     # ------------------------------------------------------------------ watchdogs
     def start_watchdogs(self) -> None:
