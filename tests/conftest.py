@@ -172,7 +172,7 @@ def leftover_check(ex: cloudburst.Executor) -> Callable[[], None]:
     def check() -> None:
         pids.update(worker_pids(ex))
         assert_nothing_left(pids, job_dir)
-        if _EMULATORS and ex.options.backend == "fargate":
+        if _EMULATORS and hasattr(ex._job.resources.launcher, "task_ids"):  # Fargate, or a subclass of it
             assert_nothing_left_in_aws(_EMULATORS[0], ex.job_id)
 
     return check
