@@ -224,10 +224,9 @@ class SeedContract(ContractFixtures):
 
     def test_seeded_results_do_not_depend_on_workers_or_chunks(self, make_executor: Make) -> None:
         pytest.importorskip("numpy")
-        runs = []
-        for workers, chunksize in [(1, None), (2, 1), (2, 13)]:
-            ex = make_executor(workers=workers, seed=7)
-            runs.append(list(ex.map(tasks.draw, range(40), chunksize=chunksize)))
+        one, two = make_executor(workers=1, seed=7), make_executor(workers=2, seed=7)
+        # the second executor runs two maps: its workers have run other items when the second comes
+        runs = [list(ex.map(tasks.draw, range(40), chunksize=c)) for ex, c in [(one, None), (two, 1), (two, 13)]]
         assert runs[0] == runs[1] == runs[2]
         assert len(set(runs[0])) == 40  # every item has its own stream
         assert list(make_executor(workers=2, seed=8).map(tasks.draw, range(40))) != runs[0]
