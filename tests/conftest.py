@@ -163,6 +163,21 @@ def assert_nothing_left_in_aws(emu: Emulator, job_id: str) -> None:
     assert wait_until(lambda: not job_tasks_running(), timeout=15), f"tasks still running: {job_tasks_running()}"
 
 
+def leftover_check(ex: cloudburst.Executor) -> Callable[[], None]:
+    """Call before terminating ``ex``; call what it returns after, to assert that its job left nothing behind:
+    no worker process, no job folder and, on emulated Fargate, no queue, object, key or task."""
+    pids = worker_pids(ex)
+    job_dir = getattr(ex._job.backend, "_root", None)
+
+    def check() -> None:
+        pids.update(worker_pids(ex))
+        assert_nothing_left(pids, job_dir)
+        if _EMULATORS and hasattr(ex._job.resources.launcher, "task_ids"):  # Fargate, or a subclass of it
+            assert_nothing_left_in_aws(_EMULATORS[0], ex.job_id)
+
+    return check
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "fargate":
@@ -173,25 +188,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_executor(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., cloudburst.Executor]]:
     """Create executors on the backend under test; afterwards assert that nothing is left behind."""
-    made: list[tuple[cloudburst.Executor, dict[str, int], Path | None]] = []
-    emu: Emulator | None = request.getfixturevalue("emulator") if backend == "fargate" else None
-    pids_of = worker_pids
+    made: list[cloudburst.Executor] = []
+    if backend == "fargate":
+        request.getfixturevalue("emulator")
 
     def make(*args: Any, **kwargs: Any) -> cloudburst.Executor:
         kwargs.setdefault("backend", backend)
-        ex = cloudburst.Executor(*args, **kwargs)
-        made.append((ex, pids_of(ex), getattr(ex._job.backend, "_root", None)))
-        return ex
+        made.append(cloudburst.Executor(*args, **kwargs))
+        return made[-1]
 
     yield make
-    for ex, pids, job_dir in made:
-        pids.update(pids_of(ex))
+    for ex in made:
+        check = leftover_check(ex)
         ex.shutdown(wait=False, cancel_futures=True)
         ex.terminate()
-        pids.update(pids_of(ex))
-        assert_nothing_left(pids, job_dir)
-        if emu is not None:
-            assert_nothing_left_in_aws(emu, ex.job_id)
+        check()
 
 
 @pytest.fixture

@@ -1,24 +1,29 @@
 """The backend contract suite against emulated Fargate.
 
-The emulator is slow to start workers, so the executor cases run on the one shared executor
-(``fresh_executors = False``: the cases that need an executor of their own are skipped here; they run
-against Fargate in tests/test_behaviour.py and tests/test_failures.py).
+This is where the behaviour suite and the failure table run on Fargate; tests/test_behaviour.py and
+tests/test_failures.py hold only the cases that need the backend's internals or options of their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+import cloudburst
 from cloudburst.emulator import Emulator
 from cloudburst.testing import BackendContract
 
+from .conftest import leftover_check
+
 
 class TestFargateContract(BackendContract):
-    fresh_executors = False
-
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls, emulator: Emulator) -> tuple[str, dict[str, Any]]:
         return "fargate", {}
+
+    @classmethod
+    def leftover_check(cls, executor: cloudburst.Executor) -> Callable[[], None]:
+        return leftover_check(executor)

@@ -1,24 +1,19 @@
-"""The failure table: every failure cloudburst handles, the error it must raise, and what must survive.
+"""Failures that need the backend's internals, options of their own, or a client process of their own.
 
-Each row of ``ITEM_FAILURES`` submits items 0..5, where item 2 is the bad one and
-shares its task (chunk) with others: the bad item's future must fail with the
-row's exception and message, every other item must return its value, and the
-executor must stay usable.
+The failure table itself (each bad item's error, and that everything else survives) is cloudburst.testing's
+contract suite (``cloudburst.testing.failures``): it runs in tests/test_contract_*.py on every backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,75 +22,9 @@ import pytest
 
 import cloudburst
 from cloudburst.backends.local import LocalBackend
+from cloudburst.testing.failures import BAD, FailureContract, Row, died_with
 
 from .conftest import process_gone, wait_until, worker_pids
-
-BAD = 2
-CLIENT_PID = os.getpid()
-
-
-# ---------------------------------------------------------------------------- hostile objects
-
-
-def _explode_in_worker(client_pid: int) -> object:
-    if os.getpid() != client_pid:
-        raise ImportError("module 'only_on_the_client' is not installed on this worker")
-    return "fine"
-
-
-def _explode_in_client(client_pid: int) -> object:
-    if os.getpid() == client_pid:
-        raise ImportError("module 'only_on_the_worker' is not installed on the client")
-    return "fine"
-
-
-class WorkerHostile:
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_explode_in_worker, (CLIENT_PID,))
-
-
-class ClientHostile:
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_explode_in_client, (CLIENT_PID,))
-
-
-# ---------------------------------------------------------------------------- bad items
-
-
-def identity(x: Any) -> Any:
-    return x
-
-
-def return_lock_on_bad(x: int) -> Any:
-    return threading.Lock() if x == BAD else x
-
-
-def return_client_hostile_on_bad(x: int) -> Any:
-    return ClientHostile() if x == BAD else x
-
-
-def exit_on_bad(x: int) -> int:
-    if x == BAD:
-        sys.exit(4)
-    return x
-
-
-def sigkill_on_bad(x: int) -> int:
-    if x == BAD:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return x
-
-
-def os_exit_on_bad(x: int) -> int:
-    if x == BAD:
-        os._exit(3)
-    return x
-
-
-def segfault_on_bad(x: int) -> int:
-    if x == BAD:
-        ctypes.string_at(0)
-    return x
 
 
 def eat_memory_on_bad(x: int) -> int:
@@ -107,166 +36,19 @@ def eat_memory_on_bad(x: int) -> int:
     return x
 
 
-def keyboard_interrupt_on_bad(x: int) -> int:
-    if x == BAD:
-        raise KeyboardInterrupt
-    return x
+#: rows of the failure table that need options of their own (here: a memory limit, which the contract suite
+#: does not set), run through the contract's row body on a fresh executor
+LIMIT_ROWS = [
+    (Row("out of memory", eat_memory_on_bad, cloudburst.WorkerDiedError,
+         r"OutOfMemoryError: (the worker used \d+ MiB, over its memory limit of 512 MiB|Container killed due to mem)",
+         check=died_with(137)),
+     {"memory": "512MB", "cpu": 0.25}),
+]  # fmt: skip
 
 
-@dataclass
-class Row:
-    name: str
-    fn: Callable[[Any], Any]
-    error: type[BaseException]
-    match: str | None
-    bad_arg: Callable[[], Any] = lambda: BAD
-    options: dict[str, Any] = field(default_factory=dict)
-    check: Callable[[BaseException], None] | None = None
-
-
-def _exit_code(code: int) -> Callable[[BaseException], None]:
-    def check(exc: BaseException) -> None:
-        assert isinstance(exc, cloudburst.WorkerDiedError)
-        # A process killed by signal N: -N from subprocess, 128+N from a container.
-        assert exc.exit_code in (code, 128 - code if code < 0 else code), exc.exit_code
-        assert exc.attempts == 3  # retries=2: three deaths
-
-    return check
-
-
-ITEM_FAILURES = [
-    Row(
-        "unpicklable argument",
-        identity,
-        cloudburst.PicklingError,
-        r"item 2: cannot send _thread.lock",
-        bad_arg=threading.Lock,
-    ),
-    Row(
-        "argument fails to unpickle on the worker",
-        identity,
-        cloudburst.UnpicklingError,
-        r"arguments of items 2 could not be unpickled on the worker.*only_on_the_client",
-        bad_arg=WorkerHostile,
-    ),
-    Row(
-        "unpicklable result",
-        return_lock_on_bad,
-        cloudburst.PicklingError,
-        r"result of item 2 cannot be pickled: _thread.lock",
-    ),
-    Row(
-        "result fails to unpickle in the client",
-        return_client_hostile_on_bad,
-        cloudburst.UnpicklingError,
-        r"result of item 2 came back but could not be unpickled here.*only_on_the_worker",
-    ),
-    Row("task calls sys.exit", exit_on_bad, cloudburst.TaskExitError, r"item 2 called sys.exit\(4\)"),
-    Row("task raises KeyboardInterrupt", keyboard_interrupt_on_bad, KeyboardInterrupt, None),
-    Row(
-        "worker killed by SIGKILL",
-        sigkill_on_bad,
-        cloudburst.WorkerDiedError,
-        r"item 2: the worker running it died 3 time\(s\).*killed by SIGKILL",
-        check=_exit_code(-9),
-    ),
-    Row(
-        "os._exit inside a task",
-        os_exit_on_bad,
-        cloudburst.WorkerDiedError,
-        r"died 3 time\(s\).*exit code 3",
-        check=_exit_code(3),
-    ),
-    Row(
-        "segfault",
-        segfault_on_bad,
-        cloudburst.WorkerDiedError,
-        r"killed by SIGSEGV(?s:.*)Last worker output:\nFatal Python error: Segmentation fault(?s:.*)segfault_on_bad",
-        check=_exit_code(-11),
-    ),
-    Row(
-        "out of memory",
-        eat_memory_on_bad,
-        cloudburst.WorkerDiedError,
-        r"OutOfMemoryError: (the worker used \d+ MiB, over its memory limit of 512 MiB|Container killed due to memory)",
-        options={"memory": "512MB", "cpu": 0.25},
-        check=_exit_code(137),
-    ),
-]
-
-
-@pytest.mark.parametrize("row", ITEM_FAILURES, ids=lambda r: r.name)
-def test_item_failure(row: Row, make_executor: Any) -> None:
-    ex = make_executor(2, **row.options)
-    args = [row.bad_arg() if i == BAD else i for i in range(6)]
-    futures = [ex.submit(row.fn, a) for a in args]
-    with pytest.raises(row.error, match=row.match) as info:
-        futures[BAD].result(timeout=90)
-    if row.check:
-        row.check(info.value)
-    survivors = {i: f.result(timeout=60) for i, f in enumerate(futures) if i != BAD and not f.exception(timeout=60)}
-    assert survivors == {i: i for i in range(6) if i != BAD}
-    assert ex.submit(abs, -5).result(timeout=60) == 5  # still usable
-
-
-def test_map_errors_return_isolates_the_killer(backend: str) -> None:
-    out = cloudburst.map(
-        sigkill_on_bad, range(30), workers=2, backend=backend, chunksize=10, errors="return", progress=False, retries=1
-    )
-    assert isinstance(out[BAD], cloudburst.WorkerDiedError)
-    assert [v for i, v in enumerate(out) if i != BAD] == [i for i in range(30) if i != BAD]
-
-
-def die_first_time(x: int, marker: str) -> int:
-    path = Path(marker)
-    if x == BAD and not path.exists():
-        path.write_text("died once")
-        os.kill(os.getpid(), signal.SIGKILL)
-    return x * 10
-
-
-def test_transient_worker_death_is_retried(make_executor: Any, tmp_path: Path) -> None:
-    ex = make_executor(2)
-    futures = [ex.submit(die_first_time, i, str(tmp_path / "marker")) for i in range(6)]
-    assert [f.result(timeout=60) for f in futures] == [i * 10 for i in range(6)]
-    assert (tmp_path / "marker").exists()
-
-
-def test_retries_zero_fails_on_first_death(make_executor: Any) -> None:
-    ex = make_executor(1, retries=0)
-    with pytest.raises(cloudburst.WorkerDiedError, match=r"died 1 time\(s\)") as info:
-        ex.submit(sigkill_on_bad, BAD).result(timeout=60)
-    assert info.value.attempts == 1
-
-
-def test_unpicklable_function_is_refused_at_submit(executor: cloudburst.Executor) -> None:
-    lock = threading.Lock()
-    with pytest.raises(cloudburst.PicklingError, match=r"cannot send the function .*<lambda>.*created inside"):
-        executor.submit(lambda: lock)
-    assert executor.submit(abs, -1).result(timeout=30) == 1
-
-
-def test_function_fails_to_unpickle_on_the_worker(executor: cloudburst.Executor) -> None:
-    hostile = WorkerHostile()
-
-    def uses_hostile(x: int) -> int:
-        return x if hostile else -x
-
-    futures = [executor.submit(uses_hostile, i) for i in range(3)]
-    for future in futures:
-        with pytest.raises(cloudburst.UnpicklingError, match=r"function could not be unpickled.*only_on_the_client"):
-            future.result(timeout=30)
-    assert executor.submit(abs, -2).result(timeout=30) == 2
-
-
-def test_workers_that_cannot_start(backend: str) -> None:
-    ex = cloudburst.Executor(1, backend=backend, env={"PYTHONHOME": "/nonexistent"})
-    try:
-        with pytest.raises(cloudburst.WorkerDiedError, match=r"keep failing before they run anything") as info:
-            ex.submit(abs, -1).result(timeout=60)
-        assert info.value.exit_code not in (0, None)
-    finally:
-        ex.terminate()
+@pytest.mark.parametrize(("row", "options"), LIMIT_ROWS, ids=lambda v: getattr(v, "name", ""))
+def test_item_failure_under_a_limit(row: Row, options: dict[str, Any], make_executor: Any) -> None:
+    FailureContract().test_failure_row(row, make_executor(2, **options))
 
 
 # ---------------------------------------------------------------------------- leases and tampering

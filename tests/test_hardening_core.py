@@ -17,7 +17,9 @@ import boto3
 import pytest
 
 import cloudburst
+from cloudburst.backends.aws.fargate import FargateBackend
 from cloudburst.backends.base import WorkerExit
+from cloudburst.backends.local import LocalBackend
 from cloudburst.core.work import MapRun
 from cloudburst.protocol.task import STARTED, TASK, Columns, Notice, TaskMessage, encode
 
@@ -156,8 +158,22 @@ def test_a_forged_cancel_marker_is_ignored(make_executor: Any, tmp_path: Path) -
     assert ex.submit(die_once, 5, str(tmp_path / "died")).result(timeout=90) == 5
 
 
-def test_a_forged_stop_flag_does_not_stop_the_workers(make_executor: Any) -> None:
-    ex = make_executor(2)
+class QuickControlLocal(LocalBackend):
+    control_period = 0.5  # the workers read the job's state every half second, so the test forges for seconds
+
+
+class QuickControlFargate(FargateBackend):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.control_period = 0.5  # Fargate's follows client_timeout: a quarter of it, 2.5 s at the least
+
+
+QUICK_CONTROL = {"local": QuickControlLocal, "fargate": QuickControlFargate}
+
+
+def test_a_forged_stop_flag_does_not_stop_the_workers(make_executor: Any, backend: str) -> None:
+    ex = make_executor(2, backend=QUICK_CONTROL[backend].import_path())
+    assert ex._job.backend.control_period == 0.5
     assert list(ex.map(nap, range(4))) == list(range(4))
     pids = worker_pids(ex)
     assert pids

@@ -27,8 +27,10 @@ def imported(node: ast.Import | ast.ImportFrom, package_of: str, modules: set[st
         source = ".".join(base + ([node.module] if node.module else []))
     else:
         source = node.module or ""
-    found = [source] if source in modules else []
-    return found + [f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in modules]
+    submodules = [f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in modules]
+    if len(submodules) == len(node.names):  # ``from . import tasks``: the submodules, not the package's own names
+        return submodules
+    return ([source] if source in modules else []) + submodules
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

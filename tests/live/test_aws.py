@@ -1,6 +1,6 @@
 """The live-AWS suite: the contract and the failure table against a real account (``pytest -m aws``).
 
-Test bodies come from the emulator suite unchanged (imported below, run with this folder's fixtures);
+Test bodies come from the contract suite, cloudburst.testing (called below with this folder's fixtures);
 what only makes sense on AWS, or needs AWS-sized waits, is written here. Every job runs under
 ``max_cost_per_job`` (conftest.MAX_COST_PER_JOB) and the account is torn down after the session.
 """
@@ -14,44 +14,54 @@ import pytest
 import cloudburst
 from cloudburst.backends.aws.ops import cleanup as clean_up_job
 from cloudburst.backends.aws.ops import find_jobs, leftovers
+from cloudburst.testing import tasks
+from cloudburst.testing.behaviour import ErrorContract, FutureContract, MapContract
+from cloudburst.testing.failures import BAD, ROWS, FailureContract, Row
 
-from ..test_behaviour import (
-    square,
-    test_cancel_pending_future,
-    test_map_keeps_input_order,
-    test_map_raises_at_the_failed_item,
-    test_module_map_returns_list,
-    test_shutdown_cancel_futures,
-    test_user_exception_keeps_type_and_remote_traceback,
-)
-from ..test_failures import BAD, ITEM_FAILURES, Row, sigkill_on_bad
-from ..test_failures import test_item_failure as item_failure
 from .conftest import COLD_START, assert_nothing_left_in_the_account
 
 pytestmark = [pytest.mark.aws, pytest.mark.timeout(1800)]
 
-__all__ = [  # the contract suite's bodies, collected here with the live fixtures
-    "test_cancel_pending_future",
-    "test_map_keeps_input_order",
-    "test_map_raises_at_the_failed_item",
-    "test_module_map_returns_list",
-    "test_shutdown_cancel_futures",
-    "test_user_exception_keeps_type_and_remote_traceback",
-]
+# The contract suite's bodies (cloudburst.testing), run with this folder's fixtures.
+
+
+def test_map_keeps_input_order(executor: cloudburst.Executor) -> None:
+    MapContract().test_map_keeps_input_order(executor)
+
+
+def test_map_raises_at_the_failed_item(executor: cloudburst.Executor) -> None:
+    MapContract().test_map_raises_at_the_failed_item(executor)
+
+
+def test_module_map_and_its_error_modes(backend: str) -> None:
+    MapContract().test_module_map_and_its_error_modes((backend, {}))
+
+
+def test_exception_keeps_type_and_traceback(executor: cloudburst.Executor) -> None:
+    ErrorContract().test_exception_keeps_type_and_traceback(executor)
+
+
+def test_cancel_a_pending_future(make_executor: Any) -> None:
+    FutureContract().test_cancel_a_pending_future(make_executor)
+
+
+def test_shutdown_cancels_and_refuses(make_executor: Any) -> None:
+    FutureContract().test_shutdown_cancels_and_refuses(make_executor)
+
 
 # Rows whose worker dies wait for a new Fargate task per death (30-60 s each), past those rows' waits;
 # test_a_worker_that_dies_is_retried_then_reported covers a death here with waits sized for AWS.
-AWS_ROWS = [row for row in ITEM_FAILURES if row.error is not cloudburst.WorkerDiedError]
+AWS_ROWS = [row for row in ROWS if row.error is not cloudburst.WorkerDiedError]
 
 
 @pytest.mark.parametrize("row", AWS_ROWS, ids=lambda r: r.name)
 def test_item_failure_on_aws(row: Row, make_executor: Any) -> None:
-    item_failure(row, make_executor)
+    FailureContract().test_failure_row(row, make_executor(2))
 
 
 def test_a_worker_that_dies_is_retried_then_reported(make_executor: Any) -> None:
     ex = make_executor(1, retries=1)
-    futures = [ex.submit(sigkill_on_bad, i) for i in range(4)]
+    futures = [ex.submit(tasks.sigkill_on_bad, i) for i in range(4)]
     with pytest.raises(cloudburst.WorkerDiedError, match=r"died 2 time\(s\)") as info:
         futures[BAD].result(timeout=COLD_START)
     assert info.value.attempts == 2
@@ -59,14 +69,14 @@ def test_a_worker_that_dies_is_retried_then_reported(make_executor: Any) -> None
 
 
 def test_detached_job_is_collected_by_attach(live_aws: dict[str, Any]) -> None:
-    job_id = cloudburst.submit_job(square, range(20), workers=1, chunksize=5)
+    job_id = cloudburst.submit_job(tasks.square, range(20), workers=1, chunksize=5)
     assert cloudburst.attach(job_id).results(timeout=COLD_START) == [x * x for x in range(20)]
     assert_nothing_left_in_the_account(live_aws, job_id)
 
 
 def test_cleanup_removes_what_a_kept_job_left(live_aws: dict[str, Any]) -> None:
     ex = cloudburst.Executor(1, backend="fargate", keep=True)
-    assert ex.submit(square, 4).result(timeout=COLD_START) == 16
+    assert ex.submit(tasks.square, 4).result(timeout=COLD_START) == 16
     ex.shutdown()
     region, profile = live_aws.get("region"), live_aws.get("profile")
     found = [

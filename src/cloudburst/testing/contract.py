@@ -24,4 +24,5 @@ __all__ = [
 class BackendContract(StoreContract, QueueContract, LauncherContract, BehaviourContract, FailureContract):
     """Every part of the contract, then the executor through the backend. Subclass it and supply a
     class-scoped ``backend`` fixture returning ``(name, Executor options)``; set ``isolated_workers``,
-    ``relays_output`` or ``fresh_executors`` to False for what the backend cannot do."""
+    ``relays_output`` or ``fresh_executors`` to False for what the backend cannot do, and override
+    ``leftover_check`` to assert that a job leaves nothing behind."""

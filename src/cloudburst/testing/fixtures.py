@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -116,13 +117,22 @@ class ContractFixtures:
         name, options = backend
         ex = cloudburst.Executor(backend=name, **{"workers": 2, **options})
         yield ex
+        check = cls.leftover_check(ex)
         ex.terminate()
+        check()
+
+    @pytest.fixture
+    def gate(self, tmp_path: Path) -> Iterator[str]:
+        """A file that tasks started with ``tasks.wait_for`` wait for; opened at the end whatever happened, so
+        that a failed case does not leave the shared workers busy."""
+        path = tmp_path / "gate"
+        yield str(path)
+        path.touch()
 
     @pytest.fixture
     def make_executor(self, backend: tuple[str, dict[str, Any]]) -> Iterator[Callable[..., cloudburst.Executor]]:
         """Makes executors on the backend (options override the fixture's); terminates them afterwards."""
-        if not self.fresh_executors:
-            pytest.skip("this backend runs the executor cases on its shared executor only")
+        self.needs_fresh_executors()
         name, options = backend
         made: list[cloudburst.Executor] = []
 
@@ -133,8 +143,22 @@ class ContractFixtures:
 
         yield make
         for ex in made:
+            check = self.leftover_check(ex)
             ex.shutdown(wait=False, cancel_futures=True)
             ex.terminate()
+            check()
+
+    @classmethod
+    def leftover_check(cls, executor: cloudburst.Executor) -> Callable[[], None]:
+        """Called with each executor the suite made, before it is terminated; what it returns is called
+        after, to assert that the job left nothing behind (processes, files, cloud resources). A backend's
+        test class overrides it to look; by default nothing is checked."""
+        return lambda: None
+
+    def needs_fresh_executors(self) -> None:
+        """Skip a case that makes executors of its own on a backend that runs the shared executor only."""
+        if not self.fresh_executors:
+            pytest.skip("this backend runs the executor cases on its shared executor only")
 
     def needs_isolated_workers(self) -> None:
         """Skip a case that needs workers in processes of their own."""

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import random
 import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
+
+import cloudburst
 
 #: the item the failure table makes bad
 BAD = 2
@@ -37,11 +43,51 @@ def fail_on(x: int, bad: int) -> int:
     return x
 
 
+def wait_for(x: Any, path: str, timeout: float = 300.0) -> Any:
+    """``x``, once the file ``path`` exists (a gate the test opens; the timeout only ends a forgotten one)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return x
+
+
 def talk(x: int) -> int:
-    """Prints to stdout and stderr."""
+    """Prints to stdout and stderr, logs a warning and warns."""
     print(f"hello from {x}")
     print(f"to stderr {x}", file=sys.stderr)
+    logging.getLogger("a_users_module").warning("log record %d", x)
+    warnings.warn(f"careful with {x}", RuntimeWarning, stacklevel=1)
     return x
+
+
+def warn_and_print(x: int) -> int:
+    """The same warning every time (a process shows it once, unless each call is relayed apart), and a line."""
+    warnings.warn("the same line every time", UserWarning, stacklevel=1)
+    print(f"item says {x}")
+    return x
+
+
+class Point:
+    """A user's class: its instances and its methods travel."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def norm2(self) -> int:
+        """x² + y²."""
+        return self.x * self.x + self.y * self.y
+
+
+def draw(_: object) -> tuple[float, float, float]:
+    """One draw from each random source a seed governs: ``cloudburst.rng()``, ``random`` and numpy's global."""
+    import numpy as np  # an optional dependency: only the seed cases call this, and they skip without it
+
+    return (cloudburst.rng().random(), random.random(), float(np.random.random()))
+
+
+def rng_draws(_: object) -> list[float]:
+    """Three draws from the item's own generator."""
+    return list(cloudburst.rng().random(3).tolist())
 
 
 def pid(_: object = None) -> int:
@@ -127,6 +173,13 @@ def os_exit_on_bad(x: int) -> int:
     """os._exit(3) for the bad item."""
     if x == BAD:
         os._exit(3)
+    return x
+
+
+def segfault_on_bad(x: int) -> int:
+    """A segmentation fault for the bad item."""
+    if x == BAD:
+        ctypes.string_at(0)
     return x
 
 
