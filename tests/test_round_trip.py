@@ -39,7 +39,8 @@ from cloudburst.core.packing import MAX_REMEMBERED, Sealer
 from cloudburst.core.work import Task
 from cloudburst.errors import PayloadAuthenticationError
 from cloudburst.protocol.output import Capture
-from cloudburst.protocol.serialize import MAGIC, BlobRef, Packed, Packer, job_tag, seal, unseal
+from cloudburst.protocol.sealing import MAGIC, job_tag, seal, unseal
+from cloudburst.protocol.serialize import BlobRef, Packed, Packer
 from cloudburst.protocol.task import (
     REJECTED,
     RESULT,
