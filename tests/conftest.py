@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 import cloudburst
 from cloudburst.emulator import Emulator
+from cloudburst.testing import fixtures
 
 # The suite never reads or writes the user's own settings or job records.
 _PRIVATE = Path(tempfile.mkdtemp(prefix="cloudburst-tests-"))
@@ -59,12 +59,8 @@ def process_gone(pid: int) -> bool:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    """Whether ``predicate`` became true within ``timeout`` seconds (the contract suite's helper, a shorter default)."""
+    return fixtures.wait_until(predicate, timeout, interval)
 
 
 def assert_nothing_left(pids: dict[str, int], job_dir: Path | None) -> None:
