@@ -304,6 +304,102 @@ def test_mutual_recursion_and_enums_are_hashed(user: UserModules) -> None:
     assert key(user.load("pipe_rec").stage, 4) != before
 
 
+def test_code_inside_values_counts(user: UserModules) -> None:
+    """A global holding an instance of a user class, or user functions in a dict, and an argument that is
+    such an instance: the code of their methods and functions counts."""
+    source = """
+        class Scaler:
+            def __init__(self, k):
+                self.k = k
+
+            def apply(self, x):
+                return x * self.k
+
+        def double(x):
+            return 2 * x
+
+        SCALER = Scaler(3)
+        STEPS = {"double": double}
+
+        def stage(x, extra):
+            return STEPS["double"](SCALER.apply(x)) + extra.apply(x)
+        """
+    user.write("pipe_values", source)
+    mod = user.load("pipe_values")
+    before, fp = key(mod.stage, 1, mod.Scaler(2)), keys.fingerprint(mod.stage, (1, mod.Scaler(2)))
+    assert {"pipe_values:Scaler.apply", "pipe_values:double"} <= set(fp.code)
+    assert key(mod.stage, 1, mod.Scaler(2)) == before
+
+    user.write("pipe_values", source.replace("return 2 * x", "return x + x + 1"))
+    mod = user.load("pipe_values")
+    assert why(mod.stage, fp, 1, mod.Scaler(2)) == ["code of pipe_values.double changed (used by pipe_values.stage)"]
+    user.write("pipe_values", source.replace("x * self.k", "x * self.k + 1"))
+    mod = user.load("pipe_values")
+    assert "input extra changed" in why(mod.stage, fp, 1, mod.Scaler(2))
+    assert key(mod.stage, 1, mod.Scaler(2)) != before
+
+
+def test_keys_do_not_depend_on_what_ran_before(user: UserModules) -> None:
+    """Pickling an instance caches ``__slotnames__`` on its class: that must not change the class's digest."""
+    source = """
+        class Point:
+            __slots__ = ("x", "y")
+
+            def __init__(self, x, y):
+                self.x, self.y = x, y
+
+        def stage(n):
+            return Point(n, n)
+        """
+    user.write("pipe_slots", source)
+    mod = user.load("pipe_slots")
+    before = key(mod.stage, 1)
+    digest(mod.Point(1, 2))  # pickles an instance
+    assert "__slotnames__" in vars(mod.Point)
+    assert key(mod.stage, 1) == before
+
+
+KEY_IN_A_PROCESS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import pipe_stable
+from cloudburst.stages import keys
+print(keys.fingerprint(pipe_stable.stage, ({"b", "a", "c"},)).key())
+"""
+
+
+def test_a_key_is_the_same_in_every_process(user: UserModules) -> None:
+    """The cache outlives the process: string hashing, object ids and import order must not reach a key."""
+    user.write("pipe_stable", """
+        import enum
+        import numpy as np
+        import pandas as pd
+
+        class Kind(enum.Enum):
+            A = "a"
+
+        class Holder:
+            def __init__(self):
+                self.items = {"x", "y", "z"}
+
+        TABLE = pd.DataFrame({"name": ["p", "q"], "value": [1.5, 2.5]})
+        ARRAY = np.arange(12.0).reshape(3, 4)
+        HOLDER = Holder()
+        TAGS = frozenset({"red", "green", "blue"})
+
+        def stage(labels):
+            return TABLE, ARRAY.sum(), HOLDER.items, TAGS, Kind.A, sorted(labels)
+        """)  # fmt: skip
+    found = {key(user.load("pipe_stable").stage, {"a", "b", "c"})}
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        cmd = [sys.executable, "-c", KEY_IN_A_PROCESS, str(user.root)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        found.add(out.stdout.strip())
+    assert len(found) == 1
+
+
 # ---------------------------------------------------------------------------- closures (Prefect#23062)
 
 

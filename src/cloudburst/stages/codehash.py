@@ -44,7 +44,7 @@ from pathlib import Path
 
 from ..version import __version__
 from .codenorm import Ref, module_source_digest, own_code, references
-from .valuehash import Substitute, ValueHasher, preview
+from .valuehash import HINT, Substitute, ValueHasher, preview
 
 __all__ = ["CodeHasher", "CodePrint", "fingerprint_code", "is_user_module", "module_kind"]
 
@@ -70,6 +70,7 @@ _CLASS_SKIP = frozenset(
         "__parameters__",
         "__abstractmethods__",
         "_abc_impl",  # ABC bookkeeping, not picklable
+        "__slotnames__",  # cached by copyreg once an instance was pickled: would depend on what ran before
     }
 )
 _DESCRIPTORS = (types.MemberDescriptorType, types.GetSetDescriptorType)
@@ -163,20 +164,19 @@ class _Unit:
 
 
 class CodeHasher:
-    """Fingerprints code for one compute: each unit is analysed once, each value hashed once.
+    """Fingerprints code for one compute: each unit is analysed once, each value hashed once. Not thread-safe.
 
-    ``values`` is the ``ValueHasher`` that digests globals, closure variables and arguments; user code
-    inside values is hashed by this hasher. ``substitute`` gives the digest of objects that stand for
-    another value (upstream nodes).
+    ``values`` is the ``ValueHasher`` that digests globals, closure variables and arguments; the user code
+    it meets inside values is walked like the stage's own. ``substitute`` gives the digest of objects that
+    stand for another value (upstream nodes).
     """
 
     def __init__(self, *, substitute: Substitute | None = None) -> None:
-        self.values = ValueHasher(code_digest=self.code_digest, substitute=substitute)
+        self.values = ValueHasher(is_code=self.is_code, substitute=substitute)
         self._units: dict[int, tuple[object, _Unit]] = {}
         self._prints: dict[int, tuple[object, CodePrint]] = {}
         self._kinds: dict[str | None, str] = {}
         self._versions: dict[str, str | None] = {}
-        self._active: set[int] = set()
 
     def fingerprint(self, fn: object, *, version: str | None = None) -> CodePrint:
         """The ``CodePrint`` of ``fn`` and all it reaches; empty when ``version`` stands in for the code."""
@@ -185,21 +185,21 @@ class CodeHasher:
         seen = self._prints.get(id(fn))
         if seen is not None and seen[0] is fn:
             return seen[1]
-        self._active.add(id(fn))
-        try:
-            result = _Walk(self).run(fn)
-        finally:
-            self._active.discard(id(fn))
+        result = _Walk(self).run(fn)
         self._prints[id(fn)] = (fn, result)
         return result
 
-    def code_digest(self, obj: object) -> str | None:
-        """The digest of a user function or class met inside a value; ``None`` for anything else."""
-        if not isinstance(obj, (types.FunctionType, type)) or self.kind(obj.__module__) != "user":
-            return None
-        if id(obj) in self._active:  # a value inside the class being hashed (an enum member): named only
-            return f"cycle:{obj.__module__}:{obj.__qualname__}"
-        return self.fingerprint(obj).digest()
+    def value_digest(self, obj: object, *, where: str = "a value", hint: str = HINT) -> str:
+        """The digest of a value (an argument, a result), the code of user functions and classes in it included."""
+        digest, met = self.values.digest_code(obj, where=where, hint=hint)
+        if not met:
+            return digest
+        prints = "".join(self.fingerprint(code).digest() for code in met)
+        return hashlib.sha256(f"cbv1+code:{digest}:{prints}".encode()).hexdigest()
+
+    def is_code(self, obj: object) -> bool:
+        """True for the user's own functions and classes: code units."""
+        return isinstance(obj, (types.FunctionType, type)) and self.kind(obj.__module__) == "user"
 
     def kind(self, module: str | None) -> str:
         """``module_kind``, memoized for this compute."""
@@ -259,7 +259,7 @@ class CodeHasher:
         for name, member in sorted(vars(cls).items()):
             if name in _CLASS_SKIP or name.startswith("__dataclass") or isinstance(member, _DESCRIPTORS):
                 continue
-            if generated and isinstance(member, types.FunctionType) and member.__code__.co_filename.startswith("<"):
+            if generated and _generated(member):
                 continue  # written by dataclasses/attrs from the fields, which are hashed instead
             deps.append(_Dep(f"{home}:{qualname}.{name}", member, "globals"))
         for spec in getattr(cls, "__dataclass_fields__", {}).values():
@@ -383,7 +383,11 @@ class _Walk:
         return self.value(obj, label, bucket)
 
     def value(self, obj: object, label: str, bucket: str) -> str:
-        self.buckets[bucket][label] = self.hasher.values.digest(obj, where=_where(label, bucket))
+        """A value by content; the user code inside it (an instance's class, a function in a dict) as units."""
+        digest, met = self.hasher.values.digest_code(obj, where=_where(label, bucket))
+        self.buckets[bucket][label] = digest
+        for code in met:
+            self.reach(code, label, bucket)
         shown = preview(obj)
         if shown is not None:
             self.previews[f"{bucket}/{label}"] = shown
@@ -431,6 +435,15 @@ class _Walk:
             self.keep.append(obj)
             self.pending.append((obj, name))
         return base
+
+
+def _generated(member: object) -> bool:
+    """A method dataclasses or attrs wrote (its code comes from a string), possibly wrapped (``__repr__``)."""
+    while isinstance(member, types.FunctionType):
+        if member.__code__.co_filename.startswith("<"):
+            return True
+        member = getattr(member, "__wrapped__", None)
+    return False
 
 
 def _wrapped(obj: object) -> object | None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .codehash import CodeHasher
-from .valuehash import ValueHasher, preview
+from .valuehash import preview
 
 __all__ = ["Change", "Fingerprint", "fingerprint", "input_digests"]
 
@@ -169,17 +169,18 @@ def input_digests(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
-    values: ValueHasher,
+    hasher: CodeHasher,
     *,
     stage: str = "",
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The digests of a call's arguments, by parameter name (defaults applied, so ``f(1)`` and ``f(1, 2)``
-    share a key when 2 is the default), and the previews of small ones ("inputs/<name>")."""
+    share a key when 2 is the default), and the previews of small ones ("inputs/<name>"). The code of user
+    functions and classes inside an argument counts in its digest."""
     digests: dict[str, str] = {}
     previews: dict[str, str] = {}
     for name, value in _named_arguments(fn, args, kwargs):
         where = f"argument `{name}` of stage `{stage or getattr(fn, '__qualname__', fn)}`"
-        digests[name] = values.digest(value, where=where, hint=_ARGUMENT_HINT)
+        digests[name] = hasher.value_digest(value, where=where, hint=_ARGUMENT_HINT)
         shown = preview(value)
         if shown is not None:
             previews[f"inputs/{name}"] = shown
@@ -202,7 +203,7 @@ def fingerprint(
     hasher = hasher if hasher is not None else CodeHasher()
     stage = f"{getattr(fn, '__module__', None) or '?'}:{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     code = hasher.fingerprint(fn, version=version)
-    inputs, input_previews = input_digests(fn, args, kwargs or {}, hasher.values, stage=_show(stage))
+    inputs, input_previews = input_digests(fn, args, kwargs or {}, hasher, stage=_show(stage))
     return Fingerprint(
         stage=stage,
         code=code.code,

@@ -6,8 +6,9 @@ pickler (protocol 5) writes straight into the hash, so nothing is kept in memory
 
 - sets and frozensets become their elements in a fixed order (sorted, or sorted by element digest): the
   order of a set follows string hashing, which changes from one process to the next;
-- the user's own functions and classes become their code digest (``code_digest``, from ``codehash``), so
-  code inside a value counts the way a stage's own code counts, formatting and comments excepted;
+- the user's own functions and classes (``is_code``, from ``codehash``) become their name, and are handed
+  back with the digest (``digest_code``): the caller hashes their code the way it hashes a stage's, so
+  code inside a value counts, formatting and comments excepted;
 - objects that stand for another value (an upstream node, a stored result) become the digest that
   ``substitute`` gives for them, so a key never depends on where a value happens to live;
 - the pickle memo is off, so equal content gives equal bytes whatever objects it happens to share;
@@ -38,9 +39,9 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), list, tuple, dict,
 _SORTABLE = (str, bytes, int)
 _PREVIEW_TYPES = (int, float, complex, bool, str, bytes, type(None))
 _PREVIEW_LENGTH = 60
-_HINT = "create it inside the stage, or give the stage a version= (its code is then not hashed either)"
+HINT = "create it inside the stage, or give the stage a version= (its code is then not hashed either)"
 
-CodeDigest = Callable[[object], "str | None"]
+IsCode = Callable[[object], bool]
 Substitute = Callable[[object], "str | None"]
 
 
@@ -81,10 +82,10 @@ class _HashingPickler(cloudpickle.Pickler):  # type: ignore[misc]
             return None
         if kind is set or kind is frozenset:
             return ("cbset", kind.__name__, *self._owner.ordered(obj))
-        if isinstance(obj, (types.FunctionType, type)) and self._owner.code_digest is not None:
-            code = self._owner.code_digest(obj)
-            if code is not None:
-                return ("cbcode", code)
+        is_code = self._owner.is_code
+        if isinstance(obj, (types.FunctionType, type)) and is_code is not None and is_code(obj):
+            self._owner.met.append(obj)
+            return ("cbcode", obj.__module__, obj.__qualname__)
         if self._owner.substitute is not None:
             ref = self._owner.substitute(obj)
             if ref is not None:
@@ -93,28 +94,35 @@ class _HashingPickler(cloudpickle.Pickler):  # type: ignore[misc]
 
 
 class ValueHasher:
-    """Digests values for one compute, each object once (memoized by identity).
+    """Digests values for one compute, each object once (memoized by identity). Not thread-safe.
 
-    ``code_digest`` gives the digest of a user function or class (``None`` for other objects);
-    ``substitute`` the digest of an object that stands for another value, such as an upstream node.
+    ``is_code`` tells the user's own functions and classes, which a digest names and hands back;
+    ``substitute`` gives the digest of an object that stands for another value, such as an upstream node.
     The memo keeps the objects it has seen alive, so an identity is never reused while it lasts:
     use one hasher per compute, not across mutations of the values.
     """
 
-    def __init__(self, *, code_digest: CodeDigest | None = None, substitute: Substitute | None = None) -> None:
-        self.code_digest = code_digest
+    def __init__(self, *, is_code: IsCode | None = None, substitute: Substitute | None = None) -> None:
+        self.is_code = is_code
         self.substitute = substitute
-        self._memo: dict[int, tuple[object, str]] = {}
+        self.met: list[object] = []  # user code met by the digest under way
+        self._memo: dict[int, tuple[object, str, tuple[object, ...]]] = {}
 
-    def digest(self, obj: object, *, where: str = "a value", hint: str = _HINT) -> str:
-        """The content digest of ``obj`` (64 hex digits).
+    def digest(self, obj: object, *, where: str = "a value", hint: str = HINT) -> str:
+        """The content digest of ``obj`` (64 hex digits); user code in it counts by name only (see
+        ``digest_code``)."""
+        return self.digest_code(obj, where=where, hint=hint)[0]
+
+    def digest_code(self, obj: object, *, where: str = "a value", hint: str = HINT) -> tuple[str, tuple[object, ...]]:
+        """The content digest of ``obj``, and the user functions and classes inside it, in the order met.
 
         Raises ``StageHashError`` naming ``where`` (e.g. "global `db` of module `etl`") and ``hint``
         when ``obj`` cannot be pickled.
         """
         seen = self._memo.get(id(obj))
         if seen is not None and seen[0] is obj:
-            return seen[1]
+            return seen[1], seen[2]
+        self.met = []
         try:
             try:
                 result = self._hash(obj, memo=False)
@@ -127,8 +135,9 @@ class ValueHasher:
         except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as exc:
             kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
             raise StageHashError(f"{where} cannot be hashed for the cache key ({kind}: {exc}); {hint}") from exc
-        self._memo[id(obj)] = (obj, result)
-        return result
+        met = tuple({id(code): code for code in self.met}.values())
+        self._memo[id(obj)] = (obj, result, met)
+        return result, met
 
     def ordered(self, items: set[Any] | frozenset[Any]) -> tuple[str, tuple[object, ...]]:
         """The elements of a set in an order that does not depend on the process: ``("sorted", elements)``
@@ -144,14 +153,14 @@ class ValueHasher:
         return writer.hexdigest()
 
 
-def digest(obj: object, *, where: str = "a value", hint: str = _HINT) -> str:
-    """The content digest of ``obj``, user code inside it hashed as ``codehash`` hashes it.
+def digest(obj: object, *, where: str = "a value", hint: str = HINT) -> str:
+    """The content digest of ``obj``, user code inside it hashed as ``codehash`` hashes a stage's.
 
-    A fresh hasher each call; a compute keeps one ``CodeHasher`` (and its ``values``) instead.
+    A fresh hasher each call; a compute keeps one ``CodeHasher`` instead.
     """
     from .codehash import CodeHasher  # codehash imports this module: imported when first used
 
-    return CodeHasher().values.digest(obj, where=where, hint=hint)
+    return CodeHasher().value_digest(obj, where=where, hint=hint)
 
 
 def preview(obj: object) -> str | None:
