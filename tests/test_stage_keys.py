@@ -259,6 +259,21 @@ def test_imports_inside_the_stage_are_followed(user: UserModules) -> None:
     assert key(user.load("pipe_inlib", "pipe_inside").stage, 1) != before
 
 
+def test_a_module_used_whole_counts_whole_as_loaded(user: UserModules) -> None:
+    source = "def helper(x):\n    return x + 1\n\nLIMIT = 5\n"
+    user.write("pipe_whole_lib", source)
+    user.write("pipe_whole", "import pipe_whole_lib as lib\n\ndef stage(x):\n    return getattr(lib, 'helper')(x)\n")
+    mod = user.load("pipe_whole_lib", "pipe_whole")
+    before = key(mod.stage, 1)
+    user.write("pipe_whole_lib", source.replace("x + 1", "x + 2"))
+    stale = key(mod.stage, 1)  # edited, not reloaded: the loaded code, by its bytecode
+    user.load("pipe_whole_lib")
+    assert key(mod.stage, 1) not in (before, stale)
+    user.write("pipe_whole_lib", source.replace("LIMIT = 5", "LIMIT = 6"))
+    user.load("pipe_whole_lib")
+    assert key(mod.stage, 1) != before
+
+
 def test_a_changed_dataclass_default_changes_the_key(user: UserModules) -> None:
     source = """
         from dataclasses import dataclass
@@ -429,7 +444,10 @@ def test_an_installed_package_counts_by_version_not_by_code(user: UserModules) -
     site = user.root / "site-packages"
     package = site / "cbfakepkg"
     package.mkdir(parents=True)
+    jit = "class Dispatcher:\n    def __init__(self, fn):\n        self.py_func, self.__name__ = fn, fn.__name__\n\n" \
+          "    def __call__(self, *args):\n        return self.py_func(*args)\n"  # fmt: skip
     (package / "__init__.py").write_text("def scale(x):\n    return x * 2\n")
+    (package / "jit.py").write_text(jit)
     info = site / "cbfakepkg-1.0.dist-info"
     info.mkdir()
     (info / "top_level.txt").write_text("cbfakepkg\n")
@@ -454,9 +472,18 @@ def test_an_installed_package_counts_by_version_not_by_code(user: UserModules) -
         release("1.1")
         assert key(mod.stage, 1) != fp.key()
         assert why(mod.stage, fp, 1) == ["package cbfakepkg 1.0 → 1.1"]
+
+        # the user's function inside a package's object (a JIT dispatcher keeping it) is still the user's code
+        jitted = "from cbfakepkg.jit import Dispatcher\n\n@Dispatcher\ndef helper(x):\n    return x + 1\n\n" \
+                 "def stage(x):\n    return helper(x)\n"  # fmt: skip
+        user.write("pipe_jit", jitted)
+        before = key(user.load("pipe_jit").stage, 1)
+        user.write("pipe_jit", jitted.replace("x + 1", "x + 2"))
+        assert key(user.load("pipe_jit").stage, 1) != before
     finally:
         sys.path.remove(str(site))
-        sys.modules.pop("cbfakepkg", None)
+        for name in ("cbfakepkg", "cbfakepkg.jit"):
+            sys.modules.pop(name, None)
 
 
 def test_the_standard_library_counts_by_the_python_version(user: UserModules) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..version import __version__
-from .codenorm import Ref, module_source_digest, own_code, references
+from .codenorm import Ref, own_code, references
 from .valuehash import HINT, Substitute, ValueHasher, preview
 
 __all__ = ["CodeHasher", "CodePrint", "fingerprint_code", "is_user_module", "module_kind"]
@@ -379,7 +379,12 @@ class _Walk:
             return self.reach(type(obj), label, bucket) + "+" + self.reach(wrapped, label, bucket)
         named = callable(obj) and isinstance(getattr(obj, "__name__", None), str)
         if named and self.hasher.kind(type(obj).__module__) != "user":
-            return self.package(type(obj).__module__)  # a package's function object (numpy's ufuncs)
+            # a package's function object (numpy's ufuncs), or one made from the user's function (a JIT
+            # dispatcher keeping it as an attribute): the package by version, the user's code as a unit
+            inner = [v for v in getattr(obj, "__dict__", {}).values() if isinstance(v, types.FunctionType)]
+            for code in inner:
+                self.reach(code, label, bucket)
+            return self.package(type(obj).__module__)
         return self.value(obj, label, bucket)
 
     def value(self, obj: object, label: str, bucket: str) -> str:
@@ -394,12 +399,17 @@ class _Walk:
         return "value"
 
     def module(self, module: types.ModuleType) -> str:
+        """A user module used whole (passed, returned, read with getattr): everything in it counts, as loaded
+        (never its file, which may have changed since the import)."""
         if self.hasher.kind(module.__name__) != "user":
             return self.package(module.__name__)
         name = f"{module.__name__}:<module>"
-        if name not in self.code:
-            self.code[name] = module_source_digest(module)
-        return "code:" + name
+        if name not in self.taken:
+            self.taken.add(name)
+            for attr, value in sorted(vars(module).items()):
+                if not attr.startswith("__") and not isinstance(value, types.ModuleType):
+                    self.reach(value, f"{module.__name__}:{attr}", "globals")
+        return "module:" + name
 
     def package(self, module: str) -> str:
         """Installed code counts by its distribution's version, the standard library by Python's."""

@@ -1,4 +1,5 @@
-"""The digest of one function's own code: its normalized source when that is what runs, else its bytecode.
+"""One function's own code: its digest (normalized source when that is what runs, else bytecode), and the
+names it loads (``references``: globals, ``mod.attr`` chains, imports in its body) for the dependency walk.
 
 1. **Source** (formatting-proof): the function's source, dedented and parsed, with its docstrings, its own
    decorators and its *debug output* removed, dumped without positions. Comments, blank lines, formatting
@@ -33,7 +34,7 @@ import types
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["OwnCode", "Ref", "bytecode_digest", "module_source_digest", "own_code", "references"]
+__all__ = ["OwnCode", "Ref", "bytecode_digest", "own_code", "references"]
 
 Ref = tuple[str, str, tuple[str, ...]]  # ("global" | "module", name, attribute chain)
 
@@ -81,21 +82,6 @@ def own_code(fn: types.FunctionType) -> OwnCode:
 def bytecode_digest(code: types.CodeType) -> str:
     """The digest of a code object's bytecode, positions and file names left out."""
     return hashlib.sha256(repr((_PYTHON, _code_repr(code))).encode()).hexdigest()
-
-
-def module_source_digest(module: types.ModuleType) -> str:
-    """The digest of a whole user module reached as an object (not through its attributes): its normalized
-    source, or its file's bytes when the source cannot be parsed."""
-    try:
-        tree = ast.parse(inspect.getsource(module))
-    except (OSError, TypeError, SyntaxError):
-        filename = getattr(module, "__file__", None)
-        if not filename:
-            return "unreadable:" + module.__name__
-        with open(filename, "rb") as fh:
-            return "file:" + hashlib.sha256(fh.read()).hexdigest()
-    _drop_docstrings(tree)
-    return "ast:" + hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
 
 
 def _guarded_source(fn: types.FunctionType) -> str | None:
