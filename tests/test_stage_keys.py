@@ -10,6 +10,7 @@ and gives identical bodies with different closures one key (PrefectHQ/prefect#23
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -257,6 +258,13 @@ def test_imports_inside_the_stage_are_followed(user: UserModules) -> None:
     before = key(mod.stage, 1)
     user.write("pipe_inlib", "def helper(x):\n    return x + 2\n")
     assert key(user.load("pipe_inlib", "pipe_inside").stage, 1) != before
+
+    user.write("pipe_rel.__init__", "")
+    user.write("pipe_rel.tools", "def clean(x):\n    return x\n")
+    user.write("pipe_rel.run", "def stage(x):\n    from .tools import clean\n    return clean(x)\n")
+    before = key(user.load("pipe_rel.tools", "pipe_rel.run").stage, 1)
+    user.write("pipe_rel.tools", "def clean(x):\n    return -x\n")
+    assert key(user.load("pipe_rel.tools", "pipe_rel.run").stage, 1) != before
 
 
 def test_a_module_used_whole_counts_whole_as_loaded(user: UserModules) -> None:
@@ -572,6 +580,22 @@ def test_upstream_nodes_count_by_the_digest_of_their_result(user: UserModules) -
         "input data changed (load()#0 returned different data)",
         "input options changed",
     ]
+
+
+def test_a_fingerprint_survives_json_and_explains_environment_and_seed(user: UserModules) -> None:
+    user.write("pipe_json", "N = 3\n\ndef stage(x):\n    return x * N\n")
+    stage = user.load("pipe_json").stage
+    fp = keys.fingerprint(stage, (1,), environment="local-py3.11", seed="7/stage()#0")
+    again = keys.Fingerprint.from_json(json.loads(json.dumps(fp.to_json())))
+    assert again == fp and again.key() == fp.key() and again.diff(fp) == []
+    moved = keys.fingerprint(stage, (1,), environment="image:abc", seed="8/stage()#0")
+    assert [str(c) for c in moved.diff(fp)] == [
+        "environment local-py3.11 → image:abc",
+        "seed 7/stage()#0 → 8/stage()#0",
+    ]
+    assert moved.key() != fp.key()
+    produced = keys.fingerprint(stage, (1,), environment="local-py3.11", seed="7/stage()#0", upstream={"x": "o()#0"})
+    assert produced.key() == fp.key()  # who produced an input explains a change; it is not in the key
 
 
 # ---------------------------------------------------------------------------- code that is not on disk

@@ -47,7 +47,11 @@ _LOG_METHODS = frozenset({"debug", "info", "warning", "error", "exception", "cri
 _HARMLESS_CALLS = frozenset({"len", "str", "repr", "format", "round", "min", "max", "sum", "abs", "type"})
 _PRINT_KEYWORDS = frozenset({"sep", "end", "flush"})  # `file=` may write somewhere that matters: kept
 _CHAIN_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
-_LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF", "LOAD_CLASSDEREF"})
+_LOCAL_LOADS = frozenset(  # with the superinstructions of 3.13+, whose argval is a pair of names
+    {"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_DEREF", "LOAD_CLASSDEREF", "LOAD_FAST_LOAD_FAST"}
+    | {"LOAD_FAST_BORROW_LOAD_FAST_BORROW"}
+)
+_INT_LOADS = frozenset({"LOAD_CONST", "LOAD_SMALL_INT"})  # an import's level (3.14 loads small ints apart)
 _STORES = frozenset({"STORE_FAST", "STORE_NAME", "STORE_GLOBAL", "STORE_DEREF"})
 _NOISE = frozenset({"CACHE", "EXTENDED_ARG", "NOP"})
 
@@ -251,8 +255,10 @@ def _scan(code: types.CodeType, package: str | None, outer: dict[str, Ref], refs
         root: Ref | None = None
         if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
             root = ("global", str(instruction.argval), ())
-        elif instruction.opname in _LOCAL_LOADS and instruction.argval in aliases:
-            root = aliases[instruction.argval]
+        elif instruction.opname in _LOCAL_LOADS:
+            names = instruction.argval if isinstance(instruction.argval, tuple) else (instruction.argval,)
+            refs.extend(aliases[name] for name in names[:-1] if name in aliases)
+            root = aliases.get(names[-1])  # the attributes that follow apply to the last value loaded
         elif instruction.opname == "IMPORT_NAME":
             _imported(ins, n, package, aliases, refs)
         if root is None:
@@ -273,7 +279,7 @@ def _imported(
 ) -> None:
     """An import inside a function body: ``from m import a`` reaches ``m.a``; ``import m`` binds an alias whose
     attribute chains are followed like a global's."""
-    level = ins[n - 2].argval if n >= 2 and ins[n - 2].opname == "LOAD_CONST" else 0
+    level = ins[n - 2].argval if n >= 2 and ins[n - 2].opname in _INT_LOADS else 0
     fromlist = ins[n - 1].argval if n >= 1 and ins[n - 1].opname == "LOAD_CONST" else None
     try:
         module = importlib.util.resolve_name("." * level + ins[n].argval, package) if level else ins[n].argval
