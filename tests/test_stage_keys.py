@@ -245,6 +245,48 @@ def test_nested_code_changes_the_key(user: UserModules) -> None:
     assert why(mod.stage, fp, 1) == ["code of pipe_deep.clean changed (used by pipe_nested.stage)"]
 
 
+MEMBERS = """
+    import functools
+
+    class Series:
+        def __init__(self, values):
+            self.values = values
+
+        @property
+        def total(self):
+            return sum(self.values)
+
+        @functools.cached_property
+        def mean(self):
+            return self.total / len(self.values)
+
+        @staticmethod
+        def zero():
+            return 0
+
+        @classmethod
+        def empty(cls):
+            return cls([cls.zero()])
+
+    def stage(values):
+        return Series(values).mean, Series.empty().total
+    """
+
+
+def test_every_kind_of_method_counts(user: UserModules) -> None:
+    user.write("pipe_members", MEMBERS)
+    before = key(user.load("pipe_members").stage, [1, 2])
+    edits = {
+        "property": MEMBERS.replace("sum(self.values)", "sum(self.values) + 0"),
+        "cached_property": MEMBERS.replace("self.total / len", "self.total // len"),
+        "staticmethod": MEMBERS.replace("return 0", "return 1"),
+        "classmethod": MEMBERS.replace("cls([cls.zero()])", "cls([])"),
+    }
+    for what, source in edits.items():
+        user.write("pipe_members", source)
+        assert key(user.load("pipe_members").stage, [1, 2]) != before, what
+
+
 def test_imports_inside_the_stage_are_followed(user: UserModules) -> None:
     user.write("pipe_inlib", "def helper(x):\n    return x + 1\n")
     source = """

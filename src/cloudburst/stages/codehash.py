@@ -7,7 +7,7 @@ function, the walk follows what each unit uses::
       ├─ user function        → a unit (its own code: codenorm), its closure cells and defaults by value
       ├─ user class           → a unit: bases, every member (methods as units, attributes by value),
       │                         dataclass fields; generated methods skipped
-      ├─ user module          → only the attributes reached through it (a module used whole: its source)
+      ├─ user module          → only the attributes reached through it (used whole: all it holds)
       ├─ installed package    → packages[distribution] = version (its code does not count: its version does)
       ├─ standard library     → packages["python"] = the Python version
       └─ anything else        → globals["module:name"] = content digest (valuehash)
@@ -19,8 +19,8 @@ standard library and site-packages (an editable install of the user's project is
 Each unit's digest covers its own code plus the *names* of what it uses, so mutual recursion is fine: the
 fingerprint is the set of reachable units' digests (``CodePrint.code``), and a changed helper shows as its
 own entry. Not covered (the escape hatches are ``version=`` and ``cache=False``): code reached only
-dynamically (``getattr(mod, name)``, ``importlib``, ``eval``), files and environment variables a stage
-reads, C extensions built in the user's tree.
+dynamically (``importlib``, ``eval``, names built at run time on objects other than modules), files and
+environment variables a stage reads, C extensions built in the user's tree.
 """
 
 from __future__ import annotations
@@ -364,6 +364,8 @@ class _Walk:
             return self.reach(obj.func, label, bucket)
         if isinstance(obj, (staticmethod, classmethod)):
             return self.reach(obj.__func__, label, bucket)
+        if isinstance(obj, functools.cached_property):  # holds a lock: never picklable as a value
+            return self.reach(obj.func, label, bucket)
         if isinstance(obj, property):
             accessors = [f for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
             return "property:" + ",".join(self.reach(f, label, bucket) for f in accessors)
