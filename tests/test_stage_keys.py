@@ -543,6 +543,17 @@ def test_the_standard_library_counts_by_the_python_version(user: UserModules) ->
     assert is_user_module("pipe_std") and not is_user_module("json") and not is_user_module("numpy")
 
 
+def test_a_user_module_named_like_the_standard_library_is_the_users(user: UserModules) -> None:
+    assert "sndhdr" in sys.stdlib_module_names and "sndhdr" not in sys.modules
+    user.write("sndhdr", "def helper(x):\n    return x + 1\n")
+    user.write("pipe_shadow", "import sndhdr\n\ndef stage(x):\n    return sndhdr.helper(x)\n")
+    mod = user.load("sndhdr", "pipe_shadow")
+    assert not is_user_module("json") and is_user_module("sndhdr")
+    before = key(mod.stage, 1)
+    user.write("sndhdr", "def helper(x):\n    return x + 2\n")
+    assert key(user.load("sndhdr", "pipe_shadow").stage, 1) != before
+
+
 # ---------------------------------------------------------------------------- version=
 
 

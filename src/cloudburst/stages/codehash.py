@@ -33,6 +33,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import platform
 import sys
 import sysconfig
@@ -49,12 +50,9 @@ from .valuehash import HINT, Substitute, ValueHasher, preview
 __all__ = ["CodeHasher", "CodePrint", "fingerprint_code", "is_user_module", "module_kind"]
 
 _OWN = frozenset({"cloudburst", "cloudpickle"})  # cloudburst's own code counts by its version
-_INSTALLED_DIRS = tuple(
-    {
-        str(Path(p).resolve())
-        for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        if (p := sysconfig.get_paths().get(key))
-    }
+_STDLIB_DIRS = (str(Path(os.__file__).resolve().parent) + "/",)  # the interpreter's own, even inside a venv
+_INSTALLED_DIRS = _STDLIB_DIRS + tuple(
+    {str(Path(p).resolve()) + "/" for k in ("purelib", "platlib") if (p := sysconfig.get_path(k))}
 )
 _CLASS_SKIP = frozenset(
     {
@@ -109,25 +107,33 @@ def module_kind(name: str | None) -> str:
     top = name.partition(".")[0]
     if top == "builtins":
         return "builtin"
-    if top in sys.stdlib_module_names:
-        return "stdlib"
     if top in _OWN:
         return "package"
+    paths = _module_paths(name, top)
+    if paths is None:
+        return "user"  # code made under a name no file has (exec): hashed by its code
+    if top in sys.stdlib_module_names and all(_under(path, _STDLIB_DIRS) and not _in_site(path) for path in paths):
+        return "stdlib"  # by name *and* place: a user's own `code.py` or `types.py` is the user's
+    if not paths:
+        return "package"  # compiled into the interpreter
+    return "package" if any(_in_site(path) or _under(path, _INSTALLED_DIRS) for path in paths) else "user"
+
+
+def _module_paths(name: str, top: str) -> list[str] | None:
+    """The files (or package directories) of a module, loaded or not; ``None`` when no module has the name."""
     module = sys.modules.get(name) or sys.modules.get(top)
     if module is not None:
         filename = getattr(module, "__file__", None)
-        paths = [filename] if filename else list(getattr(module, "__path__", None) or [])
-    else:
-        try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            return "user"  # code made under a name no file has (exec): hashed by its code
-        paths = [spec.origin] if spec.has_location and spec.origin else list(spec.submodule_search_locations or [])
-    if not paths:
-        return "package"  # compiled into the interpreter
-    return "package" if any(_installed(str(path)) for path in paths) else "user"
+        return [str(filename)] if filename else [str(p) for p in getattr(module, "__path__", None) or []]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.has_location and spec.origin:
+        return [spec.origin]
+    return [str(p) for p in spec.submodule_search_locations or []]
 
 
 def is_user_module(name: str | None) -> bool:
@@ -135,10 +141,13 @@ def is_user_module(name: str | None) -> bool:
     return module_kind(name) == "user"
 
 
-def _installed(path: str) -> bool:
-    resolved = str(Path(path).resolve())
-    parts = Path(resolved).parts
-    return "site-packages" in parts or "dist-packages" in parts or resolved.startswith(_INSTALLED_DIRS)
+def _under(path: str, dirs: tuple[str, ...]) -> bool:
+    return str(Path(path).resolve()).startswith(dirs)
+
+
+def _in_site(path: str) -> bool:
+    parts = Path(path).resolve().parts
+    return "site-packages" in parts or "dist-packages" in parts
 
 
 def _distributions(top: str) -> list[str]:
