@@ -595,6 +595,11 @@ def test_arguments_count_by_content(user: UserModules) -> None:
     assert key(stage, [1, 2, {"a": 3}], 2, "more") != before
     s = "shared"
     assert digest([s, s]) == digest(["shared", "".join(["sha", "red"])])  # sharing does not count, content does
+    loop: list[Any] = [1]
+    loop.append(loop)
+    other: list[Any] = [1]
+    other.append(other)
+    assert digest(loop) == digest(other) != digest([1, [1]])  # a cyclic value is hashed too
 
 
 def test_set_order_does_not_count_across_processes() -> None:
