@@ -6,7 +6,8 @@ traceback attached). Everything below is about the machinery::
     CloudburstError
      ├── ConfigurationError (ValueError)      a parameter or value is wrong; nothing was started
      │    ├── UnknownParameterError (TypeError) a parameter name is not known; lists the valid ones
-     │    └── NotSetUpError                    a cloud backend was asked for before `cloudburst setup`
+     │    ├── NotSetUpError                    a cloud backend was asked for before `cloudburst setup`
+     │    └── StageHashError                   a stage's global, closure variable or argument cannot be hashed
      ├── SerializationError                   an object could not cross the process boundary
      │    ├── PicklingError                    ... could not be pickled (function, argument, result)
      │    └── UnpicklingError                  ... could not be unpickled on the other side
@@ -41,6 +42,7 @@ __all__ = [
     "PicklingError",
     "RemoteError",
     "SerializationError",
+    "StageHashError",
     "TaskExitError",
     "UnknownParameterError",
     "UnpicklingError",
@@ -58,6 +60,13 @@ class ConfigurationError(CloudburstError, ValueError):
 
 class UnknownParameterError(ConfigurationError, TypeError):
     """A parameter name is not accepted; the message lists the valid names."""
+
+
+class StageHashError(ConfigurationError):
+    """A value a stage reads (global, closure variable, argument) cannot be hashed for its cache key.
+
+    Raised before anything runs; the message names the value and the way out.
+    """
 
 
 class SerializationError(CloudburstError):
