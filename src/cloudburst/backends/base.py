@@ -84,6 +84,10 @@ class Store(Protocol):
     The core writes content-addressed blobs (arguments, functions, big results) and sealed control
     records (``control/state``, ``control/cancelled/<task id>``) that it overwrites while workers read
     them. Every method may be called from several threads at once.
+
+    Optional: ``copy_from(src, src_key, dst_key) -> bool`` copies a blob of another store here without the
+    bytes passing through the caller (S3: CopyObject within a bucket; local: a hard link), and returns False
+    when it cannot reach ``src``; ``stages.transfer.copy_blob`` then copies through the client.
     """
 
     def put(self, key: str, data: bytes | memoryview) -> None:
