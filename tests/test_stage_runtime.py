@@ -82,6 +82,10 @@ def random_bytes(n: int) -> bytes:
     return os.urandom(n)
 
 
+def random_chunks(n: int, size: int) -> list[bytes]:
+    return [os.urandom(size) for _ in range(n)]
+
+
 def repeated(n: int) -> bytes:
     return b"x" * n
 
@@ -256,6 +260,15 @@ def test_copy_blobs_between_executors_is_server_side(executors: list[cloudburst.
         assert "CopyObject" in calls.operations
         assert not {"GetObject", "PutObject"} & set(calls.operations), calls.operations
     assert run(target, StageCall(length, "m:length"), ArgRef(made)).ref.digest == valuehash.digest(3 << 20)
+
+
+def test_copy_blobs_of_parts(executors: list[cloudburst.Executor]) -> None:
+    source, target = executors
+    made = run(source, StageCall(random_chunks, "m:chunks", elements=True), 5, 100_000).ref
+    assert made.parts is not None and len(made.blobs()) == 5
+    copy_blobs(made, store_of(source), store_of(target))
+    assert run(target, StageCall(length, "m:length"), ArgRef(made)).ref.digest == valuehash.digest(5)
+    assert run(target, StageCall(length, "m:length"), ArgRef(made.parts[4])).ref.digest == valuehash.digest(100_000)
 
 
 def test_copy_blob_to_and_from_a_folder(executors: list[cloudburst.Executor], tmp_path: Path) -> None:

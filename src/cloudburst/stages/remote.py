@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = ["INLINE_LIMIT", "StageCall", "copy_blobs", "load_value"]
 
 #: a value whose pickle is bigger goes to a blob: results ride in messages the client keeps while a run lasts
 INLINE_LIMIT = 64 << 10
+_COPIES = 8  # blobs copied at once
 _HINT = "return plain data (numbers, strings, arrays, data frames, containers of them) instead"
 
 
@@ -147,6 +149,13 @@ def load_value(ref: ValueRef, unpacker: Unpacker) -> object:
 
 
 def copy_blobs(ref: ValueRef, src: Store, dst: Store) -> None:
-    """Copy every blob of ``ref`` from ``src`` to ``dst`` (same keys), server-side when the stores allow it."""
-    for blob in ref.blobs():
-        transfer.copy_blob(src, blob.key, dst, blob.key)
+    """Copy every blob of ``ref`` from ``src`` to ``dst`` (same keys), server-side when the stores allow it;
+    several at once (a fanned-out list has a blob per element, and each copy is a request or two)."""
+    blobs = ref.blobs()
+    if len(blobs) <= 1:
+        for blob in blobs:
+            transfer.copy_blob(src, blob.key, dst, blob.key)
+        return
+    with ThreadPoolExecutor(min(_COPIES, len(blobs)), thread_name_prefix="cloudburst-copy") as pool:
+        for done in [pool.submit(transfer.copy_blob, src, blob.key, dst, blob.key) for blob in blobs]:
+            done.result()  # the first failure raises; the pool finishes the others before it goes
