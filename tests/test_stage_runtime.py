@@ -4,6 +4,8 @@ between stores server-side (local, inline and emulated Fargate)."""
 from __future__ import annotations
 
 import os
+import pickle
+import pickletools
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from cloudburst import seeds
 from cloudburst.backends.base import Store
 from cloudburst.backends.local import LocalStore
 from cloudburst.errors import PayloadAuthenticationError, PicklingError
+from cloudburst.protocol.blobs import BlobRef, Packed
 from cloudburst.stages import valuehash
 from cloudburst.stages.refs import ArgRef, StageResult, ValueRef
 from cloudburst.stages.remote import INLINE_LIMIT, StageCall, copy_blobs, load_value
@@ -283,6 +286,29 @@ def test_copy_blob_to_and_from_a_folder(executors: list[cloudburst.Executor], tm
         copy_blob(other, "blobs/missing", job_store, "blobs/missing")
     with pytest.raises(FileNotFoundError):
         copy_blob(job_store, "blobs/missing", store_of(executors[1]), "blobs/missing")
+
+
+def test_a_folder_blob_copied_onto_itself_is_left_whole(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put("blobs/a", b"kept")
+    assert LocalStore(tmp_path).copy_from(store, "blobs/a", "blobs/a")
+    assert store.get("blobs/a") == b"kept"
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == ["a"]  # no temporary link left behind
+
+
+def test_refs_pickle_compactly_and_list_each_blob_once() -> None:
+    shared, own = BlobRef("a" * 64, 10), BlobRef("b" * 64, 20, zstd=True)
+    parts = (
+        ValueRef("d1", Packed(None, shared), nbytes=10),
+        ValueRef("d2", Packed(b"R...", None, (own, shared)), nbytes=24),
+    )
+    ref = ValueRef("d", None, parts, "list", 2, 34)
+    assert ref.blobs() == (shared, own)
+    for obj in (ref, ArgRef(ref), StageResult(ref, "w1", 1.0, 2.0)):
+        data = pickle.dumps(obj, protocol=5)
+        assert pickle.loads(data) == obj
+        ops = {op.name for op, _, _ in pickletools.genops(data)}
+        assert "BUILD" not in ops and "NEWOBJ" not in ops  # a call of the constructor, not object + state
 
 
 # ---------------------------------------------------------------------------- failures
