@@ -327,9 +327,9 @@ FAILURES = [
     ("an input blob altered in the store", _altered_input, PayloadAuthenticationError,
      r"does not match its sha256 \(altered in the store\); it was not used"),
     ("an unpicklable result", lambda ex: submit(ex, StageCall(a_lock, "m:a_lock")), PicklingError,
-     r"the result of stage m:a_lock cannot be pickled and hashed: _thread\.lock"),
+     r"the result of stage m:a_lock cannot be pickled or hashed: _thread\.lock"),
     ("an unpicklable element", lambda ex: submit(ex, StageCall(lock_inside, "m:parts", elements=True)),
-     PicklingError, r"element 1 of the result of stage m:parts cannot be pickled and hashed: _thread\.lock"),
+     PicklingError, r"element 1 of the result of stage m:parts cannot be pickled or hashed: _thread\.lock"),
 ]  # fmt: skip
 
 

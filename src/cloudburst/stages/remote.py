@@ -97,7 +97,7 @@ class StageCall:
 
     def _unstorable(self, value: object, what: str, exc: BaseException) -> PicklingError:
         return PicklingError(
-            f"{what}the result of stage {self.name} cannot be pickled and hashed: {describe(value)}: "
+            f"{what}the result of stage {self.name} cannot be pickled or hashed: {describe(value)}: "
             f"{type(exc).__name__}: {exc}; {_HINT}"
         )
 
