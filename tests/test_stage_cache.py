@@ -1,0 +1,300 @@
+"""The stage cache: sealed entries written once, in a local folder and in S3, and what refuses a bad one.
+
+Values are packed as a worker packs them (``Packer`` into a job store), recorded into the cache, looked up,
+and read back through an ``Unpacker`` on the cache's store, which checks every blob's sha256.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudburst.backends.cachebase import stage_slug
+from cloudburst.backends.local import LocalStore
+from cloudburst.backends.localcache import KEY_FILE, LocalCacheStore
+from cloudburst.emulator import Emulator
+from cloudburst.errors import PayloadAuthenticationError
+from cloudburst.protocol.sealing import SEALED_HEAD
+from cloudburst.protocol.serialize import Packer, Unpacker
+from cloudburst.stages.cache import StageCache, entry_key, open_cache
+from cloudburst.stages.manifest import seal_manifest
+from cloudburst.stages.refs import ValueRef
+from cloudburst.stages.valuehash import digest
+
+STAGE = "pipeline:build_model"
+INLINE_VALUE = {"rows": [1, 2, 3], "name": "small"}
+BLOB_VALUE = bytes(range(256)) * 64  # 16 KiB: a blob when the inline limit is 1 KiB
+
+
+def call_key(n: object) -> str:
+    return hashlib.sha256(f"call {n}".encode()).hexdigest()
+
+
+def packed_ref(store: LocalStore, value: object, inline_limit: int = 1 << 10) -> ValueRef:
+    """``value`` as a worker stores a stage's result: packed into ``store``, with its ref."""
+    packed = Packer(store, inline_limit=inline_limit, compress=False).pack(value)
+    return ValueRef(digest(value), packed, nbytes=packed.nbytes)
+
+
+def read_back(cache: StageCache, ref: ValueRef, tmp: Path) -> object:
+    assert ref.packed is not None
+    folder = tmp / f"read-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    return Unpacker(cache.store, folder).unpack(ref.packed)
+
+
+@pytest.fixture
+def job_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "job")
+
+
+@pytest.fixture
+def local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StageCache]:
+    monkeypatch.setenv("CLOUDBURST_CACHE_DIR", str(tmp_path / "cache"))
+    cache = open_cache("local", {}, "tests")
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def s3_cache(emulator: Emulator) -> Iterator[StageCache]:
+    cache = open_cache("fargate", {}, f"tests-{uuid.uuid4().hex[:8]}")  # a namespace (and key) of its own
+    yield cache
+    cache.close()
+
+
+@pytest.fixture(params=["local", "s3"])
+def cache(request: pytest.FixtureRequest) -> StageCache:
+    found: StageCache = request.getfixturevalue("local_cache" if request.param == "local" else "s3_cache")
+    return found
+
+
+# ------------------------------------------------------------------------------------------ round trips
+def test_inline_and_blob_refs_round_trip(cache: StageCache, job_store: LocalStore, tmp_path: Path) -> None:
+    inline = packed_ref(job_store, INLINE_VALUE)
+    blob = packed_ref(job_store, BLOB_VALUE)
+    assert inline.packed is not None and inline.packed.inline is not None and not inline.blobs()
+    assert blob.packed is not None and blob.packed.blob is not None and len(blob.blobs()) == 1
+    parts = ValueRef(digest([INLINE_VALUE, BLOB_VALUE]), None, (inline, blob), kind="list", length=2)
+    assert cache.lookup(STAGE, call_key(1)) is None, "nothing recorded yet"
+    for n, ref in enumerate((inline, blob, parts)):
+        cache.record(STAGE, call_key(n), ref, job_store)
+    cache.flush(timeout=60)
+    found = [cache.lookup(STAGE, call_key(n)) for n in range(3)]
+    assert found == [inline, blob, parts]
+    assert read_back(cache, inline, tmp_path) == INLINE_VALUE
+    assert read_back(cache, blob, tmp_path) == BLOB_VALUE, "the blob was copied into the cache's store"
+    assert cache.store.exists(blob.blobs()[0].key) and blob.blobs()[0].key.startswith("blobs/")
+    assert cache.lookup("pipeline:other_stage", call_key(0)) is None, "entries are per stage"
+    assert not cache.bad
+
+
+def test_a_manifest_never_names_a_missing_blob(local_cache: StageCache, job_store: LocalStore) -> None:
+    """A blob that cannot be copied (gone from the job store) leaves no entry, and says so."""
+    ref = packed_ref(job_store, BLOB_VALUE)
+    job_store.delete_prefix("blobs/")
+    local_cache.record(STAGE, call_key("gone"), ref, job_store)
+    local_cache.flush(timeout=60)
+    assert local_cache.lookup(STAGE, call_key("gone")) is None
+    assert not local_cache.store.exists(entry_key(STAGE, call_key("gone")))
+
+
+def test_the_key_file_is_private(local_cache: StageCache, job_store: LocalStore, tmp_path: Path) -> None:
+    local_cache.record(STAGE, call_key(0), packed_ref(job_store, 1), job_store)
+    local_cache.flush(timeout=60)
+    folder = Path(local_cache.where)
+    assert folder == tmp_path / "cache" / "stages" / "tests"
+    assert stat.S_IMODE((folder / KEY_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert len(bytes.fromhex((folder / KEY_FILE).read_text())) == 32
+
+
+def test_stage_names_become_safe_folder_names() -> None:
+    assert stage_slug("pipeline:build_model") == "pipeline.build_model"
+    assert "/" not in stage_slug("../../etc:passwd")
+    assert "/" not in stage_slug("a/b:<locals>.f") and not stage_slug("..").startswith(".")
+    long = stage_slug("m:" + "f" * 300)
+    assert len(long) == 100 and long != stage_slug("m:" + "f" * 299)
+
+
+# ------------------------------------------------------------------------------------------ bad entries
+class _MakesAFile:
+    """Unpickled, it creates a file: what an attacker who can write the cache would plant."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+@dataclass
+class Planted:
+    """What a tampering row works with: the cache, the entry recorded for call 0, and a file to guard."""
+
+    cache: StageCache
+    manifest: bytes
+    ref: ValueRef
+    canary: Path
+
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.manifest[SEALED_HEAD:]))
+
+    def resealed(self, body: dict[str, Any]) -> bytes:
+        """``body`` in place of the manifest's body, its seal left as it was (an edit in place)."""
+        return self.manifest[:SEALED_HEAD] + json.dumps(body).encode()
+
+
+def _evil_inline(p: Planted) -> bytes:
+    body = p.body()
+    body["ref"]["packed"]["inline"] = base64.b64encode(b"R" + pickle.dumps(_MakesAFile(str(p.canary)))).decode()
+    return p.resealed(body)
+
+
+def _forged(p: Planted) -> bytes:
+    """A whole manifest sealed under a key of the attacker's own."""
+    evil = ValueRef(p.ref.digest, None, (), kind="list", length=0)
+    return seal_manifest(os.urandom(32), p.cache.namespace, STAGE, call_key(1), evil, 0.0)
+
+
+def _other_namespace(p: Planted) -> bytes:
+    key = p.cache._cache_key()
+    return seal_manifest(key, "elsewhere", STAGE, call_key(1), p.ref, 0.0)
+
+
+def _other_stage(p: Planted) -> bytes:
+    return seal_manifest(p.cache._cache_key(), p.cache.namespace, "pipeline:other", call_key(1), p.ref, 0.0)
+
+
+#: (row, how the entry of call 1 is made from call 0's, the warning's words); the lookup of call 1 must miss
+TAMPERING = [
+    ("inline bytes replaced by a pickle that makes a file", _evil_inline, "failed its HMAC check"),
+    ("manifest of call 0 copied under call 1's name", lambda p: p.manifest, "sealed for another call"),
+    ("forged under another key", _forged, "failed its HMAC check"),
+    ("sealed for another namespace", _other_namespace, "sealed for another job"),
+    ("sealed for another stage", _other_stage, "sealed for stage 'pipeline:other'"),
+    ("one bit flipped", lambda p: p.manifest[:-1] + bytes([p.manifest[-1] ^ 1]), "failed its HMAC check"),
+    ("truncated", lambda p: p.manifest[:20], "discarded unread"),
+    ("not a manifest at all", lambda p: b"{}", "bad header"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("tamper", "words"), [row[1:] for row in TAMPERING], ids=[row[0] for row in TAMPERING])
+def test_a_tampered_entry_is_a_miss_with_one_warning(
+    tamper: Callable[[Planted], bytes],
+    words: str,
+    local_cache: StageCache,
+    job_store: LocalStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ref = packed_ref(job_store, INLINE_VALUE)
+    local_cache.record(STAGE, call_key(0), ref, job_store)
+    local_cache.flush(timeout=60)
+    store = local_cache.store
+    planted = Planted(local_cache, store.get(entry_key(STAGE, call_key(0))), ref, tmp_path / "canary")
+    store.put(entry_key(STAGE, call_key(1)), tamper(planted))
+    with caplog.at_level(logging.WARNING, logger="cloudburst"):
+        assert local_cache.lookup(STAGE, call_key(1)) is None
+        assert local_cache.lookup(STAGE, call_key(1)) is None  # looked up again: still no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert entry_key(STAGE, call_key(1)) in warnings[0] and words in warnings[0], warnings[0]
+    assert not planted.canary.exists(), "nothing from a bad entry is unpickled"
+    assert local_cache.lookup(STAGE, call_key(0)) == ref, "the good entry still opens"
+
+
+def test_an_altered_blob_is_refused_when_read(cache: StageCache, job_store: LocalStore, tmp_path: Path) -> None:
+    ref = packed_ref(job_store, BLOB_VALUE)
+    cache.record(STAGE, call_key(0), ref, job_store)
+    cache.flush(timeout=60)
+    blob = ref.blobs()[0]
+    cache.store.put(blob.key, b"altered" + cache.store.get(blob.key)[7:])
+    found = cache.lookup(STAGE, call_key(0))
+    assert found == ref, "the manifest is intact: a hit, without reading the value"
+    with pytest.raises(PayloadAuthenticationError, match="does not match its sha256"):
+        read_back(cache, found, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ written once
+def test_put_new_has_exactly_one_winner_among_8_threads(local_cache: StageCache, job_store: LocalStore) -> None:
+    store = local_cache.store
+    assert isinstance(store, LocalCacheStore)
+    refs = [packed_ref(job_store, {"writer": n}) for n in range(8)]
+    manifests = [
+        seal_manifest(local_cache._cache_key(), local_cache.namespace, STAGE, call_key(0), ref, 0.0) for ref in refs
+    ]
+    start = threading.Barrier(8)
+    won: list[int] = []
+
+    def write(n: int) -> None:
+        start.wait(timeout=60)
+        if store.put_new(entry_key(STAGE, call_key(0)), manifests[n]):
+            won.append(n)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(won) == 1, won
+    assert local_cache.lookup(STAGE, call_key(0)) == refs[won[0]], "the winner's entry, whole"
+    assert [o.key for o in store.list("")] == [entry_key(STAGE, call_key(0))], "no temporary file left"
+
+
+def test_a_second_conditional_put_on_s3_is_refused_and_the_first_stays(s3_cache: StageCache) -> None:
+    store = s3_cache.store
+    assert store.put_new("entries/x/first", b"first")
+    assert not store.put_new("entries/x/first", b"second")
+    assert store.get("entries/x/first") == b"first"
+
+
+RECORDER = """
+import sys
+from pathlib import Path
+from cloudburst.backends.local import LocalStore
+from cloudburst.stages.cache import open_cache
+sys.path.insert(0, {tests!r})
+from test_stage_cache import STAGE, call_key, packed_ref
+
+job = LocalStore(Path(sys.argv[1]))
+cache = open_cache("local", {{}}, "shared")
+for n in range(30):
+    cache.record(STAGE, call_key(n), packed_ref(job, [n] * (n * 100)), job)  # inline and blobs
+cache.close()
+print("recorded")
+"""
+
+
+def test_two_processes_recording_the_same_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**os.environ, "CLOUDBURST_CACHE_DIR": str(tmp_path / "cache")}
+    script = tmp_path / "recorder.py"
+    script.write_text(RECORDER.format(tests=str(Path(__file__).parent)))
+    runs = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path / f"job{i}")], env=env, stdout=subprocess.PIPE)
+        for i in range(2)
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert all(run.returncode == 0 for run in runs) and all(b"recorded" in out for out in outputs)
+    monkeypatch.setenv("CLOUDBURST_CACHE_DIR", str(tmp_path / "cache"))
+    cache = open_cache("local", {}, "shared")
+    for n in range(30):
+        ref = cache.lookup(STAGE, call_key(n))
+        assert ref is not None and read_back(cache, ref, tmp_path) == [n] * (n * 100), n
+    assert not cache.bad
+    cache.close()
