@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
+from cloudburst.backends.aws.cachestore import cache_key_parameter, read_cache_key
+from cloudburst.backends.aws.setup import doctor, setup, teardown
+from cloudburst.backends.aws.setup.context import CACHE_RULE
 from cloudburst.backends.cachebase import stage_slug
 from cloudburst.backends.local import LocalStore
 from cloudburst.backends.localcache import KEY_FILE, LocalCacheStore
+from cloudburst.config import userconfig
 from cloudburst.emulator import Emulator
 from cloudburst.errors import PayloadAuthenticationError
 from cloudburst.protocol.sealing import SEALED_HEAD
@@ -35,6 +40,10 @@ from cloudburst.stages.cache import StageCache, entry_key, open_cache
 from cloudburst.stages.manifest import seal_manifest
 from cloudburst.stages.refs import ValueRef
 from cloudburst.stages.valuehash import digest
+
+from .conftest import SETUP_REGIONS, fresh_region_fixture
+
+region = fresh_region_fixture(SETUP_REGIONS[::-1], reuse=True)  # setup is idempotent: any of them will do
 
 STAGE = "pipeline:build_model"
 INLINE_VALUE = {"rows": [1, 2, 3], "name": "small"}
@@ -298,3 +307,36 @@ def test_two_processes_recording_the_same_entries(tmp_path: Path, monkeypatch: p
         assert ref is not None and read_back(cache, ref, tmp_path) == [n] * (n * 100), n
     assert not cache.bad
     cache.close()
+
+
+# ------------------------------------------------------------------------------------------ setup
+def _rules(region: str) -> dict[str, Any]:
+    bucket = userconfig.load()["bucket"]
+    rules = boto3.client("s3", region_name=region).get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    return {rule["Filter"].get("Prefix"): rule for rule in rules if "Expiration" in rule}
+
+
+def test_setup_expires_the_cache_after_cache_days_and_jobs_after_7(region: str) -> None:
+    setup(region=region, echo=lambda line: None)
+    rules = _rules(region)
+    assert rules["cache/"]["Expiration"]["Days"] == 30 and rules["cache/"]["ID"] == CACHE_RULE
+    assert rules["jobs/"]["Expiration"]["Days"] == 7
+    userconfig.set_value("cache_days", "60")
+    lines: list[str] = []
+    assert any(
+        s.status == "problem" and "stage cache after 60" in s.detail
+        for s in doctor(region=region, echo=lines.append).steps
+    )
+    setup(region=region, echo=lambda line: None)
+    assert _rules(region)["cache/"]["Expiration"]["Days"] == 60 and _rules(region)["jobs/"]["Expiration"]["Days"] == 7
+    assert not doctor(region=region, echo=lambda line: None).problems
+
+
+def test_teardown_deletes_the_cache_key(region: str) -> None:
+    setup(region=region, echo=lambda line: None)
+    key = read_cache_key(region, None, "teardown-test")
+    ssm = boto3.client("ssm", region_name=region)
+    stored = ssm.get_parameter(Name=cache_key_parameter("teardown-test"), WithDecryption=True)["Parameter"]
+    assert bytes.fromhex(stored["Value"]) == key and stored["Type"] == "SecureString"
+    teardown(region=region, echo=lambda line: None)
+    assert not ssm.get_parameters_by_path(Path="/cloudburst/cache", Recursive=True)["Parameters"]

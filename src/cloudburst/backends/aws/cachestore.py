@@ -20,7 +20,7 @@ from ..cachebase import CacheObject, CacheSite
 from .clients import client, error_code, translate
 from .store import S3Store
 
-__all__ = ["S3CacheStore", "cache_key_parameter", "open_fargate_cache", "read_cache_key"]
+__all__ = ["CACHE_PARAMETERS", "S3CacheStore", "cache_key_parameter", "open_fargate_cache", "read_cache_key"]
 
 _TAKEN = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 _keys: dict[tuple[str | None, str | None, str], bytes] = {}  # (region, profile, parameter) -> key, per process
@@ -60,9 +60,13 @@ class S3CacheStore(S3Store):
                 self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
 
+#: where the stage cache's keys are in SSM (teardown deletes them)
+CACHE_PARAMETERS = "/cloudburst/cache"
+
+
 def cache_key_parameter(namespace: str) -> str:
     """The SSM parameter that holds namespace ``namespace``'s cache key."""
-    return f"/cloudburst/cache/{namespace}/key"
+    return f"{CACHE_PARAMETERS}/{namespace}/key"
 
 
 def read_cache_key(region: str | None, profile: str | None, namespace: str, kms_key: str = "") -> bytes:
