@@ -27,6 +27,7 @@ from ..backends.cachebase import namespace as check_namespace
 from ..config.userconfig import lookup as setting
 from ..errors import PayloadAuthenticationError
 from ..log import warn
+from ..protocol.blobs import BlobRef
 from .manifest import check_key, open_manifest, seal_manifest
 from .refs import ValueRef
 
@@ -86,6 +87,16 @@ class StageCache:
         except (PayloadAuthenticationError, ValueError, KeyError, TypeError) as exc:
             self._refuse(name, str(exc) or type(exc).__name__)
             return None
+
+    def blobs_of(self, name: str) -> tuple[BlobRef, ...] | None:
+        """The blobs the entry stored under ``name`` (``entries/<slug>/<key>``) needs; None when it is gone or
+        fails its check (for tools: ``cloudburst cache clear`` keeps the blobs of the entries it keeps)."""
+        try:
+            data = self.store.get(name)
+            ref = open_manifest(self._cache_key(), self.namespace, None, name.rsplit("/", 1)[-1], data)
+        except (FileNotFoundError, PayloadAuthenticationError, ValueError, KeyError, TypeError):
+            return None
+        return ref.blobs()
 
     def _refuse(self, name: str, why: str) -> None:
         with self._lock:

@@ -105,8 +105,9 @@ def seal_manifest(cache_key: bytes, namespace: str, stage: str, key: str, ref: V
     return seal(cache_key, _KIND, text, job=_tag(namespace), message_id=bytes.fromhex(key[:32]))
 
 
-def open_manifest(cache_key: bytes, namespace: str, stage: str, key: str, data: bytes) -> ValueRef:
-    """The ref a manifest names, once it proved to be the one sealed for call ``key`` of ``stage``.
+def open_manifest(cache_key: bytes, namespace: str, stage: str | None, key: str, data: bytes) -> ValueRef:
+    """The ref a manifest names, once it proved to be the one sealed for call ``key`` of ``stage`` (None: of
+    any stage, for tools that find manifests by listing the cache).
 
     Raises PayloadAuthenticationError for a forged, altered or moved manifest (nothing is unpickled), and
     ValueError (KeyError, TypeError) for a malformed one."""
@@ -118,6 +119,6 @@ def open_manifest(cache_key: bytes, namespace: str, stage: str, key: str, data: 
         raise ValueError(f"manifest format {body.get('format') if isinstance(body, dict) else None!r} is not {FORMAT}")
     if opened.message_id != bytes.fromhex(check_key(key)[:32]) or body.get("key") != key:
         raise PayloadAuthenticationError("it was sealed for another call (moved under this key's name)")
-    if body.get("stage") != stage:
+    if stage is not None and body.get("stage") != stage:
         raise PayloadAuthenticationError(f"it was sealed for stage {body.get('stage')!r}")
     return ref_from_json(body["ref"])
