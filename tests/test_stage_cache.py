@@ -27,7 +27,7 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
-from cloudburst.backends.aws.cachestore import cache_key_parameter, read_cache_key
+from cloudburst.backends.aws.cachestore import S3CacheStore, cache_key_parameter, read_cache_key
 from cloudburst.backends.aws.setup import doctor, setup, teardown
 from cloudburst.backends.aws.setup.context import CACHE_RULE
 from cloudburst.backends.cachebase import stage_slug
@@ -395,3 +395,38 @@ def test_cache_why_says_when_run_records_are_missing() -> None:
         assert done.exit_code == 1 and "cloudburst.stages.report" in done.output
     else:  # pragma: no cover - once the run records exist, `why` is theirs to test
         assert "Traceback" not in done.output
+
+
+# ------------------------------------------------------------------------------------------ workers
+def _probe(bucket: str, entry: str, parameter: str) -> dict[str, str]:
+    """Runs in a job's worker, with the job's own role: try the stage cache."""
+    import boto3 as b3
+
+    def code(call: Callable[[], Any]) -> str:
+        try:
+            call()
+        except Exception as exc:
+            return str(getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__)
+        return "ok"
+
+    s3, ssm = b3.client("s3"), b3.client("ssm")
+    return {
+        "read an entry": code(lambda: s3.get_object(Bucket=bucket, Key=entry)),
+        "plant an entry": code(lambda: s3.put_object(Bucket=bucket, Key=entry + "0", Body=b"x")),
+        "list the cache": code(lambda: s3.list_objects_v2(Bucket=bucket, Prefix="cache/")),
+        "read the cache key": code(lambda: ssm.get_parameter(Name=parameter, WithDecryption=True)),
+    }
+
+
+def test_workers_cannot_reach_the_cache_nor_its_key(s3_cache: StageCache, job_store: LocalStore) -> None:
+    import cloudburst
+
+    s3_cache.record(STAGE, call_key(0), packed_ref(job_store, INLINE_VALUE), job_store)
+    s3_cache.flush(timeout=60)
+    store = s3_cache.store
+    assert isinstance(store, S3CacheStore)
+    entry = store.prefix + entry_key(STAGE, call_key(0))
+    assert store.get(entry_key(STAGE, call_key(0))), "the client reads it"
+    with cloudburst.Executor(backend="fargate", workers=1) as ex:
+        codes = ex.submit(_probe, store.bucket, entry, cache_key_parameter(s3_cache.namespace)).result(timeout=180)
+    assert all(code in ("AccessDenied", "AccessDeniedException") for code in codes.values()), codes
