@@ -277,26 +277,30 @@ def test_a_second_conditional_put_on_s3_is_refused_and_the_first_stays(s3_cache:
 
 
 RECORDER = """
-import sys
+import hashlib, sys
 from pathlib import Path
 from cloudburst.backends.local import LocalStore
+from cloudburst.protocol.serialize import Packer
 from cloudburst.stages.cache import open_cache
-sys.path.insert(0, {tests!r})
-from test_stage_cache import STAGE, call_key, packed_ref
+from cloudburst.stages.refs import ValueRef
+from cloudburst.stages.valuehash import digest
 
 job = LocalStore(Path(sys.argv[1]))
-cache = open_cache("local", {{}}, "shared")
+packer = Packer(job, inline_limit=1024, compress=False)
+cache = open_cache("local", {}, "shared")
 for n in range(30):
-    cache.record(STAGE, call_key(n), packed_ref(job, [n] * (n * 100)), job)  # inline and blobs
+    value = [n] * (n * 100)  # inline, then blobs
+    key = hashlib.sha256(f"call {n}".encode()).hexdigest()
+    cache.record(STAGE, key, ValueRef(digest(value), packer.pack(value)), job)
 cache.close()
 print("recorded")
-"""
+""".replace("STAGE", repr(STAGE))
 
 
 def test_two_processes_recording_the_same_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**os.environ, "CLOUDBURST_CACHE_DIR": str(tmp_path / "cache")}
     script = tmp_path / "recorder.py"
-    script.write_text(RECORDER.format(tests=str(Path(__file__).parent)))
+    script.write_text(RECORDER)
     runs = [
         subprocess.Popen([sys.executable, str(script), str(tmp_path / f"job{i}")], env=env, stdout=subprocess.PIPE)
         for i in range(2)
