@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..config.options import ExecutorOptions
     from ..protocol.workerenv import WorkerEnv
+    from .cachebase import CacheSite
 
 __all__ = [
     "Backend",
@@ -354,6 +355,15 @@ class Backend(abc.ABC):
         (``workerenv.from_environ``; no state from the client's process). ``extra`` may carry ``worker_id``
         and ``job_key`` when the environment does not (e.g. read from the platform's metadata or a secret
         store), and ``dead_letters`` (a Queue)."""
+
+    @classmethod
+    def open_cache(cls, options: Mapping[str, object], namespace: str) -> CacheSite:
+        """The stage cache this backend's runs share for ``namespace`` (``backends.cachebase``), from settings and
+        ``options`` alone: no backend object is made, and nothing is asked of the cloud until the cache is read.
+        Default: a folder on this machine, ``<cache dir>/stages/<namespace>/``."""
+        from .localcache import open_local_cache  # not at the top: localcache builds on local, which imports base
+
+        return open_local_cache(namespace)
 
     @classmethod
     def import_path(cls) -> str:
