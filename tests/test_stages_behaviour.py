@@ -260,3 +260,27 @@ def test_ctrl_c_stops_every_stage_and_its_workers(tmp_path: Path) -> None:
         proc.kill()
     assert "KeyboardInterrupt" in err
     assert wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=15), "workers outlived Ctrl-C"
+
+
+def test_a_long_cached_chain_settles_without_recursion() -> None:
+    def chain() -> Any:
+        x: Any = 0
+        for _ in range(400):
+            x = add(x, 1)
+        return x
+
+    assert cb.compute(chain(), backend="inline") == 400
+    value, report = cb.compute(chain(), backend="inline", report=True)
+    assert value == 400 and {record.status for record in report.stages} == {"cached"}
+
+
+def test_a_local_store_refuses_keys_that_leave_it(tmp_path: Path) -> None:
+    from cloudburst.backends.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.put("blobs/a/../b", b"kept")
+    assert store.get("blobs/b") == b"kept"
+    for key in ("../outside", "/etc/passwd", "blobs/../../outside", "..", "."):
+        with pytest.raises(ValueError, match="escapes the store"):
+            store.put(key, b"x")
+    assert not (tmp_path / "outside").exists()

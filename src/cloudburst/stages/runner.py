@@ -8,6 +8,7 @@ failure as a ``StageError`` once every independent branch has finished.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, Literal
 
 from ..backends import get_backend
@@ -91,22 +92,24 @@ def _check(nodes: tuple[Node, ...], backend: str, seed: object, errors: str, opt
 
 def _progress_bar(scheduler: Scheduler, progress: bool | Literal["auto"]) -> Progress:
     states = scheduler.states
+    total = len(states)
 
     def postfix() -> str:
-        counts = {status: 0 for status in ("sent", "cached", "failed", "skipped")}
-        for state in states.values():
-            if state.status in counts:
-                counts[state.status] += 1
-        settled = sum(1 for state in states.values() if state.settled)
+        counts = Counter(state.status for state in states.values())
         return progress_text(
-            settled, len(states), counts["sent"], counts["cached"], counts["failed"], scheduler.groups.cost()
+            total - scheduler.unsettled,
+            total,
+            counts["sent"],
+            counts["cached"],
+            counts["failed"],
+            scheduler.groups.cost(),
         )
 
-    bar = Progress(len(states), enabled=wanted(progress), description="stages", postfix=postfix)
+    bar = Progress(total, enabled=wanted(progress), description="stages", postfix=postfix)
     seen = [0]
 
     def changed() -> None:
-        settled = sum(1 for state in states.values() if state.settled)
+        settled = total - scheduler.unsettled
         if settled > seen[0]:
             bar.advance(settled - seen[0])
             seen[0] = settled

@@ -23,6 +23,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any
 
 from .. import seeds
 from ..backends.base import Store
+from ..backends.local import LocalStore
 from .api import Node
 from .cache import StageCache
 from .graph import Graph, substitute
@@ -106,10 +108,13 @@ class Scheduler:
             group.remaining += 1
             self.states[id(node)] = NodeState(node, graph.paths[id(node)], group, len(node.inputs()))
         self.unsettled = len(self.states)
+        self.ready_nodes: deque[NodeState] = deque()  # inputs done, not yet started (see _start_ready)
         self.keyer = Keyer(self._digest_of, settings.seed)
         self.settler = Settler(self)
         self._lookups = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="cloudburst-stage-lookup")
         self._closers: list[threading.Thread] = []
+        self._calls: dict[tuple[int, bool], StageCall] = {}
+        self._local_cache = cache is not None and isinstance(cache.store, LocalStore)
         self.on_change: Callable[[], None] | None = None
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -120,15 +125,15 @@ class Scheduler:
             if self._caching(node):
                 self.keyer.precheck(node)
         try:
-            for state in list(self.states.values()):
-                if state.waiting == 0 and state.status == "waiting":
-                    self.ready(state)
+            self.ready_nodes.extend(state for state in self.states.values() if state.waiting == 0)
+            self._start_ready()
             while self.unsettled:
                 try:
                     kind, node_id, payload = self.events.get(timeout=_EVENT_WAIT)
                 except queue.Empty:
                     continue
                 self.handle(kind, self.states[node_id], payload)
+                self._start_ready()
         except BaseException:
             self.stop(terminate=True)
             raise
@@ -148,6 +153,14 @@ class Scheduler:
             self.mapped(state, payload)
         elif kind == "failed":
             self.settler.fail(state, payload)
+
+    def _start_ready(self) -> None:
+        """Start the nodes whose inputs are done, in the order they became ready. A list, not recursion: a
+        cached chain settles node after node without returning to the loop."""
+        while self.ready_nodes:
+            state = self.ready_nodes.popleft()
+            if state.status == "waiting":
+                self.ready(state)
 
     def stop(self, *, terminate: bool) -> None:
         """Close every executor and wait for the cache's writes (briefly, when stopping at once)."""
@@ -183,6 +196,9 @@ class Scheduler:
             self.send(state)
             return
         state.status = "looking"
+        if self._local_cache:  # a file read: cheaper than a hop to a lookup thread and back
+            self.looked(state, self.cache.lookup(node.stage.name, state.key))
+            return
         self._post_when_done(self._lookups.submit(self.cache.lookup, node.stage.name, state.key), "looked", state)
 
     def looked(self, state: NodeState, ref: ValueRef | None) -> None:
@@ -208,13 +224,13 @@ class Scheduler:
         node, group = state.node, state.group
         executor = group.open()
         seed = None if self.settings.seed is None else seeds.stage_seed(self.settings.seed, state.path)
-        call = StageCall(node.stage.fn, node.stage.name, seed, id(node) in self.graph.fanned)
+        call = self._call_of(node)
         state.status = "sent"
         state.started = time.time()
         if node.kind == "call":
             args = substitute(node.args, lambda n: self._forward(n, group))
             kwargs = substitute(node.kwargs, lambda n: self._forward(n, group))
-            self._post_when_done(executor.submit(call, 0, args, kwargs), "called", state)
+            self._post_when_done(executor.submit(call, 0, args, kwargs, seed), "called", state)
         else:
             if isinstance(node.items, Node):
                 self._forward(node.items, group)  # the parts' blobs, all at once
@@ -222,7 +238,12 @@ class Scheduler:
             broadcast = substitute(node.broadcast, lambda n: self._forward(n, group))
             missing = [i for i in range(len(items)) if not state.item_refs or state.item_refs[i] is None]
             run = executor.start_map(
-                call, missing, [items[i] for i in missing], [broadcast] * len(missing), chunksize=node.chunksize
+                call,
+                missing,
+                [items[i] for i in missing],
+                [broadcast] * len(missing),
+                [seed] * len(missing),
+                chunksize=node.chunksize,
             )
             threading.Thread(
                 target=self._wait_map, args=(run, missing, state), name="cloudburst-stage-map", daemon=True
@@ -275,6 +296,15 @@ class Scheduler:
             parts = self.settler.parts_of(self.states[id(node.items)], state)
             return [(arg_of_part,) for arg_of_part in parts]
         return [tuple(substitute(item, arg_of)) for item in node.items or []]
+
+    def _call_of(self, node: Node) -> StageCall:
+        """One StageCall per stage and storage mode: the core pickles a function once per job, by identity."""
+        elements = id(node) in self.graph.fanned
+        key = (id(node.stage), elements)
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = StageCall(node.stage.fn, node.stage.name, None, elements)
+        return call
 
     def _digest_of(self, node: Node) -> str | None:
         ref = self.states[id(node)].ref

@@ -124,7 +124,7 @@ class Settler:
             dep_state = run.states[id(dependent)]
             dep_state.waiting -= 1
             if dep_state.waiting == 0 and dep_state.status == "waiting":
-                run.ready(dep_state)
+                run.ready_nodes.append(dep_state)
         run.close_idle_groups()
         run.changed()
 
