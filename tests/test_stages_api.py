@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import pickle
+import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -443,3 +444,20 @@ def test_pictures_without_graphviz_say_how_to_install_it(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "graphviz", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'cloudburst\[viz\]'"):
         load().visualize(format="svg")
+
+
+@pytest.mark.skipif(shutil.which("dot") is not None, reason="Graphviz's dot is installed here")
+def test_pictures_without_graphviz_dot_say_how_to_install_it(tmp_path: Path) -> None:
+    pytest.importorskip("graphviz")
+    with pytest.raises(RuntimeError, match=r"drawing SVG needs Graphviz's `dot` program: .*apt install graphviz"):
+        load().visualize(filename=tmp_path / "p.svg")
+    assert not (tmp_path / "p.svg").exists()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot")
+def test_visualize_renders_svg_with_graphviz(tmp_path: Path) -> None:
+    pytest.importorskip("graphviz")
+    out, _ = _example()
+    written = out.visualize(filename=tmp_path / "p.svg")
+    svg = written.read_text()
+    assert "<svg" in svg and svg.count('class="node"') == 5 and "2 vCPU, 4 GB" in svg
