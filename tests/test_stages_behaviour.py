@@ -284,3 +284,18 @@ def test_a_local_store_refuses_keys_that_leave_it(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="escapes the store"):
             store.put(key, b"x")
     assert not (tmp_path / "outside").exists()
+
+
+@cb.stage
+def blob_of(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256)
+
+
+def test_a_cached_value_whose_bytes_were_altered_runs_again(tmp_path: Path) -> None:
+    assert len(cb.compute(blob_of(1 << 18), backend="inline")) == 1 << 18
+    blobs = [path for path in (tmp_path / "cache").rglob("blobs/*") if path.is_file()]
+    assert blobs, "the value should be stored as a blob in the cache"
+    for path in blobs:
+        path.write_bytes(b"altered" + path.read_bytes()[7:])
+    value, report = cb.compute(blob_of(1 << 18), backend="inline", report=True)
+    assert value == bytes(range(256)) * (1 << 10) and report.stages[0].status == "ran"

@@ -203,7 +203,7 @@ class Scheduler:
 
     def looked(self, state: NodeState, ref: ValueRef | None) -> None:
         """The answer of the cache for a node's key (a map: for the whole node)."""
-        if ref is not None and self.cache is not None:
+        if ref is not None and self.cache is not None and self.settler.usable(state, ref):
             self.settler.done(state, ref, self.cache.store, "cached")
         elif state.node.kind == "map" and self.cache is not None:
             cache, name, keys = self.cache, state.node.stage.name, list(state.item_keys)
@@ -220,7 +220,14 @@ class Scheduler:
             self.send(state)
 
     def send(self, state: NodeState) -> None:
-        """Submit the node's call (or its items not in the cache) to the executor of its shape."""
+        """Submit the node's call (or its items not in the cache) to the executor of its shape. A call that
+        cannot be sent (an input's stored value is gone, the executor cannot start) fails alone."""
+        try:
+            self._send(state)
+        except Exception as exc:
+            self.settler.fail(state, exc)
+
+    def _send(self, state: NodeState) -> None:
         node, group = state.node, state.group
         executor = group.open()
         seed = None if self.settings.seed is None else seeds.stage_seed(self.settings.seed, state.path)

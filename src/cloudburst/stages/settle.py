@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Store
 from ..errors import StageError
+from ..log import warn
 from ..protocol.serialize import Unpacker
 from .groups import Group, reader
 from .refs import ArgRef, StageResult, ValueRef
@@ -50,7 +51,7 @@ class Settler:
         state.ref, state.store, state.status = ref, store, status
         if status == "ran" and state.key is not None and run.cache is not None:
             run.cache.record(state.node.stage.name, state.key, ref, store)
-        if id(state.node) in self.outputs:
+        if id(state.node) in self.outputs and id(state.node) not in self.values:
             self.values[id(state.node)] = load_value(ref, self._unpacker_for(state, store))
         dependents = run.graph.dependents.get(id(state.node), [])
         state.needers = {id(dep) for dep in dependents if not run.states[id(dep)].settled}
@@ -127,6 +128,23 @@ class Settler:
                 run.ready_nodes.append(dep_state)
         run.close_idle_groups()
         run.changed()
+
+    def usable(self, state: NodeState, ref: ValueRef) -> bool:
+        """Whether a cache hit can stand for ``state``: an output's value is read now, and one whose stored
+        bytes fail their check (or are gone) makes the hit a miss, with a warning, so the call runs again."""
+        if id(state.node) not in self.outputs:
+            return True
+        cache = self.run.cache
+        assert cache is not None
+        try:
+            self.values[id(state.node)] = load_value(ref, self._unpacker_for(state, cache.store))
+        except Exception as exc:
+            warn(
+                f"cloudburst: the cached value of stage {state.node.stage.name} in {cache.where} could not be "
+                f"read ({type(exc).__name__}: {exc}); the call runs again"
+            )
+            return False
+        return True
 
     # -- what a settled node still holds ---------------------------------------------------------------------
 
