@@ -102,3 +102,22 @@ def test_summary_dataframe_and_html() -> None:
 
 def test_progress_text() -> None:
     assert reports.progress_text(23, 40, 3, 14, 1, 0.04) == "stages 23/40 · 3 running · 14 cached · 1 failed · $0.04"
+
+
+def test_cache_why_explains_the_last_run_of_a_name() -> None:
+    from click.testing import CliRunner
+
+    import cloudburst as cb
+    from cloudburst.cli import main
+
+    @cb.stage
+    def grow(x: int) -> int:
+        return x + LIMIT
+
+    cb.compute(grow(1), backend="inline", name="nightly")
+    cb.compute(grow(2), backend="inline", name="nightly")
+    result = CliRunner().invoke(main, ["cache", "why", "nightly"])
+    assert result.exit_code == 0, result.output
+    assert "grow: ran: input x changed (1 → 2)" in result.output, result.output
+    missing = CliRunner().invoke(main, ["cache", "why", "weekly"])
+    assert missing.exit_code != 0 and "known runs: nightly" in missing.output
