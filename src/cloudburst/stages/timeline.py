@@ -52,8 +52,8 @@ def draw_text(bars: Sequence[Bar], start: float, end: float, title: str) -> str:
     span = max(end - start, 1e-9)
     label_width = max((len(bar.label) for bar in bars), default=5)
     worker_width = max((len(bar.worker or _CLIENT) for bar in bars), default=6)
-    axis = f"0 s{f'{span:.1f} s':>{_WIDTH - 1}}"
-    lines = [title, f"{'':{label_width}}  {'':{worker_width}}  {axis}"]
+    axis = f"0 s{f'{span:.1f} s':>{_WIDTH - 3}}"  # over the bars, between the |
+    lines = [title, f"{'':{label_width}}  {'':{worker_width}}   {axis}"]
     for bar in sorted(bars, key=lambda b: (b.started is None, b.started or 0.0, b.label)):
         lines.append(
             f"{bar.label:<{label_width}}  {bar.worker or _CLIENT:<{worker_width}}  "
@@ -65,7 +65,7 @@ def draw_text(bars: Sequence[Bar], start: float, end: float, title: str) -> str:
 def _text_bar(bar: Bar, start: float, span: float) -> str:
     if bar.started is None:
         return " " * _WIDTH
-    first = min(_WIDTH - 1, max(0, int((bar.started - start) / span * _WIDTH)))
+    first = min(_WIDTH - 1, max(0, int((bar.started - start) / span * _WIDTH + 1e-6)))  # 1e-6: float noise
     last = min(_WIDTH, max(first + 1, round(((bar.ended or bar.started) - start) / span * _WIDTH)))
     mark = "█" if bar.status == "ran" else "▒" if bar.status == "failed" else "·"
     return " " * first + mark * (last - first) + " " * (_WIDTH - last)
@@ -99,7 +99,7 @@ def draw_figure(
     axes.invert_yaxis()  # first worker on top, as in the text timeline
     axes.set_xlabel("seconds since the run started")
     axes.set_title(title)
-    shown = [status for status in COLOURS if any(bar.status == status for bar in bars)]
+    shown = [status for status in COLOURS if any(bar.status == status for bar in timed)]
     axes.legend(handles=[patches.Patch(color=COLOURS[s], label=s) for s in shown], loc="upper right", fontsize=7)
     figure.tight_layout()
     if filename is not None:
