@@ -325,3 +325,25 @@ def test_to_dataframe_without_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="needs pandas: pip install pandas"):
         timed_run().to_dataframe()
+
+
+LIMIT = 10
+
+
+def test_cache_why_explains_the_last_run_of_a_name() -> None:
+    from click.testing import CliRunner
+
+    import cloudburst as cb
+    from cloudburst.cli import main
+
+    @cb.stage
+    def grow(x: int) -> int:
+        return x + LIMIT
+
+    cb.compute(grow(1), backend="inline", name="nightly")
+    cb.compute(grow(2), backend="inline", name="nightly")
+    result = CliRunner().invoke(main, ["cache", "why", "nightly"])
+    assert result.exit_code == 0, result.output
+    assert "grow: ran: input x changed (1 → 2)" in result.output, result.output
+    missing = CliRunner().invoke(main, ["cache", "why", "weekly"])
+    assert missing.exit_code != 0 and "nightly" in missing.output
