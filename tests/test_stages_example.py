@@ -43,12 +43,21 @@ def run_example(cache_dir: Path, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def statuses(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Stage name (without its module) -> status, from the record of the example's last run."""
+def last_run(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The record of the example's last run, as its process saved it in ``cache_dir``."""
     monkeypatch.setenv("CLOUDBURST_CACHE_DIR", str(cache_dir))
-    report: Any = importlib.import_module("cloudburst.stages.report").load_run(PIPELINE)
+    report = importlib.import_module("cloudburst.stages.report").load_run(PIPELINE)
     assert report is not None, f"the example saved no run record named {PIPELINE!r} in {cache_dir}"
-    return {record.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]: record.status for record in report.stages}
+    return report
+
+
+def records(report: Any) -> dict[str, Any]:
+    """Stage name (without its module) -> its record."""
+    return {record.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]: record for record in report.stages}
+
+
+def statuses(report: Any) -> dict[str, str]:
+    return {name: record.status for name, record in records(report).items()}
 
 
 def model_line(lines: list[str]) -> str:
@@ -57,12 +66,18 @@ def model_line(lines: list[str]) -> str:
     return found[0]
 
 
-def run_twice(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+def run_twice(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
+    """Runs the example twice: the first run runs every stage, the second none, with the same model.
+    Returns the first run's record."""
     first = run_example(cache_dir, *args)
-    assert statuses(cache_dir, monkeypatch) == dict.fromkeys(STAGES, "ran")
+    report = last_run(cache_dir, monkeypatch)
+    assert statuses(report) == dict.fromkeys(STAGES, "ran")
     second = run_example(cache_dir, *args)
-    assert statuses(cache_dir, monkeypatch) == dict.fromkeys(STAGES, "cached")
+    cached = last_run(cache_dir, monkeypatch)
+    assert statuses(cached) == dict.fromkeys(STAGES, "cached")
+    assert cached.job_ids == [], "a fully cached run opened an executor"
     assert model_line(second) == model_line(first), "the cached model differs from the one computed"
+    return report
 
 
 def test_local_second_run_is_all_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +88,7 @@ def test_a_changed_global_reruns_the_stages_that_read_it(tmp_path: Path, monkeyp
     cache_dir = tmp_path / "cache"
     run_example(cache_dir, "--n", "200")
     lines = run_example(cache_dir, "--n", "300", "--explain")
-    assert statuses(cache_dir, monkeypatch) == dict.fromkeys(STAGES, "ran")
+    assert statuses(last_run(cache_dir, monkeypatch)) == dict.fromkeys(STAGES, "ran")
     assert "n = 300" in model_line(lines)
     assert any("num_observations" in line for line in lines), "--explain does not name the changed global"
 
@@ -81,4 +96,8 @@ def test_a_changed_global_reruns_the_stages_that_read_it(tmp_path: Path, monkeyp
 def test_emulated_fargate_second_run_is_all_cached(
     emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_twice(tmp_path / "cache", monkeypatch, "--backend", "fargate", "--n", "500")
+    report = run_twice(tmp_path / "cache", monkeypatch, "--backend", "fargate", "--n", "500")
+    shapes = {name: record.shape for name, record in records(report).items()}
+    assert shapes["get_data_x"] == shapes["get_data_y"] != shapes["build_model"]
+    assert shapes["build_model"].get("cpu") == 2, shapes
+    assert len(report.job_ids) == 2, "one executor per shape: 1 vCPU 2 GB and 2 vCPU 4 GB"
