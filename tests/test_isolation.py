@@ -152,7 +152,7 @@ def test_the_bucket_keeps_objects_its_own_and_expires_builds_and_bundles(set_up:
         for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
         if "Expiration" in r
     }
-    assert expiring == {"jobs/": 7, "builds/": 7, "envs/": 30}
+    assert expiring == {"jobs/": 7, "builds/": 7, "envs/": 30, "cache/": 30}
 
 
 def test_image_build_logs_have_a_retention(set_up: str) -> None:

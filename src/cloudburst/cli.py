@@ -7,6 +7,7 @@
     cloudburst config unset KEY       remove a setting from the file
     cloudburst jobs [--json]          detached jobs recorded on this machine, with their progress
     cloudburst results JOB [--json]   wait for a detached job and print its results
+    cloudburst cache list|clear|why  the stage cache, by stage (``stages/cli.py``)
     cloudburst version
 
 The commands of a backend come from the module its registration names (``cli``, see
@@ -27,6 +28,7 @@ from . import __version__, backends
 from .config import userconfig
 from .detached import DetachedJob, attach, jobs
 from .errors import CloudburstError
+from .stages.cli import cache_command
 
 __all__ = ["main"]
 
@@ -175,6 +177,8 @@ def version_command() -> None:
     """Print cloudburst's version."""
     click.echo(f"cloudburst {__version__} (Python {sys.version.split()[0]})")
 
+
+main.add_command(cache_command)
 
 if __name__ == "__main__":
     main()

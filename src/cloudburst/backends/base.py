@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ..config.options import ExecutorOptions
     from ..protocol.workerenv import WorkerEnv
+    from .cachebase import CacheSite
 
 __all__ = [
     "Backend",
@@ -84,6 +85,10 @@ class Store(Protocol):
     The core writes content-addressed blobs (arguments, functions, big results) and sealed control
     records (``control/state``, ``control/cancelled/<task id>``) that it overwrites while workers read
     them. Every method may be called from several threads at once.
+
+    Optional: ``copy_from(src, src_key, dst_key) -> bool`` copies a blob of another store here without the
+    bytes passing through the caller (S3: CopyObject within a bucket; local: a hard link), and returns False
+    when it cannot reach ``src``; ``stages.transfer.copy_blob`` then copies through the client.
     """
 
     def put(self, key: str, data: bytes | memoryview) -> None:
@@ -350,6 +355,15 @@ class Backend(abc.ABC):
         (``workerenv.from_environ``; no state from the client's process). ``extra`` may carry ``worker_id``
         and ``job_key`` when the environment does not (e.g. read from the platform's metadata or a secret
         store), and ``dead_letters`` (a Queue)."""
+
+    @classmethod
+    def open_cache(cls, options: Mapping[str, object], namespace: str) -> CacheSite:
+        """The stage cache this backend's runs share for ``namespace`` (``backends.cachebase``), from settings and
+        ``options`` alone: no backend object is made, and nothing is asked of the cloud until the cache is read.
+        Default: a folder on this machine, ``<cache dir>/stages/<namespace>/``."""
+        from .localcache import open_local_cache  # not at the top: localcache builds on local, which imports base
+
+        return open_local_cache(namespace)
 
     @classmethod
     def import_path(cls) -> str:

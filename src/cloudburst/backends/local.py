@@ -63,6 +63,31 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def copy_from(self, src: Store, src_key: str, dst_key: str) -> bool:
+        """Copy ``src_key`` of another local store here: a hard link (no bytes copied; its time is refreshed),
+        or a copy across file systems; atomic as ``put``. False when ``src`` is not a local store."""
+        if not isinstance(src, LocalStore):
+            return False
+        source, path = src._path(src_key), self._path(dst_key)
+        if not source.is_file():
+            raise FileNotFoundError(f"blob {src_key} is not in the store {src.root}")
+        if source == path:
+            os.utime(path)
+            return True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".link-{os.urandom(8).hex()}"
+        try:
+            try:
+                os.link(source, tmp)
+                os.utime(tmp)  # the blob's age is its last use (the inode is shared: the source's too)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return True
+
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 

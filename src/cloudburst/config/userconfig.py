@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import settings_keys
+from ..backends.cachebase import namespace
 from ..errors import ConfigurationError, UnknownParameterError
 from .options import parse_memory
 
@@ -149,6 +150,7 @@ _CORE_KEYS = (
     Key("cpu", "defaults", number(0.001, 1024), 1, "vCPUs per worker"),
     Key("memory", "defaults", _memory, "2GB", "memory per worker"),
     Key("idle_timeout", "defaults", number(1, 86_400), 120, "seconds before an idle worker stops"),
+    Key("cache_namespace", "stages", namespace, "default", "stage cache shared by the runs that name it"),
 )
 
 

@@ -17,7 +17,10 @@ _C = TypeVar("_C", bound=type)
 def pickled_as_call(cls: _C) -> _C:
     """Pickle a dataclass as a call of its constructor with its field values: several times
     cheaper than the default for slotted dataclasses, which matters for messages on every task."""
-    values = operator.attrgetter(*(f.name for f in fields(cls)))
+    names = [f.name for f in fields(cls)]
+    getter = operator.attrgetter(*names)
+    # attrgetter of one name returns its value, not a 1-tuple
+    values = getter if len(names) > 1 else lambda obj: (getter(obj),)
 
     def __reduce__(self: object) -> tuple[object, ...]:
         return cls, values(self)

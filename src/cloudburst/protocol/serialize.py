@@ -82,6 +82,11 @@ class Packer:
         )
         self.bytes_serialized = 0  # everything written: inline payloads and new blobs
 
+    @property
+    def store(self) -> Store:
+        """The store its blobs go to."""
+        return self._store
+
     # -- blobs
     def put_blob(self, data: bytes | memoryview) -> BlobRef:
         raw = memoryview(data).cast("B")
@@ -123,11 +128,14 @@ class Packer:
         shared: Mapping[int, Packed] | None = None,
         keep_code_names: bool = False,
         plain: bool = False,
+        inline_limit: int | None = None,
     ) -> Packed:
         """Pickle ``obj``; raise :class:`PicklingError` naming it on failure. ``plain``: the caller knows it
-        holds only numbers, strings and builtin containers, which plain pickle writes as cloudpickle would, faster."""
+        holds only numbers, strings and builtin containers, which plain pickle writes as cloudpickle would, faster.
+        ``inline_limit``: a pickle bigger than this goes to a blob (default: the packer's own limit)."""
+        limit = self._inline_limit if inline_limit is None else inline_limit
         if plain:
-            return self._finish(pickle.dumps(obj, protocol=PROTOCOL), (), codec=b"P")
+            return self._finish(pickle.dumps(obj, protocol=PROTOCOL), (), codec=b"P", limit=limit)
         refs: list[BlobRef] = []
         callback = self._buffer_callback(refs)
         if shared or keep_code_names:
@@ -136,11 +144,11 @@ class Packer:
             data = stream.getvalue()
         else:
             data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
-        return self._finish(data, tuple(refs))
+        return self._finish(data, tuple(refs), limit=limit)
 
-    def _finish(self, data: bytes, buffers: tuple[BlobRef, ...], codec: bytes = b"R") -> Packed:
+    def _finish(self, data: bytes, buffers: tuple[BlobRef, ...], codec: bytes = b"R", *, limit: int) -> Packed:
         """Inline (``codec`` + pickle; ``P``: plain pickle, loaded without a reference hook) or a blob."""
-        if len(data) > self._inline_limit:
+        if len(data) > limit:
             return Packed(None, self.put_blob(data), buffers)
         if self._compress and len(data) >= COMPRESS_MIN_BYTES:
             zipped = compress(data)

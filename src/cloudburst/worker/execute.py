@@ -22,6 +22,7 @@ from ..protocol.output import Capture
 from ..protocol.remote_exceptions import pickle_exception
 from ..protocol.serialize import Packer, Unpacker, describe
 from ..protocol.task import ItemError, ResultMessage, TaskMessage
+from . import context
 
 __all__ = ["TaskRunner", "item_error"]
 
@@ -55,6 +56,8 @@ class TaskRunner:
         #: the worker's look at a MemoryError: one from a refused allocation ends the worker as out of memory
         self.check_memory_error = check_memory_error
         self.capture = Capture()
+        #: what the calls see of this worker (``context.current()``), set around them
+        self.context = context.WorkerContext(packer.store, unpacker, packer, worker_id)
 
     def execute(self, task: TaskMessage, attempt: int) -> ResultMessage:
         def fail(exc: BaseException) -> ResultMessage:
@@ -103,6 +106,7 @@ class TaskRunner:
         started = time.perf_counter()
         with_kwargs = task.with_kwargs
         capture.begin(task.log_level)
+        context.set_current(self.context)
         try:
             for pos, call in enumerate(calls):
                 index = indices[pos]
@@ -121,6 +125,7 @@ class TaskRunner:
                     errors[pos] = item_error(exc)
                     self.log_failure(task.task_id, index, errors[pos])
         finally:
+            context.set_current(None)
             events = capture.end()
         seeds.seed_item(None, -1)
         return values, errors, events, time.perf_counter() - started

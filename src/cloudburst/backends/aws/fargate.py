@@ -37,7 +37,9 @@ from ...core.words import plural
 from ...log import say
 from ...protocol.workerenv import WorkerEnv, from_environ
 from ..base import Backend, JobResources, WorkerPrice, WorkerSide
+from ..cachebase import CacheSite
 from ..local import LocalLauncher
+from .cachestore import open_fargate_cache
 from .clients import client, error_code, is_gone, is_transient, translate
 from .credentials import AWS_IDENTITY_VARIABLES, CredentialsEndpoint
 from .job_roles import JobRole, delete_job_role, principal_of
@@ -145,6 +147,11 @@ class FargateBackend(Backend):
         cpu_units, mib = task_size(cpu, memory_mib)
         table = prices(region or "us-east-1")
         return WorkerPrice(table.hourly(cpu_units, mib, arch=arch, spot=spot), table.source, minimum_seconds=60.0)
+
+    @classmethod
+    def open_cache(cls, options: Mapping[str, object], namespace: str) -> CacheSite:
+        """The stage cache below ``cache/<namespace>/`` of the set-up bucket, its key in SSM (``cachestore``)."""
+        return open_fargate_cache(options, namespace)
 
     @classmethod
     def is_transient(cls, exc: BaseException) -> bool:

@@ -203,6 +203,7 @@ KEYS = (
     Key("build_role_arn", "aws", text, "", "role CodeBuild uses to build worker images"),
     Key("ecr_repository", "aws", text, "cloudburst", "ECR repository for worker images"),
     Key("kms_key", "aws", text, "", "KMS key (ARN) for job keys and the bucket; empty: AWS-managed keys"),
+    Key("cache_days", "aws", number(1, 3650, whole=True), 30, "days the stage cache's entries live in the bucket"),
     Key(
         "image",
         "aws",

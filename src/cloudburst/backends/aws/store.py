@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3.s3.transfer
 
+from ..base import Store
 from .clients import error_code, translate
 from .owner import s3_client
 
@@ -22,6 +23,10 @@ _MULTIPART_THRESHOLD = 16 << 20
 _TRANSFER = boto3.s3.transfer.TransferConfig(
     multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=16 << 20, max_concurrency=8
 )
+
+
+#: CopyObject copies up to 5 GB in one request; a bigger blob is copied in parts, server-side too
+_COPY = boto3.s3.transfer.TransferConfig(multipart_threshold=5 << 30, multipart_chunksize=512 << 20, max_concurrency=8)
 
 
 class S3Store:
@@ -41,6 +46,23 @@ class S3Store:
                 self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=bytes(data))
             else:
                 self._s3.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=_TRANSFER)
+
+    def copy_from(self, src: Store, src_key: str, dst_key: str) -> bool:
+        """Copy ``src_key`` of another store in this bucket here, server-side (CopyObject; in parts above
+        5 GB). False when ``src`` is not in this bucket."""
+        if not isinstance(src, S3Store) or src.bucket != self.bucket:
+            return False
+        source, target = src._key(src_key), self._key(dst_key)
+        if source == target:
+            return True  # already here
+        with translate("S3", "CopyObject", f"s3://{self.bucket}/{source} to {target}"):
+            try:
+                self._s3.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target, Config=_COPY)
+            except Exception as exc:
+                if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    raise FileNotFoundError(f"s3://{self.bucket}/{source} does not exist") from exc
+                raise
+        return True
 
     def get(self, key: str) -> bytes:
         with translate("S3", "GetObject", f"s3://{self.bucket}/{self._key(key)}"):

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 from ..clients import client, error_code, translate
 from ..policies import Names
 
-__all__ = ["Context", "Report", "Step", "look_or_make", "policy_document", "record"]
+__all__ = ["Context", "Report", "Step", "lifecycle", "lifecycle_matches", "look_or_make", "policy_document", "record"]
 
 
 TAG = {"Key": "cloudburst", "Value": "true"}
@@ -23,13 +23,21 @@ CLUSTER = "cloudburst"
 LOG_RETENTION_DAYS = 30
 ON_DEMAND_QUOTA = "L-3032A538"
 SPOT_QUOTA = "L-36FBB829"
-LIFECYCLE = {
+#: the rule that expires the stage cache's entries and blobs (``cache/``)
+CACHE_RULE = "cloudburst-expire-stage-cache"
+_RULES = {
     "Rules": [
         {
             "ID": "cloudburst-expire-job-data",
             "Filter": {"Prefix": "jobs/"},
             "Status": "Enabled",
             "Expiration": {"Days": 7},
+        },
+        {
+            "ID": CACHE_RULE,  # days: the cache_days setting, set in lifecycle()
+            "Filter": {"Prefix": "cache/"},
+            "Status": "Enabled",
+            "Expiration": {"Days": 30},
         },
         {
             "ID": "cloudburst-expire-build-contexts",
@@ -51,6 +59,30 @@ LIFECYCLE = {
         },
     ]
 }
+
+
+def lifecycle(cache_days: int) -> dict[str, Any]:
+    """The bucket's lifecycle rules: job data and build contexts expire after 7 days, the stage cache after
+    ``cache_days`` (the setting), environment bundles after 30, unfinished uploads after 1."""
+    rules = [dict(rule) for rule in _RULES["Rules"]]
+    for rule in rules:
+        if rule["ID"] == CACHE_RULE:
+            rule["Expiration"] = {"Days": cache_days}
+    return {"Rules": rules}
+
+
+def lifecycle_matches(current: list[dict[str, Any]], wanted: dict[str, Any]) -> bool:
+    """Whether every wanted rule is in place, with its prefix and its days (other rules may be there too)."""
+    by_id = {rule.get("ID"): rule for rule in current}
+    return all(
+        rule["ID"] in by_id
+        and by_id[rule["ID"]].get("Filter", {}).get("Prefix", "") == rule["Filter"]["Prefix"]
+        and by_id[rule["ID"]].get("Expiration") == rule.get("Expiration")
+        and by_id[rule["ID"]].get("Status") == "Enabled"
+        for rule in wanted["Rules"]
+    )
+
+
 ECR_LIFECYCLE = {
     "rules": [
         {

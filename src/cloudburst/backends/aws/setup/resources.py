@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ....config import userconfig
 from ....errors import CloudError
 from ..clients import error_code, translate
 from ..kms import (
@@ -28,13 +29,14 @@ from ..policies import BUILD_LOG_GROUP, LOG_GROUP, REPOSITORY, same_document
 from .context import (
     CLUSTER,
     ECR_LIFECYCLE,
-    LIFECYCLE,
     LOG_RETENTION_DAYS,
     TAG,
     TLS_ONLY_SID,
     Context,
     Report,
     Step,
+    lifecycle,
+    lifecycle_matches,
     look_or_make,
     policy_document,
     record,
@@ -169,13 +171,18 @@ def _bucket_settings(ctx: Context, s3: Any, name: str, fix: bool) -> list[str]:
                 Bucket=name, ServerSideEncryptionConfiguration={"Rules": [bucket_encryption(ctx.kms_key)]}
             )
     try:
-        ids = {r.get("ID") for r in s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]}
+        current = s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
     except Exception:
-        ids = set()
-    if not {r["ID"] for r in LIFECYCLE["Rules"]} <= ids:
-        repaired.append("lifecycle: job data and build contexts expire after 7 days, bundles after 30, uploads after 1")
+        current = []
+    cache_days = int(userconfig.lookup("cache_days").value)
+    wanted = lifecycle(cache_days)
+    if not lifecycle_matches(current, wanted):
+        repaired.append(
+            f"lifecycle: job data and build contexts expire after 7 days, the stage cache after {cache_days}, "
+            "bundles after 30, uploads after 1"
+        )
         if fix:
-            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
+            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=wanted)
     return repaired
 
 

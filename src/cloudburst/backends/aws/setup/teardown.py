@@ -8,6 +8,7 @@ from typing import Any
 
 from ....config import userconfig
 from ....errors import CloudError
+from ..cachestore import CACHE_PARAMETERS
 from ..clients import error_code, translate
 from ..images import BUILD_PROJECT
 from ..job_roles import delete_job_role
@@ -145,10 +146,16 @@ def _tagged_access(ctx: Context) -> list[Found]:
         if error_code(exc) != "NoSuchEntity":
             raise
     tagged_parameters = [{"Key": "tag:cloudburst", "Values": ["true"]}]  # job keys and index logins, by tag
-    for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=tagged_parameters):
-        for parameter in page.get("Parameters", []):
-            name = parameter["Name"]
-            out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
+    names = [
+        p["Name"]
+        for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=tagged_parameters)
+        for p in page.get("Parameters", [])
+    ]
+    # the stage cache's keys, also by their path: their entries in the bucket go with it
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=CACHE_PARAMETERS, Recursive=True):
+        names += [p["Name"] for p in page.get("Parameters", [])]
+    for name in dict.fromkeys(names):
+        out.append(("parameter", name, functools.partial(ssm.delete_parameter, Name=name)))
     return out
 
 
