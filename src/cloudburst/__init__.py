@@ -26,6 +26,7 @@ from .errors import (
     PicklingError,
     RemoteError,
     SerializationError,
+    StageError,
     StageHashError,
     TaskExitError,
     UnknownParameterError,
@@ -35,6 +36,7 @@ from .errors import (
 from .estimate import Estimate, estimate
 from .executor import Executor, map, submit_job
 from .seeds import current_item, rng
+from .stages import Node, RunReport, Stage, compute, last_run, stage
 from .version import __version__
 
 __all__ = [
@@ -48,11 +50,15 @@ __all__ = [
     "Executor",
     "ExecutorShutdownError",
     "ForgedMessagesError",
+    "Node",
     "NotSetUpError",
     "PayloadAuthenticationError",
     "PicklingError",
     "RemoteError",
+    "RunReport",
     "SerializationError",
+    "Stage",
+    "StageError",
     "StageHashError",
     "TaskExitError",
     "UnknownParameterError",
@@ -61,14 +67,17 @@ __all__ = [
     "__version__",
     "attach",
     "available_backends",
+    "compute",
     "current_item",
     "doctor",
     "errors",
     "estimate",
     "jobs",
+    "last_run",
     "map",
     "rng",
     "setup",
+    "stage",
     "submit_job",
     "teardown",
 ]

@@ -19,6 +19,7 @@ traceback attached). Everything below is about the machinery::
      ├── ExecutorShutdownError (RuntimeError) work was submitted after shutdown
      ├── BrokenExecutorError (BrokenExecutor) the executor can no longer run work; ``cause`` says why
      ├── CostLimitExceeded                    the job reached max_cost_per_job; finished results are kept
+     ├── StageError                           a stage of a pipeline failed, or one it needs did (``stage``, ``call``)
      └── CloudError                           a cloud API refused a request, after retries (code, operation)
 
 Errors from libraries underneath (pickle, OS, boto3) are translated at the
@@ -42,6 +43,7 @@ __all__ = [
     "PicklingError",
     "RemoteError",
     "SerializationError",
+    "StageError",
     "StageHashError",
     "TaskExitError",
     "UnknownParameterError",
@@ -67,6 +69,37 @@ class StageHashError(ConfigurationError):
 
     Raised before anything runs; the message names the value and the way out.
     """
+
+
+class StageError(CloudburstError):
+    """A stage call failed after its retries, or could not run because a stage it needs failed.
+
+    ``stage`` names the stage that failed (not the dependent), ``call`` its call path in the pipeline,
+    ``remote_traceback`` the worker's traceback when it raised, and ``failures`` (on the error that
+    ``compute`` raises) every stage call of the run that failed. ``__cause__`` is the original exception.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str,
+        call: str,
+        remote_traceback: str | None = None,
+        failures: list[StageError] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.call = call
+        self.remote_traceback = remote_traceback
+        self.failures: list[StageError] = failures if failures is not None else []
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_stage_error, (str(self), self.stage, self.call, self.remote_traceback))
+
+
+def _rebuild_stage_error(message: str, stage: str, call: str, remote_traceback: str | None) -> StageError:
+    return StageError(message, stage=stage, call=call, remote_traceback=remote_traceback)
 
 
 class SerializationError(CloudburstError):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy
 
-__all__ = ["current_item", "python_seed", "rng", "seed_item", "set_index"]
+__all__ = ["current_item", "python_seed", "rng", "seed_item", "set_index", "stage_seed"]
 
 
 class _Current(threading.local):
@@ -91,3 +91,10 @@ def rng() -> numpy.random.Generator:
             _current.generator = np.random.default_rng()
     generator: numpy.random.Generator = _current.generator
     return generator
+
+
+def stage_seed(seed: int, path: str) -> int:
+    """The seed of one stage call: derived from the run's ``seed`` and the call's structural path in the
+    pipeline, so it does not depend on the order in which stages happened to run."""
+    digest = hashlib.sha256(f"cloudburst/stage/{seed}/{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")

@@ -30,6 +30,7 @@ from ..log import warn
 from ..protocol.blobs import BlobRef
 from .manifest import check_key, open_manifest, seal_manifest
 from .refs import ValueRef
+from .transfer import copy_blob
 
 __all__ = ["StageCache", "entry_key", "open_cache"]
 
@@ -39,14 +40,6 @@ _WRITERS = 4
 def entry_key(stage: str, key: str) -> str:
     """Where the manifest of call ``key`` of ``stage`` is, below the cache store's root."""
     return f"{ENTRIES}{stage_slug(stage)}/{check_key(key)}"
-
-
-def _copy(src: Store, src_key: str, dst: Store, dst_key: str) -> None:
-    """Copy one blob between stores through this process.
-
-    TODO: use stages.transfer.copy_blob (server-side CopyObject between prefixes, a hard link locally) once it
-    is on main."""
-    dst.put(dst_key, src.get(src_key))
 
 
 class StageCache:
@@ -119,9 +112,11 @@ class StageCache:
         future.add_done_callback(self._done)
 
     def _write(self, stage: str, key: str, ref: ValueRef, src: Store, created: float) -> None:
+        # Always copied, never skipped when present: the copy refreshes the blob's age, so a blob is never older
+        # than the newest entry naming it, and expiring both by age (lifecycle, `cache clear`) breaks no entry.
         for blob in ref.blobs():
-            if not self.store.exists(blob.key):
-                _copy(src, blob.key, self.store, blob.key)
+            if src is not self.store:
+                copy_blob(src, blob.key, self.store, blob.key)
         manifest = seal_manifest(self._cache_key(), self.namespace, stage, key, ref, created)
         self.store.put_new(entry_key(stage, key), manifest)
 

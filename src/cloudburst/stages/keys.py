@@ -30,7 +30,7 @@ from typing import Any
 from .codehash import CodeHasher
 from .valuehash import preview
 
-__all__ = ["Change", "Fingerprint", "fingerprint", "input_digests"]
+__all__ = ["Change", "Fingerprint", "fingerprint", "input_digests", "named_arguments"]
 
 _FORMAT = "cbk1"
 _MAPS = ("code", "globals", "closure", "packages", "inputs", "upstream", "previews")
@@ -178,7 +178,7 @@ def input_digests(
     functions and classes inside an argument counts in its digest."""
     digests: dict[str, str] = {}
     previews: dict[str, str] = {}
-    for name, value in _named_arguments(fn, args, kwargs):
+    for name, value in named_arguments(fn, args, kwargs):
         where = f"argument `{name}` of stage `{stage or getattr(fn, '__qualname__', fn)}`"
         digests[name] = hasher.value_digest(value, where=where, hint=_ARGUMENT_HINT)
         shown = preview(value)
@@ -219,9 +219,10 @@ def fingerprint(
     )
 
 
-def _named_arguments(
+def named_arguments(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> Iterator[tuple[str, Any]]:
+    """A call's arguments by the names its fingerprint gives them (defaults applied)."""
     try:
         signature = inspect.signature(fn)
         bound = signature.bind(*args, **kwargs)

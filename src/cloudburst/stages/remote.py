@@ -48,8 +48,12 @@ class StageCall:
     seed: int | None = None
     elements: bool = False
 
-    def __call__(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> StageResult:
-        """Run the call on this worker and store its value; only inside a cloudburst worker."""
+    def __call__(
+        self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any], seed: int | None = None
+    ) -> StageResult:
+        """Run the call on this worker and store its value; only inside a cloudburst worker. ``seed``, when
+        given, stands for the call's own ``self.seed``: one StageCall then serves every call of a stage, and
+        its function is pickled once per job."""
         here = context.current()
         if here is None:
             raise RuntimeError(
@@ -58,12 +62,13 @@ class StageCall:
             )
         started = time.time()
         call_args, call_kwargs = _load_arguments(args, kwargs, here.unpacker)
-        if self.seed is not None:
-            seeds.seed_item(self.seed, index)  # after the worker's own seeding of the item: this one wins
+        seed = self.seed if seed is None else seed
+        if seed is not None:
+            seeds.seed_item(seed, index)  # after the worker's own seeding of the item: this one wins
         try:
             value = self.fn(*call_args, **call_kwargs)
         finally:
-            if self.seed is not None:
+            if seed is not None:
                 seeds.seed_item(None, index)  # the stage's streams end with it; the worker seeds its next item
         del call_args, call_kwargs
         ref = self.store(value, here.packer)

@@ -210,7 +210,9 @@ def _digraph(drawing: _Drawing) -> Any:
     digraph = _graphviz().Digraph("pipeline", graph_attr=_GRAPH, node_attr=_NODE)
     for node in drawing.graph.nodes:
         box = drawing.boxes[id(node)]
-        digraph.node(box.id, **_attributes(box))
+        attributes = _attributes(box)
+        attributes["label"] = attributes["label"].replace("\n", "\\n")  # graphviz quotes, but keeps \n escapes
+        digraph.node(box.id, **attributes)
     for node in drawing.graph.nodes:
         for upstream in node.inputs():
             digraph.edge(drawing.boxes[id(upstream)].id, drawing.boxes[id(node)].id)
