@@ -11,6 +11,7 @@
 2. A fully cached rerun of a 100-stage pipeline (10 sources → 80 middle → 10 sinks) on emulated AWS: seconds,
    and AWS requests per stage, counted by botocore's ``before-send`` hook on the sessions cloudburst uses
    (``cloudburst.backends.aws.clients.requests``) and at the emulated server. Goal: ≤ 1 request per stage.
+   Both runs are in this process, so the cache key's one read per process (SSM) falls in the first.
 3. Early cutoff: ``a → b → {c, d}``. ``a``'s code is edited (its module file rewritten and reloaded) so that
    it runs again but returns identical bytes: its dependents must not run again (0 reruns, read from the run
    report). Two controls, on the same pipeline: no edit (nothing runs) and an edit that changes ``a``'s value
