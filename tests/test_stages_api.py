@@ -19,8 +19,9 @@ import pytest
 
 from cloudburst import seeds
 from cloudburst.errors import ConfigurationError
-from cloudburst.stages.api import NOT_A_VALUE, Node, Stage, StageOptions, stage
+from cloudburst.stages.api import Stage, StageOptions, stage
 from cloudburst.stages.graph import Graph, find_nodes, substitute
+from cloudburst.stages.node import NOT_A_VALUE, Node
 
 RAN: list[str] = []
 

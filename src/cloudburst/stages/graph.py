@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .api import Node, find_nodes, substitute
+from .node import Node, find_nodes, substitute
 
 __all__ = ["Graph", "find_nodes", "substitute"]
 

@@ -25,7 +25,7 @@ from ..executor import Executor
 from ..protocol.serialize import Unpacker
 
 if TYPE_CHECKING:
-    from .api import Node
+    from .node import Node
 
 __all__ = ["Group", "Groups", "shape_options"]
 

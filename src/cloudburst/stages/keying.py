@@ -12,10 +12,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .api import Node
 from .codehash import CodeHasher
 from .graph import find_nodes
 from .keys import Fingerprint, fingerprint, named_arguments
+from .node import Node
 from .refs import ArgRef
 
 __all__ = ["Keyer", "aggregate_key", "environment_of", "parts_key"]

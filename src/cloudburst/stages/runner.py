@@ -16,9 +16,9 @@ from ..config.options import check_known
 from ..core.progress import Progress, wanted
 from ..errors import ConfigurationError, StageError
 from ..executor import _CORE_PARAMETERS
-from .api import Node
 from .cache import StageCache, open_cache
 from .graph import Graph
+from .node import Node
 from .report import RunReport, StageRecord, explain_changes, load_run, progress_text, save_run, set_last_run
 from .scheduler import NodeState, RunSettings, Scheduler
 

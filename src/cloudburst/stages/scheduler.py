@@ -32,12 +32,12 @@ from typing import Any
 from .. import seeds
 from ..backends.base import Store
 from ..backends.local import LocalStore
-from .api import Node
 from .cache import StageCache
 from .graph import Graph, substitute
 from .groups import Group, Groups
 from .keying import Keyer, aggregate_key, environment_of, parts_key
 from .keys import Fingerprint
+from .node import Node
 from .refs import ArgRef, StageResult, ValueRef
 from .remote import StageCall, copy_blobs
 from .settle import Settler

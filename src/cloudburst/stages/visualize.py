@@ -26,8 +26,8 @@ from typing import Any
 from ..config.options import parse_memory
 from ..core.progress import _in_notebook
 from ..errors import ConfigurationError
-from .api import Node
 from .graph import Graph
+from .node import Node
 
 __all__ = ["TextTree", "to_dot", "to_text", "visualize"]
 
