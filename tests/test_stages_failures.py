@@ -50,6 +50,10 @@ def unpicklable_result(folder: str) -> list[Any]:
     return [marker(folder, "sibling"), returns_a_lock(1)]
 
 
+def misspelled_stage_option(folder: str) -> list[Any]:
+    return [marker(folder, "sibling"), double.options(idle_timout=5)(1)]
+
+
 def fan_out_over_a_number(folder: str) -> list[Any]:
     return [marker(folder, "sibling"), double.map(not_a_list(3))]
 
@@ -60,6 +64,7 @@ ROWS: list[tuple[str, Callable[[str], list[Any]], dict[str, Any], type[BaseExcep
     ("unpicklable result", unpicklable_result, {}, StageError, "cannot be pickled", True),
     ("fan-out over a value that is not a list", fan_out_over_a_number, {}, StageError, "not a list", True),
     ("unknown option", unhashable_global, {"cpus": 2}, UnknownParameterError, "cpus", False),
+    ("unknown stage option", misspelled_stage_option, {}, UnknownParameterError, "idle_timeout", False),
     ("bad errors=", unhashable_global, {"errors": "ignore"}, ConfigurationError, "errors=", False),
 ]
 
@@ -95,3 +100,17 @@ def test_an_unpicklable_result_names_the_stage(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(StageError) as caught:
         cb.compute(returns_a_lock(1), backend="inline")
     assert "returns_a_lock" in caught.value.stage and isinstance(caught.value.__cause__, PicklingError)
+
+
+@cb.stage(spot=True, image="python:3.11", memory="1GB")
+def portable(x: int) -> int:
+    return x + 1
+
+
+def test_cloud_only_options_are_ignored_on_this_machine_and_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CLOUDBURST_CACHE_DIR", str(tmp_path))
+    assert cb.compute(portable(1), portable(2), backend="local", spot=False) == (2, 3)
+    said = [r.getMessage() for r in caplog.records if "no 'spot' option" in r.getMessage()]
+    assert len(said) == 1 and "portable" in said[0]

@@ -16,18 +16,45 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..backends import get_backend
 from ..backends.base import Store
+from ..config.options import check_known
 from ..core import scratch
-from ..executor import Executor
+from ..executor import _CORE_PARAMETERS, Executor
+from ..log import say
 from ..protocol.serialize import Unpacker
 
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Group", "Groups", "shape_options"]
+__all__ = ["PORTABLE", "Group", "Groups", "check_stage_options", "option_names", "shape_options"]
+
+
+#: shape options any stage may set; a backend that has no such option runs the stage without it (the local
+#: backend has no images or spot capacity), and says so once
+PORTABLE = frozenset({"image", "requirements", "spot"})
+_PER_RUN = frozenset({"workers", "max_workers", "backend", "seed", "progress"})
+
+
+def option_names(backend: str) -> frozenset[str]:
+    """The Executor options a stage (or ``compute``) may set for workers of ``backend``."""
+    return (_CORE_PARAMETERS - _PER_RUN) | get_backend(backend).option_names
+
+
+def check_stage_options(nodes: Iterable[Node], backend: str) -> None:
+    """Refuse, before anything runs, a stage option that ``backend`` does not know (portable ones aside)."""
+    valid = option_names(backend)
+    seen: set[int] = set()
+    for node in nodes:
+        stage = node.stage
+        if id(stage) in seen:
+            continue
+        seen.add(id(stage))
+        given = set(stage.options.executor_options()) - PORTABLE
+        check_known(sorted(given), valid, what=f"stage {stage.name} (backend={backend!r})")
 
 
 def shape_options(node: Node, base: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,10 +138,19 @@ class Groups:
         self.workers = workers
         self.base = dict(base)
         self._groups: dict[str, Group] = {}
+        self._valid = option_names(backend)
+        self.ignored: set[str] = set()  # portable options this backend does not have (said once each)
 
     def for_node(self, node: Node) -> Group:
         """The group of ``node``'s shape (made, not opened, on first sight)."""
         options = shape_options(node, self.base)
+        for name in PORTABLE & set(options) - self._valid:
+            if options.pop(name) is not None and name not in self.ignored:
+                self.ignored.add(name)
+                say(
+                    f"the {self.backend} backend has no {name!r} option: stage {node.stage.name} and others that "
+                    f"set it run without it here (it applies on cloud backends)"
+                )
         key = _shape_key(options)
         group = self._groups.get(key)
         if group is None:

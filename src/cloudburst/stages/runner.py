@@ -11,20 +11,17 @@ import time
 from collections import Counter
 from typing import Any, Literal
 
-from ..backends import get_backend
 from ..config.options import check_known
 from ..core.progress import Progress, wanted
 from ..errors import ConfigurationError, StageError
-from ..executor import _CORE_PARAMETERS
 from .cache import StageCache, open_cache
 from .graph import Graph
+from .groups import PORTABLE, check_stage_options, option_names
 from .node import Node
 from .report import RunReport, StageRecord, explain_changes, load_run, progress_text, save_run, set_last_run
 from .scheduler import NodeState, RunSettings, Scheduler
 
 __all__ = ["compute"]
-
-_RUN_OPTIONS = frozenset({"workers", "backend", "seed", "progress"})
 
 
 def compute(
@@ -50,6 +47,7 @@ def compute(
     """
     _check(nodes, backend, seed, errors, options)
     graph = Graph.build(list(nodes))
+    check_stage_options(graph.nodes, backend)
     name = name or "+".join(dict.fromkeys(node.stage.name for node in nodes))
     settings = RunSettings(backend, seed, bool(cache), workers, dict(options))
     stage_cache = open_cache(backend, options) if cache else None
@@ -85,9 +83,7 @@ def _check(nodes: tuple[Node, ...], backend: str, seed: object, errors: str, opt
         raise ConfigurationError(f'errors={errors!r} must be "raise" or "return"')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ConfigurationError(f"seed={seed!r} must be a whole number, or None")
-    backend_cls = get_backend(backend)
-    valid = (_CORE_PARAMETERS - _RUN_OPTIONS) | backend_cls.option_names
-    check_known(options, valid, what=f"compute(backend={backend!r})")
+    check_known(sorted(set(options) - PORTABLE), option_names(backend), what=f"compute(backend={backend!r})")
 
 
 def _progress_bar(scheduler: Scheduler, progress: bool | Literal["auto"]) -> Progress:
