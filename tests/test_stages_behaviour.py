@@ -299,3 +299,13 @@ def test_a_cached_value_whose_bytes_were_altered_runs_again(tmp_path: Path) -> N
         path.write_bytes(b"altered" + path.read_bytes()[7:])
     value, report = cb.compute(blob_of(1 << 18), backend="inline", report=True)
     assert value == bytes(range(256)) * (1 << 10) and report.stages[0].status == "ran"
+
+
+def test_equal_calls_run_once_when_the_cache_is_on(stage_backend: str, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    first, second = tally(str(log), 7), tally(str(log), 7)  # two nodes, one key
+    assert cb.compute(total([first, second]), first, second, backend=stage_backend) == (14, 7, 7)
+    assert log.read_text().split() == ["7"]
+    draws = cb.compute(draw("z"), draw("z"), backend=stage_backend)  # unseeded: one draw, the same for both
+    assert draws[0] == draws[1]
+    assert cb.compute(draw("z"), draw("z"), backend=stage_backend) == draws  # and the next run agrees

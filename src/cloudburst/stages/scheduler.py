@@ -76,6 +76,8 @@ class NodeState:
     item_refs: list[ValueRef | None] = field(default_factory=list)
     error: BaseException | None = None
     needers: set[int] = field(default_factory=set)
+    home: Group | None = None  # the shape whose job store holds the result (None: the cache's)
+    twins: list[NodeState] = field(default_factory=list)  # nodes with the same key, waiting on this one
     result: StageResult | None = None
     items_ran: int = 0
     started: float | None = None
@@ -114,6 +116,7 @@ class Scheduler:
         self._lookups = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="cloudburst-stage-lookup")
         self._closers: list[threading.Thread] = []
         self._calls: dict[tuple[int, bool], StageCall] = {}
+        self.by_key: dict[str, NodeState] = {}  # the first node of each key (see _twin_of)
         self._local_cache = cache is not None and isinstance(cache.store, LocalStore)
         self.on_change: Callable[[], None] | None = None
 
@@ -195,11 +198,33 @@ class Scheduler:
         if state.key is None or self.cache is None:
             self.send(state)
             return
+        if self._twin_of(state):
+            return
         state.status = "looking"
         if self._local_cache:  # a file read: cheaper than a hop to a lookup thread and back
             self.looked(state, self.cache.lookup(node.stage.name, state.key))
             return
         self._post_when_done(self._lookups.submit(self.cache.lookup, node.stage.name, state.key), "looked", state)
+
+    def _twin_of(self, state: NodeState) -> bool:
+        """Whether another node with ``state``'s key is running (``state`` then waits for its result) or has
+        run with a result that needs no stored blob (``state`` takes it): equal keys run once per compute.
+        Else ``state`` becomes the node of its key, and its key is looked up; the cache's writer is flushed
+        first when an earlier node of that key ran, so the lookup finds its entry."""
+        assert state.key is not None and self.cache is not None
+        holder = self.by_key.get(state.key)
+        if holder is None or holder.status in ("failed", "skipped"):
+            self.by_key[state.key] = state
+            return False
+        if not holder.settled:
+            state.status = "twin"
+            holder.twins.append(state)
+            return True
+        if holder.ref is not None and not holder.ref.blobs():
+            self.settler.done(state, holder.ref, holder.store or self.cache.store, "cached", holder.home)
+            return True
+        self.cache.flush()
+        return False
 
     def looked(self, state: NodeState, ref: ValueRef | None) -> None:
         """The answer of the cache for a node's key (a map: for the whole node)."""
@@ -269,7 +294,7 @@ class Scheduler:
         state.started, state.ended, state.worker = result.started, result.ended, result.worker
         state.seconds = result.ended - result.started
         state.items_ran = 1
-        self.settler.done(state, result.ref, state.group.store, "ran")
+        self.settler.done(state, result.ref, state.group.store, "ran", state.group)
 
     def mapped(self, state: NodeState, outcome: tuple[list[int], list[Any], dict[int, BaseException]]) -> None:
         """A map node's run is done: its items' refs, or the first item that failed."""

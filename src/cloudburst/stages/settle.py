@@ -45,19 +45,23 @@ class Settler:
 
     # -- settling --------------------------------------------------------------------------------------------
 
-    def done(self, state: NodeState, ref: ValueRef, store: Store, status: str) -> None:
-        """``state`` has its result: keep where it lives, record it, read it if it is an output."""
+    def done(self, state: NodeState, ref: ValueRef, store: Store, status: str, home: Group | None = None) -> None:
+        """``state`` has its result, in ``store`` (``home``'s job store, or the cache's when ``home`` is None):
+        keep where it lives, record it, read it if it is an output; twins waiting on its key get it too."""
         run = self.run
-        state.ref, state.store, state.status = ref, store, status
+        state.ref, state.store, state.status, state.home = ref, store, status, home
         if status == "ran" and state.key is not None and run.cache is not None:
             run.cache.record(state.node.stage.name, state.key, ref, store)
         if id(state.node) in self.outputs and id(state.node) not in self.values:
             self.values[id(state.node)] = load_value(ref, self._unpacker_for(state, store))
         dependents = run.graph.dependents.get(id(state.node), [])
         state.needers = {id(dep) for dep in dependents if not run.states[id(dep)].settled}
-        if state.needers and ref.blobs() and status == "ran":
-            state.group.holding.add(id(state.node))
+        if state.needers and ref.blobs() and home is not None:
+            home.holding.add(id(state.node))
         self._settle(state)
+        twins, state.twins = state.twins, []
+        for twin in twins:
+            self.done(twin, ref, store, "cached", home)
 
     def map_done(self, state: NodeState, results: dict[int, StageResult]) -> None:
         """A map node's items are all known: ``results`` ran now, the others came from the cache."""
@@ -86,8 +90,10 @@ class Settler:
         ref = map_ref(refs)
         if not ran and cache is not None and state.key is not None:  # every item hit: one read next time
             cache.record(state.node.stage.name, state.key, ref, cache.store)
-        store = state.group.store if ran else run.cache.store  # type: ignore[union-attr]
-        self.done(state, ref, store, "ran" if ran else "cached")
+        if ran:
+            self.done(state, ref, state.group.store, "ran", state.group)
+        else:
+            self.done(state, ref, run.cache.store, "cached")  # type: ignore[union-attr]
 
     def fail(self, state: NodeState, exc: BaseException, item: int | None = None) -> None:
         """``state``'s call raised, or its worker died more often than its retries allow."""
@@ -103,6 +109,9 @@ class Settler:
         error.__cause__ = exc
         state.status, state.error = "failed", error
         self._settle(state)
+        twins, state.twins = state.twins, []
+        for twin in twins:  # the same call: it would fail the same way
+            self.fail(twin, exc, item)
 
     def skip(self, state: NodeState, failed_input: NodeState) -> None:
         """An input of ``state`` failed (or was skipped): ``state`` cannot run."""
@@ -154,8 +163,8 @@ class Settler:
         for node in state.node.inputs():
             producer = run.states[id(node)]
             producer.needers.discard(id(state.node))
-            if not producer.needers:
-                producer.group.holding.discard(id(node))
+            if not producer.needers and producer.home is not None:
+                producer.home.holding.discard(id(node))
 
     def move_to_cache(self, group: Group) -> None:
         """Before ``group`` closes, point the results it still holds at their cache entries, where they exist."""
@@ -169,7 +178,7 @@ class Settler:
             if state.key is None or ref is None:
                 continue
             if all(cache.store.exists(blob.key) for blob in ref.blobs()):
-                state.store = cache.store
+                state.store, state.home = cache.store, None
                 group.holding.discard(node_id)
 
     def parts_of(self, producer: NodeState, consumer: NodeState) -> list[ArgRef]:
