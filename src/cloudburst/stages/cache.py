@@ -24,6 +24,7 @@ from typing import Any
 from ..backends import Store, get_backend
 from ..backends.cachebase import ENTRIES, CacheSite, stage_slug
 from ..backends.cachebase import namespace as check_namespace
+from ..backends.local import LocalStore
 from ..config.userconfig import lookup as setting
 from ..errors import PayloadAuthenticationError
 from ..log import warn
@@ -56,6 +57,7 @@ class StageCache:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(writers, thread_name_prefix="cloudburst-cache")
         self._pending: set[Future[None]] = set()
+        self._local = isinstance(self.store, LocalStore)  # entries written by the caller (see record)
 
     def _cache_key(self) -> bytes:
         """The cache key, read (or made) once, at the first lookup or record."""
@@ -106,6 +108,15 @@ class StageCache:
         writer thread, which copies the blobs first and then writes the manifest once (an entry already there
         is kept). A write that fails is warned about and leaves no entry."""
         entry_key(stage, key)  # a bad key is the caller's error, raised here rather than on the writer
+        if self._local:  # a few file operations: cheaper here than a hop to a writer thread, which competes
+            future: Future[None] = Future()  # for the interpreter with the caller (measured: a cold chain of
+            try:  # 1,000 stages runs 20-30% faster)
+                self._write(stage, key, ref, src, time.time())
+                future.set_result(None)
+            except Exception as exc:
+                future.set_exception(exc)
+            self._done(future)
+            return
         future = self._pool.submit(self._write, stage, key, ref, src, time.time())
         with self._lock:
             self._pending.add(future)
