@@ -111,6 +111,7 @@ class Scheduler:
             self.states[id(node)] = NodeState(node, graph.paths[id(node)], group, len(node.inputs()))
         self.unsettled = len(self.states)
         self.ready_nodes: deque[NodeState] = deque()  # inputs done, not yet started (see _start_ready)
+        self._later: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self.keyer = Keyer(self._digest_of, settings.seed)
         self.settler = Settler(self)
         self._lookups = ThreadPoolExecutor(_LOOKUP_THREADS, thread_name_prefix="cloudburst-stage-lookup")
@@ -158,12 +159,27 @@ class Scheduler:
             self.settler.fail(state, payload)
 
     def _start_ready(self) -> None:
-        """Start the nodes whose inputs are done, in the order they became ready. A list, not recursion: a
-        cached chain settles node after node without returning to the loop."""
-        while self.ready_nodes:
-            state = self.ready_nodes.popleft()
-            if state.status == "waiting":
-                self.ready(state)
+        """Start the nodes whose inputs are done, in the order they became ready, then do the work put off
+        until they were sent (cache records). A list, not recursion: a cached chain settles node after node
+        without returning to the loop."""
+        while self.ready_nodes or self._later:
+            while self.ready_nodes:
+                state = self.ready_nodes.popleft()
+                if state.status == "waiting":
+                    self.ready(state)
+            if self._later:
+                step, args = self._later.popleft()
+                step(*args)
+
+    def do_later_now(self) -> None:
+        """Do the put-off work at once (before waiting for the cache's writes)."""
+        while self._later:
+            step, args = self._later.popleft()
+            step(*args)
+
+    def later(self, step: Callable[..., object], *args: Any) -> None:
+        """Do ``step(*args)`` once the nodes ready now have been sent: off the critical path of a chain."""
+        self._later.append((step, args))
 
     def stop(self, *, terminate: bool) -> None:
         """Close every executor and wait for the cache's writes (briefly, when stopping at once)."""
@@ -223,6 +239,7 @@ class Scheduler:
         if holder.ref is not None and not holder.ref.blobs():
             self.settler.done(state, holder.ref, holder.store or self.cache.store, "cached", holder.home)
             return True
+        self.do_later_now()
         self.cache.flush()
         return False
 

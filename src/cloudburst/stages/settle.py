@@ -51,7 +51,7 @@ class Settler:
         run = self.run
         state.ref, state.store, state.status, state.home = ref, store, status, home
         if status == "ran" and state.key is not None and run.cache is not None:
-            run.cache.record(state.node.stage.name, state.key, ref, store)
+            run.later(run.cache.record, state.node.stage.name, state.key, ref, store)
         if id(state.node) in self.outputs and id(state.node) not in self.values:
             self.values[id(state.node)] = load_value(ref, self._unpacker_for(state, store))
         dependents = run.graph.dependents.get(id(state.node), [])
@@ -73,7 +73,7 @@ class Settler:
             if result is not None:
                 refs.append(result.ref)
                 if cache is not None and state.item_keys:
-                    cache.record(state.node.stage.name, state.item_keys[i], result.ref, state.group.store)
+                    run.later(cache.record, state.node.stage.name, state.item_keys[i], result.ref, state.group.store)
                 continue
             cached = state.item_refs[i]
             assert cached is not None and cache is not None
@@ -89,7 +89,7 @@ class Settler:
             state.items_ran = len(results)
         ref = map_ref(refs)
         if not ran and cache is not None and state.key is not None:  # every item hit: one read next time
-            cache.record(state.node.stage.name, state.key, ref, cache.store)
+            run.later(cache.record, state.node.stage.name, state.key, ref, cache.store)
         if ran:
             self.done(state, ref, state.group.store, "ran", state.group)
         else:
@@ -171,6 +171,7 @@ class Settler:
         run, cache = self.run, self.run.cache
         if cache is None:
             return
+        run.do_later_now()
         cache.flush()
         for node_id in list(group.holding):
             state = run.states[node_id]
