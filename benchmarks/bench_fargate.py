@@ -38,6 +38,7 @@ from typing import Any
 import cloudburst as cb
 from cloudburst.backends.aws import clients
 from cloudburst.emulator import Emulator
+from results_table import table
 
 
 def tiny(x: int) -> int:
@@ -146,15 +147,6 @@ def per_worker_lines(found: dict[str, float]) -> list[str]:
 
 def row(name: str, ours: str, peer: str, peer_value: str, ratio: str, goal: str, ok: bool) -> list[str]:
     return [name, ours, peer, peer_value, ratio, goal, "PASS" if ok else "MISS"]
-
-
-def table(rows: list[list[str]]) -> str:
-    header = ["target", "cloudburst", "peer", "peer figure", "ratio", "goal", "result"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def timed(label: str, fn: Callable[[], Any]) -> Any:

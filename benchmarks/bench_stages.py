@@ -40,6 +40,7 @@ import cloudpickle
 import dask
 
 import cloudburst as cb
+from results_table import table
 
 if TYPE_CHECKING:
     from cloudburst.emulator import Emulator
@@ -99,15 +100,6 @@ def statuses(report: Any) -> dict[str, int]:
     for record in report.stages:
         counts[record.status] = counts.get(record.status, 0) + 1
     return counts
-
-
-def table(rows: list[list[str]]) -> str:
-    header = ["target", "cloudburst", "peer", "peer figure", "ratio", "goal", "result"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- 1. scheduling overhead
