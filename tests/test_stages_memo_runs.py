@@ -80,26 +80,27 @@ def test_formatting_and_comments_do_not_rerun(user_module: tuple[Path, str]) -> 
     assert set(statuses(load(path, name, edited)).values()) == {"cached"}
 
 
-def test_an_edited_helper_reruns_only_its_stage(user_module: tuple[Path, str]) -> None:
+EDITS = [
+    # an edited helper reruns only the stage that calls it (joblib#1621)
+    ("return x * SCALE", "return x * SCALE + 1", {"source": "cached", "middle": "cached", "final": "ran"}),
+    # a changed module constant reruns its readers (redun#99)
+    ("SCALE = 2", "SCALE = 3", {"source": "cached", "middle": "cached", "final": "ran"}),
+    # early cutoff: middle's code changes but it returns the same number, so final does not rerun
+    (
+        "return sum(values) % 7",
+        "return sum(v for v in values) % 7",
+        {"source": "cached", "middle": "ran", "final": "cached"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), EDITS, ids=["helper", "module-constant", "early-cutoff"])
+def test_an_edit_reruns_what_it_changed(
+    user_module: tuple[Path, str], old: str, new: str, expected: dict[str, str]
+) -> None:
     path, name = user_module
     statuses(load(path, name))
-    edited = PIPELINE.replace("return x * SCALE", "return x * SCALE + 1")
-    assert statuses(load(path, name, edited)) == {"source": "cached", "middle": "cached", "final": "ran"}
-
-
-def test_a_changed_module_constant_reruns_its_readers(user_module: tuple[Path, str]) -> None:
-    path, name = user_module
-    statuses(load(path, name))
-    edited = PIPELINE.replace("SCALE = 2", "SCALE = 3")
-    assert statuses(load(path, name, edited)) == {"source": "cached", "middle": "cached", "final": "ran"}
-
-
-def test_early_cutoff_an_upstream_rerun_with_identical_bytes_reruns_no_dependent(user_module: tuple[Path, str]) -> None:
-    path, name = user_module
-    statuses(load(path, name))
-    # middle's code changes but it returns the same number: final must not rerun.
-    edited = PIPELINE.replace("return sum(values) % 7", "return sum(v for v in values) % 7")
-    assert statuses(load(path, name, edited)) == {"source": "cached", "middle": "ran", "final": "cached"}
+    assert statuses(load(path, name, PIPELINE.replace(old, new))) == expected
 
 
 def test_resources_are_not_in_the_key_and_version_replaces_code(user_module: tuple[Path, str]) -> None:
