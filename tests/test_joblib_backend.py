@@ -165,3 +165,21 @@ def test_grid_search_matches_n_jobs_1_and_moves_x_and_y_once(shared: cloudburst.
     data = X.nbytes + y.nbytes  # type: ignore[attr-defined]
     per_fit = 2 * len(y) * 8  # each fit's own train and test indices (int64) and as much again for the rest
     assert sent < 1.1 * data + 48 * per_fit, f"sent {sent} bytes for {data} bytes of X and y over 48 fits"
+
+
+def test_workers_that_import_cloudburst_before_joblib_run_batches() -> None:
+    # A worker unpickling a batch imports cloudburst first, then cloudburst.joblib_backend, whose
+    # `import joblib` fires the registration hook while the backend module is half imported.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, cloudburst\n"
+        "assert 'joblib' not in sys.modules\n"
+        "from joblib import Parallel, delayed, parallel_config\n"
+        "with parallel_config(backend='cloudburst', n_jobs=2, cloudburst_backend='local'):\n"
+        "    print(Parallel()(delayed(abs)(-i) for i in range(5)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 2, 3, 4]"

@@ -35,6 +35,7 @@ from .errors import (
 )
 from .estimate import Estimate, estimate
 from .executor import Executor, map, submit_job
+from .joblib_hook import enable as _enable_joblib
 from .seeds import current_item, rng
 from .stages import Node, RunReport, Stage, compute, last_run, stage
 from .version import __version__
@@ -81,3 +82,5 @@ __all__ = [
     "submit_job",
     "teardown",
 ]
+
+_enable_joblib()  # joblib.parallel_config(backend="cloudburst"), without importing joblib here

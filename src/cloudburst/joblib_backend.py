@@ -15,6 +15,7 @@ the top, so a large argument every call shares (scikit-learn's ``X`` and ``y``) 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -217,3 +218,7 @@ def _run_batch(plan: _Plan, nested: tuple[int, int], *values: Any) -> list[Any]:
 def register() -> None:
     """Register the ``"cloudburst"`` joblib backend (done by ``import cloudburst`` once joblib is imported)."""
     joblib.register_parallel_backend(NAME, CloudburstBackend)
+
+
+if "cloudburst.joblib_hook" in sys.modules:  # imported before joblib was: its hook deferred to us
+    register()

@@ -26,6 +26,11 @@ def enable() -> None:
 
 
 def _register() -> None:
+    backend = sys.modules.get(f"{__package__}.joblib_backend")
+    if backend is not None and not hasattr(backend, "register"):
+        # joblib is being imported by joblib_backend itself (a worker unpickling a batch imports it first):
+        # it registers itself once its own import is done.
+        return
     from .joblib_backend import register
 
     register()
