@@ -309,3 +309,18 @@ def test_equal_calls_run_once_when_the_cache_is_on(stage_backend: str, tmp_path:
     draws = cb.compute(draw("z"), draw("z"), backend=stage_backend)  # unseeded: one draw, the same for both
     assert draws[0] == draws[1]
     assert cb.compute(draw("z"), draw("z"), backend=stage_backend) == draws  # and the next run agrees
+
+
+@cb.stage(cpu=1, memory="2GB")
+def spelled_out(x: int) -> int:
+    return x + 1
+
+
+@cb.stage(memory=2)
+def spelled_short(x: int) -> int:
+    return x * 2
+
+
+def test_options_that_name_the_same_workers_share_an_executor() -> None:
+    value, report = cb.compute(spelled_short(spelled_out(1)), backend="inline", report=True, cache=False)
+    assert value == 4 and len(report.job_ids) == 1

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends import get_backend
 from ..backends.base import Store
-from ..config.options import check_known
+from ..config.options import check_known, parse_memory
 from ..core import scratch
 from ..executor import _CORE_PARAMETERS, Executor
 from ..log import say
@@ -64,8 +64,14 @@ def shape_options(node: Node, base: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _shape_key(options: Mapping[str, Any]) -> str:
-    return repr(sorted((name, repr(value)) for name, value in options.items()))
+def _shape_key(options: Mapping[str, Any], defaults: Mapping[str, object]) -> str:
+    """The same key for the same workers however the options are spelled: cpu as a number, with the backend's
+    default filled in; memory in MiB (``"2GB"``, ``2`` and ``"2048MB"`` are one shape)."""
+    normal = {name: value for name, value in options.items() if value is not None}
+    normal["cpu"] = float(normal.get("cpu", defaults.get("cpu", 1)))
+    if "memory" in normal:
+        normal["memory"] = parse_memory(normal["memory"])
+    return repr(sorted((name, repr(value)) for name, value in normal.items()))
 
 
 class Group:
@@ -139,6 +145,7 @@ class Groups:
         self.base = dict(base)
         self._groups: dict[str, Group] = {}
         self._valid = option_names(backend)
+        self._defaults = get_backend(backend).defaults()
         self.ignored: set[str] = set()  # portable options this backend does not have (said once each)
 
     def for_node(self, node: Node) -> Group:
@@ -151,7 +158,7 @@ class Groups:
                     f"the {self.backend} backend has no {name!r} option: stage {node.stage.name} and others that "
                     f"set it run without it here (it applies on cloud backends)"
                 )
-        key = _shape_key(options)
+        key = _shape_key(options, self._defaults)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(key, options, self.backend, self.workers)
