@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import cloudburst
 from cloudburst.emulator import Emulator
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -53,3 +55,48 @@ def test_grid_search_on_emulated_fargate_agrees_with_n_jobs_1(emulator: Emulator
     pytest.importorskip("sklearn")
     args = ("--small", "--backend", "fargate", "--no-emulate", "--workers", "2")
     check_grid(run_example("grid_search.py", *args), "fargate")
+
+
+SAMPLE_STAGES = {"sequence", "qc", "align", "call_variants", "summarise"}
+
+
+def last_run(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The record of the pipeline example's last run, as its process saved it in ``cache_dir``."""
+    monkeypatch.setenv("CLOUDBURST_CACHE_DIR", str(cache_dir))
+    report = cloudburst.last_run("samples-pipeline")
+    assert report is not None, f"the example saved no run record in {cache_dir}"
+    return report
+
+
+def statuses(report: Any) -> dict[str, str]:
+    """Stage name (without its module) -> its status in that run."""
+    return {record.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]: record.status for record in report.stages}
+
+
+def run_samples_twice(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
+    """Runs the pipeline example twice: the first run runs every stage, the second none, with the same output."""
+    env = {"CLOUDBURST_CACHE_DIR": str(cache_dir)}
+    first = run_example("samples_pipeline.py", *args, env=env)
+    assert statuses(last_run(cache_dir, monkeypatch)) == dict.fromkeys(SAMPLE_STAGES, "ran")
+    second = run_example("samples_pipeline.py", *args, env=env)
+    cached = last_run(cache_dir, monkeypatch)
+    assert statuses(cached) == dict.fromkeys(SAMPLE_STAGES, "cached")
+    assert cached.job_ids == [], "a fully cached run opened an executor"
+    results = [line for line in first if line.startswith("  S") or line.lstrip().startswith(("shared", "recall"))]
+    assert len(results) == 4 + 2, first
+    assert results == [line for line in second if line in results], "the cached results differ from the computed"
+    # Every planted variant is found at 20x coverage with 1 % errors: the stages did their work.
+    assert "  recall   1.000 of the planted variants found, 0 false calls" in results, first
+    return results
+
+
+def test_samples_pipeline_locally_runs_every_stage_then_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_samples_twice(tmp_path, monkeypatch, "--small")
+
+
+def test_samples_pipeline_on_emulated_fargate_matches_local(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = run_samples_twice(tmp_path / "local", monkeypatch, "--small")
+    fargate = run_samples_twice(tmp_path / "fargate", monkeypatch, "--small", "--backend", "fargate", "--no-emulate")
+    assert fargate == local, "with the same seed, the reads and so the calls are the same on every backend"
