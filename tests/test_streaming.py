@@ -108,10 +108,12 @@ def test_early_break_stops_the_workers_of_its_own_executor() -> None:
 
 def test_early_break_cancels_the_rest_on_a_shared_executor(ex: cloudburst.Executor) -> None:
     source = Recorder(100_000)
-    stream = imap(square, source, executor=ex)
-    assert next(stream) == 0
+    stream = imap(pid_after, (0.3 for _ in source), chunksize=1, executor=ex)
+    next(stream)
     stream.close()
-    assert source.pulled <= window_for(ex).items
+    assert source.pulled <= window_for(ex, 1).items
+    # Uncancelled, the window's hundreds of 0.3 s calls would keep both workers busy for over a minute.
+    assert wait_until(lambda: not ex._job.busy(), timeout=15), "the calls in flight were not cancelled"
     assert list(imap(square, range(3), executor=ex)) == [0, 1, 4]
 
 
