@@ -36,8 +36,10 @@ from .errors import (
 from .estimate import Estimate, estimate
 from .executor import Executor, map, submit_job
 from .joblib_hook import enable as _enable_joblib
+from .pool import Pool
 from .seeds import current_item, rng
 from .stages import Node, RunReport, Stage, compute, last_run, stage
+from .streaming import imap
 from .version import __version__
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "NotSetUpError",
     "PayloadAuthenticationError",
     "PicklingError",
+    "Pool",
     "RemoteError",
     "RunReport",
     "SerializationError",
@@ -73,6 +76,7 @@ __all__ = [
     "doctor",
     "errors",
     "estimate",
+    "imap",
     "jobs",
     "last_run",
     "map",
