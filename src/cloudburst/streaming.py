@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from .core.work import MapRun
 from .errors import ConfigurationError
-from .executor import Executor, _take
+from .executor import Executor, _iterate, _take
 
 __all__ = ["Window", "imap", "window_for"]
 
@@ -128,21 +128,7 @@ class _Blocks:
 def _in_order(blocks: _Blocks) -> Iterator[Any]:
     blocks.top_up()
     while blocks.runs:
-        run = blocks.runs[0]
-        position = 0
-        while position < len(run):
-            with run.cond:
-                while run.ready_upto <= position and not run.cancelled:
-                    run.cond.wait(0.5)
-                if run.cancelled and run.ready_upto <= position:
-                    raise CancelledError(f"imap: item {position} of a block was cancelled")
-                upto = run.ready_upto
-            for pos in range(position, upto):
-                error = run.errors.get(pos)
-                if error is not None:
-                    raise error
-                yield _take(run.values, pos)
-            position = upto
+        yield from _iterate(blocks.runs[0], None)  # Executor.map's ordered iteration, one block at a time
         blocks.runs.popleft()
         blocks.top_up()
 
