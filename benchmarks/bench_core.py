@@ -363,7 +363,7 @@ def bench_fanout(sizes: Sizes, report: Report) -> None:
     def run_cloudburst() -> None:
         with cb.Executor(workers=sizes.workers) as ex:
             out = list(ex.map(total, [arr] * tasks, range(tasks)))
-        serialized.append(ex._job.packer.bytes_serialized)
+        serialized.append(ex.bytes_uploaded)
         check(out == expected, "cloudburst fan-out returned wrong results")
 
     def run_ppe() -> None:

@@ -6,8 +6,10 @@
     python examples/grid_search.py --backend fargate --no-emulate   # your AWS account (after `cloudburst setup`)
 
 The search is the code a scikit-learn user already has: ``GridSearchCV(..., n_jobs=-1)``. Only the
-``joblib.parallel_config(backend="cloudburst", cloudburst_backend=...)`` around ``fit`` changes where the fits
-run. ``X`` and ``y``, shared by every fit, move to the workers once per search, not once per fit. The search is
+``joblib.parallel_config(backend="cloudburst", ...)`` around ``fit`` changes where the fits run: here with
+``executor=``, one :class:`cloudburst.Executor` whose workers serve the whole search and which counts the bytes
+it uploads (``cloudburst_backend="fargate"`` instead starts one per ``Parallel`` call). ``X`` and ``y``, shared
+by every fit, move to the workers once per search, not once per fit: the example prints what was uploaded. The search is
 deterministic (fixed ``random_state``), so ``best_params_`` and every ``cv_results_`` score must be the same on
 each backend as with ``n_jobs=1``; the example exits non-zero if they are not.
 """
@@ -25,7 +27,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV
 
-import cloudburst as cb  # noqa: F401  (registers joblib's "cloudburst" backend)
+import cloudburst as cb  # also registers joblib's "cloudburst" backend
 from cloudburst.emulator import Emulator
 
 SCORES = ("mean_test_score", "std_test_score", "rank_test_score")
@@ -55,6 +57,15 @@ def fit(label: str, X: np.ndarray, y: np.ndarray, trees: int, parallel: dict[str
     print(f"  {label:<10} best_params_ {search.best_params_}  score {search.best_score_:.4f}")
     print(f"  {label:<10} {fits} fits in {elapsed:.2f} s")
     return search
+
+
+def report_upload(label: str, uploaded: int, data: int, search: GridSearchCV) -> None:
+    """What the search sent to the workers, against the size of ``X`` and ``y``."""
+    fits = len(search.cv_results_["params"]) * search.n_splits_
+    print(
+        f"  {label:<10} uploaded {uploaded / 1e6:.2f} MB in all for {data / 1e6:.2f} MB of X and y "
+        f"({uploaded / data:.2f}x; {max(0, uploaded - data) / fits / 1e3:.1f} kB per fit besides them)"
+    )
 
 
 def same_scores(a: GridSearchCV, b: GridSearchCV) -> bool:
@@ -90,11 +101,12 @@ def main() -> None:
     reference = fit("n_jobs=1", X, y, args.trees, {})
     agree = True
     for backend in ["local", "fargate"] if args.backend == "both" else [args.backend]:
-        options: dict[str, Any] = {"backend": "cloudburst", "cloudburst_backend": backend}
-        if args.workers is not None:
-            options["workers"] = args.workers
-        with Emulator() if backend == "fargate" and args.emulate else contextlib.nullcontext():
-            search = fit(backend, X, y, args.trees, options)
+        with (
+            Emulator() if backend == "fargate" and args.emulate else contextlib.nullcontext(),
+            cb.Executor(args.workers, backend=backend) as executor,  # one set of workers for the whole search
+        ):
+            search = fit(backend, X, y, args.trees, {"backend": "cloudburst", "executor": executor})
+            report_upload(backend, executor.bytes_uploaded, X.nbytes + y.nbytes, search)
         same = same_scores(search, reference)
         print(f"  {backend:<10} cv_results_ scores agree with n_jobs=1: {same}")
         agree = agree and same

@@ -48,10 +48,10 @@ def test_numpy_pandas_arrow_round_trip(executor: cloudburst.Executor) -> None:
 
 def test_large_argument_moves_once(executor: cloudburst.Executor) -> None:
     array = np.random.default_rng(0).random(2_000_000)  # 16 MB
-    before = executor._job.packer.bytes_serialized  # the executor is shared: count this test's bytes
+    before = executor.bytes_uploaded  # the executor is shared: count this test's bytes
     futures = [executor.submit(lambda a, i: float(a[i]), array, i) for i in range(40)]
     assert [f.result(timeout=60) for f in futures] == [float(array[i]) for i in range(40)]
-    assert executor._job.packer.bytes_serialized - before < 1.1 * array.nbytes
+    assert executor.bytes_uploaded - before < 1.1 * array.nbytes
 
 
 def test_large_captured_object_moves_once(executor: cloudburst.Executor) -> None:
@@ -60,10 +60,10 @@ def test_large_captured_object_moves_once(executor: cloudburst.Executor) -> None
     def lookup(k: int) -> str:
         return table[k]
 
-    before = executor._job.packer.bytes_serialized
+    before = executor.bytes_uploaded
     assert list(executor.map(lookup, range(0, 100_000, 1000))) == [table[k] for k in range(0, 100_000, 1000)]
     size = len(__import__("cloudpickle").dumps(table))
-    assert executor._job.packer.bytes_serialized - before < 1.5 * size
+    assert executor.bytes_uploaded - before < 1.5 * size
 
 
 def test_large_argument_is_writable_and_private(executor: cloudburst.Executor) -> None:

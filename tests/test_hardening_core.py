@@ -31,6 +31,15 @@ def nap(x: int, seconds: float = 0.0) -> int:
     return x
 
 
+def meet(x: int, folder: str, workers: int) -> int:
+    """Waits (at most 60 s) until ``workers`` distinct worker processes have each run one of these calls."""
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < workers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return x
+
+
 def pid_then_nap(x: int, seconds: float, marker: str) -> int:
     Path(marker).write_text(str(os.getpid()))
     time.sleep(seconds)
@@ -90,8 +99,12 @@ def test_cost_limit_results_hold_only_finished_items() -> None:
 
 def test_idle_workers_that_die_do_not_fail_running_work(tmp_path: Path) -> None:
     marker = tmp_path / "busy.pid"
+    met = tmp_path / "met"
+    met.mkdir()
     with cloudburst.Executor(4, progress=False) as ex:
-        assert list(ex.map(nap, range(8))) == list(range(8))  # every worker up and connected
+        # Every worker up: each of the four runs one call (a short map could be run by the first one up alone).
+        assert list(ex.map(meet, range(4), [str(met)] * 4, [4] * 4, chunksize=1)) == list(range(4))
+        assert len(os.listdir(met)) == 4
         running = ex.submit(pid_then_nap, 42, 6.0, str(marker))
         assert wait_until(marker.exists, timeout=30)
         busy = int(marker.read_text())

@@ -161,10 +161,10 @@ def _search(n_jobs: int) -> object:
 def test_grid_search_matches_n_jobs_1_and_moves_x_and_y_once(shared: cloudburst.Executor) -> None:
     pytest.importorskip("sklearn")
     reference, _, _ = _search(1)
-    before = shared._job.packer.bytes_serialized
+    before = shared.bytes_uploaded
     with joblib.parallel_config(backend="cloudburst", executor=shared):
         search, X, y = _search(-1)
-    sent = shared._job.packer.bytes_serialized - before
+    sent = shared.bytes_uploaded - before
     assert search.best_params_ == reference.best_params_  # type: ignore[attr-defined]
     for key in ("mean_test_score", "std_test_score", "rank_test_score"):
         np.testing.assert_allclose(search.cv_results_[key], reference.cv_results_[key])  # type: ignore[attr-defined]

@@ -101,12 +101,19 @@ class Executor(_StdExecutor):
 
     @property
     def job_id(self) -> str:
+        """This executor's job: its name in the store, the queues and ``cloudburst logs``/``status``."""
         return self._job.id
 
     @property
     def cost(self) -> float:
         """USD this executor's workers have cost so far (Fargate's billing rule; 0 on this machine)."""
         return self._job.cost()
+
+    @property
+    def bytes_uploaded(self) -> int:
+        """Bytes this executor has written for its workers so far: functions, arguments and shared data, as
+        stored (after compression). An object passed to many calls counts once, as it is stored once."""
+        return self._job.packer.bytes_serialized
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns a :class:`concurrent.futures.Future`."""
@@ -225,6 +232,32 @@ def _iterate(run: MapRun, end: float | None) -> Iterator[Any]:
     finally:
         if position < len(run):
             run.cancel()
+
+
+def _gather(run: MapRun, end: float | None) -> list[Any]:
+    """Every result of ``run`` as one list, as ``list(_iterate(run, end))`` gives it, without a step per item.
+
+    Waits until every slot is filled, or until the first slot holding an error is reached (raised, and the
+    rest cancelled). The list is handed over: the run keeps no reference to it.
+    """
+    with run.cond:
+        while run.ready_upto < len(run):
+            failed = min((pos for pos in run.errors if pos < run.ready_upto), default=None)
+            if failed is not None:
+                break
+            if run.cancelled:
+                raise CancelledError(f"map: item {run.base_index + run.ready_upto} was cancelled")
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                run.cancel()
+                raise TimeoutError(f"map: {len(run) - run.ready_upto} result(s) not ready within the timeout")
+            run.cond.wait(remaining if remaining is not None else 0.5)
+        first_error = min(run.errors, default=None)
+        values, run.values = run.values, []
+    if first_error is not None:
+        run.cancel()
+        raise run.errors[first_error]
+    return values
 
 
 def _take(values: list[Any], pos: int) -> Any:

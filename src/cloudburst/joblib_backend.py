@@ -125,6 +125,8 @@ class CloudburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None) -> Future[Any]:
         """Run one joblib batch as one cloudburst call; ``callback`` gets its future when it is done."""
         plan, values = _lift(func)
+        # A batch's data (``X``, ``y``, fold indices) comes again in the next batches: stored once, from the first.
+        self.executor._job.packer.expect_repeats(values)
         threads = max(1, int(self.executor.options.cpu))
         future = self.executor.submit(_run_batch, plan, ((self.nesting_level or 0) + 1, threads), *values)
         with self._lock:

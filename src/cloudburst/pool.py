@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from .executor import Executor
+from .executor import Executor, _gather
 from .streaming import imap as _imap
 
 __all__ = ["AsyncResult", "Pool"]
@@ -146,13 +146,13 @@ class Pool:
             return fn
         return _Initialized(fn, self._token, self._initializer, self._initargs)
 
-    def _in_background(self, results: Iterator[T]) -> Future[list[T]]:
-        """A future of ``list(results)``, gathered on a thread (the work is already submitted)."""
+    def _in_background(self, results: Callable[[], list[T]]) -> Future[list[T]]:
+        """A future of ``results()``, waited for on a thread (the work is already submitted)."""
         future: Future[list[T]] = Future()
 
         def gather() -> None:
             try:
-                future.set_result(list(results))
+                future.set_result(results())
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -169,7 +169,7 @@ class Pool:
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
         """``[func(x) for x in iterable]`` on the workers, in order; raises the first item's exception."""
         self._check_running()
-        return list(self._executor.map(self._wrap(func), iterable, chunksize=chunksize))
+        return _gather(self._executor.start_map(self._wrap(func), iterable, chunksize=chunksize), None)
 
     def starmap(
         self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
@@ -211,8 +211,8 @@ class Pool:
     ) -> AsyncResult[list[T]]:
         """Start :meth:`map`; an :class:`AsyncResult` of the list of results."""
         self._check_running()
-        results = self._executor.map(self._wrap(func), iterable, chunksize=chunksize)
-        return AsyncResult(self._in_background(results), callback, error_callback)
+        run = self._executor.start_map(self._wrap(func), iterable, chunksize=chunksize)
+        return AsyncResult(self._in_background(lambda: _gather(run, None)), callback, error_callback)
 
     def starmap_async(
         self,

@@ -18,17 +18,44 @@ import importlib.util
 import random
 import sys
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy
 
-__all__ = ["current_item", "python_seed", "rng", "seed_item", "set_index", "stage_seed"]
+__all__ = [
+    "ItemCursor",
+    "current_item",
+    "enter_task",
+    "item_streams",
+    "leave_task",
+    "python_seed",
+    "rng",
+    "seed_item",
+    "set_index",
+    "stage_seed",
+]
+
+
+class ItemCursor:
+    """Which call of a task is running, read only when asked: ``indices[len(done)]``, where ``done`` is the
+    list of results that grows by one as each call ends. The worker then does no work per call to keep it."""
+
+    __slots__ = ("done", "indices")
+
+    def __init__(self, indices: Sequence[int], done: list[Any]) -> None:
+        self.indices, self.done = indices, done
+
+    def index(self) -> int:
+        return self.indices[min(len(self.done), len(self.indices) - 1)]
 
 
 class _Current(threading.local):
     seed: int | None = None
-    index: int | None = None
+    index: int | None = None  # set for one call (a seeded item, a stage call); else the cursor says
+    cursor: ItemCursor | None = None
     generator: Any = None
 
 
@@ -49,8 +76,20 @@ def _numpy_available() -> bool:
     return _numpy_present
 
 
+def enter_task(cursor: ItemCursor) -> None:
+    """Called by the worker as a task starts: ``cursor`` tells which of its calls is running."""
+    _current.cursor = cursor
+    _current.seed = _current.index = _current.generator = None
+
+
+def leave_task() -> None:
+    """Called by the worker as a task ends."""
+    _current.cursor = None
+    _current.seed = _current.index = _current.generator = None
+
+
 def seed_item(seed: int | None, index: int) -> None:
-    """Called by the worker before each item runs."""
+    """Give the running call item ``index``'s streams from ``seed`` (fresh entropy when None)."""
     _current.seed = seed
     _current.index = index
     _current.generator = None
@@ -63,14 +102,28 @@ def seed_item(seed: int | None, index: int) -> None:
         np.random.seed(np.random.SeedSequence(seed, spawn_key=(index, 1)).generate_state(4))
 
 
+@contextmanager
+def item_streams(seed: int, index: int) -> Iterator[None]:
+    """Item ``index``'s streams from ``seed`` inside the block; the running call's are back after it."""
+    saved = (_current.seed, _current.index, _current.generator)
+    seed_item(seed, index)
+    try:
+        yield
+    finally:
+        _current.seed, _current.index, _current.generator = saved
+
+
 def set_index(index: int) -> None:
-    """Called by the worker before each item runs when there is no seed (cheaper than seed_item)."""
+    """Mark this thread as running item ``index`` (as a worker's call does)."""
     _current.index = index
 
 
 def current_item() -> int | None:
     """The index of the item running in this thread, or None outside a task."""
-    return _current.index
+    if _current.index is not None:
+        return _current.index
+    cursor = _current.cursor
+    return None if cursor is None else cursor.index()
 
 
 def rng() -> numpy.random.Generator:
@@ -84,8 +137,9 @@ def rng() -> numpy.random.Generator:
     except ImportError as exc:  # pragma: no cover - numpy is an optional dependency
         raise ImportError("cloudburst.rng() needs numpy: pip install numpy") from exc
     if _current.generator is None:
-        if _current.seed is not None and _current.index is not None:
-            sequence = np.random.SeedSequence(_current.seed, spawn_key=(_current.index,))
+        index = current_item()
+        if _current.seed is not None and index is not None:
+            sequence = np.random.SeedSequence(_current.seed, spawn_key=(index,))
             _current.generator = np.random.Generator(np.random.PCG64(sequence))
         else:
             _current.generator = np.random.default_rng()

@@ -113,7 +113,6 @@ class ThreadCapture(Capture):
     def begin(self, log_level: int) -> None:
         """Start capturing this thread's output into a fresh buffer (``log_level``: see the module notes)."""
         _install()
-        self.item = -1
         self.events = []
         self._size = 0
         self._dropped = False

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import cloudpickle
 
+from .. import seeds
 from ..core.progress import above_progress
 
 __all__ = ["Capture", "replay"]
@@ -95,8 +96,8 @@ class _Handler(logging.Handler):
 
 
 class Capture:
-    """Captures the output of a worker's tasks. ``begin`` and ``end`` bracket each task; set
-    ``item`` before each call.
+    """Captures the output of a worker's tasks. ``begin`` and ``end`` bracket each task; each piece of
+    output is tagged with the item running in its thread.
 
     The streams, ``warnings.showwarning`` and the root logger's handler are installed on the first
     ``begin`` and stay in place: outside a task the streams pass output through, and the handler is
@@ -105,7 +106,6 @@ class Capture:
     """
 
     def __init__(self) -> None:
-        self.item = -1
         self.active = False
         self.events: list[list[Any]] = []
         self._size = 0
@@ -115,6 +115,12 @@ class Capture:
         self._streams: tuple[_Stream, _Stream] | None = None
         self._show_original: Callable[..., None] = warnings.showwarning
         self._level = logging.NOTSET
+
+    @property
+    def item(self) -> int:
+        """The item whose call is running in this thread (-1 between calls): the worker keeps it in :mod:`seeds`."""
+        index = seeds.current_item()
+        return -1 if index is None else index
 
     def add(self, kind: str, payload: Any) -> None:
         if self._size > MAX_EVENT_BYTES:
@@ -164,7 +170,6 @@ class Capture:
         self._level = root.level
         if self._level != log_level:
             root.setLevel(log_level)
-        self.item = -1
         self.events = []
         self._size = 0
         self._dropped = False

@@ -27,7 +27,7 @@ import mmap
 import pickle
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ __all__ = ["BUFFER_MIN_BYTES", "BlobRef", "Packed", "Packer", "Unpacker", "descr
 
 BUFFER_MIN_BYTES = 1 << 20  # out-of-band buffers at least this big become blobs
 SHARE_MIN_BYTES = 64 << 10  # a repeated argument that pickles to this much becomes a blob
+REPEATED_SHARE_MIN_BYTES = 8 << 10  # the same, for one said to repeat: its first copy is not sent inline
 COMPRESS_MIN_BYTES = 64 << 10
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex, range, slice})
 
@@ -133,6 +134,22 @@ class Packer:
         """Pickle ``obj``; raise :class:`PicklingError` naming it on failure. ``plain``: the caller knows it
         holds only numbers, strings and builtin containers, which plain pickle writes as cloudpickle would, faster.
         ``inline_limit``: a pickle bigger than this goes to a blob (default: the packer's own limit)."""
+        packed = self._pack(obj, shared=shared, keep_code_names=keep_code_names, plain=plain, inline_limit=inline_limit)
+        if packed.inline is not None:
+            with self._lock:
+                self.bytes_serialized += len(packed.inline)  # sent in its message (blobs count as they are stored)
+        return packed
+
+    def _pack(
+        self,
+        obj: object,
+        *,
+        shared: Mapping[int, Packed] | None = None,
+        keep_code_names: bool = False,
+        plain: bool = False,
+        inline_limit: int | None = None,
+    ) -> Packed:
+        """:meth:`pack` without counting inline bytes: for a pickle that is wrapped into a blob of its own."""
         limit = self._inline_limit if inline_limit is None else inline_limit
         if plain:
             return self._finish(pickle.dumps(obj, protocol=PROTOCOL), (), codec=b"P", limit=limit)
@@ -158,8 +175,6 @@ class Packer:
                 data = b"R" + data
         else:
             data = codec + data
-        with self._lock:
-            self.bytes_serialized += len(data)
         return Packed(data, None, buffers)
 
     def function(self, fn: Callable[..., object]) -> BlobRef:
@@ -169,7 +184,7 @@ class Packer:
             return cached[1]
         ship_module_by_value(fn)
         try:
-            packed = self.pack(fn, keep_code_names=True)  # remote tracebacks then show source lines
+            packed = self._pack(fn, keep_code_names=True)  # remote tracebacks then show source lines
         except Exception as exc:
             raise PicklingError(
                 f"cannot send the function {_name_of(fn)} to workers: {type(exc).__name__}: {exc}. "
@@ -214,10 +229,27 @@ class Packer:
                     mine[id(value)] = (value, holder)
         return found
 
+    def expect_repeats(self, values: Iterable[object]) -> None:
+        """Say that ``values`` will be passed to many calls (joblib's batches share ``X`` and ``y``): each is
+        stored once, as a blob of its own, from its first call on, if it pickles to REPEATED_SHARE_MIN_BYTES."""
+        with self._lock:
+            for value in values:
+                if type(value) not in _SCALARS and hasattr(value, "__len__"):
+                    try:
+                        self._seen[id(value)] = _Sighting.of(value, repeats=True)
+                    except Exception:
+                        continue  # no length after all (an unfitted estimator's __len__ raises)
+                    self._seen.move_to_end(id(value))
+                    if len(self._seen) > 256:
+                        self._seen.popitem(last=False)
+
     def _shared_holder(self, value: object) -> Packed | None:
         """The holder of ``value``'s shared blob, or None when it is not (yet) worth sharing."""
         ident = id(value)
-        if not _looks_large(value):
+        with self._lock:
+            seen = self._seen.get(ident)
+            expected = seen is not None and seen.repeats and seen.matches(value)
+        if not expected and not _looks_large(value):
             return None
         with self._lock:  # the dispatcher and the manager (resending a dead worker's tasks) both pack
             seen = self._seen.get(ident)
@@ -229,8 +261,10 @@ class Packer:
             self._seen.move_to_end(ident)
             if seen.small:
                 return None
-        packed = self.pack(value)
-        if packed.nbytes + sum(ref.size for ref in packed.buffers) < SHARE_MIN_BYTES:
+        packed = self._pack(value)
+        if packed.nbytes + sum(ref.size for ref in packed.buffers) < (
+            REPEATED_SHARE_MIN_BYTES if seen.repeats else SHARE_MIN_BYTES
+        ):
             with self._lock:
                 self._seen[ident] = _Sighting(seen.weak, seen.kind, seen.length, small=True)
             return None
@@ -254,14 +288,15 @@ class _Sighting:
     kind: type
     length: int
     small: bool = False  # its pickle is too small to be worth a blob of its own
+    repeats: bool = False  # said to repeat (Packer.expect_repeats): shared from its first call
 
     @classmethod
-    def of(cls, value: object) -> _Sighting:
+    def of(cls, value: object, *, repeats: bool = False) -> _Sighting:
         try:
             weak: weakref.ref[Any] | None = weakref.ref(value)
         except TypeError:
             weak = None
-        return cls(weak, type(value), len(value))  # type: ignore[arg-type]
+        return cls(weak, type(value), len(value), repeats=repeats)  # type: ignore[arg-type]
 
     def matches(self, value: object) -> bool:
         if self.weak is not None:

@@ -12,6 +12,7 @@ the stores allow it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,13 +64,8 @@ class StageCall:
         started = time.time()
         call_args, call_kwargs = _load_arguments(args, kwargs, here.unpacker)
         seed = self.seed if seed is None else seed
-        if seed is not None:
-            seeds.seed_item(seed, index)  # after the worker's own seeding of the item: this one wins
-        try:
-            value = self.fn(*call_args, **call_kwargs)
-        finally:
-            if seed is not None:
-                seeds.seed_item(None, index)  # the stage's streams end with it; the worker seeds its next item
+        with seeds.item_streams(seed, index) if seed is not None else contextlib.nullcontext():
+            value = self.fn(*call_args, **call_kwargs)  # the stage's own streams win over the worker's item's
         del call_args, call_kwargs
         ref = self.store(value, here.packer)
         return StageResult(ref, here.worker_id, started, time.time())

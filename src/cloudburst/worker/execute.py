@@ -6,6 +6,7 @@ The worker loop (``loop.py``) authenticates the task message, runs it here, and 
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import traceback
@@ -97,38 +98,71 @@ class TaskRunner:
     def call_each(
         self, fn: Callable[..., Any], calls: list[Any], task: TaskMessage
     ) -> tuple[list[Any], dict[int, ItemError], list[Any], float]:
-        values: list[Any] = [None] * len(calls)
+        values: list[Any] = []  # grows by one per call: its length is the running call's position
         errors: dict[int, ItemError] = {}
-        indices = task.indices
-        seed = task.seed
-        seed_item = seeds.seed_item
-        capture = self.capture
         started = time.perf_counter()
-        with_kwargs = task.with_kwargs
-        capture.begin(task.log_level)
+        self.capture.begin(task.log_level)
         context.set_current(self.context)
+        seeds.enter_task(seeds.ItemCursor(task.indices, values))
         try:
-            for pos, call in enumerate(calls):
-                index = indices[pos]
-                capture.item = index
-                if seed is None:
-                    seeds.set_index(index)
-                else:
-                    seed_item(seed, index)
-                try:
-                    values[pos] = fn(*call[0], **call[1]) if with_kwargs else fn(*call)
-                except SystemExit as exc:
-                    exit_error = TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code)
-                    errors[pos] = item_error(exit_error, 0)
-                except BaseException as exc:
-                    self.check_memory_error(exc)  # past an RLIMIT_DATA limit: the worker ends here
-                    errors[pos] = item_error(exc)
-                    self.log_failure(task.task_id, index, errors[pos])
+            if task.seed is None and not task.with_kwargs:
+                self._call_all(fn, calls, task, values, errors)
+            else:
+                self._call_one_by_one(fn, calls, task, values, errors)
         finally:
+            seeds.leave_task()
             context.set_current(None)
-            events = capture.end()
-        seeds.seed_item(None, -1)
+            events = self.capture.end()
         return values, errors, events, time.perf_counter() - started
+
+    def _call_all(
+        self,
+        fn: Callable[..., Any],
+        calls: list[Any],
+        task: TaskMessage,
+        values: list[Any],
+        errors: dict[int, ItemError],
+    ) -> None:
+        """Every call through ``itertools.starmap`` inside ``list.extend``: no Python step per call, which is
+        most of a tiny call's cost. CPython's ``extend`` appends as it goes, so when a call raises, the calls
+        before it are in ``values`` and its position is ``len(values)``; the rest go on from the same iterator."""
+        remaining = iter(calls)
+        while True:
+            try:
+                values.extend(itertools.starmap(fn, remaining))
+                return
+            except BaseException as exc:
+                self._failed(exc, task, values, errors)
+
+    def _call_one_by_one(
+        self,
+        fn: Callable[..., Any],
+        calls: list[Any],
+        task: TaskMessage,
+        values: list[Any],
+        errors: dict[int, ItemError],
+    ) -> None:
+        """Each call in turn: for a seeded task (random and numpy are reseeded before each) or keyword arguments."""
+        seed, indices, with_kwargs = task.seed, task.indices, task.with_kwargs
+        for pos, call in enumerate(calls):
+            if seed is not None:
+                seeds.seed_item(seed, indices[pos])
+            try:
+                values.append(fn(*call[0], **call[1]) if with_kwargs else fn(*call))
+            except BaseException as exc:
+                self._failed(exc, task, values, errors)
+
+    def _failed(self, exc: BaseException, task: TaskMessage, values: list[Any], errors: dict[int, ItemError]) -> None:
+        """Record the running call's exception as its item's error, in its place."""
+        pos = len(values)
+        index = task.indices[pos]
+        if isinstance(exc, SystemExit):
+            errors[pos] = item_error(TaskExitError(f"item {index} called sys.exit({exc.code!r})", exc.code), 0)
+        else:
+            self.check_memory_error(exc)  # past an RLIMIT_DATA limit: the worker ends here
+            errors[pos] = item_error(exc)  # its traceback starts in the frame that made the call: skipped
+            self.log_failure(task.task_id, index, errors[pos])
+        values.append(None)
 
     def log_failure(self, task_id: int, index: int, error: ItemError) -> None:
         """Into this worker's own log (CloudWatch on Fargate), for `cloudburst logs`."""
