@@ -139,12 +139,38 @@ def test_abort_on_error_cancels_in_flight_and_leaves_no_workers() -> None:
 
 
 def test_nested_parallel_runs_in_the_worker_with_threads_limited_to_its_cpu() -> None:
-    with joblib.parallel_config(backend="cloudburst", n_jobs=2, cpu=1):
+    with joblib.parallel_config(backend="cloudburst", n_jobs=2, cpu=1, keep_warm=0):  # 0: stopped at the end
         results = joblib.Parallel()(joblib.delayed(nested_sum)(n) for n in (10, 20))
     assert [total for total, _, _ in results] == [sum(i * i for i in range(n)) for n in (10, 20)]
     assert {threads for _, threads, _ in results} == {"1"}
     assert all(pid != os.getpid() for _, _, pid in results)
     assert all(wait_until(lambda p=pid: process_gone(p), timeout=30) for _, _, pid in results)
+
+
+def pid_of(_: int) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def test_workers_stay_warm_for_the_next_parallel_call_and_keep_warm_0_stops_them() -> None:
+    with joblib.parallel_config(backend="cloudburst", n_jobs=2):
+        first = set(joblib.Parallel()(joblib.delayed(pid_of)(i) for i in range(8)))
+        second = set(joblib.Parallel()(joblib.delayed(pid_of)(i) for i in range(8)))
+    assert first and second <= first, f"the second Parallel call started new workers: {first} then {second}"
+    assert cloudburst.warm.idle_executor() is not None, "no executor was kept warm"
+    assert all(not process_gone(pid) for pid in first), "the warm workers stopped"
+    cloudburst.warm.shutdown()
+    assert all(wait_until(lambda p=pid: process_gone(p), timeout=30) for pid in first)
+    with joblib.parallel_config(backend="cloudburst", n_jobs=2, keep_warm=0):
+        third = set(joblib.Parallel()(joblib.delayed(pid_of)(i) for i in range(8)))
+    assert not third & first, "stopped workers ran the third call"
+    assert cloudburst.warm.idle_executor() is None
+    assert all(wait_until(lambda p=pid: process_gone(p), timeout=30) for pid in third)
+
+
+def test_a_bad_keep_warm_is_refused() -> None:
+    with pytest.raises(cloudburst.ConfigurationError, match="keep_warm"):
+        CloudburstBackend(keep_warm=-1)
 
 
 def _search(n_jobs: int) -> object:

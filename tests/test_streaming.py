@@ -153,7 +153,7 @@ def test_client_memory_is_bounded_by_the_window_not_the_input() -> None:
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, "200000"], capture_output=True, text=True, env=env, cwd=root, timeout=120
+        [sys.executable, "-c", _MEMORY_PROBE, "500000"], capture_output=True, text=True, env=env, cwd=root, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
     probe = json.loads(out.stdout.strip().splitlines()[-1])

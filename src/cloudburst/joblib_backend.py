@@ -7,7 +7,10 @@
 
 ``cloudburst_backend`` picks cloudburst's own backend (``"local"``, ``"fargate"``...), since joblib's
 ``backend`` names this one; every other keyword is an option of :class:`cloudburst.Executor`, and
-``executor=`` runs on an executor the caller owns (kept warm across ``Parallel`` calls, never shut here).
+``executor=`` runs on an executor the caller owns (never shut here). Without it, the workers a ``Parallel``
+call started are kept ``keep_warm`` seconds (300 by default, as loky keeps its own; 0 stops them when the
+call ends) for the next call with the same settings, on the pool :func:`cloudburst.map` uses: a grid search's
+second ``Parallel`` call (the refit) finds them running, with scikit-learn already imported.
 Each joblib batch becomes one cloudburst call whose arguments are the batch's own arguments lifted to
 the top, so a large argument every call shares (scikit-learn's ``X`` and ``y``) is stored once per job.
 """
@@ -28,6 +31,7 @@ from .backends import get_backend
 from .config.options import default_workers
 from .errors import ConfigurationError
 from .executor import Executor
+from .warm import Warm, check_keep_warm, give_back, make_key, take
 
 __all__ = ["NAME", "CloudburstBackend", "register"]
 
@@ -54,6 +58,7 @@ class CloudburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         *,
         cloudburst_backend: str = "local",
         executor: Executor | None = None,
+        keep_warm: float | None = None,
         **options: Any,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
@@ -70,6 +75,8 @@ class CloudburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         self._options = options
         self._given = executor
         self._executor = executor
+        self._keep_warm = check_keep_warm(keep_warm)
+        self._warm: Warm | None = None  # the executor this backend took from the warm pool, if any
         self._futures: set[Future[Any]] = set()
         self._lock = threading.Lock()
 
@@ -104,7 +111,10 @@ class CloudburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
         self.MAX_IDEAL_BATCH_DURATION = max(2.0, 10 * self._latency)
         if self._given is None and (self._executor is None or self._executor.options.workers != n):
             self._close_owned(cancel=False)
-            self._executor = Executor(n, backend=self._backend_name, **self._with_thread_limits(self._options))
+            options = {"backend": self._backend_name, **self._with_thread_limits(self._options)}
+            key = make_key({"front end": NAME, "workers": n, **options})
+            self._warm = take(key, lambda: Executor(n, **options))
+            self._executor = self._warm.executor
         return n
 
     def _with_thread_limits(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +135,9 @@ class CloudburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None) -> Future[Any]:
         """Run one joblib batch as one cloudburst call; ``callback`` gets its future when it is done."""
         plan, values = _lift(func)
+        if self._warm is not None:
+            for f, _, _ in plan:
+                self._warm.stamp(values[f])  # an edited module then starts fresh workers next time
         # A batch's data (``X``, ``y``, fold indices) comes again in the next batches: stored once, from the first.
         self.executor._job.packer.expect_repeats(values)
         threads = max(1, int(self.executor.options.cpu))
@@ -162,17 +175,20 @@ class CloudburstBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
             self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel)
 
     def terminate(self) -> None:
-        """The ``Parallel`` call ended: an executor this backend started stops (one passed in stays)."""
-        self._close_owned(cancel=True)
+        """The ``Parallel`` call ended: the workers it used are kept warm, or stopped if work is still in
+        flight (a generator closed early); an executor passed in stays as it is."""
+        with self._lock:
+            busy = bool(self._futures)
+        self._close_owned(cancel=busy)
 
     def _close_owned(self, *, cancel: bool) -> None:
-        executor, owned = self._executor, self._given is None
-        if owned and executor is not None:
-            self._executor = None
-            if cancel:
+        executor, warm = self._executor, self._warm
+        if self._given is None and executor is not None:
+            self._executor = self._warm = None
+            if cancel or warm is None:
                 executor.terminate()
             else:
-                executor.shutdown(wait=True)
+                give_back(warm, self._keep_warm)
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         """Nested ``Parallel`` calls run in the worker, on threads (see :func:`_run_batch`)."""

@@ -1,8 +1,10 @@
 """Streaming maps: :func:`imap` reads its input lazily and keeps a bounded window of work in flight.
 
 The input is cut into blocks; each block is one :meth:`Executor.start_map` run. At most
-``blocks_in_flight`` runs are out at once, so the client holds a bounded number of arguments and
-results however long the input is (a generator of 10,000,000 items streams in constant memory).
+``blocks`` runs are out at once, so the client holds a bounded number of arguments and results
+however long the input is (a generator of 10,000,000 items streams in constant memory). Blocks start
+small, so that the first results come soon, and double up to a largest size that amortises a run's
+overhead over many items.
 """
 
 from __future__ import annotations
@@ -20,26 +22,29 @@ from .executor import Executor, _iterate, _take
 
 __all__ = ["Window", "imap", "window_for"]
 
-_BLOCK_ITEMS = 256  # calls per run when no chunksize is given: big enough to amortise a run's overhead
+_FIRST_BLOCK_ITEMS = 256  # calls in the first run: the first results come soon
+_LARGEST_BLOCK_ITEMS = 4096  # calls per run once the stream is going: a run's overhead is then ~1% of tiny calls
 _BLOCKS_PER_SLOT = 2  # runs in flight per task slot: one running, one queued behind it
 
 
 class Window(NamedTuple):
-    """How much of the input :func:`imap` keeps in flight: ``blocks`` runs of ``block`` calls each."""
+    """How much of the input :func:`imap` keeps in flight: ``blocks`` runs, of ``first`` calls at first,
+    doubling up to ``largest``."""
 
-    block: int
+    first: int
+    largest: int
     blocks: int
 
     @property
     def items(self) -> int:
         """The most input items read ahead of the consumer."""
-        return self.block * self.blocks
+        return self.largest * self.blocks
 
 
 def window_for(executor: Executor, chunksize: int | None = None) -> Window:
     """The window :func:`imap` uses on ``executor``: a few times its task slots."""
-    block = max(_BLOCK_ITEMS, chunksize or 0)
-    return Window(block, max(2, _BLOCKS_PER_SLOT * executor._job.slots))
+    first = max(_FIRST_BLOCK_ITEMS, chunksize or 0)
+    return Window(first, max(first, _LARGEST_BLOCK_ITEMS), max(2, _BLOCKS_PER_SLOT * executor._job.slots))
 
 
 def imap(
@@ -93,6 +98,7 @@ class _Blocks:
     def __init__(self, ex: Executor, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]], chunksize: int | None):
         self.ex, self.fn, self.calls, self.chunksize = ex, fn, calls, chunksize
         self.window = window_for(ex, chunksize)
+        self.block = self.window.first  # calls in the next run
         self.runs: deque[MapRun] = deque()
         self.exhausted = False
         self.changed = threading.Condition()  # notified whenever any run in flight gets results
@@ -100,11 +106,12 @@ class _Blocks:
     def top_up(self) -> None:
         """Start runs until the window is full or the input is exhausted."""
         while not self.exhausted and len(self.runs) < self.window.blocks:
-            block = list(itertools.islice(self.calls, self.window.block))
-            if len(block) < self.window.block:
+            block = list(itertools.islice(self.calls, self.block))
+            if len(block) < self.block:
                 self.exhausted = True
             if block:
                 self.runs.append(self._start(block))
+            self.block = min(2 * self.block, self.window.largest)
 
     def _start(self, block: list[tuple[Any, ...]]) -> MapRun:
         run = self.ex.start_map(self.fn, *zip(*block, strict=True), chunksize=self.chunksize)

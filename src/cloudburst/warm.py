@@ -1,4 +1,5 @@
-"""Warm reuse for :func:`cloudburst.map`: consecutive calls with the same settings run on the same workers.
+"""Warm reuse for :func:`cloudburst.map` (and joblib's backend): consecutive calls with the same settings run on
+the same workers.
 
 ::
 
@@ -41,7 +42,7 @@ from .errors import BrokenExecutorError, CloudburstError, ConfigurationError, Co
 if TYPE_CHECKING:
     from .executor import Executor
 
-__all__ = ["KEEP_WARM_SECONDS", "idle_executor", "run_map", "shutdown"]
+__all__ = ["KEEP_WARM_SECONDS", "give_back", "idle_executor", "run_map", "shutdown", "take"]
 
 #: How long an idle executor's workers are kept for the next ``map`` (loky keeps its workers 300 s).
 #: Local workers cost only memory. Cloud workers also stop on their own after ``idle_timeout``
@@ -52,7 +53,7 @@ ErrorMode = Literal["raise", "return", "skip"]
 
 
 @dataclass(eq=False)
-class _Warm:
+class Warm:
     """An executor taken out for one map, or kept idle between maps."""
 
     executor: Executor
@@ -74,9 +75,9 @@ class _Pool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: _Warm | None = None
+        self._idle: Warm | None = None
 
-    def checkout(self, key: tuple[Any, ...]) -> _Warm | None:
+    def checkout(self, key: tuple[Any, ...]) -> Warm | None:
         """The idle executor if it was made with ``key`` and its code is unchanged; None otherwise (then
         the idle one is closed: a new one with other settings replaces it)."""
         with self._lock:
@@ -90,7 +91,7 @@ class _Pool:
         idle.executor.shutdown(wait=True)
         return None
 
-    def checkin(self, warm: _Warm, keep_warm: float) -> None:
+    def checkin(self, warm: Warm, keep_warm: float) -> None:
         """Keep ``warm`` idle for ``keep_warm`` seconds (closing the one kept before), or close it now."""
         if keep_warm <= 0:
             warm.executor.shutdown(wait=True)
@@ -107,7 +108,7 @@ class _Pool:
                 old.timer.cancel()
             old.executor.shutdown(wait=True)
 
-    def _expire(self, warm: _Warm) -> None:
+    def _expire(self, warm: Warm) -> None:
         with self._lock:
             if self._idle is not warm:
                 return  # taken out for a map meanwhile, or replaced
@@ -148,6 +149,19 @@ def idle_executor() -> Executor | None:
 atexit.register(_POOL.shutdown)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forget)
+
+
+def take(key: tuple[Any, ...], make_executor: Callable[[], Executor]) -> Warm:
+    """The idle executor made with ``key`` (its workers started, their imports done), or a new one: for a
+    front end other than ``map`` (joblib's backend) that runs on the same warm workers. Hand it back with
+    :func:`give_back`, or shut its executor down."""
+    warm = _POOL.checkout(key)
+    return warm if warm is not None else Warm(make_executor(), key)
+
+
+def give_back(warm: Warm, keep_warm: float) -> None:
+    """Keep ``warm``'s executor idle for ``keep_warm`` seconds for the next call with its key (0: close it)."""
+    _POOL.checkin(warm, keep_warm)
 
 
 def make_key(settings: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -227,7 +241,7 @@ def _start(
     iterables: tuple[Iterable[Any], ...],
     chunksize: int | None,
     keep_warm: float,
-) -> tuple[_Warm, MapRun]:
+) -> tuple[Warm, MapRun]:
     """Take the idle executor out (or make one) and start the map on it."""
     warm = _POOL.checkout(key)
     if warm is not None:
@@ -240,7 +254,7 @@ def _start(
         except BaseException:
             _POOL.checkin(warm, keep_warm)  # the call was wrong, not the executor
             raise
-    warm = _Warm(make_executor(), key)
+    warm = Warm(make_executor(), key)
     try:
         run = warm.executor.start_map(fn, *iterables, chunksize=chunksize)
     except BaseException:
