@@ -37,6 +37,9 @@ def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> lis
     return done.stdout.splitlines()
 
 
+SIZES = ("--samples", "2000", "--trees", "10")  # X and y 0.34 MB: large beside a fit's own parameters
+
+
 def check_grid(lines: list[str], backend: str) -> None:
     """The search on ``backend`` chose the ``n_jobs=1`` search's parameters, with the same scores."""
     best = {line.split()[0]: line.split("best_params_")[1] for line in lines if "best_params_" in line}
@@ -44,16 +47,20 @@ def check_grid(lines: list[str], backend: str) -> None:
     assert best[backend] == best["n_jobs=1"], lines
     assert f"  {backend:<10} 48 fits in" in "\n".join(lines), lines
     assert any(line.split()[0] == backend and line.rstrip().endswith("n_jobs=1: True") for line in lines), lines
+    upload = next(line for line in lines if line.split()[0] == backend and " uploaded " in line)
+    per_fit = float(upload.split("; ")[1].split(" kB per fit")[0])
+    # X and y (0.34 MB) moved once: sent with each batch instead, they would add hundreds of kB a fit.
+    assert per_fit < 64, f"more than X and y once, and a fit's own parameters: {upload}"
 
 
 def test_grid_search_locally_at_small_size() -> None:
     pytest.importorskip("sklearn")
-    check_grid(run_example("grid_search.py", "--small", "--backend", "local", "--workers", "2"), "local")
+    check_grid(run_example("grid_search.py", *SIZES, "--backend", "local", "--workers", "2"), "local")
 
 
 def test_grid_search_on_emulated_fargate_agrees_with_n_jobs_1(emulator: Emulator) -> None:
     pytest.importorskip("sklearn")
-    args = ("--small", "--backend", "fargate", "--no-emulate", "--workers", "2")
+    args = (*SIZES, "--backend", "fargate", "--no-emulate", "--workers", "2")
     check_grid(run_example("grid_search.py", *args), "fargate")
 
 
