@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -200,3 +203,74 @@ def test_callbacks_run_on_another_thread_and_before_ready(pool: Pool) -> None:
     assert res.get(timeout=30) == 9
     assert threads and threads[0] is not threading.current_thread()
     assert ready_in_callback == [False]
+
+
+class SayWhenError(ValueError):
+    pass
+
+
+def exception_throwing_generator(total: int, when: int) -> Iterator[int]:
+    if when == -1:
+        raise SayWhenError("Somebody said when")
+    for i in range(total):
+        if i == when:
+            raise SayWhenError("Somebody said when")
+        yield i
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_handles_an_exception_from_the_input_iterable(pool: Pool, method: str) -> None:
+    imap = getattr(pool, method)
+    it = imap(sqr, exception_throwing_generator(1, -1), 1)
+    with pytest.raises(SayWhenError):
+        next(it)
+    it = imap(sqr, exception_throwing_generator(10, 3), 1)
+    taken = [next(it) for _ in range(3)]  # the items before the failure are not lost
+    with pytest.raises(SayWhenError):
+        next(it)
+    assert sorted(taken) == [0, 1, 4]
+    assert pool.map(sqr, range(3)) == [0, 1, 4], "the pool still works"
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise RuntimeError("cannot pickle")
+
+
+def test_map_of_unpicklable_items_raises_and_the_pool_goes_on(pool: Pool) -> None:
+    with pytest.raises(Exception, match="cannot pickle") as info:
+        pool.map(sqr, [Unpicklable()] * 10)
+    assert isinstance(info.value, RuntimeError) or isinstance(info.value.__cause__, RuntimeError), info.value
+    assert pool.map(sqr, range(3)) == [0, 1, 4]
+
+
+class Counted:
+    pass
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def test_the_pool_keeps_no_reference_to_a_finished_maps_items(pool: Pool) -> None:
+    objs = [Counted() for _ in range(10)]
+    refs = [weakref.ref(o) for o in objs]
+    assert len(pool.map(identity, objs)) == 10
+    del objs
+    gc.collect()
+    assert wait_until(lambda: (gc.collect(), {ref() for ref in refs})[1] == {None}, timeout=5)
+
+
+def test_map_with_a_chunksize_and_starmap_async(pool: Pool) -> None:
+    assert pool.map(sqr, range(100), chunksize=7) == [i * i for i in range(100)]
+    assert pool.starmap_async(mul, [(i, i + 1) for i in range(20)], 3).get(timeout=30) == [
+        i * (i + 1) for i in range(20)
+    ]
+
+
+def test_map_async_error_callback_gets_the_items_exception(pool: Pool) -> None:
+    errors: list[BaseException] = []
+    result = pool.map_async(int, ["1", "x", "3"], error_callback=errors.append)
+    with pytest.raises(ValueError):
+        result.get(timeout=30)
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)

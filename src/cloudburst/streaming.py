@@ -60,7 +60,8 @@ def imap(
     Results come in input order, or as they finish with ``ordered=False``. The input is read only a
     bounded window ahead (see :func:`window_for`), so memory does not grow with its length. An item's
     exception is raised when the iteration reaches it (at its position when ordered, when it finishes
-    otherwise) and ends the stream: the work still in flight is cancelled. Closing the generator early
+    otherwise) and ends the stream: the work still in flight is cancelled. An exception raised by the input
+    itself comes after the results of the items it gave before it. Closing the generator early
     (``break``) cancels the work in flight too. ``options`` go to :class:`Executor`, which is created
     for this call and shut down at its end; pass ``executor=`` instead to reuse one (it is left running).
     """
@@ -101,12 +102,17 @@ class _Blocks:
         self.block = self.window.first  # calls in the next run
         self.runs: deque[MapRun] = deque()
         self.exhausted = False
+        self.input_error: BaseException | None = None  # raised by the input; raised in turn after its items
         self.changed = threading.Condition()  # notified whenever any run in flight gets results
 
     def top_up(self) -> None:
         """Start runs until the window is full or the input is exhausted."""
         while not self.exhausted and len(self.runs) < self.window.blocks:
-            block = list(itertools.islice(self.calls, self.block))
+            block: list[tuple[Any, ...]] = []
+            try:
+                block.extend(itertools.islice(self.calls, self.block))  # keeps what it read if the input raises
+            except Exception as exc:
+                self.input_error = exc
             if len(block) < self.block:
                 self.exhausted = True
             if block:
@@ -138,6 +144,14 @@ def _in_order(blocks: _Blocks) -> Iterator[Any]:
         yield from _iterate(blocks.runs[0], None)  # Executor.map's ordered iteration, one block at a time
         blocks.runs.popleft()
         blocks.top_up()
+    _raise_input_error(blocks)
+
+
+def _raise_input_error(blocks: _Blocks) -> None:
+    """The input's own exception, once the results of the items it gave before it are out (as multiprocessing)."""
+    if blocks.input_error is not None:
+        error, blocks.input_error = blocks.input_error, None
+        raise error
 
 
 def _as_finished(blocks: _Blocks) -> Iterator[Any]:
@@ -159,6 +173,7 @@ def _as_finished(blocks: _Blocks) -> Iterator[Any]:
             blocks.runs.remove(run)
             seen.pop(id(run), None)
         blocks.top_up()
+    _raise_input_error(blocks)
 
 
 def _collect_ready(blocks: _Blocks, seen: dict[int, bytearray]) -> list[tuple[MapRun, int]]:
