@@ -130,26 +130,27 @@ class Packer:
         keep_code_names: bool = False,
         plain: bool = False,
         inline_limit: int | None = None,
+        counted: bool = True,
     ) -> Packed:
         """Pickle ``obj``; raise :class:`PicklingError` naming it on failure. ``plain``: the caller knows it
         holds only numbers, strings and builtin containers, which plain pickle writes as cloudpickle would, faster.
-        ``inline_limit``: a pickle bigger than this goes to a blob (default: the packer's own limit)."""
-        packed = self._pack(obj, shared=shared, keep_code_names=keep_code_names, plain=plain, inline_limit=inline_limit)
-        if packed.inline is not None:
+        ``inline_limit``: a pickle bigger than this goes to a blob (default: the packer's own limit).
+        ``counted=False``: its inline bytes are not sent as they are (they go into a blob of their own), so they
+        do not count in ``bytes_serialized``."""
+        packed = self._pickled(obj, shared, keep_code_names, plain, inline_limit)
+        if counted and packed.inline is not None:
             with self._lock:
                 self.bytes_serialized += len(packed.inline)  # sent in its message (blobs count as they are stored)
         return packed
 
-    def _pack(
+    def _pickled(
         self,
         obj: object,
-        *,
-        shared: Mapping[int, Packed] | None = None,
-        keep_code_names: bool = False,
-        plain: bool = False,
-        inline_limit: int | None = None,
+        shared: Mapping[int, Packed] | None,
+        keep_code_names: bool,
+        plain: bool,
+        inline_limit: int | None,
     ) -> Packed:
-        """:meth:`pack` without counting inline bytes: for a pickle that is wrapped into a blob of its own."""
         limit = self._inline_limit if inline_limit is None else inline_limit
         if plain:
             return self._finish(pickle.dumps(obj, protocol=PROTOCOL), (), codec=b"P", limit=limit)
@@ -184,7 +185,7 @@ class Packer:
             return cached[1]
         ship_module_by_value(fn)
         try:
-            packed = self._pack(fn, keep_code_names=True)  # remote tracebacks then show source lines
+            packed = self.pack(fn, keep_code_names=True, counted=False)  # remote tracebacks then show source lines
         except Exception as exc:
             raise PicklingError(
                 f"cannot send the function {_name_of(fn)} to workers: {type(exc).__name__}: {exc}. "
@@ -261,7 +262,7 @@ class Packer:
             self._seen.move_to_end(ident)
             if seen.small:
                 return None
-        packed = self._pack(value)
+        packed = self.pack(value, counted=False)
         if packed.nbytes + sum(ref.size for ref in packed.buffers) < (
             REPEATED_SHARE_MIN_BYTES if seen.repeats else SHARE_MIN_BYTES
         ):
